@@ -1,0 +1,221 @@
+"""Command line: argument parsing only; the work is done by the library functions it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from . import config as config_mod
+from .errors import SparseddError
+
+LEVEL_FIELDS = ("level", "sparsity", "test_acc", "test_acc_best", "train_acc_noisy", "train_acc_clean",
+                "memorized", "distance")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        print(f"sparsedd: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _store(args):
+    from .store import Store
+
+    return Store(args.root)
+
+
+def _num(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _level_rows(curve) -> list[dict[str, Any]]:
+    multi = curve["seed"].nunique() > 1
+    rows = []
+    for _, r in curve.iterrows():
+        row = {"level": int(r["level"])}
+        if multi:
+            row["seed"] = int(r["seed"])
+        row.update({k: _num(float(r[k])) for k in LEVEL_FIELDS if k != "level"})
+        rows.append(row)
+    return rows
+
+
+def _print_curve(console, run_id: str, curve) -> None:
+    from rich.table import Table
+
+    from .report.plots import summarize
+
+    seeds = curve["seed"].nunique()
+    table = Table(title=f"run {run_id}" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+                  caption="% of: sparsity: prunable weights removed; test, best: final and best test accuracy; "
+                          "train, clean: train accuracy on the noisy and the true labels; "
+                          "memo: corrupted examples fitted; dist: ||w - w_init||")
+    for col in ("level", "sparsity", "test", "best", "train", "clean", "memo", "dist"):
+        table.add_column(col, justify="right")
+    cols = {c: summarize(curve, c) for c in LEVEL_FIELDS[2:]}
+    for i, level in enumerate(cols["test_acc"]["level"]):
+        table.add_row(str(int(level)), f"{100 * cols['test_acc']['sparsity'][i]:.2f}",
+                      *(f"{100 * cols[c]['mean'][i]:.2f}" for c in LEVEL_FIELDS[2:7]),
+                      f"{cols['distance']['mean'][i]:.2f}")
+    console.print(table)
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from .experiments import Runtime, run
+    from .results import run_curve
+
+    cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
+    preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
+    store = _store(args)
+    rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=not args.no_progress,
+                 checkpoint_every_s=args.checkpoint_every, checkpoint_epoch_s=args.checkpoint_epoch)
+    console = Console(stderr=False)
+    console.print(f"run {cfg.run_id} ({preset or args.config}) -> {store.root}")
+    run_id = run(cfg, store, preset=preset, runtime=rt)
+    _print_curve(console, run_id, run_curve(store, run_id))
+    console.print(f"run id: {run_id}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from .results import load
+
+    store = _store(args)
+    res = load(store.root)
+    rows = []
+    for _, r in res.runs.iterrows():
+        done = res.levels[res.levels["run_id"] == r["run_id"]] if len(res.levels) else res.levels
+        per_seed = done.groupby("seed")["level"].nunique().min() if len(done) else 0
+        cfg = r["config"]
+        summary = (f"{cfg['data']['name']} noise={cfg['data']['noise']} {cfg['model']['name']} "
+                   f"{cfg['prune']['method']}/{cfg['prune']['scope']} {cfg['retrain']['mode']}")
+        rows.append({"run": r["run_id"], "preset": r["preset"], "summary": summary, "status": r["status"],
+                     "levels_done": int(per_seed), "levels": int(r["levels"]) + 1, "seeds": int(r["seeds"]),
+                     "error": r["error"]})
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        print(f"no runs in {store.root}")
+        return 0
+    table = Table()
+    table.add_column("run", no_wrap=True)
+    for col in ("preset", "summary", "status", "levels done", "seeds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["run"], r["preset"] or "", r["summary"], r["status"], f"{r['levels_done']}/{r['levels']}",
+                      str(r["seeds"]))
+    Console().print(table)
+    return 0
+
+
+def _run_and_curve(args):
+    from .results import resolve_run, run_curve
+
+    store = _store(args)
+    run_id = resolve_run(store, args.run)
+    curve = run_curve(store, run_id)
+    if not len(curve):
+        raise SparseddError(f"run {run_id} has no finished level yet; run it with `sparsedd run` first")
+    return store, run_id, curve
+
+
+def cmd_show(args) -> int:
+    store, run_id, curve = _run_and_curve(args)
+    if args.format == "json":
+        cfg = json.loads((store.run_dir(run_id) / "config.json").read_text())["config"]
+        print(json.dumps({"run": run_id, "config": cfg, "levels": _level_rows(curve)}, indent=1))
+        return 0
+    from rich.console import Console
+
+    _print_curve(Console(), run_id, curve)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .report.plots import plot_curve
+
+    store, run_id, curve = _run_and_curve(args)
+    cfg = json.loads((store.run_dir(run_id) / "config.json").read_text())["config"]
+    title = (f"{cfg['model']['name']} on {cfg['data']['name']}, {100 * cfg['data']['noise']:g}% "
+             f"{cfg['data']['noise_type']} noise, {cfg['prune']['method']} {cfg['prune']['scope']}, "
+             f"{cfg['retrain']['mode']} (run {run_id})")
+    out = plot_curve(curve, args.out or f"{run_id}.png", title)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sparsedd", description="Sparse double descent: iterative pruning under label noise.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    def with_root(sp):
+        sp.add_argument("--root", default=None, help="results root (default: $SPARSEDD_ROOT or ./runs)")
+        return sp
+
+    r = with_root(sub.add_parser("run", help="run or resume an experiment (default: the quick MNIST-1D demo)"))
+    r.add_argument("--preset", default=None, help=f"a named preset: {', '.join(config_mod.presets())}")
+    r.add_argument("--config", default=None, help="a TOML file, applied after the preset")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    r.add_argument("--seeds", type=int, default=None, help="number of replicates (seed, seed+1, ...)")
+    r.add_argument("--data-dir", default=None, help="folder holding the data sets (e.g. DIR/mnist/)")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+                   help="checkpoint inside an epoch every S seconds (default 60)")
+    r.add_argument("--checkpoint-epoch", type=float, default=1.0, metavar="S",
+                   help="checkpoint at an epoch's end if S seconds passed since the last (0: every epoch)")
+    r.set_defaults(func=cmd_run)
+
+    ls = with_root(sub.add_parser("ls", help="list runs"))
+    ls.add_argument("--format", choices=("table", "json"), default="table")
+    ls.set_defaults(func=cmd_ls)
+
+    sh = with_root(sub.add_parser("show", help="the per-level curve of a run"))
+    sh.add_argument("run", help="run id (or a unique prefix)")
+    sh.add_argument("--format", choices=("table", "json"), default="table")
+    sh.set_defaults(func=cmd_show)
+
+    pl = with_root(sub.add_parser("plot", help="plot accuracy against sparsity"))
+    pl.add_argument("run", help="run id (or a unique prefix)")
+    pl.add_argument("--out", default=None, help="output PNG (default: RUN.png)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    try:
+        return args.func(args)
+    except SparseddError as e:
+        print(f"sparsedd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsedd: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,376 @@
+"""Typed, frozen configuration with canonical JSON, stable hashes and TOML / --set parsing.
+
+A run is described by one :class:`RunConfig`. Its pieces hash to stable ids: a field left
+at its default is left out of the canonical JSON (as in OpenLTH), so adding a new field with
+a default that keeps the old behaviour never renames existing results. ``tests/test_config.py``
+pins the hashes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import SparseddError
+
+DATASETS = ("mnist", "mnist1d")
+NOISE_TYPES = ("random", "symmetric")
+MODELS = ("lenet-300-100", "mlp")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "multistep", "cosine")
+PRUNE_METHODS = ("magnitude", "random", "gradient")
+PRUNE_SCOPES = ("global", "layer")
+PRUNE_LAYERS = ("default", "all", "hidden")
+RETRAIN_MODES = ("finetune", "lr-rewind", "weight-rewind", "reinit")
+
+
+def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SparseddError(
+            f"unknown {section}.{name} {value!r}: choose one of {', '.join(allowed)}"
+        )
+
+
+def _check(cond: bool, key: str, what: str, value: Any) -> None:
+    if not cond:
+        raise SparseddError(f"{key} must be {what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist1d"
+    noise: float = 0.2
+    noise_type: str = "random"
+    noise_seed: int = 0
+    num_train: int = 0  # 0: the data set's default size
+    num_test: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data", "name", self.name, DATASETS)
+        _choice("data", "noise_type", self.noise_type, NOISE_TYPES)
+        _check(0.0 <= self.noise <= 1.0, "data.noise", "in [0, 1]", self.noise)
+        _check(self.noise_seed >= 0, "data.noise_seed", ">= 0", self.noise_seed)
+        _check(self.num_train >= 0, "data.num_train", ">= 0 (0: default)", self.num_train)
+        _check(self.num_test >= 0, "data.num_test", ">= 0 (0: default)", self.num_test)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    hidden: tuple[int, ...] = ()  # mlp only; (): the model's default widths
+
+    def __post_init__(self) -> None:
+        _choice("model", "name", self.name, MODELS)
+        _check(all(h > 0 for h in self.hidden), "model.hidden", "positive widths", self.hidden)
+        if self.hidden and self.name != "mlp":
+            raise SparseddError(f"model.hidden applies to the mlp only, not {self.name!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 200
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()  # epochs at which a multistep schedule multiplies by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warmup from 0, per iteration
+    eval_every: int = 1  # evaluate every N epochs (the last epoch always)
+
+    def __post_init__(self) -> None:
+        _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train", "schedule", self.schedule, SCHEDULES)
+        _check(self.lr > 0, "train.lr", "> 0", self.lr)
+        _check(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
+        _check(self.weight_decay >= 0, "train.weight_decay", ">= 0", self.weight_decay)
+        _check(self.batch_size >= 1, "train.batch_size", ">= 1", self.batch_size)
+        _check(self.epochs >= 1, "train.epochs", ">= 1", self.epochs)
+        _check(all(m > 0 for m in self.milestones), "train.milestones", "positive epochs", self.milestones)
+        _check(list(self.milestones) == sorted(self.milestones), "train.milestones", "increasing", self.milestones)
+        _check(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
+        _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", "in [0, epochs]", self.warmup_epochs)
+        _check(self.eval_every >= 1, "train.eval_every", ">= 1", self.eval_every)
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise SparseddError("train.nesterov needs train.optimizer = 'sgd' and train.momentum > 0")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "magnitude"
+    scope: str = "global"
+    fraction: float = 0.2  # of the remaining prunable weights removed per level
+    levels: int = 24  # pruning rounds after the dense level 0 (not part of any stage id)
+    layers: str = "default"  # which weights are prunable: the model's default, all, or hidden (not the output layer)
+    gradient_batches: int = 10  # batches whose |w * dL/dw| are summed, for method = gradient
+
+    def __post_init__(self) -> None:
+        _choice("prune", "method", self.method, PRUNE_METHODS)
+        _choice("prune", "scope", self.scope, PRUNE_SCOPES)
+        _choice("prune", "layers", self.layers, PRUNE_LAYERS)
+        _check(0 < self.fraction < 1, "prune.fraction", "in (0, 1)", self.fraction)
+        _check(0 <= self.levels <= 200, "prune.levels", "in [0, 200]", self.levels)
+        _check(self.gradient_batches >= 1, "prune.gradient_batches", ">= 1", self.gradient_batches)
+
+    def round_key(self) -> dict[str, Any]:
+        """What one pruning round depends on (everything but the number of levels)."""
+        d = canonical_dict(self)
+        d.pop("levels", None)
+        if self.method != "gradient":
+            d.pop("gradient_batches", None)
+        return d
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    mode: str = "weight-rewind"
+    rewind_iteration: int = 0  # weight-rewind: dense iteration to rewind to (0: the init)
+    finetune_lr: float = 0.001  # finetune: constant learning rate
+    finetune_epochs: int = 0  # finetune: epochs (0: train.epochs)
+
+    def __post_init__(self) -> None:
+        _choice("retrain", "mode", self.mode, RETRAIN_MODES)
+        _check(self.rewind_iteration >= 0, "retrain.rewind_iteration", ">= 0", self.rewind_iteration)
+        _check(self.finetune_lr > 0, "retrain.finetune_lr", "> 0", self.finetune_lr)
+        _check(self.finetune_epochs >= 0, "retrain.finetune_epochs", ">= 0 (0: train.epochs)", self.finetune_epochs)
+
+    def relevant(self) -> dict[str, Any]:
+        """The fields that matter for this mode (so unused settings never split stage ids)."""
+        d = canonical_dict(self)
+        keep = {"mode"}
+        if self.mode == "weight-rewind":
+            keep.add("rewind_iteration")
+        if self.mode == "finetune":
+            keep |= {"finetune_lr", "finetune_epochs"}
+        return {k: v for k, v in d.items() if k in keep}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0  # the first replicate's seed: init, data order, masks
+    seeds: int = 1  # replicates: seed, seed + 1, ...
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", ">= 0", self.seed)
+        _check(1 <= self.seeds <= 1000, "seeds", "in [1, 1000]", self.seeds)
+
+    @property
+    def run_id(self) -> str:
+        return stable_hash(canonical_dict(self))
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def with_seed(self, seed: int) -> "RunConfig":
+        return dataclasses.replace(self, seed=seed, seeds=1)
+
+
+# ----------------------------------------------------------------------------- canonical form
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return canonical_dict(value)
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def canonical_dict(cfg: Any, *, full: bool = False) -> dict[str, Any]:
+    """The config as plain JSON data; fields at their default are omitted unless ``full``."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = canonical_dict(value, full=full)
+            if sub or full:
+                out[f.name] = sub
+        elif full or value != _default_of(f):
+            out[f.name] = _jsonable(value)
+    return out
+
+
+def canonical_json(obj: Any) -> str:
+    if dataclasses.is_dataclass(obj):
+        obj = canonical_dict(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- parsing
+
+_SECTIONS = {f.name: f for f in fields(RunConfig)}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys() -> list[str]:
+    keys = []
+    for name, f in _SECTIONS.items():
+        hints = _field_types(RunConfig)
+        if dataclasses.is_dataclass(hints[name]):
+            keys += [f"{name}.{g.name}" for g in fields(hints[name])]
+        else:
+            keys.append(name)
+    return keys
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Turn a TOML value or a --set string into the field's type, or raise a one-line error."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip().strip("[]()")
+            value = [v for v in (p.strip() for p in text.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise SparseddError(f"{key} must be a list, got {value!r}")
+        (inner, _ellipsis) = typing.get_args(typ)
+        return tuple(_coerce(key, v, inner) for v in value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise SparseddError(f"{key} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise SparseddError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise SparseddError(f"{key} must be an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise SparseddError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SparseddError(f"{key} must be a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise SparseddError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported field type {typ} for {key}")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def build(flat: dict[str, Any]) -> RunConfig:
+    """A RunConfig from dotted keys (``train.lr``) to values (TOML values or strings)."""
+    hints = _field_types(RunConfig)
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    allowed = set(valid_keys())
+    for key, value in flat.items():
+        if key not in allowed:
+            raise SparseddError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(allowed))}")
+        if "." in key:
+            sec, name = key.split(".", 1)
+            typ = _field_types(hints[sec])[name]
+            sections.setdefault(sec, {})[name] = _coerce(key, value, typ)
+        else:
+            top[key] = _coerce(key, value, hints[key])
+    for sec, values in sections.items():
+        top[sec] = hints[sec](**values)
+    return RunConfig(**top)
+
+
+def presets() -> list[str]:
+    files = resources.files("sparsedd").joinpath("presets").iterdir()
+    return sorted(p.name[: -len(".toml")] for p in files if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SparseddError(f"malformed TOML in {where}: {e}; fix the file and run again") from None
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    if name not in presets():
+        raise SparseddError(f"unknown preset {name!r}; available: {', '.join(presets())}")
+    text = resources.files("sparsedd").joinpath("presets", f"{name}.toml").read_text()
+    return _flatten(_read_toml(text, f"preset {name}"))
+
+
+def file_values(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SparseddError(f"config file {str(p)!r} not found; give the path of a TOML file")
+    return _flatten(_read_toml(p.read_text(), str(p)))
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SparseddError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+DEFAULT_PRESET = "mnist1d-quick"
+
+
+def load(preset: str | None = None, config_file: str | Path | None = None,
+         sets: list[str] | None = None, seeds: int | None = None) -> RunConfig:
+    """Preset, then TOML file, then --set overrides, then --seeds; with none of them, the demo."""
+    flat: dict[str, Any] = {}
+    if preset is None and config_file is None:
+        preset = DEFAULT_PRESET
+    if preset is not None:
+        flat.update(preset_values(preset))
+    if config_file is not None:
+        flat.update(file_values(config_file))
+    flat.update(parse_sets(sets or []))
+    if seeds is not None:
+        flat["seeds"] = seeds
+    return build(flat)
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`canonical_dict` (used to read stored configs)."""
+    return build(_flatten(d))

@@ -1,0 +1,91 @@
+"""Verified downloads: mirrors tried in turn, md5 of the decompressed bytes, atomic rename."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+import zlib
+from pathlib import Path
+
+from ..errors import SparseddError
+
+TIMEOUT_S = 30.0
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _one_line(err: object) -> str:
+    return " ".join(str(err).split())
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped when it is gzipped; SparseddError when it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+        return gzip.decompress(data) if data[:2] == _GZIP_MAGIC else data
+    except (OSError, EOFError, zlib.error) as e:
+        raise SparseddError(
+            f"cannot read {path} ({_one_line(e)}): the file is corrupt; delete it and run again to re-download it"
+        ) from None
+
+
+def md5_of(data: str | os.PathLike | bytes) -> str:
+    """The md5 hex digest of some bytes, or of a file's raw (not decompressed) content."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return hashlib.md5(data).hexdigest()
+    h = hashlib.md5()
+    with open(data, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url: str, tmp: Path) -> None:
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as r, open(tmp, "wb") as f:
+        for chunk in iter(lambda: r.read(1 << 20), b""):
+            f.write(chunk)
+
+
+def download(urls: list[str], dest: Path, md5_uncompressed: str) -> Path:
+    """Download ``dest`` from the first mirror that serves it with the right (decompressed) md5.
+
+    The bytes go to a temporary file in ``dest``'s folder that is renamed into place only once
+    verified, so no partial file is ever left behind.
+    """
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SparseddError(f"cannot create {dest.parent} ({_one_line(e)}); choose a writable data folder") from None
+    failures: list[str] = []
+    bad_checksum = False
+    for url in urls:
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            _fetch(url, tmp)
+            try:
+                ok = md5_of(read_bytes(tmp)) == md5_uncompressed
+            except SparseddError:
+                ok = False
+            if ok:
+                os.replace(tmp, dest)
+                return dest
+            bad_checksum = True
+            failures.append(f"{url}: checksum mismatch")
+        except (OSError, ValueError) as e:  # URLError, timeouts and HTTP errors are OSErrors
+            failures.append(f"{url}: {_one_line(e)}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    if bad_checksum:
+        raise SparseddError(
+            f"checksum mismatch for the downloaded {dest.name} ({'; '.join(failures)}); "
+            f"nothing was kept: run again, or put a good copy of {dest.name} in {dest.parent} by hand"
+        )
+    raise SparseddError(
+        f"could not download {dest.name} from any mirror ({'; '.join(failures)}); "
+        f"put the file in {dest.parent} by hand (or point SPARSEDD_DATA at a folder holding it) and run again"
+    )

@@ -1,0 +1,50 @@
+"""Pruning strategies: pure functions (weights, mask, fraction, scope, ...) -> new mask.
+
+Each round removes ``fraction`` of the weights that are still unpruned, either ranked over
+all prunable layers together (``global``) or within each layer (``layer``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import SparseddError
+from .gradient import gradient, gradient_saliency
+from .mask import Mask, apply_mask, density, full_mask, layer_sparsity, remaining, total
+from .select import prune_by_scores
+
+
+def magnitude(weights: dict[str, torch.Tensor], mask: Mask, *, fraction: float, scope: str, **_: object) -> Mask:
+    """Remove the unpruned weights of smallest absolute value."""
+    return prune_by_scores({n: weights[n].abs() for n in mask}, mask, fraction=fraction, scope=scope)
+
+
+def random(weights: dict[str, torch.Tensor], mask: Mask, *, fraction: float, scope: str,
+           generator: torch.Generator | None = None, **_: object) -> Mask:
+    """Remove unpruned weights at random (a seeded draw, independent per layer)."""
+    if generator is None:
+        raise SparseddError("random pruning needs a seeded generator")
+    scores = {n: torch.rand(mask[n].shape, generator=generator) for n in sorted(mask)}
+    return prune_by_scores(scores, mask, fraction=fraction, scope=scope)
+
+
+STRATEGIES: dict[str, Callable[..., Mask]] = {
+    "magnitude": magnitude,
+    "random": random,
+    "gradient": gradient,
+}
+
+
+def get_strategy(name: str) -> Callable[..., Mask]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise SparseddError(f"unknown pruning method {name!r}; choose one of {', '.join(STRATEGIES)}") from None
+
+
+__all__ = [
+    "Mask", "apply_mask", "density", "full_mask", "layer_sparsity", "remaining", "total",
+    "prune_by_scores", "magnitude", "random", "gradient", "gradient_saliency", "get_strategy", "STRATEGIES",
+]

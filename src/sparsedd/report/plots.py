@@ -1,0 +1,60 @@
+"""Accuracy against sparsity, spaced like the paper's figures (one step per pruning level)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def sparsity_axis(sparsity: np.ndarray) -> np.ndarray:
+    """x = -log(density): pruning rounds of a fixed fraction are evenly spaced."""
+    return -np.log(np.clip(1.0 - np.asarray(sparsity, dtype=float), 1e-12, None))
+
+
+def _ticks(max_x: float) -> tuple[list[float], list[str]]:
+    candidates = [0, 50, 80, 90, 95, 98, 99, 99.5, 99.8, 99.9, 99.95, 99.98, 99.99]
+    ticks = [s for s in candidates if -math.log(1 - s / 100) <= max_x * 1.02]
+    return [-math.log(1 - s / 100) for s in ticks], [f"{s:g}" for s in ticks]
+
+
+def summarize(levels: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean, min and max of ``column`` over seeds, per level."""
+    g = levels.groupby("level")
+    return pd.DataFrame({"sparsity": g["sparsity"].mean(), "mean": g[column].mean(),
+                         "lo": g[column].min(), "hi": g[column].max(), "n": g[column].count()}).reset_index()
+
+
+def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "") -> Path:
+    """Test and train accuracy (noisy labels) against sparsity; a band spans the seeds' min to max."""
+    fig, (ax_test, ax_train) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, label, color in ((ax_test, "test_acc", "test accuracy", "tab:blue"),
+                                  (ax_train, "train_acc_noisy", "train accuracy (noisy labels)", "tab:red")):
+        s = summarize(levels, col)
+        x = sparsity_axis(s["sparsity"].to_numpy())
+        nseeds = int(s["n"].max())
+        ax.plot(x, 100 * s["mean"], marker="o", ms=3, color=color, label=f"{label}, mean of {nseeds} seed(s)")
+        if nseeds > 1:
+            ax.fill_between(x, 100 * s["lo"], 100 * s["hi"], color=color, alpha=0.2, label="min to max over seeds")
+        if col == "test_acc":
+            ax.axhline(100 * s["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+        ticks, labels = _ticks(float(x.max()))
+        ax.set_xticks(ticks, labels)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel(f"{label} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

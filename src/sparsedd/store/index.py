@@ -1,0 +1,88 @@
+"""The SQLite index of runs, stages and metrics (the stage folders are the source of truth)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+EPOCH_COLUMNS = ("lr", "train_loss_running", "train_acc_running", "test_loss", "test_acc", "train_loss",
+                 "train_acc_noisy", "train_acc_clean", "memorized")
+LEVEL_COLUMNS = ("sparsity", "density", "remaining", "test_acc", "test_acc_best", "test_loss", "train_loss",
+                 "train_acc_noisy", "train_acc_clean", "memorized", "distance", "effective_noise", "seconds")
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, config TEXT NOT NULL, preset TEXT, seeds INTEGER, levels INTEGER,
+  status TEXT NOT NULL, error TEXT, created REAL, updated REAL);
+CREATE TABLE IF NOT EXISTS run_stages (
+  run_id TEXT NOT NULL, seed INTEGER NOT NULL, level INTEGER NOT NULL, stage_id TEXT NOT NULL,
+  PRIMARY KEY (run_id, seed, level));
+CREATE TABLE IF NOT EXISTS levels (
+  stage_id TEXT PRIMARY KEY, level INTEGER, {", ".join(f"{c} REAL" for c in LEVEL_COLUMNS)},
+  layer_sparsity TEXT);
+CREATE TABLE IF NOT EXISTS epochs (
+  stage_id TEXT NOT NULL, epoch INTEGER NOT NULL, {", ".join(f"{c} REAL" for c in EPOCH_COLUMNS)},
+  PRIMARY KEY (stage_id, epoch));
+"""
+
+
+class Index:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA busy_timeout=60000")
+        con.executescript(SCHEMA)
+        return con
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        con = self.connect()
+        try:
+            with con:
+                con.execute("BEGIN IMMEDIATE")
+                con.executemany(sql, rows)
+        finally:
+            con.close()
+
+    def upsert_run(self, run_id: str, config: dict[str, Any], preset: str | None, seeds: int, levels: int) -> None:
+        now = time.time()
+        self._write(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, 'partial', NULL, ?, ?) "
+            "ON CONFLICT(run_id) DO UPDATE SET status='partial', error=NULL, updated=excluded.updated, "
+            "preset=COALESCE(excluded.preset, runs.preset)",
+            [(run_id, json.dumps(config, sort_keys=True), preset, seeds, levels, now, now)])
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        self._write("UPDATE runs SET status=?, error=?, updated=? WHERE run_id=?",
+                    [(status, error, time.time(), run_id)])
+
+    def link(self, run_id: str, seed: int, level: int, stage_id: str) -> None:
+        self._write("INSERT OR REPLACE INTO run_stages VALUES (?, ?, ?, ?)", [(run_id, seed, level, stage_id)])
+
+    def record_epochs(self, stage_id: str, history: list[dict[str, Any]]) -> None:
+        cols = ", ".join(EPOCH_COLUMNS)
+        marks = ", ".join("?" for _ in EPOCH_COLUMNS)
+        rows = [(stage_id, h["epoch"], *(h.get(c) for c in EPOCH_COLUMNS)) for h in history]
+        self._write(f"INSERT OR REPLACE INTO epochs (stage_id, epoch, {cols}) VALUES (?, ?, {marks})", rows)
+
+    def record_level(self, stage_id: str, level: int, metrics: dict[str, Any]) -> None:
+        cols = ", ".join(LEVEL_COLUMNS)
+        marks = ", ".join("?" for _ in LEVEL_COLUMNS)
+        row = (stage_id, level, *(metrics.get(c) for c in LEVEL_COLUMNS), json.dumps(metrics.get("layer_sparsity", {})))
+        self._write(f"INSERT OR REPLACE INTO levels (stage_id, level, {cols}, layer_sparsity) VALUES (?, ?, {marks}, ?)", [row])
+
+    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        if not self.path.exists():
+            return []
+        con = self.connect()
+        con.row_factory = sqlite3.Row
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()

@@ -1,0 +1,169 @@
+"""The epoch loop for one masked model, with checkpoint/resume that is exact on CPU.
+
+Data lives in tensors on the training device; each epoch's order is a permutation drawn from a
+generator seeded by (order key, epoch), so a resumed run needs no RNG state beyond the position.
+Pruned weights stay exactly zero: their gradients are masked before the optimizer step (so no
+momentum or weight decay reaches them) and the weights are masked again after it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..rng import generator
+from .optim import build_optimizer
+from .schedule import lr_at
+
+
+@dataclass
+class TrainData:
+    x: torch.Tensor  # training inputs
+    y: torch.Tensor  # training labels the model is fitted to (noisy)
+    y_clean: torch.Tensor  # the true training labels
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    corrupted: torch.Tensor  # indices where y != y_clean
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    iterations: int = 0
+
+
+class Checkpointer(Protocol):
+    def load(self) -> dict[str, Any] | None: ...
+    def save(self, state: dict[str, Any]) -> None: ...
+    def due(self, end_of_epoch: bool) -> bool: ...
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """Logits for all of ``x`` in eval mode."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+    model.train(was)
+    return out
+
+
+def evaluate(model: nn.Module, data: TrainData) -> dict[str, float | None]:
+    """Test loss/accuracy, train loss/accuracy on the noisy and the clean labels, memorization."""
+    test_logits = predict(model, data.x_test)
+    train_logits = predict(model, data.x)
+    pred = train_logits.argmax(1)
+    fitted = pred[data.corrupted] == data.y[data.corrupted]
+    return {
+        "test_loss": float(F.cross_entropy(test_logits, data.y_test)),
+        "test_acc": float((test_logits.argmax(1) == data.y_test).float().mean()),
+        "train_loss": float(F.cross_entropy(train_logits, data.y)),
+        "train_acc_noisy": float((pred == data.y).float().mean()),
+        "train_acc_clean": float((pred == data.y_clean).float().mean()),
+        "memorized": float(fitted.float().mean()) if fitted.numel() else None,
+    }
+
+
+def iters_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
+          order_key: tuple, checkpoint: Checkpointer | None = None, stop_iteration: int | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``model`` in place under ``mask`` for ``cfg.epochs`` (or until ``stop_iteration``).
+
+    ``order_key`` seeds the data order: the permutation of epoch e comes from generator(*order_key, e).
+    ``on_epoch`` gets each epoch's metrics; ``on_step`` the number of steps just done (for progress).
+    """
+    params = dict(model.named_parameters())
+    masked = [params[n] for n in mask]
+    mask_f = [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in mask]
+    opt = build_optimizer(model.parameters(), cfg)
+    ipe = iters_per_epoch(data.n, cfg.batch_size)
+    total_iters = cfg.epochs * ipe
+    if stop_iteration is not None and stop_iteration > total_iters:
+        raise ValueError(f"iteration {stop_iteration} is past the end of training ({total_iters} iterations)")
+
+    result = TrainResult()
+    start_epoch, start_step = 0, 0
+    # per-step loss and hits of the current epoch, so the epoch's running metrics survive a resume exactly
+    step_loss = torch.zeros(ipe, device=data.x.device)
+    step_hits = torch.zeros(ipe, device=data.x.device, dtype=torch.long)
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        step_loss.copy_(state["step_loss"])
+        step_hits.copy_(state["step_hits"])
+        result.history = list(state["history"])
+
+    def snapshot(epoch: int, step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "step": step,
+                "step_loss": step_loss.cpu(), "step_hits": step_hits.cpu(), "history": list(result.history)}
+
+    model.train()
+    x, y = data.x, data.y
+    with torch.no_grad():
+        torch._foreach_mul_(masked, mask_f)
+    for epoch in range(start_epoch, cfg.epochs):
+        perm = torch.randperm(data.n, generator=generator(*order_key, epoch)).to(x.device)
+        for step in range(start_step if epoch == start_epoch else 0, ipe):
+            it = epoch * ipe + step
+            if stop_iteration is not None and it >= stop_iteration:
+                result.iterations = it
+                return result
+            lr = lr_at(cfg, it, ipe)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb, yb = x[idx], y[idx]
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            with torch.no_grad():
+                torch._foreach_mul_([p.grad for p in masked], mask_f)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_mul_(masked, mask_f)
+                step_loss[step] = loss.detach() * yb.shape[0]
+                step_hits[step] = (out.argmax(1) == yb).sum()
+            if on_step is not None:
+                on_step(1)
+            if checkpoint is not None and step + 1 < ipe and checkpoint.due(end_of_epoch=False):
+                checkpoint.save(snapshot(epoch, step + 1))
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr_at(cfg, (epoch + 1) * ipe - 1, ipe),
+            "train_loss_running": float(step_loss.sum()) / data.n,
+            "train_acc_running": float(step_hits.sum()) / data.n,
+        }
+        last = epoch + 1 == cfg.epochs
+        if last or (epoch + 1) % cfg.eval_every == 0:
+            metrics.update(evaluate(model, data))
+        result.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if checkpoint is not None and not last and checkpoint.due(end_of_epoch=True):
+            checkpoint.save(snapshot(epoch + 1, 0))
+    result.iterations = total_iters
+    result.final = dict(result.history[-1]) if result.history else evaluate(model, data)
+    evals = [h["test_acc"] for h in result.history if "test_acc" in h]
+    result.final["test_acc_best"] = max(evals) if evals else result.final.get("test_acc", float("nan"))
+    return result
+

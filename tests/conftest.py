@@ -1,0 +1,42 @@
+"""Shared fixtures: a private cache and results root per test session, tiny configs, the shared MNIST."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Generated data sets go to a temporary cache, never the user's."""
+    old = os.environ.get("SPARSEDD_CACHE")
+    os.environ["SPARSEDD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPARSEDD_CACHE", None)
+    else:
+        os.environ["SPARSEDD_CACHE"] = old
+
+
+# A run small enough for tests: 300 MNIST-1D examples, a small MLP, a few epochs and levels.
+TINY = [
+    "data.num_train=240", "data.num_test=120", "model.hidden=[32,32]", "train.epochs=3",
+    "train.batch_size=32", "train.eval_every=1", "prune.levels=2",
+]
+
+
+@pytest.fixture
+def tiny_sets() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture
+def shared_mnist() -> Path:
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip("../shared/data/mnist is not present")
+    return SHARED_DATA

@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from sparsedd.config import ModelConfig
+from sparsedd.models import build_model
+from sparsedd.pruning import density, full_mask, gradient_saliency, layer_sparsity, magnitude, random, remaining
+
+
+def weights():
+    g = torch.Generator().manual_seed(0)
+    # two layers with very different scales: global and layer scope must then disagree
+    return {"a": torch.randn(60, 50, generator=g), "b": 10 * torch.randn(40, 30, generator=g)}
+
+
+def ones(w):
+    return {n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()}
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_density_after_L_rounds(scope):
+    w = weights()
+    m = ones(w)
+    for level in range(1, 16):
+        m = magnitude(w, m, fraction=0.2, scope=scope)
+        assert density(m) == pytest.approx(0.8 ** level, rel=0.02, abs=2 / 4200)
+
+
+def test_each_round_removes_exactly_a_fraction_of_the_remaining():
+    w = weights()
+    m = ones(w)
+    for _ in range(5):
+        before = remaining(m)
+        new = magnitude(w, m, fraction=0.2, scope="global")
+        assert before - remaining(new) == round(0.2 * before)
+        for n in m:  # masks only shrink
+            assert not (new[n] & ~m[n]).any()
+        m = new
+
+
+def test_global_vs_layer_scope():
+    w = weights()
+    g = magnitude(w, ones(w), fraction=0.5, scope="global")
+    l = magnitude(w, ones(w), fraction=0.5, scope="layer")
+    # layer scope: half of each layer; global: the small-scale layer loses far more
+    assert layer_sparsity(l) == pytest.approx({"a": 0.5, "b": 0.5}, abs=1e-3)
+    assert layer_sparsity(g)["a"] > 0.6 and layer_sparsity(g)["b"] < 0.1
+    # global keeps exactly the largest magnitudes overall
+    kept = torch.cat([w[n][g[n]].abs() for n in w])
+    dropped = torch.cat([w[n][~g[n]].abs() for n in w])
+    assert kept.min() >= dropped.max()
+
+
+def test_magnitude_ignores_already_pruned():
+    w = weights()
+    m = ones(w)
+    m["a"][:30] = False  # pretend these were pruned; their magnitudes must not be ranked again
+    new = magnitude(w, m, fraction=0.1, scope="layer")
+    assert remaining({"a": new["a"]}) == 30 * 50 - round(0.1 * 30 * 50)
+
+
+def test_random_pruning_seeded_and_independent_of_magnitude():
+    w = weights()
+    a = random(w, ones(w), fraction=0.3, scope="layer", generator=torch.Generator().manual_seed(1))
+    b = random(w, ones(w), fraction=0.3, scope="layer", generator=torch.Generator().manual_seed(1))
+    c = random(w, ones(w), fraction=0.3, scope="layer", generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+    assert layer_sparsity(a) == pytest.approx({"a": 0.3, "b": 0.3}, abs=1e-3)
+    mag = magnitude(w, ones(w), fraction=0.3, scope="layer")
+    assert not torch.equal(a["a"], mag["a"])
+
+
+def test_gradient_saliency_prunes_unused_inputs():
+    model = build_model(ModelConfig("mlp", (16,)), (8,), 3, seed=0)
+    x = torch.randn(64, 8)
+    x[:, :4] = 0  # inputs 0..3 carry nothing: their first-layer weights get zero gradient
+    y = torch.randint(0, 3, (64,))
+    mask = full_mask(model, model.prunable_names())
+    sal = gradient_saliency(model, x, y, mask, batches=2, batch_size=32, generator=torch.Generator().manual_seed(0))
+    assert torch.all(sal["layers.0.weight"][:, :4] == 0) and torch.all(sal["layers.0.weight"][:, 4:] > 0)
+    from sparsedd.pruning import gradient
+
+    new = gradient({}, mask, fraction=0.5, scope="layer", saliency=sal)
+    assert not new["layers.0.weight"][:, :4].any()
+
+
+def test_lenet_prunable_layers():
+    model = build_model(ModelConfig("lenet-300-100"), (1, 28, 28), 10, seed=0)
+    assert model.prunable_names() == ["layers.0.weight", "layers.1.weight"]  # output layer kept dense
+    assert model.prunable_names("all")[-1] == "layers.2.weight"
+    assert sum(p.numel() for p in model.parameters()) == 266610
+
+
+def test_init_depends_only_on_seed():
+    a = build_model(ModelConfig("mlp", (32,)), (40,), 10, seed=5)
+    torch.manual_seed(123)
+    b = build_model(ModelConfig("mlp", (32,)), (40,), 10, seed=5)
+    c = build_model(ModelConfig("mlp", (32,)), (40,), 10, seed=6)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["layers.0.weight"], sc["layers.0.weight"])
+    assert torch.all(sa["layers.0.bias"] == 0)
+    assert sa["layers.0.weight"].std().item() == pytest.approx(math.sqrt(2 / 40), rel=0.1)
