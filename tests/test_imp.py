@@ -161,3 +161,26 @@ def test_other_pruning_methods_run(tmp_path, tiny_sets, method):
         for n, m in fin["mask"].items():
             assert m.float().mean().item() == pytest.approx(0.8 ** level, abs=0.01)
             assert torch.all(fin["model"][n][~m] == 0)
+
+
+def test_noise_saved_with_the_dense_stage_and_test_set_clean(tmp_path, tiny_sets, monkeypatch):
+    seen = {}
+    real = imp.train
+
+    def spy(model, data, cfg, mask, **kw):
+        seen.setdefault("data", data)
+        return real(model, data, cfg, mask, **kw)
+
+    monkeypatch.setattr(imp, "train", spy)
+    cfg, store, rid = do_run(tmp_path, tiny_sets + ["data.noise=0.5", "prune.levels=1"], "weight-rewind")
+    clean = load_dataset(cfg.data)
+    saved = store.load(store.stage_id(imp.dense_key(cfg)), "labels.pt")
+    assert len(saved["chosen"]) == 120  # ceil(0.5 * 240)
+    assert torch.equal(saved["corrupted"], (saved["labels"] != clean.y_train).nonzero().squeeze(1))
+    assert float(saved["effective_rate"]) == pytest.approx(len(saved["corrupted"]) / 240)
+    d = seen["data"]
+    assert torch.equal(d.y, saved["labels"]) and torch.equal(d.y_clean, clean.y_train)
+    assert torch.equal(d.y_test, clean.y_test)  # the test set stays clean
+    from sparsedd.results import load
+
+    assert load(store.root).levels["effective_noise"].iloc[0] == pytest.approx(float(saved["effective_rate"]))

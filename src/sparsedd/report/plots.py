@@ -32,22 +32,28 @@ def summarize(levels: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "") -> Path:
-    """Test and train accuracy (noisy labels) against sparsity; a band spans the seeds' min to max."""
+    """Test accuracy, and train accuracy on the noisy and the true labels, against sparsity.
+
+    With several seeds, lines are means and bands span the seeds' min to max.
+    """
     fig, (ax_test, ax_train) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, col, label, color in ((ax_test, "test_acc", "test accuracy", "tab:blue"),
-                                  (ax_train, "train_acc_noisy", "train accuracy (noisy labels)", "tab:red")):
+    series = ((ax_test, "test_acc", "test accuracy", "tab:blue", "-"),
+              (ax_train, "train_acc_noisy", "train accuracy, noisy labels", "tab:red", "-"),
+              (ax_train, "train_acc_clean", "train accuracy, true labels", "tab:green", "--"))
+    for ax, col, label, color, ls in series:
         s = summarize(levels, col)
         x = sparsity_axis(s["sparsity"].to_numpy())
         nseeds = int(s["n"].max())
-        ax.plot(x, 100 * s["mean"], marker="o", ms=3, color=color, label=f"{label}, mean of {nseeds} seed(s)")
+        ax.plot(x, 100 * s["mean"], marker="o", ms=3, ls=ls, color=color, label=f"{label} (mean of {nseeds} seed(s))")
         if nseeds > 1:
             ax.fill_between(x, 100 * s["lo"], 100 * s["hi"], color=color, alpha=0.2, label="min to max over seeds")
         if col == "test_acc":
             ax.axhline(100 * s["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
-        ticks, labels = _ticks(float(x.max()))
+    for ax, ylabel in ((ax_test, "test accuracy (%)"), (ax_train, "train accuracy (%)")):
+        ticks, labels = _ticks(float(sparsity_axis(levels["sparsity"].to_numpy()).max()))
         ax.set_xticks(ticks, labels)
         ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel(f"{label} (%)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
