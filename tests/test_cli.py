@@ -63,6 +63,9 @@ def test_show_json_shape(finished, capsys):
     assert doc["levels"][1]["sparsity"] == pytest.approx(0.2, abs=0.01)
     assert main(["show", run_id, "--root", str(finished)]) == 0
     assert "mean of 2 seeds" in capsys.readouterr().out
+    assert main(["show", run_id, "--root", str(finished), "--format", "markdown"]) == 0
+    md = capsys.readouterr().out.strip().splitlines()
+    assert len(md) == 2 + 3 and md[0].startswith("| level | sparsity %") and md[3].startswith("| 1 | 20.")
 
 
 def test_plot_writes_png(finished, tmp_path, capsys):

@@ -142,10 +142,34 @@ def cmd_show(args) -> int:
         cfg = json.loads((store.run_dir(run_id) / "config.json").read_text())["config"]
         print(json.dumps({"run": run_id, "config": cfg, "levels": _level_rows(curve)}, indent=1))
         return 0
+    if args.format == "markdown":
+        print(_markdown(curve))
+        return 0
     from rich.console import Console
 
     _print_curve(Console(), run_id, curve)
     return 0
+
+
+def _markdown(curve) -> str:
+    """The curve as a Markdown table (mean over seeds; min-max when there are several)."""
+    from .report.plots import summarize
+
+    cols = {c: summarize(curve, c) for c in LEVEL_FIELDS[2:]}
+    multi = curve["seed"].nunique() > 1
+    head = ["level", "sparsity %", "test acc %", "best test acc %", "train acc noisy %", "train acc clean %",
+            "memorized %", "distance"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+
+    def pct(c, i):
+        m = f"{100 * cols[c]['mean'][i]:.2f}"
+        return m + (f" ({100 * cols[c]['lo'][i]:.1f}-{100 * cols[c]['hi'][i]:.1f})" if multi else "")
+
+    for i, level in enumerate(cols["test_acc"]["level"]):
+        row = [str(int(level)), f"{100 * cols['test_acc']['sparsity'][i]:.2f}",
+               *(pct(c, i) for c in LEVEL_FIELDS[2:7]), f"{cols['distance']['mean'][i]:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def cmd_plot(args) -> int:
@@ -189,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sh = with_root(sub.add_parser("show", help="the per-level curve of a run"))
     sh.add_argument("run", help="run id (or a unique prefix)")
-    sh.add_argument("--format", choices=("table", "json"), default="table")
+    sh.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     sh.set_defaults(func=cmd_show)
 
     pl = with_root(sub.add_parser("plot", help="plot accuracy against sparsity"))
@@ -215,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparsedd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
