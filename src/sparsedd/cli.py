@@ -78,6 +78,12 @@ def cmd_run(args) -> int:
     from .results import run_curve
 
     cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
+    if args.threads < 0:
+        raise SparseddError(f"--threads must be >= 1 (0: torch's default), got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
     store = _store(args)
     rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=not args.no_progress,
@@ -201,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="folder holding the data sets (e.g. DIR/mnist/)")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads (default: torch's choice); 1 avoids oversubscription when other jobs share the cores")
     r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
                    help="checkpoint inside an epoch every S seconds (default 60)")
     r.add_argument("--checkpoint-epoch", type=float, default=1.0, metavar="S",
