@@ -194,14 +194,17 @@ class Replicate:
         return self.store.load(sid, "weights.pt")["model"]
 
     def prune(self, level: int, model: nn.Module, mask: Mask) -> Mask:
+        """The next mask from the previous level's weights; ranking happens on the CPU (deterministic)."""
         cfg = self.cfg.prune
-        weights = {n: p.detach() for n, p in model.named_parameters() if n in mask}
+        weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in mask}
         extra: dict[str, Any] = {"generator": generator(self.cfg.seed, "prune-random", level)}
         if cfg.method == "gradient":
-            extra["saliency"] = gradient_saliency(model, self.train_data.x, self.train_data.y, mask,
-                                                  batches=cfg.gradient_batches, batch_size=self.cfg.train.batch_size,
-                                                  generator=generator(self.cfg.seed, "prune-gradient", level))
-        new = get_strategy(cfg.method)(weights, mask, fraction=cfg.fraction, scope=cfg.scope, **extra)
+            sal = gradient_saliency(model, self.train_data.x, self.train_data.y, mask,
+                                    batches=cfg.gradient_batches, batch_size=self.cfg.train.batch_size,
+                                    generator=generator(self.cfg.seed, "prune-gradient", level))
+            extra["saliency"] = {n: v.cpu() for n, v in sal.items()}
+        cpu_mask = {n: m.cpu() for n, m in mask.items()}
+        new = get_strategy(cfg.method)(weights, cpu_mask, fraction=cfg.fraction, scope=cfg.scope, **extra)
         return {n: m.to(self.rt.device) for n, m in new.items()}
 
     def level(self, level: int, parent: str, init: dict, rewind: dict) -> str:
