@@ -191,6 +191,37 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _int_list(text: str | None) -> list[int] | None:
+    if text is None or text == "all":
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SparseddError(f"expected a comma-separated list of integers or 'all', got {text!r}") from None
+
+
+def cmd_analyze(args) -> int:
+    from rich.console import Console
+
+    from .analysis.runner import Analyzer, parse_settings
+    from .experiments import Runtime
+    from .results import resolve_run
+
+    settings = parse_settings(args.kind, args.set)
+    store = _store(args)
+    run_id = resolve_run(store, args.run)
+    rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=False)
+    console = Console(stderr=True)
+    table = Analyzer(store, run_id, rt).run(args.kind, settings, _int_list(args.levels), _int_list(args.seeds),
+                                             progress=None if args.no_progress else console.log)
+    if args.format == "json":
+        print(table.to_json(orient="records", indent=1))
+        return 0
+    scalar = [c for c in table.columns if not table[c].map(lambda v: isinstance(v, (list, dict))).any()]
+    print(table[scalar].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparsedd", description="Sparse double descent: iterative pruning under label noise.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -223,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("run", help="run id (or a unique prefix)")
     sh.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     sh.set_defaults(func=cmd_show)
+
+    an = with_root(sub.add_parser("analyze", help="analyses of a run: redense, interpolate, landscape, sharpness, "
+                                                   "distance, reinit, phases"))
+    an.add_argument("run", help="run id (or a unique prefix)")
+    an.add_argument("kind", help="redense | interpolate | landscape | sharpness | distance | reinit | phases")
+    an.add_argument("--levels", default=None, help="comma-separated levels (default: all finished)")
+    an.add_argument("--seeds", default=None, help="comma-separated seeds (default: all)")
+    an.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an analysis setting, e.g. epochs=50, lr=0.01, step=0.05, radius=0.5, subsample=2000")
+    an.add_argument("--data-dir", default=None)
+    an.add_argument("--device", default="auto")
+    an.add_argument("--format", choices=("table", "json"), default="table")
+    an.add_argument("--no-progress", action="store_true")
+    an.set_defaults(func=cmd_analyze)
 
     pl = with_root(sub.add_parser("plot", help="plot accuracy against sparsity"))
     pl.add_argument("run", help="run id (or a unique prefix)")

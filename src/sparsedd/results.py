@@ -17,6 +17,7 @@ class Results:
     runs: pd.DataFrame  # one row per run: run_id, preset, seeds, levels, status, error, config (dict)
     levels: pd.DataFrame  # one row per run, seed and level: sparsity, accuracies, distance, ...
     epochs: pd.DataFrame  # one row per run, seed, level and epoch
+    analyses: pd.DataFrame  # one row per run, seed, level, analysis kind and settings; result as a dict
 
 
 def load(root: str | Path | None = None) -> Results:
@@ -33,7 +34,13 @@ def load(root: str | Path | None = None) -> Results:
     epochs = pd.DataFrame([dict(r) for r in q(
         "SELECT rs.run_id, rs.seed, rs.level, e.* FROM run_stages rs JOIN epochs e ON e.stage_id = rs.stage_id "
         "ORDER BY rs.run_id, rs.seed, rs.level, e.epoch")])
-    return Results(runs, levels, epochs)
+    analyses = pd.DataFrame([dict(r) for r in q(
+        "SELECT rs.run_id, rs.seed, rs.level, a.* FROM run_stages rs JOIN analyses a ON a.target = rs.stage_id "
+        "ORDER BY rs.run_id, a.kind, rs.seed, rs.level")],
+        columns=["run_id", "seed", "level", "analysis_id", "target", "kind", "settings", "result"])
+    for col in ("settings", "result"):
+        analyses[col] = analyses[col].map(json.loads)
+    return Results(runs, levels, epochs, analyses)
 
 
 def resolve_run(store: Store, run: str) -> str:

@@ -139,7 +139,8 @@ class Replicate:
             "layer_sparsity": layer_sparsity(mask), "distance": learning_distance(state, init),
             "effective_noise": self.noise.effective_rate, "seconds": seconds,
         })
-        self.store.save(stage_id, "final.pt", {"model": state, "mask": {k: v.cpu() for k, v in mask.items()}})
+        self.store.save(stage_id, "final.pt", {"model": state, "mask": {k: v.cpu() for k, v in mask.items()},
+                                               "optim": result.optimizer_state})
         self.store.index.record_epochs(stage_id, result.history)
         self.store.index.record_level(stage_id, level, metrics)
         self.store.finish_stage(stage_id, {"metrics": metrics, "history": result.history})

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS run_stages (
 CREATE TABLE IF NOT EXISTS levels (
   stage_id TEXT PRIMARY KEY, level INTEGER, {", ".join(f"{c} REAL" for c in LEVEL_COLUMNS)},
   layer_sparsity TEXT);
+CREATE TABLE IF NOT EXISTS analyses (
+  analysis_id TEXT PRIMARY KEY, target TEXT NOT NULL, kind TEXT NOT NULL, settings TEXT, result TEXT);
 CREATE TABLE IF NOT EXISTS epochs (
   stage_id TEXT NOT NULL, epoch INTEGER NOT NULL, {", ".join(f"{c} REAL" for c in EPOCH_COLUMNS)},
   PRIMARY KEY (stage_id, epoch));
@@ -76,6 +78,11 @@ class Index:
         marks = ", ".join("?" for _ in LEVEL_COLUMNS)
         row = (stage_id, level, *(metrics.get(c) for c in LEVEL_COLUMNS), json.dumps(metrics.get("layer_sparsity", {})))
         self._write(f"INSERT OR REPLACE INTO levels (stage_id, level, {cols}, layer_sparsity) VALUES (?, ?, {marks}, ?)", [row])
+
+    def record_analysis(self, analysis_id: str, target: str, kind: str, settings: dict[str, Any],
+                        result: dict[str, Any]) -> None:
+        self._write("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?)",
+                    [(analysis_id, target, kind, json.dumps(settings, sort_keys=True), json.dumps(result))])
 
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         if not self.path.exists():

@@ -42,6 +42,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     iterations: int = 0
+    optimizer_state: dict[str, Any] = field(default_factory=dict)  # at the end (e.g. to carry momentum on)
 
 
 class Checkpointer(Protocol):
@@ -83,16 +84,20 @@ def iters_per_epoch(n: int, batch_size: int) -> int:
 def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
           order_key: tuple, checkpoint: Checkpointer | None = None, stop_iteration: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_step: Callable[[int], None] | None = None) -> TrainResult:
+          on_step: Callable[[int], None] | None = None,
+          optimizer_state: dict[str, Any] | None = None) -> TrainResult:
     """Train ``model`` in place under ``mask`` for ``cfg.epochs`` (or until ``stop_iteration``).
 
     ``order_key`` seeds the data order: the permutation of epoch e comes from generator(*order_key, e).
     ``on_epoch`` gets each epoch's metrics; ``on_step`` the number of steps just done (for progress).
+    ``optimizer_state`` starts the optimizer from a saved state (a checkpoint, when there is one, wins).
     """
     params = dict(model.named_parameters())
     masked = [params[n] for n in mask]
     mask_f = [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in mask]
     opt = build_optimizer(model.parameters(), cfg)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state)
     ipe = iters_per_epoch(data.n, cfg.batch_size)
     total_iters = cfg.epochs * ipe
     if stop_iteration is not None and stop_iteration > total_iters:
@@ -118,8 +123,9 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
 
     model.train()
     x, y = data.x, data.y
-    with torch.no_grad():
-        torch._foreach_mul_(masked, mask_f)
+    if masked:
+        with torch.no_grad():
+            torch._foreach_mul_(masked, mask_f)
     for epoch in range(start_epoch, cfg.epochs):
         perm = torch.randperm(data.n, generator=generator(*order_key, epoch)).to(x.device)
         for step in range(start_step if epoch == start_epoch else 0, ipe):
@@ -136,11 +142,13 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
             loss = F.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=False)
             loss.backward()
-            with torch.no_grad():
-                torch._foreach_mul_([p.grad for p in masked], mask_f)
+            if masked:
+                with torch.no_grad():
+                    torch._foreach_mul_([p.grad for p in masked], mask_f)
             opt.step()
             with torch.no_grad():
-                torch._foreach_mul_(masked, mask_f)
+                if masked:
+                    torch._foreach_mul_(masked, mask_f)
                 step_loss[step] = loss.detach() * yb.shape[0]
                 step_hits[step] = (out.argmax(1) == yb).sum()
             if on_step is not None:
@@ -162,6 +170,7 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
         if checkpoint is not None and not last and checkpoint.due(end_of_epoch=True):
             checkpoint.save(snapshot(epoch + 1, 0))
     result.iterations = total_iters
+    result.optimizer_state = opt.state_dict()
     result.final = dict(result.history[-1]) if result.history else evaluate(model, data)
     evals = [h["test_acc"] for h in result.history if "test_acc" in h]
     result.final["test_acc_best"] = max(evals) if evals else result.final.get("test_acc", float("nan"))

@@ -1,0 +1,285 @@
+"""`sparsedd analyze RUN KIND`: each analysis on the levels of a finished run, cached in the store.
+
+Every analysis has a frozen settings dataclass; a result is a stage keyed by (kind, the level's
+stage id, the settings), so asking again with the same settings reads the cached answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from .. import config as config_mod
+from ..config import RunConfig, canonical_dict
+from ..data import load_dataset
+from ..errors import SparseddError
+from ..experiments.imp import Replicate, Runtime, _Progress, learning_distance
+from ..experiments.retrain import level_train_config
+from ..rng import derive_seed, generator
+from ..store import Store
+from ..training import train
+from . import phases as phases_mod
+from .hessian import hutchinson_trace, top_eigenvalue
+from .interpolate import alphas as alpha_grid
+from .interpolate import interpolate
+from .landscape import filter_normalized_direction, loss_curve
+
+
+@dataclass(frozen=True)
+class RedenseSettings:
+    epochs: int = 0  # 0: the run's train.epochs (paper: MNIST 200, CIFAR 160)
+    lr: float = 0.0  # 0: the run's train.lr (paper: MNIST 0.1, CIFAR 0.001); constant
+    carry_optimizer: bool = False  # start from the level's final optimizer state instead of a fresh one
+
+
+@dataclass(frozen=True)
+class InterpolateSettings:
+    step: float = 0.01  # alpha step (paper: 0.01)
+    target: str = "redense"  # the other end: the level's re-dense solution, or the dense network (level 0)
+
+
+@dataclass(frozen=True)
+class LandscapeSettings:
+    radius: float = 1.0  # alpha in [-radius, radius]
+    points: int = 41
+    seed: int = 0  # the direction's seed
+    all_weights: bool = False  # by default the direction is zero on pruned weights
+
+
+@dataclass(frozen=True)
+class SharpnessSettings:
+    iters: int = 100  # power iterations at most
+    tol: float = 1e-3  # relative change of the eigenvalue that stops the iteration
+    trace_samples: int = 20  # Hutchinson samples
+    subsample: int = 0  # 0: the full training set; else a seeded subsample of this size
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReinitSettings:
+    inits: int = 1  # fresh random inits per level
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    tol: float = 0.01  # phases: the smallest accuracy change taken as real
+
+
+SETTINGS: dict[str, type] = {
+    "redense": RedenseSettings, "interpolate": InterpolateSettings, "landscape": LandscapeSettings,
+    "sharpness": SharpnessSettings, "reinit": ReinitSettings, "distance": NoSettings, "phases": NoSettings,
+}
+PER_LEVEL = ("redense", "interpolate", "landscape", "sharpness", "reinit")
+
+
+def parse_settings(kind: str, sets: list[str]) -> Any:
+    if kind not in SETTINGS:
+        raise SparseddError(f"unknown analysis {kind!r}; choose one of {', '.join(SETTINGS)}")
+    cls = SETTINGS[kind]
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in config_mod.parse_sets(sets).items():
+        if key not in hints:
+            raise SparseddError(f"unknown setting {key!r} for {kind}; valid: {', '.join(hints) or 'none'}")
+        typ = {"int": int, "float": float, "bool": bool, "str": str}[hints[key]] if isinstance(hints[key], str) else hints[key]
+        values[key] = config_mod._coerce(f"{kind}.{key}", value, typ)
+    s = cls(**values)
+    if kind == "interpolate" and (s.target not in ("redense", "dense") or not 0 < s.step <= 0.5):
+        raise SparseddError("interpolate: target must be redense or dense and step in (0, 0.5]")
+    if kind == "landscape" and (s.points < 3 or s.radius <= 0):
+        raise SparseddError("landscape: points must be >= 3 and radius > 0")
+    if kind == "sharpness" and (s.iters < 1 or s.trace_samples < 1 or s.subsample < 0):
+        raise SparseddError("sharpness: iters and trace_samples must be >= 1, subsample >= 0")
+    if kind == "redense" and (s.epochs < 0 or s.lr < 0):
+        raise SparseddError("redense: epochs and lr must be >= 0 (0: the run's value)")
+    if kind == "reinit" and s.inits < 1:
+        raise SparseddError("reinit: inits must be >= 1")
+    return s
+
+
+class Analyzer:
+    """Loads a run's config, data and stages, and runs analyses on its levels."""
+
+    def __init__(self, store: Store, run_id: str, runtime: Runtime | None = None):
+        self.store, self.run_id = store, run_id
+        self.rt = runtime or Runtime(progress=False)
+        info = json.loads((store.run_dir(run_id) / "config.json").read_text())
+        self.cfg: RunConfig = config_mod.from_dict(info["config"])
+        self.links = {(r["seed"], r["level"]): r["stage_id"] for r in store.index.query(
+            "SELECT seed, level, stage_id FROM run_stages WHERE run_id=?", (run_id,))}
+        self._data = None
+        self._reps: dict[int, Replicate] = {}
+
+    def replicate(self, seed: int) -> Replicate:
+        if self._data is None:
+            self._data = load_dataset(self.cfg.data, data_dir=self.rt.data_dir, device=self.rt.device)
+        if seed not in self._reps:
+            self._reps[seed] = Replicate(self.cfg.with_seed(seed), self.run_id, self._data, self.store, self.rt,
+                                         _Progress(False, 0))
+        return self._reps[seed]
+
+    def targets(self, levels: list[int] | None, seeds: list[int] | None) -> list[tuple[int, int, str]]:
+        done = {k: v for k, v in self.links.items() if self.store.is_done(v)}
+        out = [(s, l, sid) for (s, l), sid in sorted(done.items())
+               if (levels is None or l in levels) and (seeds is None or s in seeds)]
+        if not out:
+            raise SparseddError(f"run {self.run_id} has no finished level among those asked; see `sparsedd show {self.run_id}`")
+        return out
+
+    def model_at(self, seed: int, stage_id: str):
+        rep = self.replicate(seed)
+        final = self.store.load(stage_id, "final.pt")
+        model = rep.new_model(0)
+        model.load_state_dict(final["model"])
+        mask = {n: m.to(self.rt.device) for n, m in final["mask"].items()}
+        return rep, model, mask, final
+
+    # --- cached per-level analyses
+    def cached(self, kind: str, target: str, settings: Any, compute: Callable[[], dict]) -> dict:
+        key = {"kind": f"analysis-{kind}", "target": target, "settings": canonical_dict(settings)}
+        sid = self.store.stage_id(key)
+        if not self.store.is_done(sid):
+            self.store.begin_stage(sid, key)
+            result = compute()
+            self.store.finish_stage(sid, {"result": result})
+            self.store.index.record_analysis(sid, target, kind, key["settings"], result)
+        else:
+            result = self.store.done_info(sid)["result"]
+            self.store.index.record_analysis(sid, target, kind, key["settings"], result)
+        return result
+
+    def redense(self, seed: int, level: int, sid: str, s: RedenseSettings) -> dict:
+        def compute() -> dict:
+            rep, model, mask, final = self.model_at(seed, sid)
+            cfg = dataclasses.replace(rep.cfg.train, lr=s.lr or rep.cfg.train.lr, schedule="constant", milestones=(),
+                                      warmup_epochs=0, epochs=s.epochs or rep.cfg.train.epochs)
+            opt_state = final.get("optim") if s.carry_optimizer else None
+            init = self.store.load(self.links[(seed, 0)], "init.pt")["model"]
+            res = train(model, rep.train_data, cfg, {}, order_key=(seed, "redense", level),
+                        optimizer_state=opt_state or None)
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            self.store.save(self._sid("redense", sid, s), "final.pt", {"model": state})
+            return {**res.final, "distance": learning_distance(state, init), "history": res.history}
+        return self.cached("redense", sid, s, compute)
+
+    def _sid(self, kind: str, target: str, settings: Any) -> str:
+        return self.store.stage_id({"kind": f"analysis-{kind}", "target": target, "settings": canonical_dict(settings)})
+
+    def interpolate(self, seed: int, level: int, sid: str, s: InterpolateSettings) -> dict:
+        def compute() -> dict:
+            rep, model, mask, final = self.model_at(seed, sid)
+            if s.target == "redense":
+                self.redense(seed, level, sid, RedenseSettings())
+                other = self.store.load(self._sid("redense", sid, RedenseSettings()), "final.pt")["model"]
+            else:
+                other = self.store.load(self.links[(seed, 0)], "final.pt")["model"]
+            pts = interpolate(model, final["model"], other, alpha_grid(s.step), rep.train_data)
+            ends = max(pts[0]["train_loss"], pts[-1]["train_loss"])
+            return {"points": pts, "test_acc_sparse": pts[0]["test_acc"], "test_acc_other": pts[-1]["test_acc"],
+                    "train_loss_barrier": max(p["train_loss"] for p in pts) - ends,
+                    "test_acc_min": min(p["test_acc"] for p in pts)}
+        return self.cached("interpolate", sid, s, compute)
+
+    def landscape(self, seed: int, level: int, sid: str, s: LandscapeSettings) -> dict:
+        def compute() -> dict:
+            rep, model, mask, final = self.model_at(seed, sid)
+            direction = filter_normalized_direction(final["model"], generator(s.seed, "landscape"),
+                                                    None if s.all_weights else final["mask"])
+            grid = [-s.radius + 2 * s.radius * i / (s.points - 1) for i in range(s.points)]
+            pts = loss_curve(model, final["model"], direction, grid, rep.train_data)
+            center = pts[len(pts) // 2]
+            return {"points": pts, "train_loss_center": center["train_loss"], "test_loss_center": center["test_loss"],
+                    "train_loss_edges": (pts[0]["train_loss"] + pts[-1]["train_loss"]) / 2}
+        return self.cached("landscape", sid, s, compute)
+
+    def sharpness(self, seed: int, level: int, sid: str, s: SharpnessSettings) -> dict:
+        def compute() -> dict:
+            rep, model, mask, final = self.model_at(seed, sid)
+            x, y = rep.train_data.x, rep.train_data.y
+            if s.subsample:
+                idx = torch.randperm(x.shape[0], generator=generator(s.seed, "sharpness-subsample"))[:s.subsample]
+                x, y = x[idx.to(x.device)], y[idx.to(y.device)]
+            eig = top_eigenvalue(model, x, y, mask, iters=s.iters, tol=s.tol, generator=generator(s.seed, "power"))
+            tr = hutchinson_trace(model, x, y, mask, samples=s.trace_samples, generator=generator(s.seed, "hutchinson"))
+            return {"top_eigenvalue": eig.value, "iterations": eig.iterations, "rel_change": eig.rel_change,
+                    "converged": eig.converged, "trace": tr.value, "trace_stderr": tr.stderr,
+                    "trace_samples": tr.samples, "examples": int(x.shape[0])}
+        return self.cached("sharpness", sid, s, compute)
+
+    def reinit(self, seed: int, level: int, sid: str, s: ReinitSettings) -> dict:
+        if self.cfg.retrain.mode != "weight-rewind":
+            raise SparseddError("the reinit analysis compares with winning tickets: use it on a weight-rewind run")
+
+        def compute() -> dict:
+            rep, model, mask, final = self.model_at(seed, sid)
+            cfg = level_train_config(rep.cfg)
+            accs = []
+            for i in range(s.inits):
+                fresh = rep.new_model(derive_seed(seed, "reinit-analysis", s.seed, level, i))
+                res = train(fresh, rep.train_data, cfg, mask, order_key=(seed, "order"))
+                accs.append({"init": i, "test_acc": res.final["test_acc"], "test_acc_best": res.final["test_acc_best"],
+                             "train_acc_noisy": res.final["train_acc_noisy"]})
+            ticket = self.store.done_info(sid)["metrics"]
+            return {"reinit": accs, "ticket_test_acc": ticket["test_acc"],
+                    "reinit_test_acc": sum(a["test_acc"] for a in accs) / len(accs)}
+        return self.cached("reinit", sid, s, compute)
+
+    def run(self, kind: str, settings: Any, levels: list[int] | None = None, seeds: list[int] | None = None,
+            progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+        """Rows of (seed, level, sparsity, result fields) for a per-level analysis, or a run-level table."""
+        if kind == "distance":
+            return distance_table(self.store, self.run_id)
+        if kind == "phases":
+            return phases_table(self.store, self.run_id, settings.tol)
+        rows = []
+        method = getattr(self, kind)
+        for seed, level, sid in self.targets(levels, seeds):
+            if kind in ("redense", "interpolate", "reinit") and level == 0:
+                continue
+            if progress:
+                progress(f"{kind}: seed {seed} level {level}")
+            result = method(seed, level, sid, settings)
+            metrics = self.store.done_info(sid)["metrics"]
+            rows.append({"seed": seed, "level": level, "sparsity": metrics["sparsity"],
+                         "level_test_acc": metrics["test_acc"], **result})
+        return pd.DataFrame(rows)
+
+
+def distance_table(store: Store, run_id: str) -> pd.DataFrame:
+    """Learning distance and test accuracy per level, with their Spearman correlation (per seed and on the mean)."""
+    from ..results import run_curve
+
+    curve = run_curve(store, run_id)
+    out = []
+    for seed, g in curve.groupby("seed"):
+        out.append({"seed": int(seed), "spearman": float(g["distance"].corr(g["test_acc"], method="spearman"))})
+    mean = curve.groupby("level")[["distance", "test_acc"]].mean()
+    out.append({"seed": "mean", "spearman": float(mean["distance"].corr(mean["test_acc"], method="spearman"))})
+    return pd.DataFrame(out)
+
+
+def phases_table(store: Store, run_id: str, tol: float = 0.01) -> pd.DataFrame:
+    """The phases per seed and on the seed mean: one row per (seed, phase) with level, sparsity, accuracy."""
+    from ..results import run_curve
+
+    curve = run_curve(store, run_id)
+    curves: list[tuple[Any, pd.DataFrame]] = [(int(s), g) for s, g in curve.groupby("seed")]
+    curves.append(("mean", curve.groupby("level")[["sparsity", "test_acc", "train_acc_noisy"]].mean().reset_index()))
+    rows = []
+    for seed, g in curves:
+        if len(g) < 3:
+            continue
+        p = phases_mod.detect(g["sparsity"].tolist(), g["test_acc"].tolist(), g["train_acc_noisy"].tolist(), tol=tol)
+        for name in ("dense", "light_end", "critical", "sweet", "collapse", "train_leaves_full"):
+            pt = getattr(p, name)
+            if pt is not None:
+                acc_kind = "train_acc_noisy" if name == "train_leaves_full" else "test_acc"
+                rows.append({"seed": seed, "found": p.found, "phase": name, "level": pt.level,
+                             "sparsity": pt.sparsity, "acc": pt.acc, "acc_of": acc_kind, "note": p.reason})
+    return pd.DataFrame(rows)
