@@ -222,6 +222,14 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report.html import write_report
+
+    path = write_report(args.root, args.runs, args.out)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparsedd", description="Sparse double descent: iterative pruning under label noise.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -268,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--format", choices=("table", "json"), default="table")
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(func=cmd_analyze)
+
+    rp = with_root(sub.add_parser("report", help="an HTML report (figures as PNG and PDF, tables as CSV) of runs"))
+    rp.add_argument("runs", nargs="+", help="run ids (or unique prefixes); several are also overlaid")
+    rp.add_argument("--out", required=True, help="output folder; DIR/index.html is the page")
+    rp.set_defaults(func=cmd_report)
 
     pl = with_root(sub.add_parser("plot", help="plot accuracy against sparsity"))
     pl.add_argument("run", help="run id (or a unique prefix)")

@@ -1,0 +1,176 @@
+"""`sparsedd report RUN [RUN ...] --out DIR`: a self-contained HTML page, figures (PNG, PDF), tables (CSV)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..analysis.runner import distance_table, phases_table
+from ..results import load, resolve_run
+from ..store import Store
+from . import figures as F
+
+ANALYSES = ("redense", "interpolate", "landscape", "sharpness", "reinit")
+
+# Runs in the browser: records script errors and broken images, so a headless test can read the DOM.
+CHECK_JS = """
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.target && e.target.src)), true);
+const origError = console.error; console.error = (...a) => { window.__errors.push(a.join(' ')); origError(...a); };
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
+  document.body.dataset.images = imgs.length;
+  document.body.dataset.broken = JSON.stringify(broken);
+  document.body.dataset.errors = JSON.stringify(window.__errors);
+  document.body.dataset.ready = 'yes';
+});
+"""
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+code { background: #f4f4f4; padding: 1px 3px; }
+"""
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _title(cfg: dict[str, Any], run_id: str) -> str:
+    return (f"{cfg['model']['name']} on {cfg['data']['name']}, {100 * cfg['data']['noise']:g}% {cfg['data']['noise_type']} "
+            f"noise, {cfg['prune']['method']} {cfg['prune']['scope']}, {cfg['retrain']['mode']} (run {run_id})")
+
+
+def _differences(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """For overlaid runs: a label per run naming the settings in which the runs differ."""
+    flats = {r: _flat(c) for r, c in configs.items()}
+    keys = sorted({k for f in flats.values() for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k)) for f in flats.values()}) > 1]
+    return {r: ", ".join(f"{k}={f.get(k)}" for k in differ) or r for r, f in flats.items()}
+
+
+class _Writer:
+    def __init__(self, out: Path):
+        self.out = out
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        (out / "tables").mkdir(parents=True, exist_ok=True)
+        self.parts: list[str] = []
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        for ext in ("png", "pdf"):
+            fig.savefig(self.out / "figures" / f"{name}.{ext}", dpi=110)
+        plt.close(fig)
+        self.parts.append(f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}">'
+                          f'<figcaption>{html.escape(caption)} (<a href="figures/{name}.pdf">PDF</a>)</figcaption></figure>')
+
+    def table(self, df: pd.DataFrame, name: str, caption: str, show: bool = True) -> None:
+        df.to_csv(self.out / "tables" / f"{name}.csv", index=False)
+        if show:
+            self.parts.append(f"<p>{html.escape(caption)} (<a href=\"tables/{name}.csv\">CSV</a>)</p>" +
+                              df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0))
+        else:
+            self.parts.append(f'<p>{html.escape(caption)}: <a href="tables/{name}.csv">CSV</a></p>')
+
+    def h(self, text: str, level: int = 2) -> None:
+        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def p(self, text: str) -> None:
+        self.parts.append(f"<p>{text}</p>")
+
+    def write(self, title: str) -> Path:
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body><h1>{html.escape(title)}</h1>"
+                + "\n".join(self.parts) + "</body></html>")
+        path = self.out / "index.html"
+        path.write_text(page)
+        return path
+
+
+def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
+    a = res.analyses[(res.analyses["run_id"] == run_id) & (res.analyses["kind"] == kind)]
+    if not len(a):
+        return pd.DataFrame()
+    # one settings variant per kind: the one with the most results
+    counts = a["settings"].map(lambda s: json.dumps(s, sort_keys=True)).value_counts()
+    a = a[a["settings"].map(lambda s: json.dumps(s, sort_keys=True)) == counts.index[0]]
+    levels = res.levels[res.levels["run_id"] == run_id][["seed", "level", "sparsity", "test_acc"]]
+    rows = pd.DataFrame([{"seed": r["seed"], "level": r["level"], "settings": json.dumps(r["settings"]), **r["result"]}
+                         for _, r in a.iterrows()])
+    rows = rows.merge(levels.rename(columns={"test_acc": "level_test_acc"}), on=["seed", "level"])
+    return rows.sort_values(["seed", "level"]).reset_index(drop=True)
+
+
+def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:
+    store = Store(root)
+    run_ids = [resolve_run(store, r) for r in runs]
+    res = load(store.root)
+    w = _Writer(Path(out))
+    configs = {r: json.loads((store.run_dir(r) / "config.json").read_text())["config"] for r in run_ids}
+    w.p("Made by <code>sparsedd report</code>. Accuracies are fractions of the test set (clean labels) and of the "
+        "training set (noisy or true labels); sparsity counts the prunable weights removed. Bands span the seeds' "
+        "minimum to maximum.")
+    if len(run_ids) > 1:
+        labels = _differences(configs)
+        w.h("Runs overlaid")
+        w.p("<br>".join(f"<code>{r}</code>: {html.escape(labels[r])}" for r in run_ids))
+        curves = [(labels[r], res.levels[res.levels["run_id"] == r]) for r in run_ids]
+        w.figure(F.fig_overlay([c for c in curves if len(c[1])], "test accuracy against sparsity"), "overlay",
+                 "Test accuracy of every run (mean over seeds), labelled by the settings in which they differ.")
+    for r in run_ids:
+        cfg = configs[r]
+        levels = res.levels[res.levels["run_id"] == r]
+        title = _title(cfg, r)
+        w.h(title)
+        if not len(levels):
+            w.p("No finished level yet.")
+            continue
+        phases = phases_table(store, r) if levels["level"].nunique() >= 3 else pd.DataFrame()
+        mean_phases = None
+        if len(phases):
+            m = phases[phases["seed"] == "mean"]
+            if len(m) and bool(m["found"].iloc[0]):
+                mean_phases = {"found": True, **{row["phase"]: {"level": row["level"], "sparsity": row["sparsity"]}
+                                                 for _, row in m.iterrows()}}
+        w.figure(F.fig_curve(levels, mean_phases, title), f"{r}-curve",
+                 "Test accuracy (left) and train accuracy on the noisy and true labels (right) against sparsity, "
+                 "with the phases found on the seed mean shaded (light, critical, sweet, collapsed).")
+        w.table(levels.drop(columns=["run_id", "layer_sparsity"]).reset_index(drop=True), f"{r}-levels",
+                "Every level and seed", show=False)
+        if len(phases):
+            w.table(phases, f"{r}-phases", "Phases (rule: see sparsedd.analysis.phases)")
+        dist = distance_table(store, r)
+        rho = dist[dist["seed"] == "mean"]["spearman"].iloc[0]
+        w.figure(F.fig_distance(levels, None if pd.isna(rho) else float(rho), title), f"{r}-distance",
+                 "Learning distance ||w - w_init||_2 (from the dense initialization) beside test accuracy.")
+        w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
+        for kind in ANALYSES:
+            rows = _analysis_rows(res, r, kind)
+            if not len(rows):
+                continue
+            fig = getattr(F, f"fig_{kind}")(rows, title)
+            w.figure(fig, f"{r}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
+            scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
+            w.table(rows[scalar], f"{r}-{kind}", f"{kind} results")
+    from .tensorboard import available, write_tensorboard
+
+    if available():
+        write_tensorboard(store.root, run_ids, w.out / "tensorboard")
+        w.p(f"TensorBoard event files: <code>tensorboard --logdir {html.escape(str(w.out / 'tensorboard'))}</code>")
+    return w.write("sparsedd report: " + ", ".join(run_ids))
