@@ -195,3 +195,20 @@ def test_analyze_bad_input(tiny_run, capsys, args, words):
     assert main(["analyze", run_id, *args, "--root", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
+
+
+def test_batchnorm_statistics_are_recomputed_along_the_path():
+    from torch import nn
+
+    from sparsedd.analysis.interpolate import recompute_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(1)) * 3 + 2
+    bn = model[1]
+    assert torch.all(bn.running_mean == 0)
+    assert recompute_batchnorm(model, x, batch=100)
+    h = model[0](x).detach()
+    assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-5)
+    assert bn.momentum == 0.1 and model.training  # momentum restored, mode kept
+    assert not recompute_batchnorm(nn.Sequential(nn.Linear(2, 2)), x[:, :2])
