@@ -20,14 +20,14 @@ from typing import Any
 
 from .errors import SparseddError
 
-DATASETS = ("mnist", "mnist1d")
-NOISE_TYPES = ("random", "symmetric")
-MODELS = ("lenet-300-100", "mlp")
+DATASETS = ("mnist", "mnist1d", "cifar10", "cifar100", "tinyimagenet")
+NOISE_TYPES = ("random", "symmetric", "asymmetric", "pairflip")
+MODELS = ("lenet-300-100", "mlp", "resnet18", "vgg16", "resnet101")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine")
 PRUNE_METHODS = ("magnitude", "random", "gradient")
 PRUNE_SCOPES = ("global", "layer")
-PRUNE_LAYERS = ("default", "all", "hidden")
+PRUNE_LAYERS = ("default", "all", "hidden", "conv")
 RETRAIN_MODES = ("finetune", "lr-rewind", "weight-rewind", "reinit")
 
 
@@ -51,9 +51,13 @@ class DataConfig:
     noise_seed: int = 0
     num_train: int = 0  # 0: the data set's default size
     num_test: int = 0
+    augment: str = "default"  # default: the data set's standard training augmentation; none; crop-flip
+    image_size: int = 0  # tinyimagenet: 64 or 32 (0: native 64)
 
     def __post_init__(self) -> None:
         _choice("data", "name", self.name, DATASETS)
+        _choice("data", "augment", self.augment, ("default", "none", "crop-flip"))
+        _check(self.image_size in (0, 32, 64), "data.image_size", "0, 32 or 64", self.image_size)
         _choice("data", "noise_type", self.noise_type, NOISE_TYPES)
         _check(0.0 <= self.noise <= 1.0, "data.noise", "in [0, 1]", self.noise)
         _check(self.noise_seed >= 0, "data.noise_seed", ">= 0", self.noise_seed)

@@ -1,0 +1,218 @@
+"""Train K fully connected networks of one architecture at once.
+
+The K networks' weights are stacked along a leading model axis and every layer is one batched
+matrix product. Each network keeps its own data order, labels (noise), mask, start weights and
+optimizer state; SGD and Adam act elementwise, so each network follows the same trajectory as when
+trained alone (up to floating-point rounding of the batched products).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..models.mlp import MLP
+from ..rng import generator
+from .loop import Checkpointer, TrainData, TrainResult, iters_per_epoch
+from .optim import build_optimizer
+from .schedule import lr_at
+
+
+class StackedMLP(nn.Module):
+    """K MLPs with weights [K, out, in] and biases [K, out]; forward takes inputs [K, B, in]."""
+
+    def __init__(self, states: list[dict[str, torch.Tensor]]):
+        super().__init__()
+        depth = sum(1 for k in states[0] if k.endswith(".weight"))
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([s[f"layers.{i}.weight"] for s in states]).clone()) for i in range(depth))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([s[f"layers.{i}.bias"] for s in states]).clone()) for i in range(depth))
+
+    @property
+    def k(self) -> int:
+        return self.weights[0].shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2) if x.dim() > 3 else x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The same inputs [B, ...] through every network: [K, B, classes] (no copy of x per network)."""
+        x = x.flatten(1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.matmul(x, w.transpose(1, 2)) + b.unsqueeze(1)
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for k in range(self.k):
+            s = {}
+            for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+                s[f"layers.{i}.weight"] = w[k].detach().clone()
+                s[f"layers.{i}.bias"] = b[k].detach().clone()
+            out.append(s)
+        return out
+
+
+def batchable(model: nn.Module) -> bool:
+    return type(model) is MLP
+
+
+def stack_masks(model: StackedMLP, masks: list[dict[str, torch.Tensor]]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(stacked parameter, stacked float mask) for every masked layer (the same layers in every network)."""
+    names = list(masks[0])
+    if any(list(m) != names for m in masks):
+        raise ValueError("batched networks must mask the same layers")
+    out = []
+    for n in names:
+        i = int(n.split(".")[1])
+        param = model.weights[i] if n.endswith("weight") else model.biases[i]
+        out.append((param, torch.stack([m[n] for m in masks]).to(param.dtype)))
+    return out
+
+
+@torch.no_grad()
+def evaluate_stacked(model: StackedMLP, datas: list[TrainData], batch: int = 4096) -> list[dict[str, float | None]]:
+    """The metrics of :func:`sparsedd.training.loop.evaluate` for each network."""
+    was = model.training
+    model.eval()
+    base = datas[0]
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.forward_shared(x[i:i + batch]) for i in range(0, x.shape[0], batch)], dim=1)
+
+    test, train = logits(base.x_test), logits(base.x)
+    model.train(was)
+    out = []
+    for k, d in enumerate(datas):
+        pred = train[k].argmax(1)
+        fitted = pred[d.corrupted] == d.y[d.corrupted]
+        out.append({
+            "test_loss": float(F.cross_entropy(test[k], d.y_test)),
+            "test_acc": float((test[k].argmax(1) == d.y_test).float().mean()),
+            "train_loss": float(F.cross_entropy(train[k], d.y)),
+            "train_acc_noisy": float((pred == d.y).float().mean()),
+            "train_acc_clean": float((pred == d.y_clean).float().mean()),
+            "memorized": float(fitted.float().mean()) if fitted.numel() else None,
+        })
+    return out
+
+
+def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData], cfg: TrainConfig,
+                  masks: list[dict[str, torch.Tensor]], *, order_keys: list[tuple], device: str | torch.device = "cpu",
+                  checkpoint: Checkpointer | None = None,
+                  on_epoch: Callable[[list[dict[str, Any]]], None] | None = None
+                  ) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
+    """Train K networks (start weights ``states``) under ``masks``; returns final states and results.
+
+    All networks share the inputs ``datas[k].x`` (the same data set) but have their own labels,
+    order (permutation of epoch e from generator(*order_keys[k], e)) and masks.
+    """
+    K = len(states)
+    if not (len(datas) == len(masks) == len(order_keys) == K):
+        raise ValueError("one data view, mask and order key per network")
+    x = datas[0].x
+    if any(d.x is not x and not torch.equal(d.x, x) for d in datas[1:]):
+        raise ValueError("batched networks must share the training inputs")
+    n = datas[0].n
+    model = StackedMLP(states).to(device)
+    masked = stack_masks(model, masks)
+    params = [p for p, _ in masked]
+    mask_f = [m.to(device) for _, m in masked]
+    ys = torch.stack([d.y for d in datas]).to(device)
+    opt = build_optimizer(model.parameters(), cfg)
+    ipe = iters_per_epoch(n, cfg.batch_size)
+    step_loss = torch.zeros(K, ipe, device=device)
+    step_hits = torch.zeros(K, ipe, device=device, dtype=torch.long)
+    results = [TrainResult() for _ in range(K)]
+    start_epoch, start_step = 0, 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        step_loss.copy_(state["step_loss"])
+        step_hits.copy_(state["step_hits"])
+        for r, h in zip(results, state["history"]):
+            r.history = list(h)
+
+    def snapshot(epoch: int, step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "step": step,
+                "step_loss": step_loss.cpu(), "step_hits": step_hits.cpu(), "history": [r.history for r in results]}
+
+    rows = torch.arange(K, device=device).unsqueeze(1)
+    with torch.no_grad():
+        torch._foreach_mul_(params, mask_f)
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        perms = torch.stack([torch.randperm(n, generator=generator(*key, epoch)) for key in order_keys]).to(device)
+        for step in range(start_step if epoch == start_epoch else 0, ipe):
+            lr = lr_at(cfg, epoch * ipe + step, ipe)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = perms[:, step * cfg.batch_size:(step + 1) * cfg.batch_size]  # [K, B]
+            out = model(x[idx])  # [K, B, C]
+            yb = ys[rows, idx]
+            per_model = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape).mean(1)
+            opt.zero_grad(set_to_none=False)
+            per_model.sum().backward()  # each network's gradient is that of its own mean loss
+            with torch.no_grad():
+                torch._foreach_mul_([p.grad for p in params], mask_f)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_mul_(params, mask_f)
+                step_loss[:, step] = per_model.detach() * yb.shape[1]
+                step_hits[:, step] = (out.argmax(2) == yb).sum(1)
+            if checkpoint is not None and step + 1 < ipe and checkpoint.due(end_of_epoch=False):
+                checkpoint.save(snapshot(epoch, step + 1))
+        last = epoch + 1 == cfg.epochs
+        evals = evaluate_stacked(model, datas) if last or (epoch + 1) % cfg.eval_every == 0 else [{}] * K
+        epoch_rows = []
+        for k in range(K):
+            m: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(cfg, (epoch + 1) * ipe - 1, ipe),
+                                 "train_loss_running": float(step_loss[k].sum()) / n,
+                                 "train_acc_running": float(step_hits[k].sum()) / n, **evals[k]}
+            results[k].history.append(m)
+            epoch_rows.append(m)
+        if on_epoch is not None:
+            on_epoch(epoch_rows)
+        if checkpoint is not None and not last and checkpoint.due(end_of_epoch=True):
+            checkpoint.save(snapshot(epoch + 1, 0))
+    finals = [{k: v.cpu() for k, v in s.items()} for s in model.states()]
+    opt_state = opt.state_dict()
+    for k, r in enumerate(results):
+        r.iterations = cfg.epochs * ipe
+        r.final = dict(r.history[-1])
+        evals_k = [h["test_acc"] for h in r.history if "test_acc" in h]
+        r.final["test_acc_best"] = max(evals_k)
+        r.optimizer_state = _slice_optimizer_state(opt_state, k, model)
+    return finals, results
+
+
+def _slice_optimizer_state(opt_state: dict[str, Any], k: int, model: StackedMLP) -> dict[str, Any]:
+    """Network k's part of the stacked optimizer state, in the parameter order of a single MLP."""
+    depth = len(model.weights)
+    # stacked order: weights 0..d-1, then biases 0..d-1; a single MLP's order: w0, b0, w1, b1, ...
+    stacked_index = {("w", i): i for i in range(depth)} | {("b", i): depth + i for i in range(depth)}
+    single_order = [x for i in range(depth) for x in (("w", i), ("b", i))]
+    state = {}
+    for new, key in enumerate(single_order):
+        old = stacked_index[key]
+        if old in opt_state["state"]:
+            state[new] = {name: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v)
+                          for name, v in opt_state["state"][old].items()}
+    groups = [dict(g, params=list(range(2 * depth))) for g in opt_state["param_groups"]]
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,119 @@
+"""K networks trained at once equal the same networks trained one by one."""
+
+import pytest
+import torch
+
+from sparsedd.config import ModelConfig, TrainConfig
+from sparsedd.models import build_model
+from sparsedd.pruning import full_mask, random
+from sparsedd.store import FileCheckpointer
+from sparsedd.training import TrainData, train
+from sparsedd.training.batched import StackedMLP, train_batched
+
+
+def setup(K=3, n=100, d=12, classes=4, hidden=(16, 8), noise=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    clean = torch.randint(0, classes, (n,), generator=g)
+    datas, states, masks = [], [], []
+    for k in range(K):
+        y = clean.clone()
+        if noise:  # each network its own noisy labels
+            flip = torch.randperm(n, generator=torch.Generator().manual_seed(k))[:20]
+            y[flip] = (y[flip] + 1) % classes
+        corrupted = (y != clean).nonzero().squeeze(1)
+        datas.append(TrainData(x, y, clean, x[:30], clean[:30], corrupted))
+        model = build_model(ModelConfig("mlp", hidden), (d,), classes, seed=k)
+        mask = full_mask(model, model.prunable_names())
+        w = {n_: p.detach() for n_, p in model.named_parameters()}
+        mask = random(w, mask, fraction=0.3 + 0.2 * k, scope="layer", generator=torch.Generator().manual_seed(k))
+        states.append(model.state_dict())
+        masks.append(mask)
+    return datas, states, masks, (d, classes, hidden)
+
+
+def separate(datas, states, masks, cfg, shape):
+    d, classes, hidden = shape
+    outs = []
+    for k, (data, state, mask) in enumerate(zip(datas, states, masks)):
+        model = build_model(ModelConfig("mlp", hidden), (d,), classes, seed=0)
+        model.load_state_dict(state)
+        res = train(model, data, cfg, mask, order_key=(k, "order"))
+        outs.append((model.state_dict(), res))
+    return outs
+
+
+CFGS = [
+    TrainConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, epochs=3, batch_size=32, schedule="cosine"),
+    TrainConfig(optimizer="adam", lr=0.01, weight_decay=1e-4, epochs=2, batch_size=40, eval_every=2),
+    TrainConfig(lr=0.1, epochs=2, batch_size=25, schedule="multistep", milestones=(1,), warmup_epochs=1),
+]
+
+
+@pytest.mark.parametrize("cfg", CFGS)
+def test_batched_equals_separate(cfg):
+    datas, states, masks, shape = setup()
+    ref = separate(datas, states, masks, cfg, shape)
+    finals, results = train_batched(states, datas, cfg, masks, order_keys=[(k, "order") for k in range(3)])
+    for k, (state, res) in enumerate(ref):
+        for name, v in state.items():
+            assert torch.allclose(finals[k][name], v, atol=1e-5, rtol=1e-4), (k, name)
+        for name, m in masks[k].items():
+            assert torch.all(finals[k][name][~m] == 0)
+        assert len(results[k].history) == len(res.history)
+        for a, b in zip(results[k].history, res.history):
+            assert a.keys() == b.keys()
+            for key in a:
+                if a[key] is None:
+                    assert b[key] is None
+                else:
+                    assert a[key] == pytest.approx(b[key], abs=1e-4)
+        assert results[k].final["test_acc_best"] == pytest.approx(res.final["test_acc_best"])
+
+
+def test_optimizer_state_of_each_network_matches():
+    cfg = CFGS[0]
+    datas, states, masks, shape = setup(K=2)
+    ref = separate(datas, states, masks, cfg, shape)
+    _, results = train_batched(states, datas, cfg, masks, order_keys=[(k, "order") for k in range(2)])
+    for k, (_, res) in enumerate(ref):
+        a, b = results[k].optimizer_state["state"], res.optimizer_state["state"]
+        assert a.keys() == b.keys()
+        for i in a:
+            assert torch.allclose(a[i]["momentum_buffer"], b[i]["momentum_buffer"], atol=1e-5)
+
+
+def test_stacked_forward_matches_each_network():
+    datas, states, masks, (d, classes, hidden) = setup(K=4)
+    stacked = StackedMLP(states)
+    x = datas[0].x[:7]
+    out = stacked.forward_shared(x)
+    out2 = stacked(x.unsqueeze(0).expand(4, -1, -1))
+    for k, s in enumerate(states):
+        model = build_model(ModelConfig("mlp", hidden), (d,), classes, seed=0)
+        model.load_state_dict(s)
+        assert torch.allclose(out[k], model(x), atol=1e-6) and torch.allclose(out2[k], model(x), atol=1e-6)
+    back = stacked.states()
+    assert all(torch.equal(back[k][n], states[k][n]) for k in range(4) for n in states[k])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_batched_resume_is_exact(tmp_path):
+    cfg = CFGS[0]
+    datas, states, masks, _ = setup()
+    keys = [(k, "order") for k in range(3)]
+    ref, _ = train_batched(states, datas, cfg, masks, order_keys=keys)
+
+    class Dying(FileCheckpointer):
+        def save(self, state):
+            super().save(state)
+            raise _Stop
+
+    path = tmp_path / "c.pt"
+    with pytest.raises(_Stop):
+        train_batched(states, datas, cfg, masks, order_keys=keys, checkpoint=Dying(path, 0, 0))
+    finals, _ = train_batched(states, datas, cfg, masks, order_keys=keys, checkpoint=FileCheckpointer(path, 1e9, 1e9))
+    assert all(torch.equal(finals[k][n], ref[k][n]) for k in range(3) for n in ref[k])
