@@ -32,7 +32,7 @@ def _private_cache(tmp_path_factory):
 # A run small enough for tests: 300 MNIST-1D examples, a small MLP, a few epochs and levels.
 TINY = [
     "data.num_train=240", "data.num_test=120", "model.hidden=[32,32]", "train.epochs=3",
-    "train.batch_size=32", "train.eval_every=1", "prune.levels=2",
+    "train.batch_size=32", "train.eval_every=1", "prune.levels=2", "prune.fraction=0.2", "data.noise=0.2",
 ]
 
 

@@ -117,3 +117,26 @@ def test_batched_resume_is_exact(tmp_path):
         train_batched(states, datas, cfg, masks, order_keys=keys, checkpoint=Dying(path, 0, 0))
     finals, _ = train_batched(states, datas, cfg, masks, order_keys=keys, checkpoint=FileCheckpointer(path, 1e9, 1e9))
     assert all(torch.equal(finals[k][n], ref[k][n]) for k in range(3) for n in ref[k])
+
+
+@pytest.mark.parametrize("mode", ["finetune", "lr-rewind", "weight-rewind", "reinit"])
+def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
+    from sparsedd import config as c
+    from sparsedd.experiments import Runtime, run
+    from sparsedd.store import Store
+
+    cfg = c.load(sets=[*tiny_sets, f"retrain.mode={mode}", "retrain.rewind_iteration=3"], seeds=3)
+    finals = {}
+    for batch in (True, False):
+        store = Store(tmp_path / str(batch))
+        rid = run(cfg, store, runtime=Runtime(progress=False, batch=batch))
+        rows = store.index.query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level", (rid,))
+        finals[batch] = [(r["seed"], r["level"], r["stage_id"], store.load(r["stage_id"], "final.pt")) for r in rows]
+    assert len(finals[True]) == 9
+    assert not list((tmp_path / "True").rglob("checkpoint.pt"))
+    for (s1, l1, id1, a), (s2, l2, id2, b) in zip(finals[True], finals[False]):
+        assert (s1, l1, id1) == (s2, l2, id2)  # the same stages, whichever way they were trained
+        for n in a["mask"]:
+            assert torch.equal(a["mask"][n], b["mask"][n])
+        for n in a["model"]:
+            assert torch.allclose(a["model"][n], b["model"][n], atol=1e-5, rtol=1e-4), (s1, l1, n)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import TINY
@@ -14,8 +15,9 @@ from conftest import TINY
 SETS = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=30", "prune.levels=2"]
 
 
-def command(root: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "sparsedd.cli", "run", "--root", str(root), "--no-progress", "--checkpoint-epoch", "0"]
+def command(root: Path, seeds: int = 1) -> list[str]:
+    cmd = [sys.executable, "-m", "sparsedd.cli", "run", "--root", str(root), "--no-progress", "--checkpoint-epoch", "0",
+           "--seeds", str(seeds)]
     for s in SETS:
         cmd += ["--set", s]
     return cmd
@@ -25,12 +27,13 @@ def finals(root: Path) -> dict[str, dict]:
     return {p.parent.name: torch.load(p, weights_only=True) for p in (root / "stages").glob("*/final.pt")}
 
 
-def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+@pytest.mark.parametrize("seeds", [1, 2])  # 2: the seeds of a level train batched
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, seeds):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ref_root, root = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(command(ref_root), check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(command(ref_root, seeds), check=True, env=env, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(command(root), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(root, seeds), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # wait until level 1 is part-way: the dense stage is done and a checkpoint of the next stage exists
     while time.time() < deadline and proc.poll() is None:
@@ -42,10 +45,10 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     proc.wait()
     assert list((root / "stages").glob("*/checkpoint.pt"))
 
-    res = subprocess.run(command(root), env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(command(root, seeds), env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     a, b = finals(ref_root), finals(root)
-    assert a.keys() == b.keys() and len(a) == 3
+    assert a.keys() == b.keys() and len(a) == 3 * seeds
     for sid in a:
         for k, v in a[sid]["model"].items():
             assert torch.equal(v, b[sid]["model"][k]), (sid, k)
@@ -58,5 +61,5 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
 
     con = sqlite3.connect(root / "index.sqlite")
     assert con.execute("SELECT status FROM runs").fetchall() == [("complete",)]
-    assert con.execute("SELECT COUNT(*) FROM levels").fetchone()[0] == 3
-    assert con.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 90
+    assert con.execute("SELECT COUNT(*) FROM levels").fetchone()[0] == 3 * seeds
+    assert con.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 90 * seeds

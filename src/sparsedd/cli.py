@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
     store = _store(args)
-    rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=not args.no_progress,
+    rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=not args.no_progress, batch=not args.no_batch,
                  checkpoint_every_s=args.checkpoint_every, checkpoint_epoch_s=args.checkpoint_epoch)
     console = Console(stderr=False)
     console.print(f"run {cfg.run_id} ({preset or args.config}) -> {store.root}")
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="folder holding the data sets (e.g. DIR/mnist/)")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-batch", action="store_true",
+                   help="train seeds one by one (by default the seeds of a level train together when the model allows)")
     r.add_argument("--threads", type=int, default=0, metavar="N",
                    help="torch CPU threads (default: torch's choice); 1 avoids oversubscription when other jobs share the cores")
     r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",

@@ -28,8 +28,10 @@ from ..errors import SparseddError
 from ..models import build_model
 from ..pruning import Mask, density, full_mask, get_strategy, gradient_saliency, layer_sparsity, remaining
 from ..rng import derive_seed, generator
-from ..store import Store
-from ..training import TrainData, train
+from ..store import Store, read_json, write_json
+from ..config import TrainConfig
+from ..training import TrainData, TrainResult, train
+from ..training.batched import batchable, train_batched
 from ..training.loop import iters_per_epoch
 from .retrain import level_train_config, start_weights
 
@@ -43,6 +45,7 @@ class Runtime:
     checkpoint_every_s: float = 60.0  # inside long epochs
     checkpoint_epoch_s: float = 1.0  # at epoch ends, at most this often (0: every epoch)
     progress: bool = True
+    batch: bool = True  # train the seeds of a level together when the model allows it
 
 
 def dense_key(cfg: RunConfig) -> dict[str, Any]:
@@ -92,11 +95,11 @@ class _Progress:
                 self.bar.remove_task(self.stage)
             self.stage = self.bar.add_task(name, total=epochs, info="")
 
-    def epoch(self, metrics: dict[str, Any]) -> None:
+    def epoch(self, metrics: dict[str, Any], advance_total: int = 1) -> None:
         if self.bar is not None:
             info = f"test {metrics['test_acc']:.3f}" if "test_acc" in metrics else ""
             self.bar.update(self.stage, advance=1, info=info)
-            self.bar.update(self.total, advance=1)
+            self.bar.update(self.total, advance=advance_total)
 
     def skip(self, epochs: int) -> None:
         if self.bar is not None:
@@ -152,30 +155,54 @@ class Replicate:
         self.store.index.record_epochs(stage_id, info["history"])
         self.store.index.record_level(stage_id, level, info["metrics"])
 
-    # --- stages
-    def dense(self) -> str:
+    # --- stages: each is prepared (None when already done), trained alone or batched, then finished
+    def prepare(self, level: int, parent: str | None) -> tuple[str, Job | None]:
+        """The stage id of ``level`` and, unless it is done, the job that trains it."""
         cfg = self.cfg
-        sid = self.store.stage_id(dense_key(cfg))
-        model = self.new_model(derive_seed(cfg.seed, "init"))
-        names = model.prunable_names(cfg.prune.layers)
-        if self.store.is_done(sid):
-            self._replay_index(sid, 0)
-            self.progress.skip(cfg.train.epochs)
+        if level == 0:
+            key: dict[str, Any] = dense_key(cfg)
         else:
-            self.store.begin_stage(sid, dense_key(cfg))
-            init_path = self.store.stage_dir(sid) / "init.pt"
-            if not init_path.exists():
+            key = level_key(cfg, parent, level)
+        sid = self.store.stage_id(key)
+        if level == 0:
+            self.dense_id = sid
+        train_cfg = cfg.train if level == 0 else level_train_config(cfg)
+        if self.store.is_done(sid):
+            self._replay_index(sid, level)
+            self.store.index.link(self.run_id, cfg.seed, level, sid)
+            self.progress.skip(train_cfg.epochs)
+            return sid, None
+        self.store.begin_stage(sid, key)
+        if level == 0:
+            model = self.new_model(derive_seed(cfg.seed, "init"))
+            if not (self.store.stage_dir(sid) / "init.pt").exists():
                 self.store.save(sid, "init.pt", {"model": model.state_dict()})
                 self.store.save(sid, "labels.pt", {"labels": self.noise.labels, "chosen": self.noise.chosen,
                                                    "corrupted": self.noise.corrupted,
                                                    "effective_rate": torch.tensor(self.noise.effective_rate)})
-            init = self.store.load(sid, "init.pt")["model"]
-            t0 = time.time()
-            mask = full_mask(model, names)
-            result = self._train_stage(sid, model, mask, cfg.train, f"seed {cfg.seed} dense")
-            self._finish(sid, 0, model, mask, result, init, time.time() - t0)
-        self.store.index.link(self.run_id, cfg.seed, 0, sid)
-        return sid
+            mask = full_mask(model, model.prunable_names(cfg.prune.layers))
+            state = model.state_dict()
+            name = f"seed {cfg.seed} dense"
+        else:
+            prev = self.store.load(parent, "final.pt")
+            model = self.new_model(0)
+            model.load_state_dict(prev["model"])
+            mask = self.prune(level, model, {n: m.to(self.rt.device) for n, m in prev["mask"].items()})
+            fresh = self.new_model(derive_seed(cfg.seed, "reinit", level)).state_dict() if cfg.retrain.mode == "reinit" else {}
+            rewind = self.rewind_point(self.dense_id) if cfg.retrain.mode == "weight-rewind" else {}
+            state = start_weights(cfg.retrain.mode, previous=prev["model"], rewind=rewind, fresh=fresh)
+            name = f"seed {cfg.seed} level {level}/{cfg.prune.levels}"
+        return sid, Job(sid, level, state, mask, train_cfg, name)
+
+    def train_job(self, job: "Job") -> tuple[nn.Module, TrainResult]:
+        model = self.new_model(0)
+        model.load_state_dict(job.state)
+        return model, self._train_stage(job.sid, model, job.mask, job.train_cfg, job.name)
+
+    def finish(self, job: "Job", model: nn.Module, result: TrainResult, seconds: float) -> None:
+        init = self.store.load(self.dense_id, "init.pt")["model"]
+        self._finish(job.sid, job.level, model, job.mask, result, init, seconds)
+        self.store.index.link(self.run_id, self.cfg.seed, job.level, job.sid)
 
     def rewind_point(self, dense_id: str) -> dict[str, torch.Tensor]:
         """The dense run's weights at the rewind iteration, recomputed deterministically and cached."""
@@ -208,35 +235,65 @@ class Replicate:
         new = get_strategy(cfg.method)(weights, cpu_mask, fraction=cfg.fraction, scope=cfg.scope, **extra)
         return {n: m.to(self.rt.device) for n, m in new.items()}
 
-    def level(self, level: int, parent: str, init: dict, rewind: dict) -> str:
-        cfg = self.cfg
-        key = level_key(cfg, parent, level)
-        sid = self.store.stage_id(key)
-        train_cfg = level_train_config(cfg)
-        if self.store.is_done(sid):
-            self._replay_index(sid, level)
-            self.progress.skip(train_cfg.epochs)
-        else:
-            self.store.begin_stage(sid, key)
-            t0 = time.time()
-            prev = self.store.load(parent, "final.pt")
-            model = self.new_model(0)
-            model.load_state_dict(prev["model"])
-            mask = self.prune(level, model, {n: m.to(self.rt.device) for n, m in prev["mask"].items()})
-            fresh = self.new_model(derive_seed(cfg.seed, "reinit", level)).state_dict() if cfg.retrain.mode == "reinit" else {}
-            model.load_state_dict(start_weights(cfg.retrain.mode, previous=prev["model"], rewind=rewind, fresh=fresh))
-            result = self._train_stage(sid, model, mask, train_cfg, f"seed {cfg.seed} level {level}/{cfg.prune.levels}")
-            self._finish(sid, level, model, mask, result, init, time.time() - t0)
-        self.store.index.link(self.run_id, cfg.seed, level, sid)
-        return sid
 
-    def run(self) -> None:
-        dense_id = self.dense()
-        init = self.store.load(dense_id, "init.pt")["model"]
-        rewind = self.rewind_point(dense_id) if self.cfg.retrain.mode == "weight-rewind" else {}
-        parent = dense_id
-        for level in range(1, self.cfg.prune.levels + 1):
-            parent = self.level(level, parent, init, rewind)
+@dataclass
+class Job:
+    """A stage to train: its id, level, start weights (before masking), mask and schedule."""
+
+    sid: str
+    level: int
+    state: dict[str, torch.Tensor]
+    mask: Mask
+    train_cfg: TrainConfig
+    name: str
+
+
+def _batch_dir_result(store: Store, job: Job) -> tuple[str, dict[str, Any]] | None:
+    """The saved outcome of a batched computation this stage was part of, if it finished."""
+    pointer = store.stage_dir(job.sid) / "batch.json"
+    if not pointer.exists():
+        return None
+    bid = read_json(pointer)["batch"]
+    path = store.stage_dir(bid) / "result.pt"
+    return (bid, store.load(bid, "result.pt")) if path.exists() else None
+
+
+def _train_together(reps: list[Replicate], jobs: list[Job], store: Store, rt: Runtime, progress: _Progress) -> None:
+    """Train the jobs of one level (one per seed) as one batched computation, then finish each.
+
+    The K outcomes are saved together (``result.pt`` in the batch's folder) before any stage is
+    finished, so a kill between two stages' finishing resumes from that file, not by retraining.
+    """
+    t0 = time.time()
+    batch_key = {"kind": "batch", "stages": sorted(j.sid for j in jobs)}
+    bid = store.stage_id(batch_key)
+    store.begin_stage(bid, batch_key)
+    for job in jobs:
+        write_json(store.stage_dir(job.sid) / "batch.json", {"batch": bid})
+    ckpt = store.checkpointer(bid, rt.checkpoint_every_s, rt.checkpoint_epoch_s)
+    progress.start_stage(f"seeds {', '.join(str(r.cfg.seed) for r in reps)} level {jobs[0].level} (batched)",
+                         jobs[0].train_cfg.epochs)
+
+    def on_epoch(rows: list[dict[str, Any]]) -> None:
+        progress.epoch(rows[0], advance_total=len(rows))
+
+    finals, results = train_batched([j.state for j in jobs], [r.train_data for r in reps], jobs[0].train_cfg,
+                                    [j.mask for j in jobs], order_keys=[(r.cfg.seed, "order") for r in reps],
+                                    device=rt.device, checkpoint=ckpt, on_epoch=on_epoch)
+    seconds = (time.time() - t0) / len(jobs)
+    store.save(bid, "result.pt", {j.sid: {"model": f, "history": r.history, "final": r.final,
+                                         "optim": r.optimizer_state, "seconds": seconds}
+                                 for j, f, r in zip(jobs, finals, results)})
+    ckpt.clear()
+    for rep, job in zip(reps, jobs):
+        _finish_from_batch(rep, job, store.load(bid, "result.pt")[job.sid])
+
+
+def _finish_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
+    model = rep.new_model(0)
+    model.load_state_dict(saved["model"])
+    result = TrainResult(history=saved["history"], final=saved["final"], optimizer_state=saved["optim"])
+    rep.finish(job, model, result, saved["seconds"])
 
 
 def check_fits(cfg: RunConfig, data: Dataset) -> None:
@@ -257,10 +314,32 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
     store.register_run(run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)
     epochs_per_seed = cfg.train.epochs + cfg.prune.levels * level_train_config(cfg).epochs
     progress = _Progress(rt.progress, epochs_per_seed * cfg.seeds)
+    reps = [Replicate(cfg.with_seed(seed), run_id, data, store, rt, progress) for seed in cfg.seed_list()]
     try:
         with progress.running():
-            for seed in cfg.seed_list():
-                Replicate(cfg.with_seed(seed), run_id, data, store, rt, progress).run()
+            parents: dict[int, str | None] = {r.cfg.seed: None for r in reps}
+            for level in range(cfg.prune.levels + 1):  # all seeds level by level, so levels can be batched
+                todo = []
+                for rep in reps:
+                    sid, job = rep.prepare(level, parents[rep.cfg.seed])
+                    parents[rep.cfg.seed] = sid
+                    if job is not None:
+                        todo.append((rep, job))
+                pending = []
+                for rep, job in todo:  # stages whose batched computation finished before an interruption
+                    done = _batch_dir_result(store, job)
+                    if done is not None and job.sid in done[1]:
+                        _finish_from_batch(rep, job, done[1][job.sid])
+                    else:
+                        pending.append((rep, job))
+                todo = pending
+                if rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)):
+                    _train_together([r for r, _ in todo], [j for _, j in todo], store, rt, progress)
+                    continue
+                for rep, job in todo:
+                    t0 = time.time()
+                    model, result = rep.train_job(job)
+                    rep.finish(job, model, result, time.time() - t0)
     except KeyboardInterrupt:
         store.index.set_status(run_id, "partial", "interrupted")
         raise
