@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,21 @@ def shared_mnist() -> Path:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip("../shared/data/mnist is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A folder served over http on 127.0.0.1 (random port); yields (folder, base url)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()

@@ -1,7 +1,6 @@
 """The command line end to end on a tiny config, and bad input."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

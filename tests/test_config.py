@@ -14,6 +14,10 @@ PINNED_RUNS = {
     "default": "44136fa355b3678a",
     "mnist1d-quick": "4af4bb2e0fbf5343",
     "paper-mnist-lenet": "a392b0fc22ccb6ff",
+    "paper-cifar10-resnet18": "560d0ac0b5cb0fc8",
+    "paper-cifar100-resnet18": "59007d459f2c3d2c",
+    "paper-cifar10-vgg16": "5fe7d059161f6a98",
+    "paper-tinyimagenet-resnet101": "06a85ea5075f3a05",
 }
 
 
@@ -119,3 +123,26 @@ def test_paper_preset_matches_appendix_b():
     assert (p.method, p.scope, p.fraction, p.levels, p.layers) == ("magnitude", "global", 0.2, 24, "default")
     assert (cfg.retrain.mode, cfg.retrain.rewind_iteration, cfg.seeds) == ("weight-rewind", 0, 5)
     json.dumps(c.canonical_dict(cfg, full=True))
+
+
+@pytest.mark.parametrize("name, data, model, rewind", [
+    ("paper-cifar10-resnet18", "cifar10", "resnet18", 1000),
+    ("paper-cifar100-resnet18", "cifar100", "resnet18", 1000),
+    ("paper-cifar10-vgg16", "cifar10", "vgg16", 2000),
+])
+def test_cifar_presets_match_appendix_b(name, data, model, rewind):
+    cfg = c.load(name)
+    assert (cfg.data.name, cfg.data.noise, cfg.model.name, cfg.seeds) == (data, 0.2, model, 3)
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule, t.milestones, t.gamma, t.batch_size, t.epochs) \
+        == ("sgd", 0.1, 0.9, 1e-4, "multistep", (80, 120), 0.1, 128, 160)
+    assert (cfg.prune.method, cfg.prune.scope, cfg.prune.fraction, cfg.prune.levels) == ("magnitude", "global", 0.2, 27)
+    assert (cfg.retrain.mode, cfg.retrain.rewind_iteration, cfg.retrain.finetune_lr) == ("weight-rewind", rewind, 0.001)
+
+
+def test_tinyimagenet_preset_matches_appendix_b():
+    cfg = c.load("paper-tinyimagenet-resnet101")
+    t = cfg.train
+    assert (cfg.data.name, cfg.model.name) == ("tinyimagenet", "resnet101")
+    assert (t.lr, t.momentum, t.batch_size, t.epochs, t.milestones, t.weight_decay) == (0.2, 0.9, 512, 200, (100, 150), 1e-4)
+    assert cfg.retrain.rewind_iteration == 1000

@@ -1,9 +1,6 @@
-import functools
 import gzip
-import http.server
 import random
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -167,22 +164,6 @@ def test_missing_everywhere_names_the_folder(tmp_path, monkeypatch):
         load_dataset(DataConfig(name="mnist"), cache_dir=tmp_path / "c")
 
 
-@pytest.fixture
-def http_dir(tmp_path):
-    """A folder served over http on 127.0.0.1 (random port); yields (folder, base url)."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
 
 
 @needs_mnist

@@ -1,6 +1,5 @@
 """The iterative pruning loop: where each retraining mode starts, stage sharing, reproducibility."""
 
-import copy
 
 import pytest
 import torch

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsedd.data.noise import apply_noise
+from sparsedd.data.noise import ASYMMETRIC, apply_noise
 from sparsedd.errors import SparseddError
 
 
@@ -98,8 +98,129 @@ def test_random_effective_rate_is_rate_times_one_minus_one_over_c():
 def test_bad_arguments():
     y = clean_labels(10)
     with pytest.raises(SparseddError, match="unknown noise type"):
-        apply_noise(y, 10, 0.2, "pairflip", 0)
+        apply_noise(y, 10, 0.2, "bogus", 0)
     with pytest.raises(SparseddError):
         apply_noise(y, 10, 1.5, "random", 0)
     with pytest.raises(SparseddError):
         apply_noise(y, 5, 0.2, "random", 0)  # labels up to 9 with 5 classes
+
+
+# ----------------------------------------------------------------------------- asymmetric and pairflip
+
+
+def _transitions(clean: torch.Tensor, noisy: torch.Tensor, c: int) -> torch.Tensor:
+    """counts[i, j]: examples of clean class i labelled j."""
+    return torch.bincount(clean * c + noisy, minlength=c * c).view(c, c)
+
+
+@pytest.mark.parametrize("n,rate", [(1000, 0.2), (4000, 0.4), (997, 0.3), (20, 1.0), (60, 0.5)])
+def test_pairflip_moves_exactly_round_rate_n_to_the_next_class(n, rate):
+    y = clean_labels(n)
+    out = apply_noise(y, 10, rate, "pairflip", seed=4)
+    k = round(rate * n)
+    assert len(out.chosen) == len(out.corrupted) == k and torch.equal(out.chosen, out.corrupted)
+    assert torch.equal(out.labels[out.chosen], (y[out.chosen] + 1) % 10)
+    t = _transitions(y, out.labels, 10)
+    off = t - torch.diag(torch.diag(t))
+    for i in range(10):  # class i only ever goes to i + 1 (9 to 0)
+        assert int(off[i].sum()) == int(off[i, (i + 1) % 10])
+    assert out.effective_rate == k / n
+
+
+def test_pairflip_with_two_classes_swaps():
+    y = torch.tensor([0, 1] * 50)
+    out = apply_noise(y, 2, 1.0, "pairflip", seed=0)
+    assert torch.equal(out.labels, 1 - y)
+
+
+CIFAR10_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+MNIST_MAP = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+
+
+@pytest.mark.parametrize("dataset,mapping", [("cifar10", CIFAR10_MAP), ("mnist", MNIST_MAP)])
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.45, 1.0])
+def test_asymmetric_transitions_and_exact_counts(dataset, mapping, rate):
+    assert ASYMMETRIC[dataset] == mapping
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (3001,), generator=g)  # unequal class sizes
+    out = apply_noise(y, 10, rate, "asymmetric", seed=7, dataset=dataset)
+    t = _transitions(y, out.labels, 10)
+    expected = torch.diag(torch.bincount(y, minlength=10))
+    for c, target in mapping.items():
+        n_c = int((y == c).sum())
+        k = round(rate * n_c)
+        expected[c, c] -= k
+        expected[c, target] += k
+    assert torch.equal(t, expected)  # every flip is source -> target, round(rate * n_c) per source
+    assert torch.equal(out.chosen, out.corrupted)
+    assert out.effective_rate == len(out.corrupted) / len(y)
+
+
+def test_asymmetric_cifar10_classes_named():
+    # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog; the rest untouched
+    y = torch.arange(10).repeat_interleave(10)
+    out = apply_noise(y, 10, 1.0, "asymmetric", seed=0, dataset="cifar10")
+    assert out.labels.view(10, 10)[:, 0].tolist() == [0, 1, 0, 5, 7, 3, 6, 7, 8, 1]
+
+
+def test_asymmetric_cifar100_next_fine_class_in_superclass():
+    # 4 superclasses of 3 fine classes each, interleaved so that fine labels are not contiguous
+    coarse_of = torch.tensor([0, 1, 2, 3] * 3)  # fine f is in superclass f % 4
+    y = torch.arange(12).repeat_interleave(10)
+    out = apply_noise(y, 12, 1.0, "asymmetric", seed=0, coarse=coarse_of[y], dataset="cifar100")
+    # superclass 0 = {0, 4, 8}: 0 -> 4 -> 8 -> 0; superclass 1 = {1, 5, 9}: 1 -> 5 -> 9 -> 1; ...
+    expected = {f: (f + 4) % 12 for f in range(12)}
+    assert out.labels.view(12, 10)[:, 0].tolist() == [expected[f] for f in range(12)]
+    assert bool((out.labels.view(12, 10) == out.labels.view(12, 10)[:, :1]).all())
+    part = apply_noise(y, 12, 0.3, "asymmetric", seed=1, coarse=coarse_of[y], dataset="cifar100")
+    t = _transitions(y, part.labels, 12)
+    for f in range(12):
+        assert int(t[f, f]) == 7 and int(t[f, expected[f]]) == 3  # round(0.3 * 10) per class
+
+
+def test_asymmetric_cifar100_singleton_superclass_is_left_alone():
+    y = torch.tensor([0, 1, 2] * 5)
+    coarse = torch.tensor([0, 0, 1] * 5)  # class 2 alone in superclass 1
+    out = apply_noise(y, 100, 1.0, "asymmetric", seed=0, coarse=coarse, dataset="cifar100")
+    assert out.labels.tolist() == [1, 0, 2] * 5
+
+
+def test_asymmetric_seeding():
+    y = clean_labels(2000)
+    a = apply_noise(y, 10, 0.3, "asymmetric", seed=1, dataset="cifar10")
+    b = apply_noise(y, 10, 0.3, "asymmetric", seed=1, dataset="cifar10")
+    c = apply_noise(y, 10, 0.3, "asymmetric", seed=2, dataset="cifar10")
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.chosen, b.chosen)
+    assert not torch.equal(a.chosen, c.chosen) and len(a.chosen) == len(c.chosen)
+    p1 = apply_noise(y, 10, 0.3, "pairflip", seed=1)
+    assert torch.equal(p1.labels, apply_noise(y, 10, 0.3, "pairflip", seed=1).labels)
+    assert not torch.equal(p1.labels, apply_noise(y, 10, 0.3, "pairflip", seed=2).labels)
+
+
+@pytest.mark.parametrize("noise_type", ["asymmetric", "pairflip"])
+def test_new_types_leave_input_and_global_rngs_alone(noise_type):
+    y = clean_labels(1000)
+    before = y.clone()
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state()
+    out = apply_noise(y, 10, 0.3, noise_type, seed=0, dataset="mnist")
+    assert torch.equal(y, before) and out.labels.dtype == torch.int64
+    assert random.getstate() == states[0]
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.random.get_rng_state(), states[2])
+
+
+def test_asymmetric_bad_arguments():
+    y = clean_labels(100)
+    for dataset in (None, "mnist1d", "tinyimagenet"):
+        with pytest.raises(SparseddError, match="asymmetric label noise is defined for") as e:
+            apply_noise(y, 10, 0.2, "asymmetric", 0, dataset=dataset)
+        assert "\n" not in str(e.value)
+    with pytest.raises(SparseddError, match="coarse"):
+        apply_noise(y, 10, 0.2, "asymmetric", 0, dataset="cifar100")
+    with pytest.raises(SparseddError, match="shape"):
+        apply_noise(y, 10, 0.2, "asymmetric", 0, dataset="cifar100", coarse=torch.zeros(5, dtype=torch.int64))
+    with pytest.raises(SparseddError, match="superclasses"):
+        bad = torch.arange(100) % 3  # class 0 under superclasses 0, 1 and 2
+        apply_noise(y, 10, 0.2, "asymmetric", 0, dataset="cifar100", coarse=bad)
+    with pytest.raises(SparseddError):
+        apply_noise(torch.arange(100) % 5, 5, 0.2, "asymmetric", 0, dataset="cifar10")  # 5 classes only

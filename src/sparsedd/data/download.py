@@ -48,9 +48,11 @@ def _fetch(url: str, tmp: Path) -> None:
             f.write(chunk)
 
 
-def download(urls: list[str], dest: Path, md5_uncompressed: str) -> Path:
-    """Download ``dest`` from the first mirror that serves it with the right (decompressed) md5.
+def download(urls: list[str], dest: Path, md5_uncompressed: str, *, raw: bool = False) -> Path:
+    """Download ``dest`` from the first mirror that serves it with the right md5.
 
+    The md5 is that of the decompressed bytes (gzip files), or of the file as it is with ``raw``
+    (archives such as ``.tar.gz`` and ``.zip`` are published with the md5 of the archive itself).
     The bytes go to a temporary file in ``dest``'s folder that is renamed into place only once
     verified, so no partial file is ever left behind.
     """
@@ -68,7 +70,7 @@ def download(urls: list[str], dest: Path, md5_uncompressed: str) -> Path:
         try:
             _fetch(url, tmp)
             try:
-                ok = md5_of(read_bytes(tmp)) == md5_uncompressed
+                ok = md5_of(tmp if raw else read_bytes(tmp)) == md5_uncompressed
             except SparseddError:
                 ok = False
             if ok:
@@ -89,3 +91,15 @@ def download(urls: list[str], dest: Path, md5_uncompressed: str) -> Path:
         f"could not download {dest.name} from any mirror ({'; '.join(failures)}); "
         f"put the file in {dest.parent} by hand (or point SPARSEDD_DATA at a folder holding it) and run again"
     )
+
+
+def write_cache(path: Path, tensors: dict, what: str) -> None:
+    """Cache ``tensors`` at ``path`` atomically; a cache that cannot be written is only a warning."""
+    import warnings
+
+    from ..store.files import save_tensors
+
+    try:
+        save_tensors(path, tensors)
+    except OSError as e:
+        warnings.warn(f"could not cache {what} in {path.parent}: {e}", stacklevel=3)

@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 
 from . import default_cache_dir
+from .download import write_cache
 
 NUM_CLASSES = 10
 NUM_TRAIN, NUM_TEST = 4000, 1000
@@ -66,18 +65,8 @@ def _read_cache(path: Path, num_train: int, num_test: int) -> dict[str, torch.Te
         return None
 
 
-def _write_cache(path: Path, d: dict[str, torch.Tensor]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            torch.save(d, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except OSError as e:
-        warnings.warn(f"could not cache MNIST-1D in {path.parent}: {e}", stacklevel=3)
+def _write_cache(path: Path, d: dict) -> None:
+    write_cache(path, d, "MNIST-1D")
 
 
 def load_mnist1d(num_train: int = 0, num_test: int = 0, *,

@@ -10,23 +10,35 @@ import torch
 from ..errors import SparseddError
 from ..rng import generator
 
-NOISE_TYPES = ("random", "symmetric")
+NOISE_TYPES = ("random", "symmetric", "asymmetric", "pairflip")
+
+# asymmetric noise: the class each source class is flipped to (classes not listed keep their label)
+ASYMMETRIC = {
+    # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
+    "cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
+    "mnist": {2: 7, 3: 8, 5: 6, 6: 5, 7: 1},
+}
 
 
 @dataclass
 class NoisyLabels:
     labels: torch.Tensor  # int64 [N], the training labels after noise
-    chosen: torch.Tensor  # int64 sorted indices whose label was redrawn (random) or changed (symmetric)
+    chosen: torch.Tensor  # int64 sorted indices whose label was redrawn (random) or changed (the others)
     corrupted: torch.Tensor  # int64 sorted indices where labels != clean
     effective_rate: float  # len(corrupted) / N
 
 
-def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: str, seed: int) -> NoisyLabels:
+def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: str, seed: int, *,
+                coarse: torch.Tensor | None = None, dataset: str | None = None) -> NoisyLabels:
     """Noisy copies of ``clean`` (which is left as is); deterministic given ``seed``.
 
     ``random``: ceil(rate * N) examples, chosen without replacement, get a label drawn uniformly
     from all classes (possibly the true one). ``symmetric``: round(rate * N) examples get a label
-    drawn uniformly from the other classes.
+    drawn uniformly from the other classes. ``pairflip``: round(rate * N) examples of class i get
+    class (i + 1) mod C. ``asymmetric``: for each source class c of ``dataset``'s confusion map,
+    round(rate * n_c) of its n_c examples get its target class (see :data:`ASYMMETRIC`; for
+    ``cifar100`` the next fine class within the superclass given by ``coarse``, cyclically, in
+    fine-label order).
     """
     if noise_type not in NOISE_TYPES:
         raise SparseddError(f"unknown noise type {noise_type!r}: choose one of {', '.join(NOISE_TYPES)}")
@@ -38,16 +50,66 @@ def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: 
     n = y.numel()
     if y.ndim != 1 or (n and not (0 <= int(y.min()) and int(y.max()) < num_classes)):
         raise SparseddError(f"labels must be a 1-D tensor of class indices in [0, {num_classes})")
-    exact = round(rate * n, 9)  # so that 0.2 * N never rounds up to N * 0.2 + 1
-    k = math.ceil(exact) if noise_type == "random" else round(exact)
     g = generator("label-noise", noise_type, seed)
-    chosen = torch.randperm(n, generator=g)[:k]
-    if noise_type == "random":
-        y[chosen] = torch.randint(0, num_classes, (k,), generator=g)
+    if noise_type == "asymmetric":
+        targets = _asymmetric_targets(dataset, num_classes, y, coarse)
+        picks = []
+        for c in sorted(targets):  # source classes in order, each with its own draw
+            members = torch.nonzero(y == c, as_tuple=True)[0]
+            picks.append(members[torch.randperm(len(members), generator=g)[:_count(rate, len(members))]])
+        chosen = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.int64)
+        table = torch.arange(num_classes)
+        for c, t in targets.items():
+            table[c] = t
+        y[chosen] = table[y[chosen]]
     else:
-        y[chosen] = (y[chosen] + torch.randint(1, num_classes, (k,), generator=g)) % num_classes
+        exact = round(rate * n, 9)  # so that 0.2 * N never rounds up to N * 0.2 + 1
+        k = math.ceil(exact) if noise_type == "random" else round(exact)
+        chosen = torch.randperm(n, generator=g)[:k]
+        if noise_type == "random":
+            y[chosen] = torch.randint(0, num_classes, (k,), generator=g)
+        elif noise_type == "symmetric":
+            y[chosen] = (y[chosen] + torch.randint(1, num_classes, (k,), generator=g)) % num_classes
+        else:  # pairflip
+            y[chosen] = (y[chosen] + 1) % num_classes
     corrupted = torch.nonzero(y != clean.detach().cpu(), as_tuple=True)[0]
     return NoisyLabels(
         labels=y.to(clean.device), chosen=chosen.sort().values, corrupted=corrupted,
         effective_rate=len(corrupted) / n if n else 0.0,
     )
+
+
+def _count(rate: float, n: int) -> int:
+    return round(round(rate * n, 9))
+
+
+def _asymmetric_targets(dataset: str | None, num_classes: int, y: torch.Tensor,
+                        coarse: torch.Tensor | None) -> dict[int, int]:
+    """Source class -> target class of the asymmetric noise on ``dataset``."""
+    known = sorted([*ASYMMETRIC, "cifar100"])
+    if dataset in ASYMMETRIC:
+        table = ASYMMETRIC[dataset]
+        if max(max(table), max(table.values())) >= num_classes:
+            raise SparseddError(
+                f"asymmetric noise for {dataset} maps {dataset}'s classes but got {num_classes} classes; "
+                f"pass the data set the labels come from"
+            )
+        return dict(table)
+    if dataset != "cifar100":
+        raise SparseddError(
+            f"asymmetric label noise is defined for {', '.join(known)} only, not {dataset!r}; "
+            f"use data.noise_type = symmetric or pairflip"
+        )
+    if coarse is None:
+        raise SparseddError("asymmetric noise on cifar100 needs the superclass of each training example (coarse)")
+    coarse = coarse.detach().to("cpu", torch.int64)
+    if coarse.shape != y.shape:
+        raise SparseddError(f"coarse labels must match the labels' shape {tuple(y.shape)}, got {tuple(coarse.shape)}")
+    fine_to_coarse: dict[int, int] = {}
+    for f, c in torch.unique(torch.stack([y, coarse], 1), dim=0).tolist():
+        if fine_to_coarse.setdefault(f, c) != c:
+            raise SparseddError(f"class {f} appears under superclasses {fine_to_coarse[f]} and {c}; coarse labels must be per class")
+    groups: dict[int, list[int]] = {}
+    for f in sorted(fine_to_coarse):
+        groups.setdefault(fine_to_coarse[f], []).append(f)
+    return {f: g[(i + 1) % len(g)] for g in groups.values() if len(g) > 1 for i, f in enumerate(g)}

@@ -111,11 +111,13 @@ class Replicate:
 
     def __init__(self, cfg: RunConfig, run_id: str, data: Dataset, store: Store, rt: Runtime, progress: _Progress):
         self.cfg, self.run_id, self.data, self.store, self.rt, self.progress = cfg, run_id, data, store, rt, progress
-        noisy = apply_noise(data.y_train.cpu(), data.num_classes, cfg.data.noise, cfg.data.noise_type, cfg.data.noise_seed)
+        coarse = data.coarse_train.cpu() if data.coarse_train is not None else None
+        noisy = apply_noise(data.y_train.cpu(), data.num_classes, cfg.data.noise, cfg.data.noise_type,
+                            cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name)
         self.noise = noisy
         dev = data.x_train.device
         self.train_data = TrainData(data.x_train, noisy.labels.to(dev), data.y_train, data.x_test, data.y_test,
-                                    noisy.corrupted.to(dev))
+                                    noisy.corrupted.to(dev), augment=data.augment)
         self.input_shape = tuple(data.x_train.shape[1:])
 
     # --- helpers
@@ -333,7 +335,7 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
                     else:
                         pending.append((rep, job))
                 todo = pending
-                if rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)):
+                if rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)) and data.augment == "none":
                     _train_together([r for r, _ in todo], [j for _, j in todo], store, rt, progress)
                     continue
                 for rep, job in todo:

@@ -9,7 +9,6 @@ momentum or weight decay reaches them) and the weights are masked again after it
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..data.augment import augment_batch
 from ..rng import generator
 from .optim import build_optimizer
 from .schedule import lr_at
@@ -31,6 +31,7 @@ class TrainData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     corrupted: torch.Tensor  # indices where y != y_clean
+    augment: str = "none"  # training-batch augmentation (sparsedd.data.augment); never at evaluation
 
     @property
     def n(self) -> int:
@@ -138,6 +139,8 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
                 group["lr"] = lr
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb, yb = x[idx], y[idx]
+            if data.augment != "none":
+                xb = augment_batch(data.augment, xb, generator(*order_key, "augment", epoch, step))
             out = model(xb)
             loss = F.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=False)
