@@ -212,3 +212,9 @@ def test_batchnorm_statistics_are_recomputed_along_the_path():
     assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-5)
     assert bn.momentum == 0.1 and model.training  # momentum restored, mode kept
     assert not recompute_batchnorm(nn.Sequential(nn.Linear(2, 2)), x[:, :2])
+
+
+def test_collapse_starts_where_the_sweet_plateau_ends():
+    acc = [0.41, 0.40, 0.38, 0.37, 0.45, 0.50, 0.495, 0.492, 0.48, 0.44, 0.39, 0.35]
+    p = phases.detect(*curve(acc))
+    assert p.sweet.level == 5 and p.collapse.level == 8  # 0.495 and 0.492 are within tol of the top

@@ -9,8 +9,8 @@ The rule (accuracies are fractions; ``tol`` is the smallest change taken as real
    A double descent is reported only if the dip (acc_0 - acc_c) and the rebound (acc_w - acc_c)
    are both at least ``tol``; otherwise ``found`` is False with the reason, and no phase is invented.
 3. light: levels 0..l, the longest prefix (before c) whose accuracy stays within ``tol`` below dense.
-4. collapsed: from the first level k > w after which every accuracy is below min(acc_0, acc_w) - tol;
-   none if the curve never gets there.
+4. collapsed: from the first level k > w after which every accuracy stays below acc_w - tol (the
+   end of the sweet plateau), provided the curve ends below min(acc_0, acc_w) - tol; none otherwise.
 5. Also reported: the first level where train accuracy on the noisy labels drops below
    ``train_full`` (default 0.99), which the paper ties to the critical point.
 """
@@ -68,12 +68,9 @@ def detect(sparsity: Sequence[float], test_acc: Sequence[float], train_acc: Sequ
     light = 0
     while light + 1 < c and a[light + 1] >= a[0] - tol:
         light += 1
-    floor = min(a[0], a[w]) - tol
     collapse = None
-    for k in range(w + 1, len(a)):
-        if all(v < floor for v in a[k:]):
-            collapse = k
-            break
+    if a[-1] < min(a[0], a[w]) - tol:
+        collapse = next(k for k in range(w + 1, len(a)) if all(v < a[w] - tol for v in a[k:]))
     return Phases(True, "dip, rise" + (" and collapse" if collapse is not None else "; collapse not reached"),
                   pt(0), pt(light), pt(c), pt(w), pt(collapse) if collapse is not None else None, leaves,
                   a[w] > a[0], {"dip": a[0] - a[c], "rise": a[w] - a[c]})

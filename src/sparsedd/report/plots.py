@@ -20,7 +20,15 @@ def sparsity_axis(sparsity: np.ndarray) -> np.ndarray:
 
 def _ticks(max_x: float) -> tuple[list[float], list[str]]:
     candidates = [0, 50, 80, 90, 95, 98, 99, 99.5, 99.8, 99.9, 99.95, 99.98, 99.99]
-    ticks = [s for s in candidates if -math.log(1 - s / 100) <= max_x * 1.02]
+    ticks: list[float] = []
+    for s in candidates:  # keep neighbouring labels apart in proportion to their length
+        x = -math.log(1 - s / 100)
+        if ticks:
+            width = 0.011 * max(max_x, 1e-9) * (len(f"{s:g}") + len(f"{ticks[-1]:g}"))
+            if x - -math.log(1 - ticks[-1] / 100) < width:
+                continue
+        if x <= max_x * 1.02:
+            ticks.append(s)
     return [-math.log(1 - s / 100) for s in ticks], [f"{s:g}" for s in ticks]
 
 
