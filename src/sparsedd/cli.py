@@ -78,6 +78,16 @@ def _default_threads(cfg, device: str) -> int:
     return 1 if cfg.model.name in ("mlp", "lenet-300-100") and _device(device) == "cpu" else 0
 
 
+def _set_threads(threads: int, cfg, device: str) -> None:
+    if threads < 0:
+        raise SparseddError(f"--threads must be >= 1 (0: the default), got {threads}")
+    threads = threads or _default_threads(cfg, device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cmd_run(args) -> int:
     from rich.console import Console
 
@@ -85,13 +95,7 @@ def cmd_run(args) -> int:
     from .results import run_curve
 
     cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
-    if args.threads < 0:
-        raise SparseddError(f"--threads must be >= 1 (0: the default), got {args.threads}")
-    threads = args.threads or _default_threads(cfg, args.device)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(args.threads, cfg, args.device)
     preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
     store = _store(args)
     rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=not args.no_progress, batch=not args.no_batch,
@@ -220,7 +224,9 @@ def cmd_analyze(args) -> int:
     run_id = resolve_run(store, args.run)
     rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=False)
     console = Console(stderr=True)
-    table = Analyzer(store, run_id, rt).run(args.kind, settings, _int_list(args.levels), _int_list(args.seeds),
+    analyzer = Analyzer(store, run_id, rt)
+    _set_threads(args.threads, analyzer.cfg, args.device)
+    table = analyzer.run(args.kind, settings, _int_list(args.levels), _int_list(args.seeds),
                                              progress=None if args.no_progress else console.log)
     if args.format == "json":
         print(table.to_json(orient="records", indent=1))
@@ -285,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--device", default="auto")
     an.add_argument("--format", choices=("table", "json"), default="table")
     an.add_argument("--no-progress", action="store_true")
+    an.add_argument("--threads", type=int, default=0, metavar="N",
+                    help="torch CPU threads (default: 1 for the fully connected models on CPU, else torch's choice)")
     an.set_defaults(func=cmd_analyze)
 
     rp = with_root(sub.add_parser("report", help="an HTML report (figures as PNG and PDF, tables as CSV) of runs"))
