@@ -99,6 +99,7 @@ def cmd_run(args) -> int:
     preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
     store = _store(args)
     rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=not args.no_progress, batch=not args.no_batch,
+                 channels_last=args.channels_last, compile=args.compile,
                  checkpoint_every_s=args.checkpoint_every, checkpoint_epoch_s=args.checkpoint_epoch)
     console = Console(stderr=False)
     console.print(f"run {cfg.run_id} ({preset or args.config}) -> {store.root}")
@@ -260,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="folder holding the data sets (e.g. DIR/mnist/)")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--channels-last", action="store_true", help="NHWC memory order for image models (GPU speed)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model (GPU speed; slow to start)")
     r.add_argument("--no-batch", action="store_true",
                    help="train seeds one by one (by default the seeds of a level train together when the model allows)")
     r.add_argument("--threads", type=int, default=0, metavar="N",

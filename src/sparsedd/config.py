@@ -91,9 +91,11 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warmup from 0, per iteration
     eval_every: int = 1  # evaluate every N epochs (the last epoch always)
+    precision: str = "fp32"  # fp32, or bf16 (autocast of the forward pass; weights and optimizer stay fp32)
 
     def __post_init__(self) -> None:
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train", "precision", self.precision, ("fp32", "bf16"))
         _choice("train", "schedule", self.schedule, SCHEDULES)
         _check(self.lr > 0, "train.lr", "> 0", self.lr)
         _check(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)

@@ -32,6 +32,7 @@ from ..store import Store, read_json, write_json
 from ..config import TrainConfig
 from ..training import TrainData, TrainResult, train
 from ..training.batched import batchable, train_batched
+from ..training.loop import Accel
 from ..training.loop import iters_per_epoch
 from .retrain import level_train_config, start_weights
 
@@ -46,6 +47,12 @@ class Runtime:
     checkpoint_epoch_s: float = 1.0  # at epoch ends, at most this often (0: every epoch)
     progress: bool = True
     batch: bool = True  # train the seeds of a level together when the model allows it
+    channels_last: bool = False  # NHWC memory order for image models (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the model
+
+    @property
+    def accel(self) -> Accel:
+        return Accel(channels_last=self.channels_last, compile=self.compile)
 
 
 def dense_key(cfg: RunConfig) -> dict[str, Any]:
@@ -134,7 +141,7 @@ class Replicate:
             self.progress.skip(done_epochs)
         record: Callable[[dict[str, Any]], None] = self.progress.epoch
         return train(model, self.train_data, train_cfg, mask, order_key=(self.cfg.seed, "order"), checkpoint=ckpt,
-                     stop_iteration=stop_iteration, on_epoch=record)
+                     stop_iteration=stop_iteration, on_epoch=record, accel=self.rt.accel)
 
     def _finish(self, stage_id: str, level: int, model: nn.Module, mask: Mask, result, init: dict, seconds: float) -> dict:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -335,7 +342,8 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
                     else:
                         pending.append((rep, job))
                 todo = pending
-                if rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)) and data.augment == "none":
+                if (rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)) and data.augment == "none"
+                        and cfg.train.precision == "fp32" and not rt.compile):
                     _train_together([r for r, _ in todo], [j for _, j in todo], store, rt, progress)
                     continue
                 for rep, job in todo:

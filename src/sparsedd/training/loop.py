@@ -38,6 +38,19 @@ class TrainData:
         return int(self.x.shape[0])
 
 
+@dataclass(frozen=True)
+class Accel:
+    """Execution options that leave the arithmetic's meaning alone (so they are not part of any stage id)."""
+
+    channels_last: bool = False  # 4-D inputs and conv weights in NHWC memory order
+    compile: bool = False  # torch.compile the model's forward
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast of the forward pass, or a no-op for fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -53,19 +66,20 @@ class Checkpointer(Protocol):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-    """Logits for all of ``x`` in eval mode."""
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 4096, precision: str = "fp32") -> torch.Tensor:
+    """Logits (fp32) for all of ``x`` in eval mode."""
     was = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+    with autocast(precision, x.device):
+        out = torch.cat([model(x[i:i + batch]).float() for i in range(0, x.shape[0], batch)])
     model.train(was)
     return out
 
 
-def evaluate(model: nn.Module, data: TrainData) -> dict[str, float | None]:
+def evaluate(model: nn.Module, data: TrainData, precision: str = "fp32") -> dict[str, float | None]:
     """Test loss/accuracy, train loss/accuracy on the noisy and the clean labels, memorization."""
-    test_logits = predict(model, data.x_test)
-    train_logits = predict(model, data.x)
+    test_logits = predict(model, data.x_test, precision=precision)
+    train_logits = predict(model, data.x, precision=precision)
     pred = train_logits.argmax(1)
     fitted = pred[data.corrupted] == data.y[data.corrupted]
     return {
@@ -86,13 +100,17 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
           order_key: tuple, checkpoint: Checkpointer | None = None, stop_iteration: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           on_step: Callable[[int], None] | None = None,
-          optimizer_state: dict[str, Any] | None = None) -> TrainResult:
+          optimizer_state: dict[str, Any] | None = None, accel: Accel = Accel()) -> TrainResult:
     """Train ``model`` in place under ``mask`` for ``cfg.epochs`` (or until ``stop_iteration``).
 
     ``order_key`` seeds the data order: the permutation of epoch e comes from generator(*order_key, e).
     ``on_epoch`` gets each epoch's metrics; ``on_step`` the number of steps just done (for progress).
     ``optimizer_state`` starts the optimizer from a saved state (a checkpoint, when there is one, wins).
+    ``accel`` picks memory layout and compilation; ``cfg.precision`` the autocast precision.
     """
+    if accel.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if accel.compile else model
     params = dict(model.named_parameters())
     masked = [params[n] for n in mask]
     mask_f = [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in mask]
@@ -141,8 +159,11 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
             xb, yb = x[idx], y[idx]
             if data.augment != "none":
                 xb = augment_batch(data.augment, xb, generator(*order_key, "augment", epoch, step))
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
+            if accel.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(cfg.precision, xb.device):
+                out = forward(xb)
+                loss = F.cross_entropy(out.float(), yb)
             opt.zero_grad(set_to_none=False)
             loss.backward()
             if masked:
@@ -166,7 +187,7 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
         }
         last = epoch + 1 == cfg.epochs
         if last or (epoch + 1) % cfg.eval_every == 0:
-            metrics.update(evaluate(model, data))
+            metrics.update(evaluate(model, data, cfg.precision))
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
@@ -174,7 +195,7 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
             checkpoint.save(snapshot(epoch + 1, 0))
     result.iterations = total_iters
     result.optimizer_state = opt.state_dict()
-    result.final = dict(result.history[-1]) if result.history else evaluate(model, data)
+    result.final = dict(result.history[-1]) if result.history else evaluate(model, data, cfg.precision)
     evals = [h["test_acc"] for h in result.history if "test_acc" in h]
     result.final["test_acc_best"] = max(evals) if evals else result.final.get("test_acc", float("nan"))
     return result
