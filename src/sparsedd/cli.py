@@ -81,7 +81,7 @@ def _default_threads(cfg, device: str) -> int:
 def _set_threads(threads: int, cfg, device: str) -> None:
     if threads < 0:
         raise SparseddError(f"--threads must be >= 1 (0: the default), got {threads}")
-    threads = threads or _default_threads(cfg, device)
+    threads = threads or (_default_threads(cfg, device) if cfg is not None else 0)
     if threads:
         import torch
 
@@ -245,6 +245,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench_preset
+    from .training.loop import Accel
+
+    if args.threads:
+        _set_threads(args.threads, None, "cpu")
+    row = bench_preset(args.preset, sets=args.set, device=_device(args.device), batches=args.batches,
+                       warmup=args.warmup, data_dir=args.data_dir,
+                       accel=Accel(channels_last=args.channels_last, compile=args.compile))
+    if args.format == "json":
+        print(json.dumps(row, indent=1))
+        return 0
+    for k, v in row.items():
+        print(f"{k:>18}: {v:.4g}" if isinstance(v, float) else f"{k:>18}: {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparsedd", description="Sparse double descent: iterative pruning under label noise.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -302,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", help="run ids (or unique prefixes); several are also overlaid")
     rp.add_argument("--out", required=True, help="output folder; DIR/index.html is the page")
     rp.set_defaults(func=cmd_report)
+
+    bn = sub.add_parser("bench", help="seconds per training epoch and per evaluation for a preset's model and data")
+    bn.add_argument("--preset", required=True, help=f"one of: {', '.join(config_mod.presets())}")
+    bn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    bn.add_argument("--batches", type=int, default=10, help="training steps and evaluation batches timed (default 10)")
+    bn.add_argument("--warmup", type=int, default=2, help="steps run before timing (default 2)")
+    bn.add_argument("--device", default="auto")
+    bn.add_argument("--data-dir", default=None, help="data folder; synthetic data of the right shape when absent")
+    bn.add_argument("--channels-last", action="store_true")
+    bn.add_argument("--compile", action="store_true")
+    bn.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (default: torch's choice)")
+    bn.add_argument("--format", choices=("table", "json"), default="table")
+    bn.set_defaults(func=cmd_bench)
 
     pl = with_root(sub.add_parser("plot", help="plot accuracy against sparsity"))
     pl.add_argument("run", help="run id (or a unique prefix)")

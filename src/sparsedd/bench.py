@@ -1,0 +1,102 @@
+"""`sparsedd bench --preset NAME`: seconds per training epoch and per evaluation for a preset's model
+and data shape, measured on a few batches (synthetic data of the right shape when the data set is absent)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from . import config as config_mod
+from .data import Dataset, load_dataset
+from .errors import SparseddError
+from .models import build_model
+from .pruning import full_mask
+from .training import TrainData, train
+from .training.loop import Accel, iters_per_epoch, predict
+
+# (input shape, classes, train size, test size) of each data set, for synthetic stand-ins
+SHAPES = {
+    "mnist": ((1, 28, 28), 10, 60000, 10000),
+    "mnist1d": ((40,), 10, 4000, 1000),
+    "cifar10": ((3, 32, 32), 10, 50000, 10000),
+    "cifar100": ((3, 32, 32), 100, 50000, 10000),
+    "tinyimagenet": ((3, 64, 64), 200, 100000, 10000),
+}
+EVAL_BATCH = 4096  # as in sparsedd.training.loop.predict
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _data(cfg, data_dir, device, n: int) -> tuple[Dataset | None, tuple, int, int, int]:
+    shape, classes, n_train, n_test = SHAPES[cfg.data.name]
+    if cfg.data.name == "tinyimagenet" and cfg.data.image_size == 32:
+        shape = (3, 32, 32)
+    try:
+        d = load_dataset(cfg.data, data_dir=data_dir, device=device)
+        return d, tuple(d.x_train.shape[1:]), d.num_classes, d.x_train.shape[0], d.x_test.shape[0]
+    except SparseddError:
+        return None, shape, classes, cfg.data.num_train or n_train, cfg.data.num_test or n_test
+
+
+def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: str = "cpu", batches: int = 10,
+                 warmup: int = 2, data_dir: str | None = None, accel: Accel = Accel()) -> dict[str, Any]:
+    """Time ``batches`` training steps (after ``warmup``) and as many evaluation batches."""
+    if batches < 1 or warmup < 0:
+        raise SparseddError("--batches must be >= 1 and --warmup >= 0")
+    cfg = config_mod.load(preset, sets=sets)
+    dev = torch.device(device)
+    bs = cfg.train.batch_size
+    steps = warmup + batches
+    real, shape, classes, n_train, n_test = _data(cfg, data_dir, dev, steps * bs)
+    g = torch.Generator().manual_seed(0)
+    if real is not None and real.x_train.shape[0] >= steps * bs:
+        x, y = real.x_train[:steps * bs], real.y_train[:steps * bs]
+        augment = real.augment
+    else:
+        x = torch.randn((steps * bs, *shape), generator=g).to(dev)
+        y = torch.randint(0, classes, (steps * bs,), generator=g).to(dev)
+        augment = "none" if cfg.data.name in ("mnist", "mnist1d") or cfg.data.augment == "none" else "crop-flip"
+    data = TrainData(x, y, y, x[:bs], y[:bs], torch.arange(0, device=dev), augment=augment)
+    model = build_model(cfg.model, shape, classes, seed=0).to(dev)
+    mask = {n: m.to(dev) for n, m in full_mask(model, model.prunable_names(cfg.prune.layers)).items()}
+    stamps: list[float] = []
+
+    def on_step(_: int) -> None:
+        _sync(dev)
+        stamps.append(time.perf_counter())
+
+    one_epoch = dataclasses.replace(cfg.train, epochs=1, milestones=(), warmup_epochs=0, eval_every=1)
+    _sync(dev)
+    start = time.perf_counter()
+    train(model, data, one_epoch, mask, order_key=(0, "bench"), stop_iteration=steps, on_step=on_step, accel=accel)
+    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][warmup:]
+    step_s = sum(times) / len(times)
+    # evaluation: full batches of EVAL_BATCH examples, timed the same way
+    xe = torch.randn((min(EVAL_BATCH, n_test, 4 * bs), *shape), generator=g).to(dev)  # scaled to EVAL_BATCH below
+    if accel.channels_last and xe.dim() == 4:
+        xe = xe.contiguous(memory_format=torch.channels_last)
+    for _ in range(max(warmup, 1)):
+        predict(model, xe, precision=cfg.train.precision)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        predict(model, xe, precision=cfg.train.precision)
+    _sync(dev)
+    eval_batch_s = (time.perf_counter() - t0) / batches * (EVAL_BATCH / xe.shape[0])
+    ipe = iters_per_epoch(n_train, bs)
+    evals_per_epoch = (n_train + n_test) / EVAL_BATCH  # the evaluation reads the training and the test set
+    return {
+        "preset": preset, "model": cfg.model.name, "data": cfg.data.name, "synthetic_data": real is None,
+        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "precision": cfg.train.precision,
+        "channels_last": accel.channels_last, "compile": accel.compile,
+        "parameters": sum(p.numel() for p in model.parameters()), "batch_size": bs, "batches_timed": batches,
+        "train_s_per_step": step_s, "steps_per_epoch": ipe, "train_s_per_epoch": step_s * ipe,
+        "eval_s_per_epoch": eval_batch_s * evals_per_epoch, "train_examples": n_train, "test_examples": n_test,
+    }

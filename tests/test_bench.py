@@ -1,0 +1,29 @@
+"""`sparsedd bench --preset`: runs on a tiny size (no timing is asserted)."""
+
+import json
+
+from sparsedd.cli import main
+
+
+def bench(capsys, *args):
+    assert main(["bench", *args, "--batches", "1", "--warmup", "0", "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_synthetic_image_data(capsys):
+    row = bench(capsys, "--preset", "paper-cifar10-vgg16", "--set", "train.batch_size=2", "--channels-last")
+    assert row["synthetic_data"] and row["model"] == "vgg16" and row["parameters"] == 14728266
+    assert row["steps_per_epoch"] == 25000 and row["train_s_per_step"] > 0 and row["eval_s_per_epoch"] > 0
+    assert row["train_s_per_epoch"] == row["train_s_per_step"] * 25000 and row["channels_last"]
+
+
+def test_bench_real_data_when_present(capsys):
+    row = bench(capsys, "--preset", "mnist1d-quick", "--set", "data.num_train=600", "--set", "data.num_test=100",
+                "--set", "train.precision=bf16")
+    assert not row["synthetic_data"] and row["steps_per_epoch"] == 5 and row["precision"] == "bf16"
+
+
+def test_bench_bad_input(capsys):
+    assert main(["bench", "--preset", "nope"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["bench", "--preset", "mnist1d-quick", "--batches", "0"]) == 2
