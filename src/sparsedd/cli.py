@@ -97,15 +97,22 @@ def cmd_run(args) -> int:
     cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
     _set_threads(args.threads, cfg, args.device)
     preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
-    store = _store(args)
-    rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=not args.no_progress, batch=not args.no_batch,
+    from .distributed import from_env
+    from .store import Store
+
+    dist, device = from_env(_device(args.device))
+    store = Store(args.root, readonly=not dist.main)
+    rt = Runtime(device=device, data_dir=args.data_dir, progress=not args.no_progress and dist.main,
+                 batch=not args.no_batch, dist=dist,
                  channels_last=args.channels_last, compile=args.compile,
                  checkpoint_every_s=args.checkpoint_every, checkpoint_epoch_s=args.checkpoint_epoch)
-    console = Console(stderr=False)
-    console.print(f"run {cfg.run_id} ({preset or args.config}) -> {store.root}")
+    console = Console(stderr=False, quiet=not dist.main)
+    console.print(f"run {cfg.run_id} ({preset or args.config}) -> {store.root}"
+                  + (f" on {dist.world} processes" if dist.active else ""))
     run_id = run(cfg, store, preset=preset, runtime=rt)
-    _print_curve(console, run_id, run_curve(store, run_id))
-    console.print(f"run id: {run_id}")
+    if dist.main:
+        _print_curve(console, run_id, run_curve(store, run_id))
+        console.print(f"run id: {run_id}")
     return 0
 
 

@@ -32,6 +32,7 @@ from ..store import Store, read_json, write_json
 from ..config import TrainConfig
 from ..training import TrainData, TrainResult, train
 from ..training.batched import batchable, train_batched
+from ..distributed import SINGLE, Dist
 from ..training.loop import Accel
 from ..training.loop import iters_per_epoch
 from .retrain import level_train_config, start_weights
@@ -48,6 +49,7 @@ class Runtime:
     progress: bool = True
     batch: bool = True  # train the seeds of a level together when the model allows it
     channels_last: bool = False  # NHWC memory order for image models (faster convolutions on GPUs)
+    dist: Dist = SINGLE  # data-parallel processes (torchrun); rank 0 writes the store
     compile: bool = False  # torch.compile the model
 
     @property
@@ -141,7 +143,7 @@ class Replicate:
             self.progress.skip(done_epochs)
         record: Callable[[dict[str, Any]], None] = self.progress.epoch
         return train(model, self.train_data, train_cfg, mask, order_key=(self.cfg.seed, "order"), checkpoint=ckpt,
-                     stop_iteration=stop_iteration, on_epoch=record, accel=self.rt.accel)
+                     stop_iteration=stop_iteration, on_epoch=record, accel=self.rt.accel, dist=self.rt.dist)
 
     def _finish(self, stage_id: str, level: int, model: nn.Module, mask: Mask, result, init: dict, seconds: float) -> dict:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -228,6 +230,7 @@ class Replicate:
             train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k)
             self.store.save(sid, "weights.pt", {"model": model.state_dict()})
             self.store.finish_stage(sid, {"iteration": k})
+            return model.state_dict()
         return self.store.load(sid, "weights.pt")["model"]
 
     def prune(self, level: int, model: nn.Module, mask: Mask) -> Mask:
@@ -334,6 +337,7 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
                     parents[rep.cfg.seed] = sid
                     if job is not None:
                         todo.append((rep, job))
+                rt.dist.barrier()  # rank 0 has written what the level's jobs read
                 pending = []
                 for rep, job in todo:  # stages whose batched computation finished before an interruption
                     done = _batch_dir_result(store, job)
@@ -343,13 +347,14 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
                         pending.append((rep, job))
                 todo = pending
                 if (rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)) and data.augment == "none"
-                        and cfg.train.precision == "fp32" and not rt.compile):
+                        and cfg.train.precision == "fp32" and not rt.compile and not rt.dist.active):
                     _train_together([r for r, _ in todo], [j for _, j in todo], store, rt, progress)
                     continue
                 for rep, job in todo:
                     t0 = time.time()
                     model, result = rep.train_job(job)
                     rep.finish(job, model, result, time.time() - t0)
+                    rt.dist.barrier()  # the stage is on disk before any rank reads it
     except KeyboardInterrupt:
         store.index.set_status(run_id, "partial", "interrupted")
         raise

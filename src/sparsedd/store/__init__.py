@@ -28,9 +28,12 @@ def default_root() -> Path:
 
 
 class Store:
-    def __init__(self, root: str | Path | None = None):
+    """``readonly``: a process that reads but never writes (the non-zero ranks of a distributed run)."""
+
+    def __init__(self, root: str | Path | None = None, readonly: bool = False):
         self.root = Path(root) if root is not None else default_root()
-        self.index = Index(self.root / "index.sqlite")
+        self.readonly = readonly
+        self.index = Index(self.root / "index.sqlite", readonly)
 
     def exists(self) -> bool:
         return (self.root / "index.sqlite").exists()
@@ -48,6 +51,8 @@ class Store:
 
     def begin_stage(self, stage_id: str, key: dict[str, Any]) -> Path:
         d = self.stage_dir(stage_id)
+        if self.readonly:
+            return d
         if not (d / "stage.json").exists():
             write_json(d / "stage.json", key)
         for stale in d.glob(".*.tmp"):  # left by a write that was killed; never read
@@ -55,6 +60,8 @@ class Store:
         return d
 
     def finish_stage(self, stage_id: str, done: dict[str, Any]) -> None:
+        if self.readonly:
+            return
         write_json(self.stage_dir(stage_id) / "done.json", done)
         (self.stage_dir(stage_id) / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -62,9 +69,11 @@ class Store:
         return read_json(self.stage_dir(stage_id) / "done.json")
 
     def checkpointer(self, stage_id: str, every_s: float = 60.0, epoch_every_s: float = 1.0) -> FileCheckpointer:
-        return FileCheckpointer(self.stage_dir(stage_id) / "checkpoint.pt", every_s, epoch_every_s)
+        return FileCheckpointer(self.stage_dir(stage_id) / "checkpoint.pt", every_s, epoch_every_s, self.readonly)
 
     def save(self, stage_id: str, name: str, obj: Any) -> None:
+        if self.readonly:
+            return
         save_tensors(self.stage_dir(stage_id) / name, obj)
 
     def load(self, stage_id: str, name: str) -> Any:
@@ -75,6 +84,8 @@ class Store:
         return self.root / "runs" / run_id
 
     def register_run(self, run_id: str, config: dict[str, Any], preset: str | None, seeds: int, levels: int) -> None:
+        if self.readonly:
+            return
         write_json(self.run_dir(run_id) / "config.json", {"config": config, "preset": preset})
         self.index.upsert_run(run_id, config, preset, seeds, levels)
 

@@ -50,8 +50,9 @@ class FileCheckpointer:
     (0: every epoch) and inside an epoch when ``every_s`` have (for long epochs).
     """
 
-    def __init__(self, path: Path, every_s: float = 60.0, epoch_every_s: float = 1.0):
+    def __init__(self, path: Path, every_s: float = 60.0, epoch_every_s: float = 1.0, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
         self.every_s = every_s
         self.epoch_every_s = epoch_every_s
         self._last = time.monotonic()
@@ -60,6 +61,8 @@ class FileCheckpointer:
         return load_tensors(self.path) if self.path.exists() else None
 
     def due(self, end_of_epoch: bool) -> bool:
+        if self.readonly:
+            return False
         wait = self.epoch_every_s if end_of_epoch else self.every_s
         return time.monotonic() - self._last >= wait
 
@@ -68,4 +71,5 @@ class FileCheckpointer:
         self._last = time.monotonic()
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if not self.readonly:
+            self.path.unlink(missing_ok=True)

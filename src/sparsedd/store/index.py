@@ -32,8 +32,9 @@ CREATE TABLE IF NOT EXISTS epochs (
 
 
 class Index:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly  # a non-zero rank of a distributed run: rank 0 writes
 
     def connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,8 @@ class Index:
         return con
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
+        if self.readonly:
+            return
         con = self.connect()
         try:
             with con:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.augment import augment_batch
+from ..distributed import SINGLE, Dist
 from ..rng import generator
 from .optim import build_optimizer
 from .schedule import lr_at
@@ -100,17 +101,22 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
           order_key: tuple, checkpoint: Checkpointer | None = None, stop_iteration: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           on_step: Callable[[int], None] | None = None,
-          optimizer_state: dict[str, Any] | None = None, accel: Accel = Accel()) -> TrainResult:
+          optimizer_state: dict[str, Any] | None = None, accel: Accel = Accel(), dist: Dist = SINGLE) -> TrainResult:
     """Train ``model`` in place under ``mask`` for ``cfg.epochs`` (or until ``stop_iteration``).
 
     ``order_key`` seeds the data order: the permutation of epoch e comes from generator(*order_key, e).
     ``on_epoch`` gets each epoch's metrics; ``on_step`` the number of steps just done (for progress).
     ``optimizer_state`` starts the optimizer from a saved state (a checkpoint, when there is one, wins).
     ``accel`` picks memory layout and compilation; ``cfg.precision`` the autocast precision.
+    ``dist``: data-parallel over torchrun's processes (see :mod:`sparsedd.distributed`).
     """
     if accel.channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if accel.compile else model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(forward)
     params = dict(model.named_parameters())
     masked = [params[n] for n in mask]
     mask_f = [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in mask]
@@ -156,6 +162,8 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            global_n = idx.shape[0]
+            idx = dist.local_slice(idx)
             xb, yb = x[idx], y[idx]
             if data.augment != "none":
                 xb = augment_batch(data.augment, xb, generator(*order_key, "augment", epoch, step))
@@ -163,7 +171,10 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(cfg.precision, xb.device):
                 out = forward(xb)
-                loss = F.cross_entropy(out.float(), yb)
+                if dist.active:  # DDP averages over ranks: this makes it the global batch's mean
+                    loss = F.cross_entropy(out.float(), yb, reduction="sum") * (dist.world / global_n)
+                else:
+                    loss = F.cross_entropy(out.float(), yb)
             opt.zero_grad(set_to_none=False)
             loss.backward()
             if masked:
@@ -173,8 +184,13 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
             with torch.no_grad():
                 if masked:
                     torch._foreach_mul_(masked, mask_f)
-                step_loss[step] = loss.detach() * yb.shape[0]
-                step_hits[step] = (out.argmax(1) == yb).sum()
+                if dist.active:
+                    both = dist.sum_(torch.stack([loss.detach() * global_n / dist.world,
+                                                  (out.argmax(1) == yb).sum().to(loss.dtype)]))
+                    step_loss[step], step_hits[step] = both[0], both[1].round().long()
+                else:
+                    step_loss[step] = loss.detach() * yb.shape[0]
+                    step_hits[step] = (out.argmax(1) == yb).sum()
             if on_step is not None:
                 on_step(1)
             if checkpoint is not None and step + 1 < ipe and checkpoint.due(end_of_epoch=False):
