@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -137,13 +137,12 @@ class Replicate:
                      stop_iteration: int | None = None):
         self.progress.start_stage(name, train_cfg.epochs)
         ckpt = self.store.checkpointer(stage_id, self.rt.checkpoint_every_s, self.rt.checkpoint_epoch_s)
-        state = ckpt.path.exists()
-        if state:  # epochs already done before the interruption
-            done_epochs = len(ckpt.load()["history"])
-            self.progress.skip(done_epochs)
-        record: Callable[[dict[str, Any]], None] = self.progress.epoch
+        state = ckpt.load()  # kept by the checkpointer, so train() does not read it again
+        if state is not None:  # epochs already done before the interruption
+            self.progress.skip(len(state["history"]))
         return train(model, self.train_data, train_cfg, mask, order_key=(self.cfg.seed, "order"), checkpoint=ckpt,
-                     stop_iteration=stop_iteration, on_epoch=record, accel=self.rt.accel, dist=self.rt.dist)
+                     stop_iteration=stop_iteration, on_epoch=self.progress.epoch, accel=self.rt.accel,
+                     dist=self.rt.dist)
 
     def _finish(self, stage_id: str, level: int, model: nn.Module, mask: Mask, result, init: dict, seconds: float) -> dict:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

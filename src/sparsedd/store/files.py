@@ -56,9 +56,13 @@ class FileCheckpointer:
         self.every_s = every_s
         self.epoch_every_s = epoch_every_s
         self._last = time.monotonic()
+        self._loaded: dict[str, Any] | None = None  # the last state read, until the next save
 
     def load(self) -> dict[str, Any] | None:
-        return load_tensors(self.path) if self.path.exists() else None
+        """The saved state; read from disk once, then kept until the next save."""
+        if self._loaded is None and self.path.exists():
+            self._loaded = load_tensors(self.path)
+        return self._loaded
 
     def due(self, end_of_epoch: bool) -> bool:
         if self.readonly:
@@ -67,9 +71,11 @@ class FileCheckpointer:
         return time.monotonic() - self._last >= wait
 
     def save(self, state: dict[str, Any]) -> None:
+        self._loaded = None
         save_tensors(self.path, state)
         self._last = time.monotonic()
 
     def clear(self) -> None:
+        self._loaded = None
         if not self.readonly:
             self.path.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..models.mlp import MLP
 from ..rng import generator
-from .loop import Checkpointer, TrainData, TrainResult, iters_per_epoch
+from .loop import Checkpointer, TrainData, TrainResult, iters_per_epoch, metrics_from_logits, restore
 from .optim import build_optimizer
 from .schedule import lr_at
 
@@ -86,7 +86,7 @@ def stack_masks(model: StackedMLP, masks: list[dict[str, torch.Tensor]]) -> list
 
 @torch.no_grad()
 def evaluate_stacked(model: StackedMLP, datas: list[TrainData], batch: int = 4096) -> list[dict[str, float | None]]:
-    """The metrics of :func:`sparsedd.training.loop.evaluate` for each network."""
+    """The metrics of :func:`sparsedd.training.loop.evaluate` for each network (one pass for all K)."""
     was = model.training
     model.eval()
     base = datas[0]
@@ -96,19 +96,7 @@ def evaluate_stacked(model: StackedMLP, datas: list[TrainData], batch: int = 409
 
     test, train = logits(base.x_test), logits(base.x)
     model.train(was)
-    out = []
-    for k, d in enumerate(datas):
-        pred = train[k].argmax(1)
-        fitted = pred[d.corrupted] == d.y[d.corrupted]
-        out.append({
-            "test_loss": float(F.cross_entropy(test[k], d.y_test)),
-            "test_acc": float((test[k].argmax(1) == d.y_test).float().mean()),
-            "train_loss": float(F.cross_entropy(train[k], d.y)),
-            "train_acc_noisy": float((pred == d.y).float().mean()),
-            "train_acc_clean": float((pred == d.y_clean).float().mean()),
-            "memorized": float(fitted.float().mean()) if fitted.numel() else None,
-        })
-    return out
+    return [metrics_from_logits(test[k], train[k], d) for k, d in enumerate(datas)]
 
 
 def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData], cfg: TrainConfig,
@@ -139,13 +127,9 @@ def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData],
     step_hits = torch.zeros(K, ipe, device=device, dtype=torch.long)
     results = [TrainResult() for _ in range(K)]
     start_epoch, start_step = 0, 0
-    state = checkpoint.load() if checkpoint is not None else None
+    state = restore(checkpoint, model, opt, step_loss, step_hits)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
         start_epoch, start_step = state["epoch"], state["step"]
-        step_loss.copy_(state["step_loss"])
-        step_hits.copy_(state["step_hits"])
         for r, h in zip(results, state["history"]):
             r.history = list(h)
 

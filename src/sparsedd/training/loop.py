@@ -79,8 +79,12 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 4096, precision: str
 
 def evaluate(model: nn.Module, data: TrainData, precision: str = "fp32") -> dict[str, float | None]:
     """Test loss/accuracy, train loss/accuracy on the noisy and the clean labels, memorization."""
-    test_logits = predict(model, data.x_test, precision=precision)
-    train_logits = predict(model, data.x, precision=precision)
+    return metrics_from_logits(predict(model, data.x_test, precision=precision),
+                               predict(model, data.x, precision=precision), data)
+
+
+def metrics_from_logits(test_logits: torch.Tensor, train_logits: torch.Tensor, data: TrainData) -> dict[str, float | None]:
+    """The evaluation metrics of one network from its logits on the test and the training set."""
     pred = train_logits.argmax(1)
     fitted = pred[data.corrupted] == data.y[data.corrupted]
     return {
@@ -91,6 +95,18 @@ def evaluate(model: nn.Module, data: TrainData, precision: str = "fp32") -> dict
         "train_acc_clean": float((pred == data.y_clean).float().mean()),
         "memorized": float(fitted.float().mean()) if fitted.numel() else None,
     }
+
+
+def restore(checkpoint: Checkpointer | None, model: nn.Module, opt: torch.optim.Optimizer, step_loss: torch.Tensor,
+            step_hits: torch.Tensor) -> dict[str, Any] | None:
+    """Load a checkpoint (if there is one) into the model, the optimizer and the per-step buffers."""
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        step_loss.copy_(state["step_loss"])
+        step_hits.copy_(state["step_hits"])
+    return state
 
 
 def iters_per_epoch(n: int, batch_size: int) -> int:
@@ -133,13 +149,9 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
     # per-step loss and hits of the current epoch, so the epoch's running metrics survive a resume exactly
     step_loss = torch.zeros(ipe, device=data.x.device)
     step_hits = torch.zeros(ipe, device=data.x.device, dtype=torch.long)
-    state = checkpoint.load() if checkpoint is not None else None
+    state = restore(checkpoint, model, opt, step_loss, step_hits)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
         start_epoch, start_step = state["epoch"], state["step"]
-        step_loss.copy_(state["step_loss"])
-        step_hits.copy_(state["step_hits"])
         result.history = list(state["history"])
 
     def snapshot(epoch: int, step: int) -> dict[str, Any]:
