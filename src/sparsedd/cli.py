@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
@@ -103,7 +104,7 @@ def cmd_run(args) -> int:
     dist, device = from_env(_device(args.device))
     store = Store(args.root, readonly=not dist.main)
     rt = Runtime(device=device, data_dir=args.data_dir, progress=not args.no_progress and dist.main,
-                 batch=not args.no_batch, dist=dist,
+                 batch=not args.no_batch, dist=dist, sparse=args.sparse,
                  channels_last=args.channels_last, compile=args.compile,
                  checkpoint_every_s=args.checkpoint_every, checkpoint_epoch_s=args.checkpoint_epoch)
     console = Console(stderr=False, quiet=not dist.main)
@@ -253,11 +254,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_preset
     from .training.loop import Accel
 
     if args.threads:
         _set_threads(args.threads, None, "cpu")
+    if args.preset is None:  # the reference benchmark
+        return _bench_suite(args)
+    from .bench import bench_preset
+
     row = bench_preset(args.preset, sets=args.set, device=_device(args.device), batches=args.batches,
                        warmup=args.warmup, data_dir=args.data_dir,
                        accel=Accel(channels_last=args.channels_last, compile=args.compile))
@@ -266,6 +270,22 @@ def cmd_bench(args) -> int:
         return 0
     for k, v in row.items():
         print(f"{k:>18}: {v:.4g}" if isinstance(v, float) else f"{k:>18}: {v}")
+    return 0
+
+
+def _bench_suite(args) -> int:
+    from .benchsuite import format_table, run_suite
+
+    if args.set or args.channels_last or args.compile:
+        raise SparseddError("--set, --channels-last and --compile apply to `bench --preset NAME` only")
+    if args.rounds is not None and args.rounds < 1 or args.steps is not None and args.steps < 2:
+        raise SparseddError("--rounds must be >= 1 and --steps >= 2")
+    result = run_suite(quick=args.quick, device=_device(args.device), data_dir=args.data_dir, rounds=args.rounds,
+                       steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1) if args.format == "json" else format_table(result))
     return 0
 
 
@@ -291,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train seeds one by one (by default the seeds of a level train together when the model allows)")
     r.add_argument("--threads", type=int, default=0, metavar="N",
                    help="torch CPU threads (default: 1 for the fully connected models on CPU, else torch's choice)")
+    r.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
+                   help="compute sparse fully connected levels on their live units with sparse kernels: auto (below "
+                        "the density where that is faster, measured once per machine), on, off (default auto)")
     r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
                    help="checkpoint inside an epoch every S seconds (default 60)")
     r.add_argument("--checkpoint-epoch", type=float, default=1.0, metavar="S",
@@ -327,10 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="output folder; DIR/index.html is the page")
     rp.set_defaults(func=cmd_report)
 
-    bn = sub.add_parser("bench", help="seconds per training epoch and per evaluation for a preset's model and data")
-    bn.add_argument("--preset", required=True, help=f"one of: {', '.join(config_mod.presets())}")
+    bn = sub.add_parser("bench", help="our trainers against the common DataLoader loop (LeNet-300-100, MNIST-1D MLP); "
+                                      "with --preset: seconds per epoch of a preset's model and data")
+    bn.add_argument("--preset", default=None, help=f"one of: {', '.join(config_mod.presets())}")
+    bn.add_argument("--quick", action="store_true", help="tiny sizes (checks that it runs; the times mean nothing)")
+    bn.add_argument("--rounds", type=int, default=None, help="measurements of each figure, median taken (default 3)")
+    bn.add_argument("--steps", type=int, default=None, help="training steps timed per measurement (default 60)")
+    bn.add_argument("--out", default=None, help="also write the JSON result to this file")
     bn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    bn.add_argument("--batches", type=int, default=10, help="training steps and evaluation batches timed (default 10)")
+    bn.add_argument("--batches", type=int, default=10,
+                    help="with --preset: training steps and evaluation batches timed (default 10)")
     bn.add_argument("--warmup", type=int, default=2, help="steps run before timing (default 2)")
     bn.add_argument("--device", default="auto")
     bn.add_argument("--data-dir", default=None, help="data folder; synthetic data of the right shape when absent")

@@ -34,6 +34,7 @@ from ..training import TrainData, TrainResult, train
 from ..training.batched import batchable, train_batched
 from ..distributed import SINGLE, Dist
 from ..training.loop import Accel
+from ..training.sparse import SparsePolicy
 from ..training.loop import iters_per_epoch
 from .retrain import level_train_config, start_weights
 
@@ -51,10 +52,15 @@ class Runtime:
     channels_last: bool = False  # NHWC memory order for image models (faster convolutions on GPUs)
     dist: Dist = SINGLE  # data-parallel processes (torchrun); rank 0 writes the store
     compile: bool = False  # torch.compile the model
+    sparse: str = "auto"  # compact execution of sparse fully connected levels: auto (measured crossover), on, off
 
     @property
     def accel(self) -> Accel:
         return Accel(channels_last=self.channels_last, compile=self.compile)
+
+    @property
+    def sparse_policy(self) -> SparsePolicy:
+        return SparsePolicy(self.sparse)
 
 
 def dense_key(cfg: RunConfig) -> dict[str, Any]:
@@ -142,7 +148,7 @@ class Replicate:
             self.progress.skip(len(state["history"]))
         return train(model, self.train_data, train_cfg, mask, order_key=(self.cfg.seed, "order"), checkpoint=ckpt,
                      stop_iteration=stop_iteration, on_epoch=self.progress.epoch, accel=self.rt.accel,
-                     dist=self.rt.dist)
+                     dist=self.rt.dist, sparse=self.rt.sparse_policy)
 
     def _finish(self, stage_id: str, level: int, model: nn.Module, mask: Mask, result, init: dict, seconds: float) -> dict:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -307,6 +313,12 @@ def _finish_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
     rep.finish(job, model, result, saved["seconds"])
 
 
+def _runs_compact(rep: Replicate, job: Job, rt: Runtime) -> bool:
+    """Whether a stage would compute compact (then its seeds train one by one, each on its live units)."""
+    model = rep.new_model(0)
+    return rt.sparse_policy.decide(model, job.mask, job.train_cfg.batch_size, job.train_cfg.precision) is not None
+
+
 def check_fits(cfg: RunConfig, data: Dataset) -> None:
     """Checks that need the data's size."""
     if cfg.retrain.mode == "weight-rewind":
@@ -346,7 +358,8 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
                         pending.append((rep, job))
                 todo = pending
                 if (rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)) and data.augment == "none"
-                        and cfg.train.precision == "fp32" and not rt.compile and not rt.dist.active):
+                        and cfg.train.precision == "fp32" and not rt.compile and not rt.dist.active
+                        and not _runs_compact(reps[0], todo[0][1], rt)):
                     _train_together([r for r, _ in todo], [j for _, j in todo], store, rt, progress)
                     continue
                 for rep, job in todo:

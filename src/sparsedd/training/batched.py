@@ -102,9 +102,13 @@ def evaluate_stacked(model: StackedMLP, datas: list[TrainData], batch: int = 409
 def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData], cfg: TrainConfig,
                   masks: list[dict[str, torch.Tensor]], *, order_keys: list[tuple], device: str | torch.device = "cpu",
                   checkpoint: Checkpointer | None = None,
-                  on_epoch: Callable[[list[dict[str, Any]]], None] | None = None
+                  on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
+                  on_step: Callable[[int], None] | None = None, stop_iteration: int | None = None,
                   ) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
     """Train K networks (start weights ``states``) under ``masks``; returns final states and results.
+
+    ``stop_iteration`` ends training early (the results then have no final metrics); ``on_step``
+    gets the number of steps just done.
 
     All networks share the inputs ``datas[k].x`` (the same data set) but have their own labels,
     order (permutation of epoch e from generator(*order_keys[k], e)) and masks.
@@ -117,7 +121,7 @@ def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData],
         raise ValueError("batched networks must share the training inputs")
     n = datas[0].n
     model = StackedMLP(states).to(device)
-    masked = stack_masks(model, masks)
+    masked = [(p, m) for p, m in stack_masks(model, masks) if not bool(m.all())]  # all-ones masks change nothing
     params = [p for p, _ in masked]
     mask_f = [m.to(device) for _, m in masked]
     ys = torch.stack([d.y for d in datas]).to(device)
@@ -138,12 +142,17 @@ def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData],
                 "step_loss": step_loss.cpu(), "step_hits": step_hits.cpu(), "history": [r.history for r in results]}
 
     rows = torch.arange(K, device=device).unsqueeze(1)
-    with torch.no_grad():
-        torch._foreach_mul_(params, mask_f)
+    if params:
+        with torch.no_grad():
+            torch._foreach_mul_(params, mask_f)
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         perms = torch.stack([torch.randperm(n, generator=generator(*key, epoch)) for key in order_keys]).to(device)
         for step in range(start_step if epoch == start_epoch else 0, ipe):
+            if stop_iteration is not None and epoch * ipe + step >= stop_iteration:
+                for r in results:
+                    r.iterations = epoch * ipe + step
+                return [{k: v.cpu() for k, v in s.items()} for s in model.states()], results
             lr = lr_at(cfg, epoch * ipe + step, ipe)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -151,15 +160,19 @@ def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData],
             out = model(x[idx])  # [K, B, C]
             yb = ys[rows, idx]
             per_model = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape).mean(1)
-            opt.zero_grad(set_to_none=False)
+            opt.zero_grad(set_to_none=True)  # backward then writes the gradients instead of adding to zeros
             per_model.sum().backward()  # each network's gradient is that of its own mean loss
             with torch.no_grad():
-                torch._foreach_mul_([p.grad for p in params], mask_f)
+                if params:
+                    torch._foreach_mul_([p.grad for p in params], mask_f)
             opt.step()
             with torch.no_grad():
-                torch._foreach_mul_(params, mask_f)
+                if params:
+                    torch._foreach_mul_(params, mask_f)
                 step_loss[:, step] = per_model.detach() * yb.shape[1]
                 step_hits[:, step] = (out.argmax(2) == yb).sum(1)
+            if on_step is not None:
+                on_step(1)
             if checkpoint is not None and step + 1 < ipe and checkpoint.due(end_of_epoch=False):
                 checkpoint.save(snapshot(epoch, step + 1))
         last = epoch + 1 == cfg.epochs

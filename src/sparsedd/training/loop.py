@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from ..data.augment import augment_batch
 from ..distributed import SINGLE, Dist
 from ..rng import generator
 from .optim import build_optimizer
+
+if TYPE_CHECKING:
+    from .sparse import SparsePolicy
 from .schedule import lr_at
 
 
@@ -117,7 +120,8 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
           order_key: tuple, checkpoint: Checkpointer | None = None, stop_iteration: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           on_step: Callable[[int], None] | None = None,
-          optimizer_state: dict[str, Any] | None = None, accel: Accel = Accel(), dist: Dist = SINGLE) -> TrainResult:
+          optimizer_state: dict[str, Any] | None = None, accel: Accel = Accel(), dist: Dist = SINGLE,
+          sparse: "SparsePolicy | None" = None) -> TrainResult:
     """Train ``model`` in place under ``mask`` for ``cfg.epochs`` (or until ``stop_iteration``).
 
     ``order_key`` seeds the data order: the permutation of epoch e comes from generator(*order_key, e).
@@ -125,7 +129,21 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
     ``optimizer_state`` starts the optimizer from a saved state (a checkpoint, when there is one, wins).
     ``accel`` picks memory layout and compilation; ``cfg.precision`` the autocast precision.
     ``dist``: data-parallel over torchrun's processes (see :mod:`sparsedd.distributed`).
+    ``sparse``: when to compute on the live units only (:mod:`sparsedd.training.sparse`); a
+    checkpoint's layout wins over the policy, so a resumed stage computes as it started.
     """
+    saved = checkpoint.load() if checkpoint is not None else None  # checkpointers keep what they load
+    kernel = _sparse_kernel(model, mask, cfg, sparse, accel, dist, saved)
+    outer_model = model
+    compact = None
+    if kernel is not None:
+        from .sparse import CompactMLP
+
+        compact = CompactMLP(model.state_dict(), mask, kernel_below=kernel)
+        compact.prepare_grads()
+        model, mask = compact, {}
+        if optimizer_state:
+            optimizer_state = compact.optimizer_state_from_dense(optimizer_state)
     if accel.channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if accel.compile else model
@@ -134,8 +152,9 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
 
         forward = DistributedDataParallel(forward)
     params = dict(model.named_parameters())
-    masked = [params[n] for n in mask]
-    mask_f = [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in mask]
+    partial = [n for n in mask if not bool(mask[n].all())]  # an all-ones mask changes nothing: skip it
+    masked = [params[n] for n in partial]
+    mask_f = [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in partial]
     opt = build_optimizer(model.parameters(), cfg)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
@@ -156,7 +175,15 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
 
     def snapshot(epoch: int, step: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "step": step,
-                "step_loss": step_loss.cpu(), "step_hits": step_hits.cpu(), "history": list(result.history)}
+                "step_loss": step_loss.cpu(), "step_hits": step_hits.cpu(), "history": list(result.history),
+                "compact_kernel": kernel}
+
+    def done(res: TrainResult) -> TrainResult:
+        if compact is not None:  # back to the layout of the model we were given
+            outer_model.load_state_dict(compact.dense_state())
+            if res.optimizer_state:
+                res.optimizer_state = compact.optimizer_state_to_dense(res.optimizer_state)
+        return res
 
     model.train()
     x, y = data.x, data.y
@@ -169,7 +196,7 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
             it = epoch * ipe + step
             if stop_iteration is not None and it >= stop_iteration:
                 result.iterations = it
-                return result
+                return done(result)
             lr = lr_at(cfg, it, ipe)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -187,7 +214,9 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
                     loss = F.cross_entropy(out.float(), yb, reduction="sum") * (dist.world / global_n)
                 else:
                     loss = F.cross_entropy(out.float(), yb)
-            opt.zero_grad(set_to_none=False)
+            # backward writes fresh gradients (no add to zeros), except where a compact model needs the
+            # zero gradients of its inert parts to stay, so the optimizer decays them as it would dense
+            opt.zero_grad(set_to_none=compact is None)
             loss.backward()
             if masked:
                 with torch.no_grad():
@@ -226,5 +255,15 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
     result.final = dict(result.history[-1]) if result.history else evaluate(model, data, cfg.precision)
     evals = [h["test_acc"] for h in result.history if "test_acc" in h]
     result.final["test_acc_best"] = max(evals) if evals else result.final.get("test_acc", float("nan"))
-    return result
+    return done(result)
+
+
+def _sparse_kernel(model: nn.Module, mask: dict[str, torch.Tensor], cfg: TrainConfig, sparse, accel: Accel,
+                   dist: Dist, saved: dict[str, Any] | None) -> float | None:
+    """The CSR threshold of compact execution for this stage, or None to compute dense-masked."""
+    if saved is not None:
+        return saved.get("compact_kernel")
+    if sparse is None or accel.compile or accel.channels_last or dist.active:
+        return None
+    return sparse.decide(model, mask, cfg.batch_size, cfg.precision)
 

@@ -1,0 +1,284 @@
+"""`sparsedd bench` (without --preset): our trainers against the training loop common lottery-ticket code uses.
+
+Measured in one process, as seconds per model-epoch (one pass over the training set), on MNIST-shaped
+data with LeNet-300-100 and on MNIST-1D with the demo MLP (batch 128, SGD lr 0.1):
+
+(a) ``reference``: a ``DataLoader`` over a ``TensorDataset`` (batch 128, shuffle), the mask multiplied
+    into the weights before every forward pass (as OpenLTH's ``PrunedModel`` does), one model at a time;
+(b) ``single``: :func:`sparsedd.training.train` at full density;
+(c) ``batched``: :func:`sparsedd.training.batched.train_batched` with K = 8 and 32 (per model);
+(d) ``sparse``: our trainer at 98.8% sparsity (the automatic policy picks compact execution);
+(e) ``curve`` (LeNet): the 25 levels of the paper's MNIST curve, density 0.8^L, L = 0..24: the sum of
+    our per-epoch time at each level's density against 25 times (a).
+
+Each figure is the median of ``rounds`` measurements taken in turn, so drift of a shared machine
+hits all of them alike; ratios are against (a) measured in the same run. Masks come from global
+magnitude pruning of a network trained for a few steps (not random masks: those leave no dead units).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from .config import DataConfig, TrainConfig
+from .data import load_dataset
+from .errors import SparseddError
+from .models.mlp import MLP
+from .pruning import full_mask, magnitude
+from .training import TrainData, train
+from .training.batched import train_batched
+from .training.sparse import SparsePolicy, mask_density
+
+BATCH = 128
+LR = 0.1
+SPARSITY = 0.988
+LEVELS = 25
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Timer:
+    """Seconds per step over the steps after ``warmup``, from stamps taken after each step."""
+
+    def __init__(self, device: torch.device, warmup: int):
+        self.device, self.warmup, self.stamps = device, warmup, []
+
+    def start(self) -> None:
+        _sync(self.device)
+        self.stamps = [time.perf_counter()]
+
+    def __call__(self, _: int = 1) -> None:
+        _sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def per_step(self) -> float:
+        s = self.stamps[self.warmup:]
+        return (s[-1] - s[0]) / (len(s) - 1)
+
+
+def reference_steps(model: MLP, mask: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
+                    timer: _Timer, seed: int = 0) -> None:
+    """(a): the common loop. ``steps`` SGD steps through a shuffling DataLoader, the mask multiplied
+    into the weights before every forward pass."""
+    params = dict(model.named_parameters())
+    masked = [(params[n], m.to(params[n].dtype)) for n, m in mask.items()]
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    model.train()
+    done = 0
+    timer.start()
+    while done < steps:
+        for xb, yb in loader:
+            with torch.no_grad():
+                for p, m in masked:
+                    p.mul_(m)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            timer()
+            if done == steps:
+                break
+
+
+def gemm_floor_steps(widths: tuple[int, ...], x: torch.Tensor, steps: int, timer: _Timer) -> None:
+    """Only the matrix products of a dense training step (forward, weight and input gradients): the
+    arithmetic floor no dense one-model trainer goes below."""
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(o, i, generator=g).to(x.device) * 0.05 for i, o in zip(widths[:-1], widths[1:])]
+    xb = x[:BATCH].flatten(1).contiguous()
+    grad_out = torch.randn(xb.shape[0], widths[-1], generator=g).to(x.device)
+    timer.start()
+    for _ in range(steps):
+        acts = [xb]
+        for w in ws:
+            acts.append(acts[-1] @ w.t())
+        gz = grad_out
+        for i in reversed(range(len(ws))):
+            gz.t() @ acts[i]
+            if i:
+                gz = gz @ ws[i]
+        timer()
+
+
+def _train_data(x: torch.Tensor, y: torch.Tensor) -> TrainData:
+    return TrainData(x, y, y, x[:BATCH], y[:BATCH], torch.arange(0, device=x.device))
+
+
+def _cfg(n: int, steps: int) -> TrainConfig:
+    """Plain SGD as in (a), with enough epochs for ``steps`` steps (no evaluation is reached)."""
+    return TrainConfig(optimizer="sgd", lr=LR, batch_size=BATCH, epochs=steps // math.ceil(n / BATCH) + 1,
+                       eval_every=10 ** 6)
+
+
+def ours_steps(model: MLP, mask, data: TrainData, steps: int, timer: _Timer, sparse: SparsePolicy) -> None:
+    timer.start()
+    train(model, data, _cfg(data.n, steps), mask, order_key=(0, "bench"), stop_iteration=steps, on_step=timer, sparse=sparse)
+
+
+def batched_steps(states, masks, data: TrainData, steps: int, timer: _Timer) -> None:
+    K = len(states)
+    timer.start()
+    train_batched(states, [data] * K, _cfg(data.n, steps), masks, order_keys=[(k, "bench") for k in range(K)],
+                  device=data.x.device, stop_iteration=steps, on_step=timer)
+
+
+def _magnitude_masks(model: MLP, data: TrainData, densities: list[float], warm_steps: int) -> list[dict]:
+    """Global magnitude masks at each density, from the weights after ``warm_steps`` steps of training."""
+    net = MLP(model.layers[0].in_features, tuple(layer.out_features for layer in model.layers[:-1]),
+              model.layers[-1].out_features).to(data.x.device)
+    net.load_state_dict(model.state_dict())
+    names = net.prunable_names("default")
+    full = full_mask(net, names)
+    train(net, data, _cfg(data.n, warm_steps), full, order_key=(1, "warm"), stop_iteration=warm_steps)
+    w = {n: p.detach().cpu() for n, p in net.named_parameters() if n in names}
+    cpu_full = {n: m.cpu() for n, m in full.items()}
+    return [{n: m.to(data.x.device) for n, m in
+             (magnitude(w, cpu_full, fraction=1 - d, scope="global") if d < 1 else cpu_full).items()}
+            for d in densities]
+
+
+def _model(widths: tuple[int, ...], seed: int, device: torch.device) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(widths[0], widths[1:-1], widths[-1]).to(device)
+
+
+def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, ...], *, steps: int, warmup: int,
+                rounds: int, ks: tuple[int, ...], curve: bool, device: torch.device,
+                progress: Callable[[str], None]) -> dict[str, Any]:
+    n = x.shape[0]
+    ipe = math.ceil(n / BATCH)
+    data = _train_data(x, y)
+    base = _model(widths, 0, device)
+    names = base.prunable_names("default")
+    full = full_mask(base, names)
+    levels = [0.8 ** L for L in range(LEVELS)] if curve else []
+    masks = _magnitude_masks(base, data, [1 - SPARSITY, *levels], warm_steps=min(ipe, 4 * steps))
+    sparse_mask, level_masks = masks[0], masks[1:]
+    policy = SparsePolicy("auto")
+    kernel = policy.decide(base, sparse_mask, BATCH, "fp32")
+    from .training.sparse import CompactMLP
+
+    structure = CompactMLP(base.state_dict(), sparse_mask, kernel_below=kernel or 0.0)
+    total = warmup + steps
+    samples: dict[str, list[float]] = {}
+
+    def measure(key: str, fn: Callable[[_Timer], None], per: int = 1) -> None:
+        timer = _Timer(device, warmup)
+        fn(timer)
+        samples.setdefault(key, []).append(timer.per_step() / per * ipe)
+
+    for r in range(rounds):
+        progress(f"{name}: round {r + 1}/{rounds}")
+        measure("reference", lambda t: reference_steps(_model(widths, 0, device), full, x, y, total, t))
+        measure("gemm_floor", lambda t: gemm_floor_steps(widths, x, total, t))
+        measure("single", lambda t: ours_steps(_model(widths, 0, device), full, data, total, t, SparsePolicy("off")))
+        for k in ks:
+            states = [_model(widths, i, device).state_dict() for i in range(k)]
+            measure(f"batched_{k}", lambda t: batched_steps(states, [full] * k, data, total, t), per=k)
+        measure("sparse", lambda t: ours_steps(_model(widths, 0, device), sparse_mask, data, total, t, policy))
+        for L, m in enumerate(level_masks):
+            measure(f"level_{L}", lambda t: ours_steps(_model(widths, 0, device), m, data, total, t, policy))
+
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    out: dict[str, Any] = {
+        "reference_s": med["reference"], "single_s": med["single"],
+        "batched_s": {str(k): med[f"batched_{k}"] for k in ks}, "sparse_s": med["sparse"],
+        "ratios_to_reference": {
+            "single": med["reference"] / med["single"],
+            "batched": {str(k): med["reference"] / med[f"batched_{k}"] for k in ks},
+            "sparse": med["reference"] / med["sparse"],
+        },
+        "batched_speedup_over_single": {str(k): med["single"] / med[f"batched_{k}"] for k in ks},
+        "sparse_over_single": med["sparse"] / med["single"],
+        "gemm_floor_s": med["gemm_floor"],  # matrix products only: (a) / this bounds any dense one-model speedup
+        "sparse_density": mask_density(sparse_mask),
+        "sparse_execution": "dense-masked" if kernel is None else "compact",
+        "sparse_structure": {"live_units": structure.live_units, "constant_units": structure.const_units,
+                             "kernels": structure.kernels},
+        "train_examples": n, "steps_per_epoch": ipe, "parameters": sum(p.numel() for p in base.parameters()),
+    }
+    if curve:
+        out["levels"] = [{"level": L, "density": mask_density(m), "s": med[f"level_{L}"],
+                          "execution": "dense-masked" if policy.decide(base, m, BATCH, "fp32") is None else "compact"}
+                         for L, m in enumerate(level_masks)]
+    return out
+
+
+def _mnist_like(data_dir: str | None, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    try:
+        d = load_dataset(DataConfig(name="mnist", num_train=n), data_dir=data_dir, device=device)
+        return d.x_train, d.y_train, True
+    except SparseddError:
+        g = torch.Generator().manual_seed(0)
+        return (torch.rand(n, 1, 28, 28, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device),
+                False)
+
+
+def run_suite(*, quick: bool = False, device: str = "cpu", data_dir: str | None = None, rounds: int | None = None,
+              steps: int | None = None, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """The whole benchmark; ``quick`` makes every size tiny (for the test suite: no meaning in the times)."""
+    dev = torch.device(device)
+    rounds = rounds or (1 if quick else 3)
+    steps = steps or (2 if quick else 60)
+    warmup = 1 if quick else 5
+    ks = (8, 32)
+    n_mnist, n_1d = (3 * BATCH, 2 * BATCH) if quick else (60000, None)
+    x, y, real = _mnist_like(data_dir, n_mnist, dev)
+    d1 = load_dataset(DataConfig(name="mnist1d", num_train=n_1d or 8000, num_test=BATCH if quick else 4000),
+                      data_dir=data_dir, device=dev)
+    lenet = bench_model("lenet", x, y, (784, 300, 100, 10), steps=steps, warmup=warmup, rounds=rounds, ks=ks,
+                        curve=True, device=dev, progress=progress)
+    mlp = bench_model("mnist1d_mlp", d1.x_train, d1.y_train, (d1.x_train.shape[1], 256, 256, 10), steps=steps,
+                      warmup=warmup, rounds=rounds, ks=ks, curve=False, device=dev, progress=progress)
+    ours = sum(level["s"] for level in lenet["levels"])
+    reference = LEVELS * lenet["reference_s"]
+    return {
+        "lenet": lenet, "mnist1d_mlp": mlp,
+        "curve": {"reference_s": reference, "ours_s": ours, "speedup": reference / ours},
+        "meta": {"quick": quick, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "rounds": rounds, "steps_timed": steps, "warmup_steps": warmup, "mnist_real_data": real,
+                 "batch_size": BATCH, "lr": LR},
+    }
+
+
+TARGETS = [  # (label, value from the result, at least)
+    ("(b) LeNet single vs reference", lambda r: r["lenet"]["ratios_to_reference"]["single"], 1.3),
+    ("(b) MNIST-1D MLP single vs reference", lambda r: r["mnist1d_mlp"]["ratios_to_reference"]["single"], 3.0),
+    ("(c) MNIST-1D MLP K=32 vs single", lambda r: r["mnist1d_mlp"]["batched_speedup_over_single"]["32"], 2.0),
+    ("(c) LeNet K=8 vs single", lambda r: r["lenet"]["batched_speedup_over_single"]["8"], 1.3),
+    ("(d) LeNet single / sparse (98.8%)", lambda r: 1 / r["lenet"]["sparse_over_single"], 1 / 0.3),
+    ("(d) MNIST-1D MLP single / sparse (98.8%)", lambda r: 1 / r["mnist1d_mlp"]["sparse_over_single"], 1 / 0.3),
+    ("(e) LeNet curve vs reference", lambda r: r["curve"]["speedup"], 3.0),
+]
+
+
+def format_table(r: dict[str, Any]) -> str:
+    lines = [f"seconds per model-epoch ({r['meta']['device']}, {r['meta']['threads']} threads, "
+             f"median of {r['meta']['rounds']} rounds of {r['meta']['steps_timed']} steps)", ""]
+    lines.append(f"{'':>14} {'(a) reference':>14} {'(b) single':>12} {'(c) K=8':>10} {'(c) K=32':>10} {'(d) 98.8%':>10}")
+    for key in ("lenet", "mnist1d_mlp"):
+        m = r[key]
+        vals = [m["reference_s"], m["single_s"], m["batched_s"]["8"], m["batched_s"]["32"], m["sparse_s"]]
+        lines.append(f"{key:>14} " + " ".join(f"{v:>{w}.4g}" for v, w in zip(vals, (14, 12, 10, 10, 10))))
+        ratios = [m["reference_s"] / v for v in vals]
+        lines.append(f"{'x vs (a)':>14} " + " ".join(f"{v:>{w}.2f}" for v, w in zip(ratios, (14, 12, 10, 10, 10))))
+    c = r["curve"]
+    lines += ["", f"(e) LeNet curve, 25 levels: reference {c['reference_s']:.4g} s, ours {c['ours_s']:.4g} s, "
+                  f"{c['speedup']:.2f}x", "", "targets:"]
+    for label, get, want in TARGETS:
+        got = get(r)
+        lines.append(f"  {label:<42} {got:6.2f}x  (target >= {want:.2f}x)  {'met' if got >= want else 'NOT met'}")
+    return "\n".join(lines)

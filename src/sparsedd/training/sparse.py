@@ -1,0 +1,442 @@
+"""Sparse execution of a masked fully connected network, equal to the dense-masked computation.
+
+:class:`CompactMLP` holds only the unmasked weights (one value vector per layer, in the row-major
+order of the mask's nonzeros) and computes with what remains alive:
+
+* a hidden unit none of whose outgoing weights reach a live unit (or the output) is *dead*: it
+  affects nothing, so it is not computed; its weights get exactly the zero gradient they get in the
+  dense-masked network, and the optimizer still decays them the same way;
+* an input feature (e.g. an always-black border pixel) that no live unit reads is dropped;
+* a unit none of whose incoming weights come from a live unit is *constant* (``relu`` of its bias
+  plus the weighted constants feeding it): it is computed once per step, not once per example, and
+  enters the next layer as a bias term;
+* each layer's live block is multiplied as a dense sub-matrix or, below a measured density, with a
+  CSR sparse kernel (forward ``W @ x``, backward ``W^T @ g`` and the sampled product ``g x^T`` on the
+  weights' pattern only).
+
+Masked weights stay zero by construction (they are not represented). The same optimizer acts on the
+value vectors, so SGD and Adam follow the dense-masked trajectory up to floating-point rounding
+(sums are taken in another order). :meth:`CompactMLP.dense_state` and the optimizer-state
+converters map back to the layout of :class:`sparsedd.models.mlp.MLP`.
+
+:class:`SparsePolicy` decides when a stage runs compact: when its density is at most a crossover
+measured on this machine (:func:`measure_crossover`, cached in the data cache folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SparseddError
+from ..models.mlp import MLP
+
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    # the structure is built by this module, so the invariant checks would only cost time
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+class _CSRLinear(torch.autograd.Function):
+    """z = W @ h for a CSR weight given by its values (fixed pattern), activations feature-major [n, B]."""
+
+    @staticmethod
+    def forward(ctx, h, values, crow, col, crow_t, col_t, perm, n_out, n_in):
+        ctx.save_for_backward(h, values, crow, col, crow_t, col_t, perm)
+        ctx.shape = (n_out, n_in)
+        return torch.sparse.mm(_csr(crow, col, values, (n_out, n_in)), h)
+
+    @staticmethod
+    def backward(ctx, gz):
+        h, values, crow, col, crow_t, col_t, perm = ctx.saved_tensors
+        n_out, n_in = ctx.shape
+        gz = gz.contiguous()
+        gh = gv = None
+        if ctx.needs_input_grad[0]:
+            gh = torch.sparse.mm(_csr(crow_t, col_t, values[perm], (n_in, n_out)), gz)
+        if ctx.needs_input_grad[1]:
+            pattern = _csr(crow, col, values, (n_out, n_in))
+            gv = torch.sparse.sampled_addmm(pattern, gz, h.t(), beta=0.0).values()
+        return gh, gv, None, None, None, None, None, None, None
+
+
+def _csr_structure(rows: torch.Tensor, cols: torch.Tensor, n_out: int, n_in: int):
+    """crow/col of the pattern (rows, cols sorted row-major), and of its transpose with the value permutation."""
+    crow = torch.zeros(n_out + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
+    order = torch.argsort(cols * n_out + rows)  # column-major order = row-major order of the transpose
+    crow_t = torch.zeros(n_in + 1, dtype=torch.int64, device=rows.device)
+    crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
+    return crow, cols.clone(), crow_t, rows[order].clone(), order
+
+
+class _Part:
+    """The mask's entries of one weight inside a block (rows x cols): flat indices into the full
+    weight and positions inside the block, both in row-major order."""
+
+    def __init__(self, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        sub = mask[rows][:, cols]
+        r, c = sub.nonzero(as_tuple=True)
+        self.r, self.c = r, c
+        self.shape = (int(rows.numel()), int(cols.numel()))
+        self.full_index = rows[r] * mask.shape[1] + cols[c]
+        self.pos = r * self.shape[1] + c
+        self.full_block = int(r.numel()) == self.shape[0] * self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.r.numel())
+
+    @property
+    def density(self) -> float:
+        size = self.shape[0] * self.shape[1]
+        return self.nnz / size if size else 0.0
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        if self.full_block:
+            return values.view(self.shape)
+        return values.new_zeros(self.shape[0] * self.shape[1]).index_put((self.pos,), values).view(self.shape)
+
+
+# the parameters of one layer, in this order
+PARTS = ("main", "const_in", "const_out", "inert", "bias_live", "bias_const", "bias_inert")
+
+
+class CompactMLP(nn.Module):
+    """An :class:`MLP` state under a mask, computed on its live units only (see the module doc).
+
+    Each layer's unmasked weights are split into four parameters: the live block (live outputs x live
+    inputs), constant inputs into live outputs, constant inputs into constant outputs, and the rest
+    (``inert``: weights of dead units, which no loss gradient reaches but the optimizer still decays
+    as it would in the dense-masked network). Biases are split the same way.
+    """
+
+    def __init__(self, state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], kernel_below: float = 0.0):
+        super().__init__()
+        for n in mask:
+            if not n.endswith(".weight"):
+                raise SparseddError(f"sparse execution masks weights only, not {n}")
+        depth = sum(1 for k in state if k.startswith("layers.") and k.endswith(".weight"))
+        weights = [state[f"layers.{i}.weight"].detach() for i in range(depth)]
+        device = weights[0].device
+        masks = [mask[f"layers.{i}.weight"].to(device=device, dtype=torch.bool) if f"layers.{i}.weight" in mask
+                 else torch.ones_like(weights[i], dtype=torch.bool) for i in range(depth)]
+        self.depth = depth
+        self.shapes = [tuple(w.shape) for w in weights]
+        # which units matter: backwards from the outputs (all of which do)
+        useful: list[torch.Tensor] = [torch.ones(self.shapes[-1][0], dtype=torch.bool, device=device)]
+        for i in reversed(range(depth)):
+            useful.insert(0, masks[i][useful[0]].any(0))
+        # which are constant: forwards from the inputs (which never are); outputs are always computed
+        const = [torch.zeros_like(useful[0])]
+        for i in range(depth):
+            c = useful[i + 1] & ~masks[i][:, useful[i] & ~const[i]].any(1)
+            const.append(c if i + 1 < depth else torch.zeros_like(c))
+        live = [u & ~c for u, c in zip(useful, const)]
+        self.live_units = [int(v.sum()) for v in live]
+        self.const_units = [int(v.sum()) for v in const]
+        self.dead_units = [int((~u).sum()) for u in useful]
+        self.all_inputs = bool(live[0].all())
+        self.register_buffer("in_idx", live[0].nonzero().flatten(), persistent=False)
+        self.layers = nn.ModuleList()
+        self.index: list[dict[str, Any]] = []
+        self.csr: list[Any] = []
+        for i in range(depth):
+            idx = lambda v: v.nonzero().flatten()  # noqa: E731
+            li, lo, ci, co = idx(live[i]), idx(live[i + 1]), idx(const[i]), idx(const[i + 1])
+            main, cin, cout = _Part(masks[i], lo, li), _Part(masks[i], lo, ci), _Part(masks[i], co, ci)
+            covered = torch.zeros(masks[i].numel(), dtype=torch.bool, device=device)
+            for part in (main, cin, cout):
+                covered[part.full_index] = True
+            inert = (masks[i].flatten() & ~covered).nonzero().flatten()
+            b_rest = idx(~(live[i + 1] | const[i + 1]))
+            flat_w = weights[i].flatten()
+            bias = state[f"layers.{i}.bias"].detach()
+            layer = nn.ParameterList([nn.Parameter(t.clone()) for t in (
+                flat_w[main.full_index], flat_w[cin.full_index], flat_w[cout.full_index], flat_w[inert],
+                bias[lo], bias[co], bias[b_rest])])
+            self.layers.append(layer)
+            self.index.append({"main": main, "const_in": cin, "const_out": cout, "inert": inert,
+                               "bias_live": lo, "bias_const": co, "bias_inert": b_rest,
+                               "all_out": bool(live[i + 1].all())})
+            use_csr = main.nnz > 0 and main.density < kernel_below
+            self.csr.append(_csr_structure(main.r, main.c, *main.shape) if use_csr else None)
+
+    @property
+    def kernels(self) -> list[str]:
+        return ["csr" if c is not None else "dense" for c in self.csr]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # activations are kept feature-major ([units, batch]): the CSR kernels are fastest that way
+        h = x.flatten(1).t()
+        h = h.contiguous() if self.all_inputs else h[self.in_idx]
+        c = None  # values of the constant units feeding the current layer
+        for i, layer in enumerate(self.layers):
+            w_main, w_cin, w_cout, _, b_live, b_const, _ = layer
+            ix = self.index[i]
+            main = ix["main"]
+            if self.csr[i] is not None:
+                z = _CSRLinear.apply(h, w_main, *self.csr[i], *main.shape)
+            else:
+                z = main.dense(w_main) @ h
+            bias = b_live
+            if c is not None and ix["const_in"].nnz:
+                bias = bias + ix["const_in"].dense(w_cin) @ c
+            z = z + bias.unsqueeze(1)
+            if b_const.numel():
+                pre = b_const + ix["const_out"].dense(w_cout) @ c if c is not None and ix["const_out"].nnz else b_const
+                c = torch.relu(pre)
+            else:
+                c = None
+            h = torch.relu(z) if i + 1 < self.depth else z
+        return h.t()
+
+    def prepare_grads(self) -> None:
+        """Zero gradients for every part, so the optimizer decays the parts no loss gradient reaches."""
+        for p in self.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    # --- conversions to and from the MLP layout (parameter order w0, b0, w1, b1, ...)
+    def _weight_indices(self, i: int) -> list[torch.Tensor]:
+        ix = self.index[i]
+        return [ix["main"].full_index, ix["const_in"].full_index, ix["const_out"].full_index, ix["inert"]]
+
+    def _bias_indices(self, i: int) -> list[torch.Tensor]:
+        ix = self.index[i]
+        return [ix["bias_live"], ix["bias_const"], ix["bias_inert"]]
+
+    def _to_full(self, i: int, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        w = parts[0].new_zeros(self.shapes[i][0] * self.shapes[i][1])
+        for t, j in zip(parts[:4], self._weight_indices(i)):
+            w[j] = t
+        b = parts[0].new_zeros(self.shapes[i][0])
+        for t, j in zip(parts[4:], self._bias_indices(i)):
+            b[j] = t
+        return w.view(self.shapes[i]), b
+
+    def _from_full(self, i: int, w: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
+        w = w.flatten()
+        return [w[j].clone() for j in self._weight_indices(i)] + [b[j].clone() for j in self._bias_indices(i)]
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, layer in enumerate(self.layers):
+            w, b = self._to_full(i, [p.detach() for p in layer])
+            out[f"layers.{i}.weight"], out[f"layers.{i}.bias"] = w, b
+        return out
+
+    def optimizer_state_to_dense(self, opt_state: dict[str, Any]) -> dict[str, Any]:
+        """A compact optimizer state in the layout of the MLP (zero state for masked weights)."""
+        n = len(PARTS)
+        state = {}
+        for i in range(self.depth):
+            entries = [opt_state["state"].get(i * n + k) for k in range(n)]
+            if all(e is None for e in entries):
+                continue
+            ref = next(e for e in entries if e is not None)
+            w_state, b_state = {}, {}
+            for name, v in ref.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    parts = [e[name] if e is not None else torch.zeros_like(p) for e, p in zip(entries, self.layers[i])]
+                    w_state[name], b_state[name] = self._to_full(i, parts)
+                else:
+                    w_state[name] = b_state[name] = v.clone() if torch.is_tensor(v) else v
+            state[2 * i], state[2 * i + 1] = w_state, b_state
+        groups = [dict(g, params=list(range(2 * self.depth))) for g in opt_state["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def optimizer_state_from_dense(self, opt_state: dict[str, Any]) -> dict[str, Any]:
+        n = len(PARTS)
+        state = {}
+        for i in range(self.depth):
+            ws, bs = opt_state["state"].get(2 * i), opt_state["state"].get(2 * i + 1)
+            if ws is None or bs is None:
+                continue
+            per_part: list[dict[str, Any]] = [{} for _ in range(n)]
+            for name, v in ws.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    for k, t in enumerate(self._from_full(i, v.to(self.in_idx.device),
+                                                          bs[name].to(self.in_idx.device))):
+                        per_part[k][name] = t
+                else:
+                    for k in range(n):
+                        per_part[k][name] = v.clone() if torch.is_tensor(v) else v
+            for k in range(n):
+                state[i * n + k] = per_part[k]
+        groups = [dict(g, params=list(range(n * self.depth))) for g in opt_state["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+
+def compactable(model: nn.Module, mask: dict[str, torch.Tensor]) -> bool:
+    return type(model) is MLP and all(n.endswith(".weight") for n in mask)
+
+
+def mask_density(mask: dict[str, torch.Tensor]) -> float:
+    total = sum(m.numel() for m in mask.values())
+    return float(sum(int(m.sum()) for m in mask.values())) / total if total else 1.0
+
+
+# --- when to run compact: crossovers measured on this machine ---------------------------------
+
+@dataclass(frozen=True)
+class SparsePolicy:
+    """``mode``: ``auto`` (compact at densities <= the measured crossover), ``on`` (always), ``off``.
+
+    ``crossover`` and ``kernel_below`` override the measurement (densities in [0, 1]).
+    """
+
+    mode: str = "auto"
+    crossover: float | None = None
+    kernel_below: float | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("auto", "on", "off"):
+            raise SparseddError(f"unknown sparse mode {self.mode!r}; use auto, on or off")
+
+    def decide(self, model: nn.Module, mask: dict[str, torch.Tensor], batch_size: int, precision: str) -> float | None:
+        """The CSR kernel threshold to build a :class:`CompactMLP` with, or None for dense-masked execution."""
+        if self.mode == "off" or not compactable(model, mask) or precision != "fp32" or not mask:
+            return None
+        device = next(model.parameters()).device
+        if self.mode == "on":
+            return self.kernel_below if self.kernel_below is not None else 0.3
+        widths = _widths(model)
+        if self.crossover is not None and self.kernel_below is not None:
+            cross = {"crossover": self.crossover, "kernel_below": self.kernel_below}
+        else:
+            cross = crossover_for(widths, batch_size, device, self.cache_dir)
+        crossover = self.crossover if self.crossover is not None else cross["crossover"]
+        kernel = self.kernel_below if self.kernel_below is not None else cross["kernel_below"]
+        return kernel if mask_density(mask) <= crossover else None
+
+
+def _widths(model: MLP) -> tuple[int, ...]:
+    return (model.layers[0].in_features, *(layer.out_features for layer in model.layers))
+
+
+def _cache_file(cache_dir: str | None) -> Path:
+    from ..data import default_cache_dir
+
+    return Path(cache_dir) if cache_dir else Path(default_cache_dir()) / "crossover.json"
+
+
+def crossover_for(widths: tuple[int, ...], batch_size: int, device: torch.device, cache_dir: str | None = None,
+                  remeasure: bool = False) -> dict[str, float]:
+    """The measured crossovers of this architecture, batch size, device and thread count (cached)."""
+    path = _cache_file(cache_dir)
+    if path.suffix != ".json":
+        path = path / "crossover.json"
+    key = f"{torch.__version__}|{device}|threads={torch.get_num_threads()}|{'-'.join(map(str, widths))}|b{batch_size}"
+    table: dict[str, Any] = {}
+    if path.exists():
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+    if key in table and not remeasure:
+        return table[key]
+    found = measure_crossover(widths, batch_size, device)
+    table[key] = found
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a new measurement next time
+    return found
+
+
+DENSITIES = tuple(0.8 ** k for k in range(0, 25, 2))
+
+
+def _step_time(net: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
+               masked: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> float:
+    opt = torch.optim.SGD(params, lr=0.01)
+
+    def step():
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if masked:
+            torch._foreach_mul_([p.grad for p, _ in masked], [m for _, m in masked])
+        opt.step()
+        if masked:
+            with torch.no_grad():
+                torch._foreach_mul_([p for p, _ in masked], [m for _, m in masked])
+
+    for _ in range(2):
+        step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return (time.perf_counter() - t0) / steps
+
+
+def measure_crossover(widths: tuple[int, ...], batch_size: int, device: torch.device | str = "cpu",
+                      steps: int = 10) -> dict[str, Any]:
+    """Time training steps of the dense-masked network and of :class:`CompactMLP` (dense blocks, and
+    CSR kernels) at densities 0.8^k; return the largest density where compact wins (``crossover``)
+    and the largest block density where CSR beats dense blocks (``kernel_below``)."""
+    from ..pruning import magnitude
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    model = MLP(widths[0], tuple(widths[1:-1]), widths[-1]).to(device)
+    x = torch.randn(batch_size, widths[0], generator=g).to(device)
+    y = torch.randint(0, widths[-1], (batch_size,), generator=g).to(device)
+    names = model.prunable_names("default")
+    weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in names}
+    rows = []
+    for d in DENSITIES:
+        full = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+        mask = magnitude(weights, full, fraction=1 - d, scope="layer") if d < 1 else full
+        mask = {n: m.to(device) for n, m in mask.items()}
+        params = dict(model.named_parameters())
+        masked = [(params[n], mask[n].float()) for n in names]
+        dense = _step_time(model, list(model.parameters()), x, y, steps, masked)
+        state = model.state_dict()
+        blocks = CompactMLP(state, mask, kernel_below=0.0)
+        csr = CompactMLP(state, mask, kernel_below=1.01)
+        rows.append({"density": d, "dense_masked_s": dense,
+                     "compact_dense_s": _step_time(blocks, list(blocks.parameters()), x, y, steps),
+                     "compact_csr_s": _step_time(csr, list(csr.parameters()), x, y, steps)})
+    return {**crossovers(rows), "points": rows}
+
+
+def crossovers(rows: list[dict[str, float]], margin: float = 0.9) -> dict[str, float]:
+    """From timed points: ``kernel_below``, the block density under which CSR kernels are used (the
+    largest density from which CSR wins at every lower density), and ``crossover``, the largest
+    density from which compact execution wins at every lower density, by at least ``margin``."""
+    rows = sorted(rows, key=lambda r: r["density"])
+    kernel = 0.0
+    for r in rows:
+        if r["compact_csr_s"] >= r["compact_dense_s"]:
+            break
+        kernel = r["density"]
+    kernel_below = kernel * 1.0001  # so that the winning point itself qualifies
+    cross = 0.0
+    for r in rows:
+        best = min(r["compact_dense_s"], r["compact_csr_s"]) if r["density"] < kernel_below else r["compact_dense_s"]
+        if best >= margin * r["dense_masked_s"]:
+            break
+        cross = r["density"]
+    return {"crossover": cross, "kernel_below": kernel_below}

@@ -1,0 +1,33 @@
+"""`sparsedd bench --quick`: the reference benchmark runs end to end on tiny sizes (no timing asserted)."""
+
+import json
+
+from sparsedd.cli import main
+
+
+def test_bench_suite_quick_json_shape(capsys, tmp_path, shared_mnist):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--format", "json", "--data-dir", str(shared_mnist), "--out", str(out)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == r
+    for key in ("lenet", "mnist1d_mlp"):
+        m = r[key]
+        assert {"reference_s", "single_s", "batched_s", "sparse_s"} <= set(m)
+        assert set(m["batched_s"]) == {"8", "32"} and all(v > 0 for v in m["batched_s"].values())
+        assert m["reference_s"] > 0 and m["single_s"] > 0 and m["sparse_s"] > 0
+        assert abs(m["sparse_density"] - 0.012) < 0.001  # 98.8% sparsity
+    levels = r["lenet"]["levels"]
+    assert [lv["level"] for lv in levels] == list(range(25))
+    assert abs(levels[24]["density"] - 0.8 ** 24) < 1e-3 and levels[0]["density"] == 1.0
+    assert r["curve"]["reference_s"] == 25 * r["lenet"]["reference_s"]
+    assert r["curve"]["ours_s"] == sum(lv["s"] for lv in levels)
+    assert r["meta"]["quick"] and r["meta"]["mnist_real_data"]
+
+
+def test_bench_suite_table_and_bad_input(capsys):
+    assert main(["bench", "--quick", "--rounds", "1"]) == 0  # synthetic MNIST-shaped data without --data-dir
+    text = capsys.readouterr().out
+    assert "(a) reference" in text and "targets:" in text and "(e) LeNet curve" in text
+    assert main(["bench", "--quick", "--steps", "1"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(["bench", "--set", "train.lr=1"]) == 2
