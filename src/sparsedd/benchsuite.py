@@ -72,14 +72,16 @@ def reference_steps(model: MLP, mask: dict[str, torch.Tensor], x: torch.Tensor, 
     into the weights before every forward pass."""
     params = dict(model.named_parameters())
     masked = [(params[n], m.to(params[n].dtype)) for n, m in mask.items()]
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    device = x.device  # on a GPU, such code keeps the data set on the CPU and moves each batch
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=BATCH, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda")
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     model.train()
     done = 0
     timer.start()
     while done < steps:
         for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             with torch.no_grad():
                 for p, m in masked:
                     p.mul_(m)
