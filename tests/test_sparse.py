@@ -51,14 +51,13 @@ def test_forward_and_backward_equal_the_dense_masked_network(kernel, density, sc
     for ix, k in zip(compact.index, compact.kernels):
         assert k == ("csr" if kernel > 1 and ix["main"].nnz else "dense")
     ref = masked_copy(model, mask)
-    compact.prepare_grads()
     x, y = torch.randn(17, WIDTHS[0]), torch.randint(0, WIDTHS[-1], (17,))
     out_ref, out = ref(x), compact(x)
     assert torch.allclose(out, out_ref, atol=1e-6), (out - out_ref).abs().max()
     F.cross_entropy(out_ref, y).backward()
     F.cross_entropy(out, y).backward()
-    for i, layer in enumerate(compact.layers):
-        gw, gb = compact._to_full(i, [p.grad for p in layer])
+    for i in range(compact.depth):
+        gw, gb = compact._to_full(i, compact.flat.grad)
         want = ref.layers[i].weight.grad * mask.get(f"layers.{i}.weight", 1)
         assert torch.allclose(gw, want, atol=1e-6), (i, (gw - want).abs().max())
         assert torch.allclose(gb, ref.layers[i].bias.grad, atol=1e-6), i

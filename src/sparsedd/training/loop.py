@@ -140,7 +140,6 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
         from .sparse import CompactMLP
 
         compact = CompactMLP(model.state_dict(), mask, kernel_below=kernel)
-        compact.prepare_grads()
         model, mask = compact, {}
         if optimizer_state:
             optimizer_state = compact.optimizer_state_from_dense(optimizer_state)
@@ -214,9 +213,7 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
                     loss = F.cross_entropy(out.float(), yb, reduction="sum") * (dist.world / global_n)
                 else:
                     loss = F.cross_entropy(out.float(), yb)
-            # backward writes fresh gradients (no add to zeros), except where a compact model needs the
-            # zero gradients of its inert parts to stay, so the optimizer decays them as it would dense
-            opt.zero_grad(set_to_none=compact is None)
+            opt.zero_grad(set_to_none=True)  # backward then writes the gradients instead of adding to zeros
             loss.backward()
             if masked:
                 with torch.no_grad():

@@ -49,29 +49,6 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-class _CSRLinear(torch.autograd.Function):
-    """z = W @ h for a CSR weight given by its values (fixed pattern), activations feature-major [n, B]."""
-
-    @staticmethod
-    def forward(ctx, h, values, crow, col, crow_t, col_t, perm, n_out, n_in):
-        ctx.save_for_backward(h, values, crow, col, crow_t, col_t, perm)
-        ctx.shape = (n_out, n_in)
-        return torch.sparse.mm(_csr(crow, col, values, (n_out, n_in)), h)
-
-    @staticmethod
-    def backward(ctx, gz):
-        h, values, crow, col, crow_t, col_t, perm = ctx.saved_tensors
-        n_out, n_in = ctx.shape
-        gz = gz.contiguous()
-        gh = gv = None
-        if ctx.needs_input_grad[0]:
-            gh = torch.sparse.mm(_csr(crow_t, col_t, values[perm], (n_in, n_out)), gz)
-        if ctx.needs_input_grad[1]:
-            pattern = _csr(crow, col, values, (n_out, n_in))
-            gv = torch.sparse.sampled_addmm(pattern, gz, h.t(), beta=0.0).values()
-        return gh, gv, None, None, None, None, None, None, None
-
-
 def _csr_structure(rows: torch.Tensor, cols: torch.Tensor, n_out: int, n_in: int):
     """crow/col of the pattern (rows, cols sorted row-major), and of its transpose with the value permutation."""
     crow = torch.zeros(n_out + 1, dtype=torch.int64, device=rows.device)
@@ -79,7 +56,8 @@ def _csr_structure(rows: torch.Tensor, cols: torch.Tensor, n_out: int, n_in: int
     order = torch.argsort(cols * n_out + rows)  # column-major order = row-major order of the transpose
     crow_t = torch.zeros(n_in + 1, dtype=torch.int64, device=rows.device)
     crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
-    return crow, cols.clone(), crow_t, rows[order].clone(), order
+    i32 = torch.int32  # the sparse kernels' native index type: int64 indices are converted at every call
+    return crow.to(i32), cols.to(i32), crow_t.to(i32), rows[order].to(i32), order
 
 
 class _Part:
@@ -110,17 +88,20 @@ class _Part:
         return values.new_zeros(self.shape[0] * self.shape[1]).index_put((self.pos,), values).view(self.shape)
 
 
-# the parameters of one layer, in this order
+# the parts of one layer, in this order, inside the one flat parameter
 PARTS = ("main", "const_in", "const_out", "inert", "bias_live", "bias_const", "bias_inert")
 
 
 class CompactMLP(nn.Module):
     """An :class:`MLP` state under a mask, computed on its live units only (see the module doc).
 
-    Each layer's unmasked weights are split into four parameters: the live block (live outputs x live
+    Each layer's unmasked weights are split into four parts: the live block (live outputs x live
     inputs), constant inputs into live outputs, constant inputs into constant outputs, and the rest
-    (``inert``: weights of dead units, which no loss gradient reaches but the optimizer still decays
-    as it would in the dense-masked network). Biases are split the same way.
+    (``inert``: weights of dead units, which get a zero gradient but which the optimizer still decays
+    as it would in the dense-masked network); biases are split the same way. All parts of all layers
+    are one flat parameter, and forward and backward are written out in one autograd function, so a
+    step costs a few dozen tensor operations whatever the architecture: at high sparsity the
+    per-operation overhead, not arithmetic, is what a step costs.
     """
 
     def __init__(self, state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], kernel_below: float = 0.0):
@@ -150,9 +131,10 @@ class CompactMLP(nn.Module):
         self.dead_units = [int((~u).sum()) for u in useful]
         self.all_inputs = bool(live[0].all())
         self.register_buffer("in_idx", live[0].nonzero().flatten(), persistent=False)
-        self.layers = nn.ModuleList()
         self.index: list[dict[str, Any]] = []
+        self.slices: list[dict[str, tuple[int, int]]] = []
         self.csr: list[Any] = []
+        chunks, offset = [], 0
         for i in range(depth):
             idx = lambda v: v.nonzero().flatten()  # noqa: E731
             li, lo, ci, co = idx(live[i]), idx(live[i + 1]), idx(const[i]), idx(const[i + 1])
@@ -162,52 +144,33 @@ class CompactMLP(nn.Module):
                 covered[part.full_index] = True
             inert = (masks[i].flatten() & ~covered).nonzero().flatten()
             b_rest = idx(~(live[i + 1] | const[i + 1]))
-            flat_w = weights[i].flatten()
-            bias = state[f"layers.{i}.bias"].detach()
-            layer = nn.ParameterList([nn.Parameter(t.clone()) for t in (
-                flat_w[main.full_index], flat_w[cin.full_index], flat_w[cout.full_index], flat_w[inert],
-                bias[lo], bias[co], bias[b_rest])])
-            self.layers.append(layer)
+            flat_w, bias = weights[i].flatten(), state[f"layers.{i}.bias"].detach()
             self.index.append({"main": main, "const_in": cin, "const_out": cout, "inert": inert,
-                               "bias_live": lo, "bias_const": co, "bias_inert": b_rest,
-                               "all_out": bool(live[i + 1].all())})
+                               "bias_live": lo, "bias_const": co, "bias_inert": b_rest})
+            sl = {}
+            for name, t in zip(PARTS, (flat_w[main.full_index], flat_w[cin.full_index], flat_w[cout.full_index],
+                                       flat_w[inert], bias[lo], bias[co], bias[b_rest])):
+                sl[name] = (offset, offset + t.numel())
+                offset += t.numel()
+                chunks.append(t)
+            self.slices.append(sl)
             use_csr = main.nnz > 0 and main.density < kernel_below
             self.csr.append(_csr_structure(main.r, main.c, *main.shape) if use_csr else None)
+        self.flat = nn.Parameter(torch.cat(chunks).clone())
 
     @property
     def kernels(self) -> list[str]:
         return ["csr" if c is not None else "dense" for c in self.csr]
 
+    def part(self, t: torch.Tensor, i: int, name: str) -> torch.Tensor:
+        a, b = self.slices[i][name]
+        return t[a:b]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # activations are kept feature-major ([units, batch]): the CSR kernels are fastest that way
         h = x.flatten(1).t()
         h = h.contiguous() if self.all_inputs else h[self.in_idx]
-        c = None  # values of the constant units feeding the current layer
-        for i, layer in enumerate(self.layers):
-            w_main, w_cin, w_cout, _, b_live, b_const, _ = layer
-            ix = self.index[i]
-            main = ix["main"]
-            if self.csr[i] is not None:
-                z = _CSRLinear.apply(h, w_main, *self.csr[i], *main.shape)
-            else:
-                z = main.dense(w_main) @ h
-            bias = b_live
-            if c is not None and ix["const_in"].nnz:
-                bias = bias + ix["const_in"].dense(w_cin) @ c
-            z = z + bias.unsqueeze(1)
-            if b_const.numel():
-                pre = b_const + ix["const_out"].dense(w_cout) @ c if c is not None and ix["const_out"].nnz else b_const
-                c = torch.relu(pre)
-            else:
-                c = None
-            h = torch.relu(z) if i + 1 < self.depth else z
-        return h.t()
-
-    def prepare_grads(self) -> None:
-        """Zero gradients for every part, so the optimizer decays the parts no loss gradient reaches."""
-        for p in self.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        return _CompactFn.apply(h, self.flat, self).t().contiguous()  # argmax on a transposed view is slow
 
     # --- conversions to and from the MLP layout (parameter order w0, b0, w1, b1, ...)
     def _weight_indices(self, i: int) -> list[torch.Tensor]:
@@ -218,66 +181,141 @@ class CompactMLP(nn.Module):
         ix = self.index[i]
         return [ix["bias_live"], ix["bias_const"], ix["bias_inert"]]
 
-    def _to_full(self, i: int, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        w = parts[0].new_zeros(self.shapes[i][0] * self.shapes[i][1])
-        for t, j in zip(parts[:4], self._weight_indices(i)):
-            w[j] = t
-        b = parts[0].new_zeros(self.shapes[i][0])
-        for t, j in zip(parts[4:], self._bias_indices(i)):
-            b[j] = t
+    def _to_full(self, i: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's weight and bias from a flat tensor (the parameter, its gradient, an optimizer buffer)."""
+        w = t.new_zeros(self.shapes[i][0] * self.shapes[i][1])
+        for name, j in zip(PARTS[:4], self._weight_indices(i)):
+            w[j] = self.part(t, i, name)
+        b = t.new_zeros(self.shapes[i][0])
+        for name, j in zip(PARTS[4:], self._bias_indices(i)):
+            b[j] = self.part(t, i, name)
         return w.view(self.shapes[i]), b
 
-    def _from_full(self, i: int, w: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
-        w = w.flatten()
-        return [w[j].clone() for j in self._weight_indices(i)] + [b[j].clone() for j in self._bias_indices(i)]
+    def _from_full(self, tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The flat tensor from each layer's (weight, bias)."""
+        out = []
+        for i, (w, b) in enumerate(tensors):
+            w, b = w.flatten().to(self.flat.device), b.to(self.flat.device)
+            out += [w[j] for j in self._weight_indices(i)] + [b[j] for j in self._bias_indices(i)]
+        return torch.cat(out)
 
     def dense_state(self) -> dict[str, torch.Tensor]:
         out = {}
-        for i, layer in enumerate(self.layers):
-            w, b = self._to_full(i, [p.detach() for p in layer])
-            out[f"layers.{i}.weight"], out[f"layers.{i}.bias"] = w, b
+        for i in range(self.depth):
+            out[f"layers.{i}.weight"], out[f"layers.{i}.bias"] = self._to_full(i, self.flat.detach())
         return out
 
     def optimizer_state_to_dense(self, opt_state: dict[str, Any]) -> dict[str, Any]:
         """A compact optimizer state in the layout of the MLP (zero state for masked weights)."""
-        n = len(PARTS)
         state = {}
-        for i in range(self.depth):
-            entries = [opt_state["state"].get(i * n + k) for k in range(n)]
-            if all(e is None for e in entries):
-                continue
-            ref = next(e for e in entries if e is not None)
-            w_state, b_state = {}, {}
-            for name, v in ref.items():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    parts = [e[name] if e is not None else torch.zeros_like(p) for e, p in zip(entries, self.layers[i])]
-                    w_state[name], b_state[name] = self._to_full(i, parts)
-                else:
-                    w_state[name] = b_state[name] = v.clone() if torch.is_tensor(v) else v
-            state[2 * i], state[2 * i + 1] = w_state, b_state
+        entry = opt_state["state"].get(0)
+        if entry is not None:
+            for i in range(self.depth):
+                w_state, b_state = {}, {}
+                for name, v in entry.items():
+                    if torch.is_tensor(v) and v.dim() > 0:
+                        w_state[name], b_state[name] = self._to_full(i, v)
+                    else:
+                        w_state[name] = b_state[name] = v.clone() if torch.is_tensor(v) else v
+                state[2 * i], state[2 * i + 1] = w_state, b_state
         groups = [dict(g, params=list(range(2 * self.depth))) for g in opt_state["param_groups"]]
         return {"state": state, "param_groups": groups}
 
     def optimizer_state_from_dense(self, opt_state: dict[str, Any]) -> dict[str, Any]:
-        n = len(PARTS)
+        entries = [opt_state["state"].get(j) for j in range(2 * self.depth)]
         state = {}
-        for i in range(self.depth):
-            ws, bs = opt_state["state"].get(2 * i), opt_state["state"].get(2 * i + 1)
-            if ws is None or bs is None:
-                continue
-            per_part: list[dict[str, Any]] = [{} for _ in range(n)]
-            for name, v in ws.items():
+        if all(e is not None for e in entries):
+            flat_entry = {}
+            for name, v in entries[0].items():
                 if torch.is_tensor(v) and v.dim() > 0:
-                    for k, t in enumerate(self._from_full(i, v.to(self.in_idx.device),
-                                                          bs[name].to(self.in_idx.device))):
-                        per_part[k][name] = t
+                    flat_entry[name] = self._from_full([(entries[2 * i][name], entries[2 * i + 1][name])
+                                                        for i in range(self.depth)])
                 else:
-                    for k in range(n):
-                        per_part[k][name] = v.clone() if torch.is_tensor(v) else v
-            for k in range(n):
-                state[i * n + k] = per_part[k]
-        groups = [dict(g, params=list(range(n * self.depth))) for g in opt_state["param_groups"]]
+                    flat_entry[name] = v.clone() if torch.is_tensor(v) else v
+            state[0] = flat_entry
+        groups = [dict(g, params=[0]) for g in opt_state["param_groups"]]
         return {"state": state, "param_groups": groups}
+
+
+class _CompactFn(torch.autograd.Function):
+    """Forward and backward of a :class:`CompactMLP` in one autograd node (activations [units, batch])."""
+
+    @staticmethod
+    def forward(ctx, h, flat, net: CompactMLP):
+        acts, consts, pres, blocks = [h], [None], [None], []
+        c = None
+        for i in range(net.depth):
+            ix = net.index[i]
+            main = ix["main"]
+            if net.csr[i] is not None:
+                crow, col = net.csr[i][:2]
+                z = torch.sparse.mm(_csr(crow, col, net.part(flat, i, "main"), main.shape), h)
+                blocks.append(None)
+            else:
+                w = main.dense(net.part(flat, i, "main"))
+                blocks.append(w)
+                z = w @ h
+            bias = net.part(flat, i, "bias_live")
+            if c is not None and ix["const_in"].nnz:
+                bias = bias + ix["const_in"].dense(net.part(flat, i, "const_in")) @ c
+            z += bias.unsqueeze(1)
+            c_next = pre = None
+            if ix["bias_const"].numel():
+                pre = net.part(flat, i, "bias_const")
+                if c is not None and ix["const_out"].nnz:
+                    pre = pre + ix["const_out"].dense(net.part(flat, i, "const_out")) @ c
+                c_next = torch.relu(pre)
+            h = torch.relu_(z) if i + 1 < net.depth else z
+            acts.append(h)
+            consts.append(c_next)
+            pres.append(pre)
+            c = c_next
+        ctx.net, ctx.acts, ctx.consts, ctx.pres, ctx.blocks = net, acts, consts, pres, blocks
+        ctx.save_for_backward(flat)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        (flat,) = ctx.saved_tensors
+        net, acts, consts, pres, blocks = ctx.net, ctx.acts, ctx.consts, ctx.pres, ctx.blocks
+        grad = torch.zeros_like(flat)
+        dz = g.contiguous()
+        dc = None  # gradient of the constant units of the current layer's output
+        for i in reversed(range(net.depth)):
+            ix = net.index[i]
+            main = ix["main"]
+            h_in, c_in = acts[i], consts[i]
+            s = dz.sum(1)
+            net.part(grad, i, "bias_live").copy_(s)
+            if net.csr[i] is not None:
+                crow, col, crow_t, col_t, perm = net.csr[i]
+                values = net.part(flat, i, "main")
+                gv = torch.sparse.sampled_addmm(_csr(crow, col, values, main.shape), dz, h_in.t(), beta=0.0)
+                net.part(grad, i, "main").copy_(gv.values())
+            elif main.nnz:
+                gw = dz @ h_in.t()
+                net.part(grad, i, "main").copy_(gw.flatten() if main.full_block else gw.flatten()[main.pos])
+            dc_in = None
+            if c_in is not None and ix["const_in"].nnz:
+                net.part(grad, i, "const_in").copy_(torch.outer(s, c_in).flatten()[ix["const_in"].pos])
+                dc_in = ix["const_in"].dense(net.part(flat, i, "const_in")).t() @ s
+            if dc is not None and pres[i + 1] is not None:
+                dpre = dc * (pres[i + 1] > 0)
+                net.part(grad, i, "bias_const").copy_(dpre)
+                if c_in is not None and ix["const_out"].nnz:
+                    net.part(grad, i, "const_out").copy_(torch.outer(dpre, c_in).flatten()[ix["const_out"].pos])
+                    more = ix["const_out"].dense(net.part(flat, i, "const_out")).t() @ dpre
+                    dc_in = more if dc_in is None else dc_in + more
+            if i > 0:
+                if net.csr[i] is not None:
+                    crow, col, crow_t, col_t, perm = net.csr[i]
+                    wt = _csr(crow_t, col_t, net.part(flat, i, "main")[perm], (main.shape[1], main.shape[0]))
+                    dh = torch.sparse.mm(wt, dz)
+                else:
+                    dh = blocks[i].t() @ dz
+                dz = dh.mul_(acts[i] > 0)
+            dc = dc_in
+        return None, grad, None
 
 
 def compactable(model: nn.Module, mask: dict[str, torch.Tensor]) -> bool:
@@ -340,7 +378,7 @@ def crossover_for(widths: tuple[int, ...], batch_size: int, device: torch.device
     path = _cache_file(cache_dir)
     if path.suffix != ".json":
         path = path / "crossover.json"
-    key = f"{torch.__version__}|{device}|threads={torch.get_num_threads()}|{'-'.join(map(str, widths))}|b{batch_size}"
+    key = f"v{IMPLEMENTATION}|{torch.__version__}|{device}|threads={torch.get_num_threads()}|{'-'.join(map(str, widths))}|b{batch_size}"
     table: dict[str, Any] = {}
     if path.exists():
         try:
@@ -362,6 +400,7 @@ def crossover_for(widths: tuple[int, ...], batch_size: int, device: torch.device
 
 
 DENSITIES = tuple(0.8 ** k for k in range(0, 25, 2))
+IMPLEMENTATION = 2  # part of the cache key: a faster or slower compact implementation moves the crossover
 
 
 def _step_time(net: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
