@@ -127,11 +127,11 @@ def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
 
     cfg = c.load(sets=[*tiny_sets, f"retrain.mode={mode}", "retrain.rewind_iteration=3"], seeds=3)
     finals = {}
-    for batch in (True, False):
-        store = Store(tmp_path / str(batch))
-        rid = run(cfg, store, runtime=Runtime(progress=False, batch=batch))
+    for batch in ("on", "off"):
+        store = Store(tmp_path / str(batch == "on"))
+        rid = run(cfg, store, runtime=Runtime(progress=False, batch=batch, sparse="off"))
         rows = store.index.query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level", (rid,))
-        finals[batch] = [(r["seed"], r["level"], r["stage_id"], store.load(r["stage_id"], "final.pt")) for r in rows]
+        finals[batch == "on"] = [(r["seed"], r["level"], r["stage_id"], store.load(r["stage_id"], "final.pt")) for r in rows]
     assert len(finals[True]) == 9
     assert not list((tmp_path / "True").rglob("checkpoint.pt"))
     for (s1, l1, id1, a), (s2, l2, id2, b) in zip(finals[True], finals[False]):
@@ -140,3 +140,28 @@ def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
             assert torch.equal(a["mask"][n], b["mask"][n])
         for n in a["model"]:
             assert torch.allclose(a["model"][n], b["model"][n], atol=1e-5, rtol=1e-4), (s1, l1, n)
+
+
+def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, monkeypatch):
+    import sparsedd.experiments.imp as imp
+    from sparsedd import config as c
+    from sparsedd.experiments import Runtime, run
+    from sparsedd.store import Store
+    from sparsedd.training.batched import batching_pays, max_models, measure_batching
+
+    got = measure_batching((12, 16, 8, 4), 32, 3, "cpu", steps=2)
+    assert got["single_s"] > 0 and got["batched_s"] > 0 and got["pays"] == (got["batched_s"] < 0.9 * got["single_s"])
+    model = build_model(ModelConfig("mlp", (16, 8)), (12,), 4, seed=0)
+    cache = tmp_path / "batching.json"
+    first = batching_pays(model, 32, 3, str(cache))
+    assert cache.exists() and batching_pays(model, 32, 3, str(cache)) == first
+    assert max_models(model, 32, "cpu") > 1000 and max_models(model, 32, "cpu", share=1e-9) == 1
+
+    # a level's jobs are trained in groups no larger than what fits
+    groups = []
+    monkeypatch.setattr(imp, "max_models", lambda *a, **k: 2)
+    real = imp._train_together
+    monkeypatch.setattr(imp, "_train_together", lambda reps, jobs, *a: (groups.append(len(jobs)), real(reps, jobs, *a)))
+    cfg = c.load(sets=tiny_sets, seeds=3)
+    run(cfg, Store(tmp_path / "runs"), runtime=Runtime(progress=False, batch="on", sparse="off"))
+    assert groups == [2, 1] * 3  # three levels, each 3 seeds as 2 + 1

@@ -15,9 +15,10 @@ from conftest import TINY
 SETS = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=30", "prune.levels=2"]
 
 
-def command(root: Path, seeds: int = 1) -> list[str]:
+def command(root: Path, seeds: int = 1, execution: str = "dense") -> list[str]:
     cmd = [sys.executable, "-m", "sparsedd.cli", "run", "--root", str(root), "--no-progress", "--checkpoint-epoch", "0",
-           "--seeds", str(seeds)]
+           "--seeds", str(seeds), "--sparse", "on" if execution == "compact" else "off",
+           "--batch", "on" if seeds > 1 else "off"]
     for s in SETS:
         cmd += ["--set", s]
     return cmd
@@ -27,13 +28,13 @@ def finals(root: Path) -> dict[str, dict]:
     return {p.parent.name: torch.load(p, weights_only=True) for p in (root / "stages").glob("*/final.pt")}
 
 
-@pytest.mark.parametrize("seeds", [1, 2])  # 2: the seeds of a level train batched
-def test_sigkill_then_resume_gives_identical_weights(tmp_path, seeds):
+@pytest.mark.parametrize("seeds,execution", [(1, "dense"), (2, "dense"), (1, "compact")])  # 2: batched seeds
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, seeds, execution):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ref_root, root = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(command(ref_root, seeds), check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(command(ref_root, seeds, execution), check=True, env=env, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(command(root, seeds), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(root, seeds, execution), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # wait until level 1 is part-way: the dense stage is done and a checkpoint of the next stage exists
     while time.time() < deadline and proc.poll() is None:
@@ -45,7 +46,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, seeds):
     proc.wait()
     assert list((root / "stages").glob("*/checkpoint.pt"))
 
-    res = subprocess.run(command(root, seeds), env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(command(root, seeds, execution), env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     a, b = finals(ref_root), finals(root)
     assert a.keys() == b.keys() and len(a) == 3 * seeds

@@ -104,7 +104,7 @@ def cmd_run(args) -> int:
     dist, device = from_env(_device(args.device))
     store = Store(args.root, readonly=not dist.main)
     rt = Runtime(device=device, data_dir=args.data_dir, progress=not args.no_progress and dist.main,
-                 batch=not args.no_batch, dist=dist, sparse=args.sparse,
+                 batch="off" if args.no_batch else args.batch, dist=dist, sparse=args.sparse,
                  channels_last=args.channels_last, compile=args.compile,
                  checkpoint_every_s=args.checkpoint_every, checkpoint_epoch_s=args.checkpoint_epoch)
     console = Console(stderr=False, quiet=not dist.main)
@@ -307,8 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--channels-last", action="store_true", help="NHWC memory order for image models (GPU speed)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (GPU speed; slow to start)")
-    r.add_argument("--no-batch", action="store_true",
-                   help="train seeds one by one (by default the seeds of a level train together when the model allows)")
+    r.add_argument("--batch", choices=("auto", "on", "off"), default="auto",
+                   help="train the seeds of a level together as one batched computation (fully connected models): "
+                        "auto (where that is faster on this machine, measured once), on, off (default auto)")
+    r.add_argument("--no-batch", action="store_true", help="the same as --batch off")
     r.add_argument("--threads", type=int, default=0, metavar="N",
                    help="torch CPU threads (default: 1 for the fully connected models on CPU, else torch's choice)")
     r.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",

@@ -31,7 +31,7 @@ from ..rng import derive_seed, generator
 from ..store import Store, read_json, write_json
 from ..config import TrainConfig
 from ..training import TrainData, TrainResult, train
-from ..training.batched import batchable, train_batched
+from ..training.batched import batchable, batching_pays, max_models, train_batched
 from ..distributed import SINGLE, Dist
 from ..training.loop import Accel
 from ..training.sparse import SparsePolicy
@@ -48,7 +48,7 @@ class Runtime:
     checkpoint_every_s: float = 60.0  # inside long epochs
     checkpoint_epoch_s: float = 1.0  # at epoch ends, at most this often (0: every epoch)
     progress: bool = True
-    batch: bool = True  # train the seeds of a level together when the model allows it
+    batch: str = "auto"  # seeds of a level trained together: auto (where measured faster on this machine), on, off
     channels_last: bool = False  # NHWC memory order for image models (faster convolutions on GPUs)
     dist: Dist = SINGLE  # data-parallel processes (torchrun); rank 0 writes the store
     compile: bool = False  # torch.compile the model
@@ -313,6 +313,22 @@ def _finish_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
     rep.finish(job, model, result, saved["seconds"])
 
 
+def _batch_groups(rep: Replicate, todo: list[tuple[Replicate, Job]], data: Dataset, rt: Runtime
+                  ) -> list[list[tuple[Replicate, Job]]]:
+    """The level's jobs in groups to train batched (as many per group as fit in memory), or [] for one by one."""
+    cfg = rep.cfg
+    if (rt.batch == "off" or len(todo) < 2 or data.augment != "none" or cfg.train.precision != "fp32"
+            or rt.compile or rt.dist.active):
+        return []
+    model = rep.new_model(0)
+    if not batchable(model) or _runs_compact(rep, todo[0][1], rt):
+        return []
+    k = min(len(todo), max_models(model, todo[0][1].train_cfg.batch_size, rt.device))
+    if k < 2 or (rt.batch == "auto" and not batching_pays(model, todo[0][1].train_cfg.batch_size, k)):
+        return []
+    return [todo[i:i + k] for i in range(0, len(todo), k)]
+
+
 def _runs_compact(rep: Replicate, job: Job, rt: Runtime) -> bool:
     """Whether a stage would compute compact (then its seeds train one by one, each on its live units)."""
     model = rep.new_model(0)
@@ -357,10 +373,10 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
                     else:
                         pending.append((rep, job))
                 todo = pending
-                if (rt.batch and len(todo) > 1 and batchable(reps[0].new_model(0)) and data.augment == "none"
-                        and cfg.train.precision == "fp32" and not rt.compile and not rt.dist.active
-                        and not _runs_compact(reps[0], todo[0][1], rt)):
-                    _train_together([r for r, _ in todo], [j for _, j in todo], store, rt, progress)
+                groups = _batch_groups(reps[0], todo, data, rt)
+                if groups:
+                    for group in groups:
+                        _train_together([r for r, _ in group], [j for _, j in group], store, rt, progress)
                     continue
                 for rep, job in todo:
                     t0 = time.time()

@@ -213,3 +213,79 @@ def _slice_optimizer_state(opt_state: dict[str, Any], k: int, model: StackedMLP)
                           for name, v in opt_state["state"][old].items()}
     groups = [dict(g, params=list(range(2 * depth))) for g in opt_state["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+# --- when batching pays, and how many networks fit -------------------------------------------
+
+def _mlp_widths(model: MLP) -> tuple[int, ...]:
+    return (model.layers[0].in_features, *(layer.out_features for layer in model.layers))
+
+
+def measure_batching(widths: tuple[int, ...], batch_size: int, k: int, device: torch.device | str,
+                     steps: int = 8) -> dict[str, Any]:
+    """Seconds per model-step of ``k`` networks trained one by one and batched (synthetic data)."""
+    import time
+
+    from ..config import TrainConfig
+    from ..pruning import full_mask
+    from .loop import train
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    n = batch_size * (steps + 2)
+    x = torch.randn(n, widths[0], generator=g).to(device)
+    y = torch.randint(0, widths[-1], (n,), generator=g).to(device)
+    data = TrainData(x, y, y, x[:batch_size], y[:batch_size], torch.arange(0, device=device))
+    cfg = TrainConfig(lr=0.01, batch_size=batch_size, epochs=1, eval_every=10 ** 6)
+    models = [MLP(widths[0], widths[1:-1], widths[-1]).to(device) for _ in range(k)]
+    masks = [full_mask(m, m.prunable_names("default")) for m in models]
+
+    def timed(fn) -> float:
+        fn(2)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn(steps + 2)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) / (steps + 2) / k
+
+    def single(s):
+        for m, mk in zip(models, masks):
+            train(m, data, cfg, mk, order_key=(0, "measure"), stop_iteration=s)
+
+    def batched(s):
+        train_batched([m.state_dict() for m in models], [data] * k, cfg, masks,
+                      order_keys=[(i, "measure") for i in range(k)], device=device, stop_iteration=s)
+
+    one, many = timed(single), timed(batched)
+    return {"single_s": one, "batched_s": many, "pays": many < 0.9 * one}
+
+
+def batching_pays(model: MLP, batch_size: int, k: int, cache_dir: str | None = None) -> bool:
+    """Whether training ``k`` such networks batched is faster per network than one by one (measured once)."""
+    from .measured import cached, machine_key
+
+    device = next(model.parameters()).device
+    widths = _mlp_widths(model)
+    key = machine_key(device, "v1", "-".join(map(str, widths)), f"b{batch_size}", f"k{k}")
+    return bool(cached("batching", key, lambda: measure_batching(widths, batch_size, k, device), cache_dir)["pays"])
+
+
+def max_models(model: MLP, batch_size: int, device: torch.device | str, share: float = 0.25) -> int:
+    """How many such networks one batched computation may hold: ``share`` of the free memory (GPU)
+    or of the physical memory (CPU), for weights, gradients, two optimizer buffers and activations."""
+    import os
+
+    device = torch.device(device)
+    params = sum(p.numel() for p in model.parameters())
+    units = sum(_mlp_widths(model))
+    per_model = 4 * (4 * params + 3 * batch_size * units)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            free = 4 << 30
+    return max(1, int(free * share // per_model))

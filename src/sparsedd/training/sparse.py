@@ -25,12 +25,9 @@ measured on this machine (:func:`measure_crossover`, cached in the data cache fo
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -359,44 +356,29 @@ class SparsePolicy:
             cross = crossover_for(widths, batch_size, device, self.cache_dir)
         crossover = self.crossover if self.crossover is not None else cross["crossover"]
         kernel = self.kernel_below if self.kernel_below is not None else cross["kernel_below"]
-        return kernel if mask_density(mask) <= crossover else None
+        # the crossover was measured on masks without dead units; where units die (late levels of a
+        # real run), what is left to compute is the live blocks, which can be far less than the density
+        return kernel if min(mask_density(mask), live_fraction(model, mask)) <= crossover else None
+
+
+def live_fraction(model: MLP, mask: dict[str, torch.Tensor]) -> float:
+    """The share of the dense products a compact network still computes (its live blocks' area)."""
+    c = CompactMLP(model.state_dict(), mask)
+    area = sum(ix["main"].shape[0] * ix["main"].shape[1] for ix in c.index)
+    return area / sum(a * b for a, b in c.shapes)
 
 
 def _widths(model: MLP) -> tuple[int, ...]:
     return (model.layers[0].in_features, *(layer.out_features for layer in model.layers))
 
 
-def _cache_file(cache_dir: str | None) -> Path:
-    from ..data import default_cache_dir
-
-    return Path(cache_dir) if cache_dir else Path(default_cache_dir()) / "crossover.json"
-
-
 def crossover_for(widths: tuple[int, ...], batch_size: int, device: torch.device, cache_dir: str | None = None,
                   remeasure: bool = False) -> dict[str, float]:
     """The measured crossovers of this architecture, batch size, device and thread count (cached)."""
-    path = _cache_file(cache_dir)
-    if path.suffix != ".json":
-        path = path / "crossover.json"
-    key = f"v{IMPLEMENTATION}|{torch.__version__}|{device}|threads={torch.get_num_threads()}|{'-'.join(map(str, widths))}|b{batch_size}"
-    table: dict[str, Any] = {}
-    if path.exists():
-        try:
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):
-            table = {}
-    if key in table and not remeasure:
-        return table[key]
-    found = measure_crossover(widths, batch_size, device)
-    table[key] = found
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs a new measurement next time
-    return found
+    from .measured import cached, machine_key
+
+    key = machine_key(device, f"v{IMPLEMENTATION}", "-".join(map(str, widths)), f"b{batch_size}")
+    return cached("crossover", key, lambda: measure_crossover(widths, batch_size, device), cache_dir, remeasure)
 
 
 DENSITIES = tuple(0.8 ** k for k in range(0, 25, 2))

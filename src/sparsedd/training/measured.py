@@ -1,0 +1,50 @@
+"""Speed decisions measured once on this machine and cached (JSON in the data cache folder).
+
+A key names everything the measurement depends on (implementation version, torch version,
+device, thread count, shapes), so a change of any of them measures again. The cache is written
+atomically; a read-only or corrupt cache only costs a new measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def cache_path(name: str, cache_dir: str | None = None) -> Path:
+    from ..data import default_cache_dir
+
+    if cache_dir is None:
+        return Path(default_cache_dir()) / f"{name}.json"
+    path = Path(cache_dir)
+    return path if path.suffix == ".json" else path / f"{name}.json"
+
+
+def machine_key(device: torch.device, *parts: Any) -> str:
+    return "|".join([torch.__version__, str(device), f"threads={torch.get_num_threads()}", *map(str, parts)])
+
+
+def cached(name: str, key: str, measure: Callable[[], dict[str, Any]], cache_dir: str | None = None,
+           remeasure: bool = False) -> dict[str, Any]:
+    path = cache_path(name, cache_dir)
+    table: dict[str, Any] = {}
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key in table and not remeasure:
+        return table[key]
+    found = measure()
+    table[key] = found
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return found
