@@ -289,6 +289,34 @@ def _bench_suite(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import SweepOptions, as_json, describe, load_sweep, run_sweep
+
+    sweep = load_sweep(args.file)  # every run checked before anything runs
+    if args.dry_run:
+        print(describe(sweep))
+        return 0
+    if args.executor == "local" and (args.address or args.gpus_per_task):
+        raise SparseddError("--address and --gpus-per-task apply to --executor ray")
+    opts = SweepOptions(executor=args.executor, workers=args.workers, address=args.address,
+                        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                        device="cuda" if args.gpus_per_task else _device(args.device) if args.executor == "local"
+                        else args.device if args.device != "auto" else "cpu",
+                        data_dir=args.data_dir, sparse=args.sparse, batch=args.batch, retries=args.retries,
+                        progress=not args.no_progress, report=not args.no_report)
+    result = run_sweep(sweep, args.root, opts)
+    if args.format == "json":
+        print(as_json(result))
+    else:
+        print(f"sweep {result.sweep_id}: {len(result.complete)} runs complete, {len(result.skipped)} were already, "
+              f"{len(result.failed)} failed -> {result.folder}")
+        for run_id, error in result.failed.items():
+            print(f"  failed {run_id}: {error}")
+        if result.report:
+            print(f"report: {result.report}")
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparsedd", description="Sparse double descent: iterative pruning under label noise.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -370,6 +398,28 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (default: torch's choice)")
     bn.add_argument("--format", choices=("table", "json"), default="table")
     bn.set_defaults(func=cmd_bench)
+
+    from .sweep.spec import sweep_presets
+
+    sw = with_root(sub.add_parser("sweep", help="many runs from a sweep file (grid/zip axes over config keys), "
+                                                 "locally in parallel or on a Ray cluster"))
+    sw.add_argument("file", help=f"a sweep TOML file, or one of: {', '.join(sweep_presets())}")
+    sw.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local: one process per task, as many at once as cores (default); ray: Ray tasks")
+    sw.add_argument("--workers", type=int, default=None, help="tasks at once (default: the cores / the cluster's CPUs)")
+    sw.add_argument("--address", default=None, help="ray: address of a running cluster (default: start a local one)")
+    sw.add_argument("--cpus-per-task", type=float, default=1.0, help="ray: CPUs each task asks for (default 1)")
+    sw.add_argument("--gpus-per-task", type=float, default=0.0, help="ray: GPUs each task asks for (default 0)")
+    sw.add_argument("--retries", type=int, default=None, help="tries again after a failure (default: the file's, else 1)")
+    sw.add_argument("--device", default="auto", help="local: cpu, cuda, ... (default: cuda if available)")
+    sw.add_argument("--data-dir", default=None)
+    sw.add_argument("--sparse", choices=("auto", "on", "off"), default="auto")
+    sw.add_argument("--batch", choices=("auto", "on", "off"), default="auto")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.add_argument("--no-report", action="store_true", help="no overlaid report at the end")
+    sw.add_argument("--format", choices=("table", "json"), default="table")
+    sw.set_defaults(func=cmd_sweep)
 
     pl = with_root(sub.add_parser("plot", help="plot accuracy against sparsity"))
     pl.add_argument("run", help="run id (or a unique prefix)")

@@ -362,8 +362,9 @@ DEFAULT_PRESET = "mnist1d-quick"
 
 
 def load(preset: str | None = None, config_file: str | Path | None = None,
-         sets: list[str] | None = None, seeds: int | None = None) -> RunConfig:
-    """Preset, then TOML file, then --set overrides, then --seeds; with none of them, the demo."""
+         sets: list[str] | None = None, seeds: int | None = None, values: dict[str, Any] | None = None) -> RunConfig:
+    """Preset, then TOML file, then typed ``values`` (dotted keys, as a sweep gives them), then
+    --set overrides, then --seeds; with none of them, the demo."""
     flat: dict[str, Any] = {}
     if preset is None and config_file is None:
         preset = DEFAULT_PRESET
@@ -371,6 +372,7 @@ def load(preset: str | None = None, config_file: str | Path | None = None,
         flat.update(preset_values(preset))
     if config_file is not None:
         flat.update(file_values(config_file))
+    flat.update(values or {})
     flat.update(parse_sets(sets or []))
     if seeds is not None:
         flat["seeds"] = seeds

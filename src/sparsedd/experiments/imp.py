@@ -172,20 +172,28 @@ class Replicate:
         self.store.index.record_level(stage_id, level, info["metrics"])
 
     # --- stages: each is prepared (None when already done), trained alone or batched, then finished
-    def prepare(self, level: int, parent: str | None) -> tuple[str, Job | None]:
-        """The stage id of ``level`` and, unless it is done, the job that trains it."""
+    def prepare(self, level: int, parent: str | None, locks: contextlib.ExitStack | None = None
+                ) -> tuple[str, Job | None]:
+        """The stage id of ``level`` and, unless it is done, the job that trains it.
+
+        With ``locks``, the stage's lock is taken (and held until ``locks`` closes) before looking
+        whether it is done: a stage another process is computing is waited for, not computed twice.
+        """
         cfg = self.cfg
         if level == 0:
             key: dict[str, Any] = dense_key(cfg)
         else:
             key = level_key(cfg, parent, level)
         sid = self.store.stage_id(key)
+        if locks is not None:
+            locks.enter_context(self.store.lock(sid))
         if level == 0:
             self.dense_id = sid
         train_cfg = cfg.train if level == 0 else level_train_config(cfg)
         if self.store.is_done(sid):
             self._replay_index(sid, level)
-            self.store.index.link(self.run_id, cfg.seed, level, sid)
+            if self.run_id is not None:
+                self.store.index.link(self.run_id, cfg.seed, level, sid)
             self.progress.skip(train_cfg.epochs)
             return sid, None
         self.store.begin_stage(sid, key)
@@ -218,7 +226,8 @@ class Replicate:
     def finish(self, job: "Job", model: nn.Module, result: TrainResult, seconds: float) -> None:
         init = self.store.load(self.dense_id, "init.pt")["model"]
         self._finish(job.sid, job.level, model, job.mask, result, init, seconds)
-        self.store.index.link(self.run_id, self.cfg.seed, job.level, job.sid)
+        if self.run_id is not None:
+            self.store.index.link(self.run_id, self.cfg.seed, job.level, job.sid)
 
     def rewind_point(self, dense_id: str) -> dict[str, torch.Tensor]:
         """The dense run's weights at the rewind iteration, recomputed deterministically and cached."""
@@ -227,6 +236,10 @@ class Replicate:
         if k == 0:
             return init
         sid = self.store.stage_id(rewind_key(dense_id, k))
+        with self.store.lock(sid):
+            return self._rewind_point(sid, dense_id, k, init)
+
+    def _rewind_point(self, sid: str, dense_id: str, k: int, init: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.store.is_done(sid):
             self.store.begin_stage(sid, rewind_key(dense_id, k))
             model = self.new_model(0)
@@ -344,50 +357,68 @@ def check_fits(cfg: RunConfig, data: Dataset) -> None:
                                 f"training ({total} iterations); choose a smaller value")
 
 
-def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Runtime | None = None) -> str:
-    """Run (or resume) every replicate of ``cfg``; returns the run id."""
+def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Runtime | None = None,
+        dense_only: bool = False) -> str:
+    """Run (or resume) every replicate of ``cfg``; returns the run id.
+
+    ``dense_only``: compute the dense stages only, with no run recorded (a sweep computes the dense
+    networks its runs share first, in parallel).
+    """
     rt = runtime or Runtime()
     data = load_dataset(cfg.data, data_dir=rt.data_dir, device=rt.device)  # fails before anything is written
     check_fits(cfg, data)
     run_id = cfg.run_id
-    store.register_run(run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)
-    epochs_per_seed = cfg.train.epochs + cfg.prune.levels * level_train_config(cfg).epochs
+    last_level = 0 if dense_only else cfg.prune.levels
+    if not dense_only:
+        store.register_run(run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)
+    epochs_per_seed = cfg.train.epochs + last_level * level_train_config(cfg).epochs
     progress = _Progress(rt.progress, epochs_per_seed * cfg.seeds)
-    reps = [Replicate(cfg.with_seed(seed), run_id, data, store, rt, progress) for seed in cfg.seed_list()]
+    reps = [Replicate(cfg.with_seed(seed), None if dense_only else run_id, data, store, rt, progress)
+            for seed in cfg.seed_list()]
     try:
         with progress.running():
             parents: dict[int, str | None] = {r.cfg.seed: None for r in reps}
-            for level in range(cfg.prune.levels + 1):  # all seeds level by level, so levels can be batched
-                todo = []
-                for rep in reps:
-                    sid, job = rep.prepare(level, parents[rep.cfg.seed])
-                    parents[rep.cfg.seed] = sid
-                    if job is not None:
-                        todo.append((rep, job))
-                rt.dist.barrier()  # rank 0 has written what the level's jobs read
-                pending = []
-                for rep, job in todo:  # stages whose batched computation finished before an interruption
-                    done = _batch_dir_result(store, job)
-                    if done is not None and job.sid in done[1]:
-                        _finish_from_batch(rep, job, done[1][job.sid])
-                    else:
-                        pending.append((rep, job))
-                todo = pending
-                groups = _batch_groups(reps[0], todo, data, rt)
-                if groups:
-                    for group in groups:
-                        _train_together([r for r, _ in group], [j for _, j in group], store, rt, progress)
-                    continue
-                for rep, job in todo:
-                    t0 = time.time()
-                    model, result = rep.train_job(job)
-                    rep.finish(job, model, result, time.time() - t0)
-                    rt.dist.barrier()  # the stage is on disk before any rank reads it
+            for level in range(last_level + 1):  # all seeds level by level, so levels can be batched
+                with contextlib.ExitStack() as locks:  # this level's stages, held until they are finished
+                    _level(level, reps, parents, locks, data, store, rt, progress)
     except KeyboardInterrupt:
-        store.index.set_status(run_id, "partial", "interrupted")
+        if not dense_only:
+            store.index.set_status(run_id, "partial", "interrupted")
         raise
     except Exception as e:
-        store.index.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
+        if not dense_only:
+            store.index.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
-    store.index.set_status(run_id, "complete")
+    if not dense_only:
+        store.index.set_status(run_id, "complete")
     return run_id
+
+
+def _level(level: int, reps: list[Replicate], parents: dict[int, str | None], locks: contextlib.ExitStack,
+           data: Dataset, store: Store, rt: Runtime, progress: _Progress) -> None:
+    """Prepare (under their locks), train and finish one level's stages of every seed."""
+    todo = []
+    for rep in reps:
+        sid, job = rep.prepare(level, parents[rep.cfg.seed], locks)
+        parents[rep.cfg.seed] = sid
+        if job is not None:
+            todo.append((rep, job))
+    rt.dist.barrier()  # rank 0 has written what the level's jobs read
+    pending = []
+    for rep, job in todo:  # stages whose batched computation finished before an interruption
+        done = _batch_dir_result(store, job)
+        if done is not None and job.sid in done[1]:
+            _finish_from_batch(rep, job, done[1][job.sid])
+        else:
+            pending.append((rep, job))
+    todo = pending
+    groups = _batch_groups(reps[0], todo, data, rt)
+    if groups:
+        for group in groups:
+            _train_together([r for r, _ in group], [j for _, j in group], store, rt, progress)
+        return
+    for rep, job in todo:
+        t0 = time.time()
+        model, result = rep.train_job(job)
+        rep.finish(job, model, result, time.time() - t0)
+        rt.dist.barrier()  # the stage is on disk before any rank reads it

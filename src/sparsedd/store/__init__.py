@@ -14,9 +14,11 @@ A stage is skipped when its done.json exists; the index rows are upserted, so re
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..config import stable_hash
 from .files import FileCheckpointer, load_tensors, read_json, save_tensors, write_json
@@ -78,6 +80,25 @@ class Store:
 
     def load(self, stage_id: str, name: str) -> Any:
         return load_tensors(self.stage_dir(stage_id) / name)
+
+    @contextlib.contextmanager
+    def lock(self, stage_id: str) -> Iterator[None]:
+        """Hold the stage's lock: another process wanting the same stage waits, then finds it done.
+
+        An advisory ``flock`` on ``locks/STAGE.lock``; the kernel drops it when its process dies,
+        so a killed worker never leaves a stage locked.
+        """
+        if self.readonly:
+            yield
+            return
+        path = self.root / "locks" / f"{stage_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # --- runs
     def run_dir(self, run_id: str) -> Path:

@@ -45,15 +45,23 @@ class Index:
         return con
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
+        """One transaction; many processes may write at once (WAL, a busy timeout, then retries)."""
         if self.readonly:
             return
-        con = self.connect()
-        try:
-            with con:
-                con.execute("BEGIN IMMEDIATE")
-                con.executemany(sql, rows)
-        finally:
-            con.close()
+        for attempt in range(8):
+            try:
+                con = self.connect()
+                try:
+                    with con:
+                        con.execute("BEGIN IMMEDIATE")
+                        con.executemany(sql, rows)
+                    return
+                finally:
+                    con.close()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or attempt == 7:
+                    raise
+                time.sleep(0.05 * 2 ** attempt)
 
     def upsert_run(self, run_id: str, config: dict[str, Any], preset: str | None, seeds: int, levels: int) -> None:
         now = time.time()
@@ -96,3 +104,27 @@ class Index:
             return con.execute(sql, params).fetchall()
         finally:
             con.close()
+
+
+class BufferedIndex:
+    """Collects the index writes of a process that must not write the index itself (a Ray worker on
+    another node): the driver replays them with :func:`replay` on the real index."""
+
+    WRITES = ("upsert_run", "set_status", "link", "record_epochs", "record_level", "record_analysis")
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.readonly = False
+
+    def __getattr__(self, name: str):
+        if name in BufferedIndex.WRITES:
+            return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+        raise AttributeError(name)
+
+    def query(self, sql: str, params: tuple = ()) -> list:
+        raise RuntimeError("a buffered index cannot be read")
+
+
+def replay(index: Index, calls: list[tuple[str, tuple, dict]]) -> None:
+    for name, args, kwargs in calls:
+        getattr(index, name)(*args, **kwargs)

@@ -1,0 +1,241 @@
+"""`sparsedd sweep FILE.toml`: many runs, locally in parallel or on a Ray cluster.
+
+Flow: read and check the whole sweep (nothing runs if any run's configuration is bad) -> skip runs
+the index already has complete -> phase 1, the dense stages the pending runs need, one task per
+(dense configuration, seed), each computed once however many runs share it -> phase 2, the runs
+(all their seeds in one task, so seeds can train batched) -> a failed task is retried up to
+``retries`` times and then reported, without stopping the others -> the sweep's record in
+``ROOT/sweeps/ID/`` and, when every run completed, an overlaid report there.
+
+Every stage is content-addressed and locked while computed (:meth:`sparsedd.store.Store.lock`), so
+sweeps that overlap, run twice, or run under another executor share their stages; a rerun skips
+finished runs and resumes partial ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import canonical_dict
+from ..errors import SparseddError
+from ..store import Store, write_json
+from ..store.index import replay
+from .executors import LocalExecutor, RayExecutor, Task
+from .spec import Sweep, SweepRun, load_sweep, sweep_presets
+
+__all__ = ["Sweep", "SweepRun", "load_sweep", "sweep_presets", "run_sweep", "SweepOptions", "SweepResult"]
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    executor: str = "local"  # local | ray
+    workers: int | None = None  # parallel tasks (local default: the cores; ray default: the cluster's CPUs)
+    address: str | None = None  # ray: an existing cluster (default: start a local one)
+    cpus_per_task: float = 1.0  # ray resource requests
+    gpus_per_task: float = 0.0
+    device: str = "cpu"
+    data_dir: str | None = None
+    sparse: str = "auto"
+    batch: str = "auto"
+    retries: int | None = None  # default: the sweep file's (1)
+    progress: bool = True
+    report: bool = True
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    complete: list[str]
+    failed: dict[str, str]  # run id -> error
+    skipped: list[str]  # complete before this call
+    folder: Path
+    report: Path | None
+
+
+def _status(store: Store, run_id: str) -> str | None:
+    rows = store.index.query("SELECT status FROM runs WHERE run_id=?", (run_id,))
+    return rows[0]["status"] if rows else None
+
+
+def _dense_tasks(runs: list[SweepRun], store: Store, base: dict[str, Any]) -> list[Task]:
+    from ..experiments.imp import dense_key
+
+    tasks: dict[str, Task] = {}
+    for r in runs:
+        for seed in r.config.seed_list():
+            sid = store.stage_id(dense_key(r.config.with_seed(seed)))
+            if sid in tasks or store.is_done(sid):
+                continue
+            values = {**r.values, "seed": seed}
+            tasks[sid] = Task(f"dense-{sid}", "dense", f"dense network, seed {seed} ({r.label})",
+                              dict(base, preset=r.preset, values=values, seeds=1, dense_only=True))
+    return list(tasks.values())
+
+
+class _Display:
+    """A progress bar over tasks with done / running / failed / pending counts and an ETA, plus a
+    line for each finished, retried or failed task."""
+
+    def __init__(self, enabled: bool, total: int, name: str):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self.started = time.time()
+        self.finished_at: list[float] = []
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[info]}"), console=self.console, disable=not enabled)
+        self.task = self.bar.add_task(f"sweep {name}", total=total, info="")
+        self.offset = 0  # tasks finished in earlier phases
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def event(self, text: str) -> None:
+        self.console.print(text, highlight=False)  # also without the bar: these lines are the sweep's log
+
+    def update(self, done: int, running: int, failed: int, pending: int, workers: int) -> None:
+        info = f"done {done}, running {running}, failed {failed}, pending {pending}"
+        if done:  # the pace so far (completions per second, with the parallelism in it) for what is left
+            eta = (time.time() - self.started) / done * (running + pending)
+            info += f", eta {eta / 60:.1f} min"
+        self.bar.update(self.task, completed=self.offset + done + failed, info=info)
+
+
+def _execute(tasks: list[Task], executor: Any, workers: int, retries: int, display: _Display,
+             on_result: Callable[[Task, dict[str, Any]], None]) -> dict[str, str]:
+    """Run ``tasks`` with at most ``workers`` at once; returns the failures (task key -> error)."""
+    pending: deque[Task] = deque(tasks)
+    running = 0
+    failed: dict[str, str] = {}
+    done = 0
+    try:
+        while pending or running:
+            while pending and running < workers:
+                executor.start(pending.popleft())
+                running += 1
+            for task, ok, error, result in executor.poll():
+                running -= 1
+                if ok:
+                    done += 1
+                    on_result(task, result)
+                    display.event(f"[green]done[/green] {task.label}")
+                    continue
+                task.attempts += 1
+                task.errors.append(error)
+                if task.attempts <= retries:
+                    display.event(f"[yellow]retry {task.attempts}/{retries}[/yellow] {task.label}: {error}")
+                    pending.append(task)
+                else:
+                    failed[task.key] = error
+                    display.event(f"[red]failed[/red] {task.label}: {error}")
+            display.update(done, running, len(failed), len(pending), workers)
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        executor.close()
+        raise
+    display.offset += done + len(failed)
+    return failed
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run_sweep(source: str | Sweep, root: str | Path | None = None, options: SweepOptions = SweepOptions()
+              ) -> SweepResult:
+    sweep = source if isinstance(source, Sweep) else load_sweep(source)
+    if options.executor not in ("local", "ray"):
+        raise SparseddError(f"unknown executor {options.executor!r}; use local or ray")
+    if options.workers is not None and options.workers < 1:
+        raise SparseddError("--workers must be >= 1")
+    retries = sweep.retries if options.retries is None else options.retries
+    if retries < 0:
+        raise SparseddError("--retries must be >= 0")
+    store = Store(root)
+    folder = store.root / "sweeps" / sweep.sweep_id
+    folder.mkdir(parents=True, exist_ok=True)
+    skipped = [r.run_id for r in sweep.runs if _status(store, r.run_id) == "complete"]
+    todo = [r for r in sweep.runs if r.run_id not in skipped]
+    base = {"root": str(store.root), "device": options.device, "data_dir": options.data_dir,
+            "sparse": options.sparse, "batch": options.batch}
+    if options.executor == "local":
+        workers = options.workers or _cores()
+        threads = max(1, _cores() // workers)
+        executor: Any = LocalExecutor(folder, threads)
+    else:
+        executor = RayExecutor(folder, max(1, int(options.cpus_per_task)), options.address, options.workers,
+                               options.cpus_per_task, options.gpus_per_task)
+        workers = options.workers or max(1, int(executor.capacity() // max(options.cpus_per_task, 1)))
+    record = {"source": sweep.source, "name": sweep.name, "executor": options.executor, "workers": workers,
+              "runs": [{"run_id": r.run_id, "label": r.label, "values": r.values, "seeds": r.seeds,
+                        "preset": r.preset} for r in sweep.runs]}
+    write_json(folder / "sweep.json", record)
+
+    def on_result(task: Task, result: dict[str, Any]) -> None:
+        replay(store.index, result.get("index_calls", []))
+
+    dense = _dense_tasks(todo, store, base)
+    runs = [Task(f"run-{r.run_id}", "run", r.label, dict(base, preset=r.preset, values=r.values, seeds=r.seeds),
+                 run_id=r.run_id) for r in todo]
+    failed: dict[str, str] = {}
+    with _Display(options.progress, len(dense) + len(runs), sweep.name) as display:
+        display.event(f"sweep {sweep.name} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
+                      f"complete; {len(dense)} dense stages to compute first; executor {options.executor}, "
+                      f"{workers} workers")
+        try:
+            dense_failed = _execute(dense, executor, workers, retries, display, on_result)
+            # a run whose dense stage failed still runs: it computes that stage itself or fails with the cause
+            run_failed = _execute(runs, executor, workers, retries, display, on_result)
+        finally:
+            executor.close()
+    by_id = {r.run_id: r for r in todo}
+    by_key = {t.key: t for t in runs}
+    for key, error in run_failed.items():
+        run_id = by_key[key].run_id
+        failed[run_id] = error
+        if _status(store, run_id) != "complete":  # it may have failed before (or without) recording itself
+            r = by_id[run_id]
+            store.register_run(run_id, canonical_dict(r.config, full=True), r.preset, r.config.seeds,
+                               r.config.prune.levels)
+            store.index.set_status(run_id, "failed", error)
+    complete = [r.run_id for r in todo if r.run_id not in failed]
+    report = None
+    if not failed and options.report and sweep.runs:
+        from ..report.html import write_report
+
+        try:
+            report = write_report(store.root, [r.run_id for r in sweep.runs], folder / "report")
+        except Exception as e:  # noqa: BLE001 - the runs are done; a report problem should not hide that
+            display.event(f"report not written: {type(e).__name__}: {e}")
+    write_json(folder / "status.json", {"complete": complete + skipped, "failed": failed,
+                                        "dense_failed": dense_failed, "time": time.time()})
+    return SweepResult(sweep.sweep_id, complete, failed, skipped, folder, report)
+
+
+def describe(sweep: Sweep) -> str:
+    lines = [f"{sweep.name}: {len(sweep.runs)} runs (preset {sweep.preset or 'default'}, "
+             f"seeds {sweep.seeds or 'from the config'}, retries {sweep.retries})"]
+    for r in sweep.runs:
+        lines.append(f"  {r.run_id}  {r.label}")
+    return "\n".join(lines)
+
+
+def as_json(result: SweepResult) -> str:
+    return json.dumps({"sweep_id": result.sweep_id, "complete": result.complete, "failed": result.failed,
+                       "skipped": result.skipped, "folder": str(result.folder),
+                       "report": str(result.report) if result.report else None}, indent=1)

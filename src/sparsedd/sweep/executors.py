@@ -1,0 +1,140 @@
+"""Where sweep tasks execute: local subprocesses, or Ray tasks on a cluster.
+
+Both expose ``start(task)`` and ``poll() -> [(task, ok, error, result)]``; the driver in
+:mod:`sparsedd.sweep` keeps up to ``workers`` tasks running, retries failures and shows progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SparseddError
+
+
+@dataclass
+class Task:
+    key: str  # unique within the sweep: "dense-<stage>" or "run-<run id>"
+    kind: str  # dense | run
+    label: str
+    spec: dict[str, Any]
+    run_id: str | None = None
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+class LocalExecutor:
+    """Each task in its own ``python -m sparsedd.sweep.worker`` process, ``threads`` torch threads each.
+
+    A process per task (not a pool whose worker processes outlive tasks): a worker that dies, even
+    by SIGKILL, fails only its own task, which the driver starts again and which resumes from its
+    checkpoints.
+    """
+
+    name = "local"
+
+    def __init__(self, work_dir: Path, threads: int):
+        self.work_dir = work_dir
+        self.threads = threads
+        self.running: dict[str, tuple[Task, subprocess.Popen, Path, Path, Any]] = {}
+
+    def start(self, task: Task) -> None:
+        n = task.attempts
+        spec_file = self.work_dir / "tasks" / f"{task.key}.json"
+        result_file = self.work_dir / "tasks" / f"{task.key}.result.json"
+        log_file = self.work_dir / "logs" / f"{task.key}.{n}.log"
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.unlink(missing_ok=True)
+        spec = dict(task.spec, threads=self.threads, pid_file=str(self.work_dir / "pids" / f"{task.key}.pid"))
+        spec_file.write_text(json.dumps(spec))
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        log = open(log_file, "w")
+        proc = subprocess.Popen([sys.executable, "-m", "sparsedd.sweep.worker", str(spec_file), str(result_file)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.running[task.key] = (task, proc, result_file, log_file, log)
+
+    def poll(self) -> list[tuple[Task, bool, str, dict[str, Any] | None]]:
+        out = []
+        for key, (task, proc, result_file, log_file, log) in list(self.running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            log.close()
+            del self.running[key]
+            if code == 0 and result_file.exists():
+                out.append((task, True, "", json.loads(result_file.read_text())))
+            else:
+                why = f"killed by signal {-code}" if code < 0 else _last_line(log_file.read_text(errors="replace"))
+                out.append((task, False, why, None))
+        return out
+
+    def close(self) -> None:
+        for task, proc, *_ in self.running.values():
+            proc.terminate()
+        for task, proc, _, _, log in self.running.values():
+            proc.wait()
+            log.close()
+
+
+class RayExecutor:
+    """Ray tasks with resource requests. Workers write stage files under the store's root (which
+    must be a path every node reaches); the index rows come back to the driver, which writes them."""
+
+    name = "ray"
+
+    def __init__(self, work_dir: Path, threads: int, address: str | None, workers: int | None,
+                 cpus_per_task: float, gpus_per_task: float):
+        try:
+            import ray
+        except ImportError:
+            raise SparseddError("the ray executor needs Ray: pip install 'sparsedd[ray]' (or ray)") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:  # a local cluster of this machine
+                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        from .worker import run_task
+
+        self.work_dir = work_dir
+        self.threads = threads
+        self.remote = ray.remote(max_retries=0)(run_task).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task)
+        self.running: dict[Any, Task] = {}
+
+    def capacity(self) -> int:
+        return int(self.ray.cluster_resources().get("CPU", 1))
+
+    def start(self, task: Task) -> None:
+        spec = dict(task.spec, threads=self.threads, buffer_index=True,
+                    pid_file=str(self.work_dir / "pids" / f"{task.key}.pid"))
+        self.running[self.remote.remote(spec)] = task
+
+    def poll(self) -> list[tuple[Task, bool, str, dict[str, Any] | None]]:
+        if not self.running:
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+        out = []
+        for ref in ready:
+            task = self.running.pop(ref)
+            try:
+                out.append((task, True, "", self.ray.get(ref)))
+            except Exception as e:  # noqa: BLE001 - a task error or a dead worker: retried or recorded
+                cause = getattr(e, "cause", None)
+                text = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(e).__name__}: {e}"
+                out.append((task, False, _last_line(text), None))
+        return out
+
+    def close(self) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)

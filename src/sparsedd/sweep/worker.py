@@ -1,0 +1,62 @@
+"""One sweep task (a run, or the dense stages runs share) in the process that executes it.
+
+Local executor: ``python -m sparsedd.sweep.worker TASK.json RESULT.json`` in a subprocess.
+Ray executor: :func:`run_task` as a Ray task, with ``buffer_index`` set, so the index rows go back
+to the driver instead of into an SQLite file on a shared file system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from .. import config as config_mod
+    from ..experiments import Runtime, run
+    from ..store import Store
+    from ..store.index import BufferedIndex
+
+    if task.get("pid_file"):
+        Path(task["pid_file"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(task["pid_file"]).write_text(str(os.getpid()))
+    torch.set_num_threads(max(1, int(task.get("threads", 1))))
+    cfg = config_mod.load(task.get("preset"), values=task["values"], seeds=task.get("seeds"))
+    store = Store(task["root"])
+    if task.get("buffer_index"):
+        store.index = BufferedIndex()
+    rt = Runtime(device=task.get("device", "cpu"), data_dir=task.get("data_dir"), progress=False,
+                 sparse=task.get("sparse", "auto"), batch=task.get("batch", "auto"))
+    run_id = run(cfg, store, preset=task.get("preset"), runtime=rt, dense_only=task.get("dense_only", False))
+    calls = store.index.calls if task.get("buffer_index") else []
+    return {"run_id": run_id, "index_calls": calls}
+
+
+def main(argv: list[str]) -> int:
+    from ..errors import SparseddError
+
+    task_file, result_file = argv
+    task = json.loads(Path(task_file).read_text())
+    try:
+        result = run_task(task)
+    except SparseddError as e:
+        print(f"sparsedd: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - reported to the driver, which retries or records it
+        traceback.print_exc()
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    tmp = Path(result_file).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, result_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,289 @@
+"""Sweeps: file checks, expansion, local and Ray executors equal to one-by-one runs, killed workers,
+and the store under concurrent writers."""
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsedd.cli import main
+from sparsedd.experiments import Runtime, run
+from sparsedd.store import Store
+from sparsedd.sweep import SweepOptions, load_sweep, run_sweep
+
+SMALL = """
+preset = "mnist1d-quick"
+seeds = 1
+[base]
+"data.num_train" = 240
+"data.num_test" = 120
+"model.hidden" = [32, 32]
+"train.epochs" = {epochs}
+"train.batch_size" = 32
+"train.eval_every" = 1
+"prune.levels" = 2
+[grid]
+"data.noise" = [0.2, 0.4]
+"retrain.mode" = ["finetune", "weight-rewind"]
+"""
+
+
+def small(tmp_path, epochs=3) -> Path:
+    f = tmp_path / "small.toml"
+    f.write_text(SMALL.format(epochs=epochs))
+    return f
+
+
+def finals(store: Store, run_id: str) -> list[dict]:
+    rows = store.index.query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level", (run_id,))
+    return [store.load(r["stage_id"], "final.pt") for r in rows]
+
+
+def one_by_one(tmp_path, sweep_file) -> Store:
+    store = Store(tmp_path / "one-by-one")
+    for r in load_sweep(str(sweep_file)).runs:
+        run(r.config, store, preset=r.preset, runtime=Runtime(progress=False, sparse="off", batch="off"))
+    return store
+
+
+def assert_same_results(store: Store, ref: Store, sweep_file) -> None:
+    for r in load_sweep(str(sweep_file)).runs:
+        got, want = finals(store, r.run_id), finals(ref, r.run_id)
+        assert len(got) == len(want) == 3, r.label
+        for a, b in zip(got, want):
+            for k in a["model"]:
+                assert torch.equal(a["model"][k], b["model"][k]), (r.label, k)
+    for table in ("levels", "epochs", "run_stages"):
+        q = f"SELECT COUNT(*) AS n FROM {table}"
+        assert store.index.query(q)[0]["n"] == ref.index.query(q)[0]["n"], table
+    statuses = {row["status"] for row in store.index.query("SELECT status FROM runs")}
+    assert statuses == {"complete"}
+
+
+# --- the file --------------------------------------------------------------------------------
+
+def test_expansion_grid_times_zip(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('preset = "mnist1d-quick"\nseeds = 2\n[base]\ntrain.epochs = 7\n'
+                 '[grid]\n"data.noise" = [0.2, 0.4]\n[zip]\n"train.lr" = [0.1, 0.05]\n"train.batch_size" = [128, 64]\n')
+    sw = load_sweep(str(f))
+    assert [r.label for r in sw.runs] == [
+        "data.noise=0.2 train.lr=0.1 train.batch_size=128", "data.noise=0.2 train.lr=0.05 train.batch_size=64",
+        "data.noise=0.4 train.lr=0.1 train.batch_size=128", "data.noise=0.4 train.lr=0.05 train.batch_size=64"]
+    cfg = sw.runs[3].config
+    assert (cfg.data.noise, cfg.train.lr, cfg.train.batch_size, cfg.train.epochs, cfg.seeds) == (0.4, 0.05, 64, 7, 2)
+    assert len({r.run_id for r in sw.runs}) == 4 and sw.retries == 1
+
+
+def test_sweep_presets_expand():
+    for name, axis, n in (("paper-mnist-noise", "data.noise", 3), ("paper-mnist-pruners", "prune.method", 3),
+                          ("paper-mnist-retrain", "retrain.mode", 4)):
+        sw = load_sweep(name)
+        assert len(sw.runs) == n and all(axis in r.axes for r in sw.runs)
+        assert all(r.config.model.name == "lenet-300-100" and r.config.seeds == 5 for r in sw.runs)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('presets = "mnist1d-quick"\n', "unknown key 'presets'"),
+    ('[grid]\n"data.noise" = []\n', "grid axis 'data.noise' is empty"),
+    ('[grid]\n"data.noise" = 0.2\n', "must be a list"),
+    ('[zip]\n"train.lr" = [0.1, 0.05]\n"train.batch_size" = [128]\n', "equal lengths (train.lr has 2, train.batch_size has 1)"),
+    ('[grid]\n"train.lr" = [0.1]\n[zip]\n"train.lr" = [0.2]\n', "both a grid and a zip axis"),
+    ('[grid]\n"train.nope" = [1, 2]\n', "run 1 (train.nope=1)"),
+    ('[grid]\n"data.noise" = [0.2, 1.5]\n', "run 2 (data.noise=1.5)"),
+    ('[grid]\n"data.noise" = [0.2, 0.2]\n', "runs 1 and 2 are the same configuration"),
+    ('seeds = 0\n', "seeds must be an integer >= 1"),
+    ('[grid\n', "not valid TOML"),
+])
+def test_malformed_sweep_file_one_line_error_and_nothing_runs(tmp_path, capsys, text, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    root = tmp_path / "root"
+    assert main(["sweep", str(f), "--root", str(root), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not root.exists()
+
+
+def test_dry_run_lists_runs(tmp_path, capsys):
+    assert main(["sweep", str(small(tmp_path)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs" in out and "data.noise=0.4 retrain.mode=weight-rewind" in out
+
+
+# --- executors -------------------------------------------------------------------------------
+
+def test_local_sweep_equals_one_by_one_shares_dense_and_resumes(tmp_path, capsys):
+    f = small(tmp_path)
+    root = tmp_path / "root"
+    opts = SweepOptions(workers=2, sparse="off", batch="off", progress=False)
+    res = run_sweep(str(f), root, opts)
+    assert len(res.complete) == 4 and not res.failed and res.report is not None and res.report.exists()
+    store = Store(root)
+    assert_same_results(store, one_by_one(tmp_path, f), f)
+    # the dense network of each noise rate was computed once (phase 1), for two runs each
+    dense = [p for p in (root / "stages").iterdir() if json.loads((p / "stage.json").read_text())["kind"] == "dense"]
+    assert len(dense) == 2
+    assert len(list((res.folder / "logs").glob("dense-*"))) == 2
+    # again: nothing to do; the CLI says so
+    logs = sorted((res.folder / "logs").iterdir())
+    assert main(["sweep", str(f), "--root", str(root), "--workers", "2", "--no-progress", "--sparse", "off",
+                 "--batch", "off"]) == 0
+    assert "0 runs complete, 4 were already" in capsys.readouterr().out
+    assert sorted((res.folder / "logs").iterdir()) == logs
+
+
+def test_failed_run_is_reported_retried_and_does_not_stop_the_others(tmp_path, monkeypatch):
+    f = tmp_path / "s.toml"
+    f.write_text(SMALL.format(epochs=2).replace('"retrain.mode" = ["finetune", "weight-rewind"]',
+                                                '"retrain.mode" = ["weight-rewind"]\n"retrain.rewind_iteration" = [0, 10000]'))
+    res = run_sweep(str(f), tmp_path / "root", SweepOptions(workers=2, retries=1, progress=False, report=False))
+    assert len(res.complete) == 2 and len(res.failed) == 2
+    assert all("rewind_iteration" in e for e in res.failed.values())
+    rows = Store(tmp_path / "root").index.query("SELECT status, error FROM runs ORDER BY status")
+    assert [r["status"] for r in rows] == ["complete", "complete", "failed", "failed"]
+    failed_logs = list((res.folder / "logs").glob("run-*.1.log"))
+    assert len(failed_logs) == 2  # the second try (attempt 1) of each failing run
+    assert main(["sweep", str(f), "--root", str(tmp_path / "root"), "--no-progress", "--retries", "0"]) == 1
+
+
+@pytest.fixture
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_sweep_equals_one_by_one_and_shares_with_local(tmp_path, ray_cluster):
+    f = small(tmp_path)
+    res = run_sweep(str(f), tmp_path / "ray", SweepOptions(executor="ray", workers=2, sparse="off", batch="off",
+                                                          progress=False))
+    assert len(res.complete) == 4 and not res.failed
+    ref = one_by_one(tmp_path, f)
+    assert_same_results(Store(tmp_path / "ray"), ref, f)
+    # across executors: the one-by-one store already has every run complete
+    again = run_sweep(str(f), ref.root, SweepOptions(executor="ray", workers=2, progress=False))
+    assert len(again.skipped) == 4 and not again.complete
+
+
+def _kill_a_worker_mid_run(root: Path, proc: subprocess.Popen) -> int:
+    """Wait until a run task's worker is training (its PID file exists, a level is under way), then SIGKILL it."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("the sweep ended before a worker could be killed")
+        pids = list(root.glob("sweeps/*/pids/run-*.pid"))
+        if pids:
+            time.sleep(0.3)  # into the run's training
+            pid = int(pids[0].read_text())
+            try:
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no worker to kill")
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_worker_killed_mid_run_then_sweep_completes(tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray")
+    f = small(tmp_path, epochs=10)
+    root = tmp_path / "root"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "sparsedd.cli", "sweep", str(f), "--root", str(root), "--executor", executor,
+           "--workers", "2", "--sparse", "off", "--batch", "off", "--no-progress", "--no-report", "--format", "json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _kill_a_worker_mid_run(root, proc)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    result = json.loads(out[out.index("{\n"):])  # Ray may print its own lines about the dead worker first
+    assert len(result["complete"]) == 4 and not result["failed"]
+    store = Store(root)
+    assert_same_results(store, one_by_one(tmp_path, f), f)
+    con = sqlite3.connect(root / "index.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # one row per stage and epoch: 2 dense stages + 4 runs x 2 levels, 10 epochs each
+    assert con.execute("SELECT COUNT(*) FROM levels").fetchone()[0] == 2 + 4 * 2
+    assert con.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == (2 + 4 * 2) * 10
+
+
+# --- the store under concurrency -----------------------------------------------------------------
+
+def _hammer(root: str, writer: int, n: int) -> None:
+    store = Store(root)
+    store.register_run("shared-run", {"x": 1}, None, 1, n)
+    for i in range(n):
+        sid = f"w{writer}-s{i}"
+        store.index.record_epochs(sid, [{"epoch": e + 1, "lr": 0.1, "test_acc": 0.5} for e in range(5)])
+        store.index.record_level(sid, i, {"test_acc": 0.5, "sparsity": 0.1, "layer_sparsity": {"a": 0.1}})
+        store.index.link("shared-run", writer, i, sid)
+        store.index.set_status("shared-run", "partial")
+
+
+def test_four_concurrent_writers_lose_nothing(tmp_path):
+    ctx = mp.get_context("spawn")
+    n = 60
+    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), w, n)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT COUNT(*) FROM levels").fetchone()[0] == 4 * n
+    assert con.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 4 * n * 5
+    assert con.execute("SELECT COUNT(*) FROM run_stages").fetchone()[0] == 4 * n
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def _hold(root: str, out: str, tag: str, wait: float) -> None:
+    with Store(root).lock("stage-x"):
+        with open(out, "a") as f:
+            f.write(f"{tag}-in\n")
+        time.sleep(wait)
+        with open(out, "a") as f:
+            f.write(f"{tag}-out\n")
+
+
+def test_stage_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
+    ctx = mp.get_context("spawn")
+    out = tmp_path / "order.txt"
+    first = ctx.Process(target=_hold, args=(str(tmp_path), str(out), "a", 1.0))
+    first.start()
+    while not out.exists():
+        time.sleep(0.01)
+    second = ctx.Process(target=_hold, args=(str(tmp_path), str(out), "b", 0.0))
+    second.start()
+    first.join()
+    second.join()
+    assert out.read_text().split() == ["a-in", "a-out", "b-in", "b-out"]
+    # a holder killed with SIGKILL releases the lock
+    out.unlink()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), str(out), "c", 60.0))
+    holder.start()
+    while not out.exists():
+        time.sleep(0.01)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    _hold(str(tmp_path), str(out), "d", 0.0)
+    assert out.read_text().split() == ["c-in", "d-in", "d-out"]
+
+
+def test_bad_options(tmp_path, capsys):
+    f = small(tmp_path)
+    assert main(["sweep", str(f), "--root", str(tmp_path / "r"), "--workers", "0", "--no-progress"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert main(["sweep", str(f), "--root", str(tmp_path / "r"), "--address", "x:1"]) == 2
+    assert "--address" in capsys.readouterr().err
