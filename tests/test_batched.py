@@ -164,4 +164,4 @@ def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, mo
     monkeypatch.setattr(imp, "_train_together", lambda reps, jobs, *a: (groups.append(len(jobs)), real(reps, jobs, *a)))
     cfg = c.load(sets=tiny_sets, seeds=3)
     run(cfg, Store(tmp_path / "runs"), runtime=Runtime(progress=False, batch="on", sparse="off"))
-    assert groups == [2, 1] * 3  # three levels, each 3 seeds as 2 + 1
+    assert groups == [2] * 3  # three levels, each 3 seeds as a batched 2 and one alone

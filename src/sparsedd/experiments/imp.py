@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..config import RunConfig, canonical_dict
+from ..config import RunConfig, canonical_dict, stable_hash
 from ..data import Dataset, load_dataset
 from ..data.noise import apply_noise
 from ..errors import SparseddError
@@ -172,21 +172,16 @@ class Replicate:
         self.store.index.record_level(stage_id, level, info["metrics"])
 
     # --- stages: each is prepared (None when already done), trained alone or batched, then finished
-    def prepare(self, level: int, parent: str | None, locks: contextlib.ExitStack | None = None
-                ) -> tuple[str, Job | None]:
-        """The stage id of ``level`` and, unless it is done, the job that trains it.
+    def stage(self, level: int, parent: str | None) -> tuple[str, dict[str, Any]]:
+        """The id and key of this replicate's stage at ``level``."""
+        key = dense_key(self.cfg) if level == 0 else level_key(self.cfg, parent, level)
+        return self.store.stage_id(key), key
 
-        With ``locks``, the stage's lock is taken (and held until ``locks`` closes) before looking
-        whether it is done: a stage another process is computing is waited for, not computed twice.
-        """
+    def prepare(self, level: int, parent: str | None) -> tuple[str, Job | None]:
+        """The stage id of ``level`` and, unless it is done, the job that trains it (the caller holds
+        the stage's lock, so a stage another process is computing is waited for, not computed twice)."""
         cfg = self.cfg
-        if level == 0:
-            key: dict[str, Any] = dense_key(cfg)
-        else:
-            key = level_key(cfg, parent, level)
-        sid = self.store.stage_id(key)
-        if locks is not None:
-            locks.enter_context(self.store.lock(sid))
+        sid, key = self.stage(level, parent)
         if level == 0:
             self.dense_id = sid
         train_cfg = cfg.train if level == 0 else level_train_config(cfg)
@@ -217,6 +212,15 @@ class Replicate:
             state = start_weights(cfg.retrain.mode, previous=prev["model"], rewind=rewind, fresh=fresh)
             name = f"seed {cfg.seed} level {level}/{cfg.prune.levels}"
         return sid, Job(sid, level, state, mask, train_cfg, name)
+
+    def adopt(self, level: int, sid: str) -> None:
+        """Take the stage another replicate of this process computed as this replicate's own."""
+        if level == 0:
+            self.dense_id = sid
+        self._replay_index(sid, level)
+        if self.run_id is not None:
+            self.store.index.link(self.run_id, self.cfg.seed, level, sid)
+        self.progress.skip(self.cfg.train.epochs if level == 0 else level_train_config(self.cfg).epochs)
 
     def train_job(self, job: "Job") -> tuple[nn.Module, TrainResult]:
         model = self.new_model(0)
@@ -326,20 +330,32 @@ def _finish_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
     rep.finish(job, model, result, saved["seconds"])
 
 
-def _batch_groups(rep: Replicate, todo: list[tuple[Replicate, Job]], data: Dataset, rt: Runtime
-                  ) -> list[list[tuple[Replicate, Job]]]:
-    """The level's jobs in groups to train batched (as many per group as fit in memory), or [] for one by one."""
-    cfg = rep.cfg
-    if (rt.batch == "off" or len(todo) < 2 or data.augment != "none" or cfg.train.precision != "fp32"
-            or rt.compile or rt.dist.active):
-        return []
-    model = rep.new_model(0)
-    if not batchable(model) or _runs_compact(rep, todo[0][1], rt):
-        return []
-    k = min(len(todo), max_models(model, todo[0][1].train_cfg.batch_size, rt.device))
-    if k < 2 or (rt.batch == "auto" and not batching_pays(model, todo[0][1].train_cfg.batch_size, k)):
-        return []
-    return [todo[i:i + k] for i in range(0, len(todo), k)]
+def _batch_groups(todo: list[tuple[Replicate, Job]], rt: Runtime
+                  ) -> tuple[list[list[tuple[Replicate, Job]]], list[tuple[Replicate, Job]]]:
+    """The level's jobs split into groups to train batched (jobs of one architecture, schedule and
+    data set, as many per group as fit in memory, where batching pays) and jobs to train alone."""
+    if rt.batch == "off" or len(todo) < 2 or rt.compile or rt.dist.active:
+        return [], todo
+    classes: dict[tuple, list[tuple[Replicate, Job]]] = {}
+    alone = []
+    for rep, job in todo:
+        if (rep.train_data.augment != "none" or job.train_cfg.precision != "fp32"
+                or not batchable(rep.new_model(0)) or _runs_compact(rep, job, rt)):
+            alone.append((rep, job))
+            continue
+        key = (id(rep.data), rep.cfg.model, job.train_cfg)
+        classes.setdefault(key, []).append((rep, job))
+    groups = []
+    for members in classes.values():
+        model = members[0][0].new_model(0)
+        bs = members[0][1].train_cfg.batch_size
+        k = min(len(members), max_models(model, bs, rt.device))
+        if k < 2 or (rt.batch == "auto" and not batching_pays(model, bs, k)):
+            alone += members
+            continue
+        groups += [members[i:i + k] for i in range(0, len(members), k)]
+    alone += [g[0] for g in groups if len(g) == 1]
+    return [g for g in groups if len(g) > 1], alone
 
 
 def _runs_compact(rep: Replicate, job: Job, rt: Runtime) -> bool:
@@ -364,43 +380,79 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
     ``dense_only``: compute the dense stages only, with no run recorded (a sweep computes the dense
     networks its runs share first, in parallel).
     """
+    return run_many([(cfg, preset)], store, runtime=runtime, dense_only=dense_only)[0]
+
+
+def _data_key(cfg: RunConfig) -> str:
+    """Runs whose data differ only in label noise share one data set in memory (and can batch)."""
+    d = canonical_dict(cfg, full=True)["data"]
+    return stable_hash({k: v for k, v in d.items() if not k.startswith("noise")})
+
+
+def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, runtime: Runtime | None = None,
+             dense_only: bool = False) -> list[str]:
+    """Run several runs level by level together, so that their stages can train batched (a sweep's
+    runs of one architecture and schedule, e.g. several noise rates); returns their run ids."""
     rt = runtime or Runtime()
-    data = load_dataset(cfg.data, data_dir=rt.data_dir, device=rt.device)  # fails before anything is written
-    check_fits(cfg, data)
-    run_id = cfg.run_id
-    last_level = 0 if dense_only else cfg.prune.levels
-    if not dense_only:
-        store.register_run(run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)
-    epochs_per_seed = cfg.train.epochs + last_level * level_train_config(cfg).epochs
-    progress = _Progress(rt.progress, epochs_per_seed * cfg.seeds)
-    reps = [Replicate(cfg.with_seed(seed), None if dense_only else run_id, data, store, rt, progress)
-            for seed in cfg.seed_list()]
+    datasets: dict[str, Dataset] = {}
+    for cfg, _ in items:  # every data set loads (and every run is checked) before anything is written
+        key = _data_key(cfg)
+        if key not in datasets:
+            datasets[key] = load_dataset(cfg.data, data_dir=rt.data_dir, device=rt.device)
+        check_fits(cfg, datasets[key])
+    total = 0
+    for cfg, preset in items:
+        last = 0 if dense_only else cfg.prune.levels
+        total += (cfg.train.epochs + last * level_train_config(cfg).epochs) * cfg.seeds
+        if not dense_only:
+            store.register_run(cfg.run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)
+    progress = _Progress(rt.progress, total)
+    reps = [Replicate(cfg.with_seed(seed), None if dense_only else cfg.run_id, datasets[_data_key(cfg)], store, rt,
+                      progress) for cfg, _ in items for seed in cfg.seed_list()]
+    run_ids = list(dict.fromkeys(cfg.run_id for cfg, _ in items))
+
+    def status(state: str, error: str | None = None) -> None:
+        if not dense_only:
+            for run_id in run_ids:
+                store.index.set_status(run_id, state, error)
+
     try:
         with progress.running():
-            parents: dict[int, str | None] = {r.cfg.seed: None for r in reps}
-            for level in range(last_level + 1):  # all seeds level by level, so levels can be batched
+            parents: dict[int, str | None] = {i: None for i in range(len(reps))}
+            last_level = 0 if dense_only else max(cfg.prune.levels for cfg, _ in items)
+            for level in range(last_level + 1):  # level by level across seeds and runs, so levels can batch
+                active = [i for i, r in enumerate(reps) if dense_only or r.cfg.prune.levels >= level]
                 with contextlib.ExitStack() as locks:  # this level's stages, held until they are finished
-                    _level(level, reps, parents, locks, data, store, rt, progress)
+                    _level(level, reps, active, parents, locks, store, rt, progress)
     except KeyboardInterrupt:
-        if not dense_only:
-            store.index.set_status(run_id, "partial", "interrupted")
+        status("partial", "interrupted")
         raise
     except Exception as e:
-        if not dense_only:
-            store.index.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
+        status("failed", f"{type(e).__name__}: {e}")
         raise
-    if not dense_only:
-        store.index.set_status(run_id, "complete")
-    return run_id
+    status("complete")
+    return [cfg.run_id for cfg, _ in items]
 
 
-def _level(level: int, reps: list[Replicate], parents: dict[int, str | None], locks: contextlib.ExitStack,
-           data: Dataset, store: Store, rt: Runtime, progress: _Progress) -> None:
-    """Prepare (under their locks), train and finish one level's stages of every seed."""
-    todo = []
-    for rep in reps:
-        sid, job = rep.prepare(level, parents[rep.cfg.seed], locks)
-        parents[rep.cfg.seed] = sid
+def _level(level: int, reps: list[Replicate], active: list[int], parents: dict[int, str | None],
+           locks: contextlib.ExitStack, store: Store, rt: Runtime, progress: _Progress) -> None:
+    """Prepare (under their locks), train and finish one level's stages of every active replicate.
+
+    Locks are taken in the order of the stage ids, so processes never wait on each other in a
+    cycle; a stage two replicates share (the dense network of two runs in one task) trains once.
+    """
+    sids = {i: reps[i].stage(level, parents[i])[0] for i in active}
+    for sid in sorted(set(sids.values())):
+        locks.enter_context(store.lock(sid))
+    todo, followers, claimed = [], [], set()
+    for i in active:
+        rep, parent = reps[i], parents[i]
+        parents[i] = sids[i]
+        if sids[i] in claimed:  # another replicate of this task computes it
+            followers.append((rep, sids[i]))
+            continue
+        claimed.add(sids[i])
+        _, job = rep.prepare(level, parent)
         if job is not None:
             todo.append((rep, job))
     rt.dist.barrier()  # rank 0 has written what the level's jobs read
@@ -411,14 +463,13 @@ def _level(level: int, reps: list[Replicate], parents: dict[int, str | None], lo
             _finish_from_batch(rep, job, done[1][job.sid])
         else:
             pending.append((rep, job))
-    todo = pending
-    groups = _batch_groups(reps[0], todo, data, rt)
-    if groups:
-        for group in groups:
-            _train_together([r for r, _ in group], [j for _, j in group], store, rt, progress)
-        return
-    for rep, job in todo:
+    groups, alone = _batch_groups(pending, rt)
+    for group in groups:
+        _train_together([r for r, _ in group], [j for _, j in group], store, rt, progress)
+    for rep, job in alone:
         t0 = time.time()
         model, result = rep.train_job(job)
         rep.finish(job, model, result, time.time() - t0)
         rt.dist.barrier()  # the stage is on disk before any rank reads it
+    for rep, sid in followers:
+        rep.adopt(level, sid)

@@ -3,7 +3,8 @@
 Flow: read and check the whole sweep (nothing runs if any run's configuration is bad) -> skip runs
 the index already has complete -> phase 1, the dense stages the pending runs need, one task per
 (dense configuration, seed), each computed once however many runs share it -> phase 2, the runs
-(all their seeds in one task, so seeds can train batched) -> a failed task is retried up to
+(all their seeds in one task, and runs of one architecture and schedule grouped into as many tasks
+as there are workers, so seeds and runs can train batched) -> a failed task is retried up to
 ``retries`` times and then reported, without stopping the others -> the sweep's record in
 ``ROOT/sweeps/ID/`` and, when every run completed, an overlaid report there.
 
@@ -15,6 +16,7 @@ finished runs and resumes partial ones from their checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import canonical_dict
+from ..config import canonical_dict, stable_hash
 from ..errors import SparseddError
 from ..store import Store, write_json
 from ..store.index import replay
@@ -74,8 +76,41 @@ def _dense_tasks(runs: list[SweepRun], store: Store, base: dict[str, Any]) -> li
                 continue
             values = {**r.values, "seed": seed}
             tasks[sid] = Task(f"dense-{sid}", "dense", f"dense network, seed {seed} ({r.label})",
-                              dict(base, preset=r.preset, values=values, seeds=1, dense_only=True))
+                              dict(base, runs=[{"preset": r.preset, "values": values, "seeds": 1}], dense_only=True))
     return list(tasks.values())
+
+
+def _run_tasks(runs: list[SweepRun], base: dict[str, Any], workers: int) -> list[Task]:
+    """Runs of one architecture, schedule and data set (label noise aside) go into the same task, so
+    their levels can train batched; tasks hold at most ceil(runs / workers) runs, so every worker has
+    a task."""
+    size = max(1, math.ceil(len(runs) / workers))
+    classes: dict[str, list[SweepRun]] = {}
+    for r in runs:
+        c = canonical_dict(r.config, full=True)
+        key = stable_hash({"data": {k: v for k, v in c["data"].items() if not k.startswith("noise")},
+                           "model": c["model"], "train": c["train"], "retrain": r.config.retrain.relevant(),
+                           "levels": r.config.prune.levels})
+        classes.setdefault(key, []).append(r)
+    tasks = []
+    for members in classes.values():
+        for i in range(0, len(members), size):
+            group = members[i:i + size]
+            ids = tuple(r.run_id for r in group)
+            tasks.append(Task(f"runs-{stable_hash(list(ids))}", "runs", "; ".join(r.label for r in group),
+                              dict(base, runs=[{"preset": r.preset, "values": r.values, "seeds": r.seeds,
+                                                "label": r.label} for r in group]), run_ids=ids))
+    return tasks
+
+
+def _split(task: Task) -> list[Task]:
+    out = []
+    for run_id, spec in zip(task.run_ids, task.spec["runs"]):
+        t = Task(f"runs-{stable_hash([run_id])}", "runs", spec.get("label", run_id), dict(task.spec, runs=[spec]),
+                 run_ids=(run_id,))
+        t.attempts, t.errors = task.attempts - 1, list(task.errors)  # the group's try is not held against a run
+        out.append(t)
+    return out
 
 
 class _Display:
@@ -114,11 +149,11 @@ class _Display:
 
 
 def _execute(tasks: list[Task], executor: Any, workers: int, retries: int, display: _Display,
-             on_result: Callable[[Task, dict[str, Any]], None]) -> dict[str, str]:
-    """Run ``tasks`` with at most ``workers`` at once; returns the failures (task key -> error)."""
+             on_result: Callable[[Task, dict[str, Any]], None]) -> dict[str, tuple[Task, str]]:
+    """Run ``tasks`` with at most ``workers`` at once; returns the failures (task key -> (task, error))."""
     pending: deque[Task] = deque(tasks)
     running = 0
-    failed: dict[str, str] = {}
+    failed: dict[str, tuple[Task, str]] = {}
     done = 0
     try:
         while pending or running:
@@ -134,11 +169,14 @@ def _execute(tasks: list[Task], executor: Any, workers: int, retries: int, displ
                     continue
                 task.attempts += 1
                 task.errors.append(error)
-                if task.attempts <= retries:
+                if len(task.run_ids) > 1:  # a group: its runs go on alone, so one bad run fails only itself
+                    display.event(f"[yellow]split[/yellow] {task.label}: {error}")
+                    pending.extend(_split(task))
+                elif task.attempts <= retries:
                     display.event(f"[yellow]retry {task.attempts}/{retries}[/yellow] {task.label}: {error}")
                     pending.append(task)
                 else:
-                    failed[task.key] = error
+                    failed[task.key] = (task, error)
                     display.event(f"[red]failed[/red] {task.label}: {error}")
             display.update(done, running, len(failed), len(pending), workers)
             time.sleep(0.1)
@@ -190,8 +228,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
         replay(store.index, result.get("index_calls", []))
 
     dense = _dense_tasks(todo, store, base)
-    runs = [Task(f"run-{r.run_id}", "run", r.label, dict(base, preset=r.preset, values=r.values, seeds=r.seeds),
-                 run_id=r.run_id) for r in todo]
+    runs = _run_tasks(todo, base, workers)
     failed: dict[str, str] = {}
     with _Display(options.progress, len(dense) + len(runs), sweep.name) as display:
         display.event(f"sweep {sweep.name} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
@@ -204,15 +241,14 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
         finally:
             executor.close()
     by_id = {r.run_id: r for r in todo}
-    by_key = {t.key: t for t in runs}
-    for key, error in run_failed.items():
-        run_id = by_key[key].run_id
-        failed[run_id] = error
-        if _status(store, run_id) != "complete":  # it may have failed before (or without) recording itself
-            r = by_id[run_id]
-            store.register_run(run_id, canonical_dict(r.config, full=True), r.preset, r.config.seeds,
-                               r.config.prune.levels)
-            store.index.set_status(run_id, "failed", error)
+    for task, error in run_failed.values():
+        for run_id in task.run_ids:
+            failed[run_id] = error
+            if _status(store, run_id) != "complete":  # it may have failed before (or without) recording itself
+                r = by_id[run_id]
+                store.register_run(run_id, canonical_dict(r.config, full=True), r.preset, r.config.seeds,
+                                   r.config.prune.levels)
+                store.index.set_status(run_id, "failed", error)
     complete = [r.run_id for r in todo if r.run_id not in failed]
     report = None
     if not failed and options.report and sweep.runs:
@@ -223,7 +259,8 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
         except Exception as e:  # noqa: BLE001 - the runs are done; a report problem should not hide that
             display.event(f"report not written: {type(e).__name__}: {e}")
     write_json(folder / "status.json", {"complete": complete + skipped, "failed": failed,
-                                        "dense_failed": dense_failed, "time": time.time()})
+                                        "dense_failed": {t.label: e for t, e in dense_failed.values()},
+                                        "time": time.time()})
     return SweepResult(sweep.sweep_id, complete, failed, skipped, folder, report)
 
 

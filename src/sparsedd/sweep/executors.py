@@ -19,11 +19,11 @@ from ..errors import SparseddError
 
 @dataclass
 class Task:
-    key: str  # unique within the sweep: "dense-<stage>" or "run-<run id>"
-    kind: str  # dense | run
+    key: str  # unique within the sweep: "dense-<stage>" or "runs-<hash of its run ids>"
+    kind: str  # dense | runs
     label: str
     spec: dict[str, Any]
-    run_id: str | None = None
+    run_ids: tuple[str, ...] = ()
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
 

@@ -1,6 +1,8 @@
 """One sweep task (a run, or the dense stages runs share) in the process that executes it.
 
-Local executor: ``python -m sparsedd.sweep.worker TASK.json RESULT.json`` in a subprocess.
+A task holds one run or several runs of one architecture and schedule, which then train level by
+level together (batched where that pays). Local executor: ``python -m sparsedd.sweep.worker
+TASK.json RESULT.json`` in a subprocess.
 Ray executor: :func:`run_task` as a Ray task, with ``buffer_index`` set, so the index rows go back
 to the driver instead of into an SQLite file on a shared file system.
 """
@@ -19,7 +21,8 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from .. import config as config_mod
-    from ..experiments import Runtime, run
+    from ..experiments import Runtime
+    from ..experiments.imp import run_many
     from ..store import Store
     from ..store.index import BufferedIndex
 
@@ -27,15 +30,16 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         Path(task["pid_file"]).parent.mkdir(parents=True, exist_ok=True)
         Path(task["pid_file"]).write_text(str(os.getpid()))
     torch.set_num_threads(max(1, int(task.get("threads", 1))))
-    cfg = config_mod.load(task.get("preset"), values=task["values"], seeds=task.get("seeds"))
+    items = [(config_mod.load(r.get("preset"), values=r["values"], seeds=r.get("seeds")), r.get("preset"))
+             for r in task["runs"]]
     store = Store(task["root"])
     if task.get("buffer_index"):
         store.index = BufferedIndex()
     rt = Runtime(device=task.get("device", "cpu"), data_dir=task.get("data_dir"), progress=False,
                  sparse=task.get("sparse", "auto"), batch=task.get("batch", "auto"))
-    run_id = run(cfg, store, preset=task.get("preset"), runtime=rt, dense_only=task.get("dense_only", False))
+    run_ids = run_many(items, store, runtime=rt, dense_only=task.get("dense_only", False))
     calls = store.index.calls if task.get("buffer_index") else []
-    return {"run_id": run_id, "index_calls": calls}
+    return {"run_ids": run_ids, "index_calls": calls}
 
 
 def main(argv: list[str]) -> int:
