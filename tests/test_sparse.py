@@ -171,6 +171,9 @@ def test_policy():
     assert SparsePolicy("on").decide(model, mask, 32, "bf16") is None  # compact runs fp32 only
     assert SparsePolicy("auto", crossover=0.5, kernel_below=0.1).decide(model, mask, 32, "fp32") == 0.1
     assert SparsePolicy("auto", crossover=0.01, kernel_below=0.1).decide(model, mask, 32, "fp32") is None
+    dead = {k: torch.zeros_like(v) for k, v in mask.items()}  # nothing live: compact wherever it ever wins
+    assert SparsePolicy("auto", crossover=0.01, kernel_below=0.1).decide(model, dead, 32, "fp32") == 0.1
+    assert SparsePolicy("auto", crossover=0.0, kernel_below=0.1).decide(model, dead, 32, "fp32") is None
     with pytest.raises(SparseddError, match="unknown sparse mode"):
         SparsePolicy("fast")
     w = {n: p.detach() for n, p in model.named_parameters()}

@@ -358,6 +358,8 @@ class SparsePolicy:
         kernel = self.kernel_below if self.kernel_below is not None else cross["kernel_below"]
         # the crossover was measured on masks without dead units; where units die (late levels of a
         # real run), what is left to compute is the live blocks, which can be far less than the density
+        if crossover <= 0:  # compact execution was nowhere faster on this machine (e.g. on a GPU)
+            return None
         return kernel if min(mask_density(mask), live_fraction(model, mask)) <= crossover else None
 
 
