@@ -114,8 +114,8 @@ def _split(task: Task) -> list[Task]:
 
 
 class _Display:
-    """A progress bar over tasks with done / running / failed / pending counts and an ETA, plus a
-    line for each finished, retried or failed task."""
+    """A progress bar over the sweep's dense stages and runs, with done / running / failed / pending
+    counts and an ETA for the current phase, plus a line for each finished, retried or failed task."""
 
     def __init__(self, enabled: bool, total: int, name: str):
         from rich.console import Console
@@ -124,11 +124,11 @@ class _Display:
         self.console = Console(stderr=True)
         self.enabled = enabled
         self.started = time.time()
-        self.finished_at: list[float] = []
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[info]}"), console=self.console, disable=not enabled)
         self.task = self.bar.add_task(f"sweep {name}", total=total, info="")
-        self.offset = 0  # tasks finished in earlier phases
+        self.offset = 0  # runs and dense stages finished in earlier phases
+        self.phase_start = time.time()
 
     def __enter__(self):
         self.bar.__enter__()
@@ -140,30 +140,37 @@ class _Display:
     def event(self, text: str) -> None:
         self.console.print(text, highlight=False)  # also without the bar: these lines are the sweep's log
 
-    def update(self, done: int, running: int, failed: int, pending: int, workers: int) -> None:
-        info = f"done {done}, running {running}, failed {failed}, pending {pending}"
+    def update(self, kind: str, done: int, running: int, failed: int, pending: int) -> None:
+        info = f"{kind}: done {done}, running {running}, failed {failed}, pending {pending}"
         if done:  # the pace so far (completions per second, with the parallelism in it) for what is left
-            eta = (time.time() - self.started) / done * (running + pending)
+            eta = (time.time() - self.phase_start) / done * (running + pending)
             info += f", eta {eta / 60:.1f} min"
         self.bar.update(self.task, completed=self.offset + done + failed, info=info)
+
+
+def _size(task: Task) -> int:
+    """What a task counts for in the overview: its runs, or one dense stage."""
+    return max(1, len(task.run_ids))
 
 
 def _execute(tasks: list[Task], executor: Any, workers: int, retries: int, display: _Display,
              on_result: Callable[[Task, dict[str, Any]], None]) -> dict[str, tuple[Task, str]]:
     """Run ``tasks`` with at most ``workers`` at once; returns the failures (task key -> (task, error))."""
     pending: deque[Task] = deque(tasks)
-    running = 0
+    running: dict[str, Task] = {}
     failed: dict[str, tuple[Task, str]] = {}
     done = 0
+    kind = "runs" if any(t.run_ids for t in tasks) else "dense stages"
     try:
         while pending or running:
-            while pending and running < workers:
-                executor.start(pending.popleft())
-                running += 1
+            while pending and len(running) < workers:
+                task = pending.popleft()
+                executor.start(task)
+                running[task.key] = task
             for task, ok, error, result in executor.poll():
-                running -= 1
+                del running[task.key]
                 if ok:
-                    done += 1
+                    done += _size(task)
                     on_result(task, result)
                     display.event(f"[green]done[/green] {task.label}")
                     continue
@@ -178,12 +185,14 @@ def _execute(tasks: list[Task], executor: Any, workers: int, retries: int, displ
                 else:
                     failed[task.key] = (task, error)
                     display.event(f"[red]failed[/red] {task.label}: {error}")
-            display.update(done, running, len(failed), len(pending), workers)
+            display.update(kind, done, sum(map(_size, running.values())), sum(_size(t) for t, _ in failed.values()),
+                           sum(map(_size, pending)))
             time.sleep(0.1)
     except KeyboardInterrupt:
         executor.close()
         raise
-    display.offset += done + len(failed)
+    display.offset += done + sum(_size(t) for t, _ in failed.values())
+    display.phase_start = time.time()
     return failed
 
 
@@ -230,7 +239,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     dense = _dense_tasks(todo, store, base)
     runs = _run_tasks(todo, base, workers)
     failed: dict[str, str] = {}
-    with _Display(options.progress, len(dense) + len(runs), sweep.name) as display:
+    with _Display(options.progress, len(dense) + len(todo), sweep.name) as display:
         display.event(f"sweep {sweep.name} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
                       f"complete; {len(dense)} dense stages to compute first; executor {options.executor}, "
                       f"{workers} workers")
