@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.markup import escape
+
 from ..config import canonical_dict, stable_hash
 from ..errors import SparseddError
 from ..store import Store, write_json
@@ -172,19 +174,20 @@ def _execute(tasks: list[Task], executor: Any, workers: int, retries: int, displ
                 if ok:
                     done += _size(task)
                     on_result(task, result)
-                    display.event(f"[green]done[/green] {task.label}")
+                    display.event(f"[green]done[/green] {escape(task.label)}")
                     continue
                 task.attempts += 1
                 task.errors.append(error)
                 if len(task.run_ids) > 1:  # a group: its runs go on alone, so one bad run fails only itself
-                    display.event(f"[yellow]split[/yellow] {task.label}: {error}")
+                    display.event(f"[yellow]split[/yellow] {escape(task.label)}: {escape(error)}")
                     pending.extend(_split(task))
                 elif task.attempts <= retries:
-                    display.event(f"[yellow]retry {task.attempts}/{retries}[/yellow] {task.label}: {error}")
+                    display.event(f"[yellow]retry {task.attempts}/{retries}[/yellow] {escape(task.label)}: "
+                                  f"{escape(error)}")
                     pending.append(task)
                 else:
                     failed[task.key] = (task, error)
-                    display.event(f"[red]failed[/red] {task.label}: {error}")
+                    display.event(f"[red]failed[/red] {escape(task.label)}: {escape(error)}")
             display.update(kind, done, sum(map(_size, running.values())), sum(_size(t) for t, _ in failed.values()),
                            sum(map(_size, pending)))
             time.sleep(0.1)
@@ -266,7 +269,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
         try:
             report = write_report(store.root, [r.run_id for r in sweep.runs], folder / "report")
         except Exception as e:  # noqa: BLE001 - the runs are done; a report problem should not hide that
-            display.event(f"report not written: {type(e).__name__}: {e}")
+            display.event(escape(f"report not written: {type(e).__name__}: {e}"))
     write_json(folder / "status.json", {"complete": complete + skipped, "failed": failed,
                                         "dense_failed": {t.label: e for t, e in dense_failed.values()},
                                         "time": time.time()})
