@@ -183,3 +183,17 @@ def test_noise_saved_with_the_dense_stage_and_test_set_clean(tmp_path, tiny_sets
     from sparsedd.results import load
 
     assert load(store.root).levels["effective_noise"].iloc[0] == pytest.approx(float(saved["effective_rate"]))
+
+
+def test_runs_pruning_other_layers_share_the_dense_stage_but_prune_their_own_layers(tmp_path, tiny_sets):
+    store = Store(tmp_path / "runs")
+    masks = {}
+    for layers in ("default", "all"):
+        cfg = c.load(sets=[*tiny_sets, f"prune.layers={layers}", "prune.levels=1"])
+        rid = run(cfg, store, runtime=Runtime(progress=False))
+        rows = store.index.query("SELECT level, stage_id FROM run_stages WHERE run_id=? ORDER BY level", (rid,))
+        masks[layers] = (rows[0]["stage_id"], store.load(rows[1]["stage_id"], "final.pt")["mask"])
+    assert masks["default"][0] == masks["all"][0]  # one dense stage
+    assert set(masks["default"][1]) == {"layers.0.weight", "layers.1.weight"}
+    assert set(masks["all"][1]) == {"layers.0.weight", "layers.1.weight", "layers.2.weight"}
+    assert not bool(masks["all"][1]["layers.2.weight"].all())  # the output layer was pruned too

@@ -206,7 +206,10 @@ class Replicate:
             prev = self.store.load(parent, "final.pt")
             model = self.new_model(0)
             model.load_state_dict(prev["model"])
-            mask = self.prune(level, model, {n: m.to(self.rt.device) for n, m in prev["mask"].items()})
+            # level 1 starts from this run's prunable layers, not the dense stage's mask: the dense stage
+            # is shared by runs that prune different layers (prune settings are not part of its id)
+            before = prev["mask"] if level > 1 else full_mask(model, model.prunable_names(cfg.prune.layers))
+            mask = self.prune(level, model, {n: m.to(self.rt.device) for n, m in before.items()})
             fresh = self.new_model(derive_seed(cfg.seed, "reinit", level)).state_dict() if cfg.retrain.mode == "reinit" else {}
             rewind = self.rewind_point(self.dense_id) if cfg.retrain.mode == "weight-rewind" else {}
             state = start_weights(cfg.retrain.mode, previous=prev["model"], rewind=rewind, fresh=fresh)
@@ -282,14 +285,17 @@ class Job:
     name: str
 
 
-def _batch_dir_result(store: Store, job: Job) -> tuple[str, dict[str, Any]] | None:
-    """The saved outcome of a batched computation this stage was part of, if it finished."""
+def _batch_dir_result(store: Store, job: Job, cache: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The saved outcome of a batched computation this stage was part of, if it finished (each batch's
+    file read once per level, through ``cache``)."""
     pointer = store.stage_dir(job.sid) / "batch.json"
     if not pointer.exists():
         return None
     bid = read_json(pointer)["batch"]
-    path = store.stage_dir(bid) / "result.pt"
-    return (bid, store.load(bid, "result.pt")) if path.exists() else None
+    if bid not in cache:
+        path = store.stage_dir(bid) / "result.pt"
+        cache[bid] = store.load(bid, "result.pt") if path.exists() else None
+    return (bid, cache[bid]) if cache[bid] is not None else None
 
 
 def _train_together(reps: list[Replicate], jobs: list[Job], store: Store, rt: Runtime, progress: _Progress) -> None:
@@ -319,8 +325,9 @@ def _train_together(reps: list[Replicate], jobs: list[Job], store: Store, rt: Ru
                                          "optim": r.optimizer_state, "seconds": seconds}
                                  for j, f, r in zip(jobs, finals, results)})
     ckpt.clear()
+    saved = store.load(bid, "result.pt")
     for rep, job in zip(reps, jobs):
-        _finish_from_batch(rep, job, store.load(bid, "result.pt")[job.sid])
+        _finish_from_batch(rep, job, saved[job.sid])
 
 
 def _finish_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
@@ -343,7 +350,7 @@ def _batch_groups(todo: list[tuple[Replicate, Job]], rt: Runtime
                 or not batchable(rep.new_model(0)) or _runs_compact(rep, job, rt)):
             alone.append((rep, job))
             continue
-        key = (id(rep.data), rep.cfg.model, job.train_cfg)
+        key = (id(rep.data), rep.cfg.model, job.train_cfg, tuple(sorted(job.mask)))
         classes.setdefault(key, []).append((rep, job))
     groups = []
     for members in classes.values():
@@ -456,9 +463,9 @@ def _level(level: int, reps: list[Replicate], active: list[int], parents: dict[i
         if job is not None:
             todo.append((rep, job))
     rt.dist.barrier()  # rank 0 has written what the level's jobs read
-    pending = []
+    pending, batches = [], {}
     for rep, job in todo:  # stages whose batched computation finished before an interruption
-        done = _batch_dir_result(store, job)
+        done = _batch_dir_result(store, job, batches)
         if done is not None and job.sid in done[1]:
             _finish_from_batch(rep, job, done[1][job.sid])
         else:

@@ -50,9 +50,10 @@ class LocalExecutor:
 
     def start(self, task: Task) -> None:
         n = task.attempts
-        spec_file = self.work_dir / "tasks" / f"{task.key}.json"
-        result_file = self.work_dir / "tasks" / f"{task.key}.result.json"
-        log_file = self.work_dir / "logs" / f"{task.key}.{n}.log"
+        me = os.getpid()  # two drivers of one sweep at once keep to their own files
+        spec_file = self.work_dir / "tasks" / f"{task.key}.{me}.json"
+        result_file = self.work_dir / "tasks" / f"{task.key}.{me}.result.json"
+        log_file = self.work_dir / "logs" / f"{task.key}.{me}.{n}.log"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         result_file.unlink(missing_ok=True)

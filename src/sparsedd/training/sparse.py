@@ -267,7 +267,8 @@ class _CompactFn(torch.autograd.Function):
             consts.append(c_next)
             pres.append(pre)
             c = c_next
-        ctx.net, ctx.acts, ctx.consts, ctx.pres, ctx.blocks = net, acts, consts, pres, blocks
+        # not the output itself (acts[-1]): kept on ctx, it would make a reference cycle with this node
+        ctx.net, ctx.acts, ctx.consts, ctx.pres, ctx.blocks = net, acts[:-1], consts, pres, blocks
         ctx.save_for_backward(flat)
         return h
 
