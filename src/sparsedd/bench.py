@@ -16,6 +16,7 @@ from .models import build_model
 from .pruning import full_mask
 from .training import TrainData, train
 from .training.loop import Accel, iters_per_epoch, predict
+from .training.measured import sync
 
 # (input shape, classes, train size, test size) of each data set, for synthetic stand-ins
 SHAPES = {
@@ -26,11 +27,6 @@ SHAPES = {
     "tinyimagenet": ((3, 64, 64), 200, 100000, 10000),
 }
 EVAL_BATCH = 4096  # as in sparsedd.training.loop.predict
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _data(cfg, data_dir, device, n: int) -> tuple[Dataset | None, tuple, int, int, int]:
@@ -62,17 +58,17 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
         x = torch.randn((steps * bs, *shape), generator=g).to(dev)
         y = torch.randint(0, classes, (steps * bs,), generator=g).to(dev)
         augment = "none" if cfg.data.name in ("mnist", "mnist1d") or cfg.data.augment == "none" else "crop-flip"
-    data = TrainData(x, y, y, x[:bs], y[:bs], torch.arange(0, device=dev), augment=augment)
+    data = TrainData.clean(x, y, bs, augment=augment)
     model = build_model(cfg.model, shape, classes, seed=0).to(dev)
     mask = {n: m.to(dev) for n, m in full_mask(model, model.prunable_names(cfg.prune.layers)).items()}
     stamps: list[float] = []
 
     def on_step(_: int) -> None:
-        _sync(dev)
+        sync(dev)
         stamps.append(time.perf_counter())
 
     one_epoch = dataclasses.replace(cfg.train, epochs=1, milestones=(), warmup_epochs=0, eval_every=1)
-    _sync(dev)
+    sync(dev)
     start = time.perf_counter()
     train(model, data, one_epoch, mask, order_key=(0, "bench"), stop_iteration=steps, on_step=on_step, accel=accel)
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][warmup:]
@@ -83,11 +79,11 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
         xe = xe.contiguous(memory_format=torch.channels_last)
     for _ in range(max(warmup, 1)):
         predict(model, xe, precision=cfg.train.precision)
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     for _ in range(batches):
         predict(model, xe, precision=cfg.train.precision)
-    _sync(dev)
+    sync(dev)
     eval_batch_s = (time.perf_counter() - t0) / batches * (EVAL_BATCH / xe.shape[0])
     ipe = iters_per_epoch(n_train, bs)
     evals_per_epoch = (n_train + n_test) / EVAL_BATCH  # the evaluation reads the training and the test set

@@ -18,6 +18,7 @@ magnitude pruning of a network trained for a few steps (not random masks: those 
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -34,18 +35,15 @@ from .models.mlp import MLP
 from .pruning import full_mask, magnitude
 from .training import TrainData, train
 from .training.batched import train_batched
-from .training.sparse import SparsePolicy, mask_density
+from .pruning import density
+from .training.measured import sync
+from .training.sparse import CompactMLP, SparsePolicy
 
 BATCH = 128
 LR = 0.1
 SPARSITY = 0.988
 LEVELS = 25
 SEEDS = 5  # the paper's MNIST figure
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Timer:
@@ -55,11 +53,11 @@ class _Timer:
         self.device, self.warmup, self.stamps = device, warmup, []
 
     def start(self) -> None:
-        _sync(self.device)
+        sync(self.device)
         self.stamps = [time.perf_counter()]
 
     def __call__(self, _: int = 1) -> None:
-        _sync(self.device)
+        sync(self.device)
         self.stamps.append(time.perf_counter())
 
     def per_step(self) -> float:
@@ -116,10 +114,6 @@ def gemm_floor_steps(widths: tuple[int, ...], x: torch.Tensor, steps: int, timer
         timer()
 
 
-def _train_data(x: torch.Tensor, y: torch.Tensor) -> TrainData:
-    return TrainData(x, y, y, x[:BATCH], y[:BATCH], torch.arange(0, device=x.device))
-
-
 def _cfg(n: int, steps: int) -> TrainConfig:
     """Plain SGD as in (a), with enough epochs for ``steps`` steps (no evaluation is reached)."""
     return TrainConfig(optimizer="sgd", lr=LR, batch_size=BATCH, epochs=steps // math.ceil(n / BATCH) + 1,
@@ -140,9 +134,7 @@ def batched_steps(states, masks, data: TrainData, steps: int, timer: _Timer) -> 
 
 def _magnitude_masks(model: MLP, data: TrainData, densities: list[float], warm_steps: int) -> list[dict]:
     """Global magnitude masks at each density, from the weights after ``warm_steps`` steps of training."""
-    net = MLP(model.layers[0].in_features, tuple(layer.out_features for layer in model.layers[:-1]),
-              model.layers[-1].out_features).to(data.x.device)
-    net.load_state_dict(model.state_dict())
+    net = copy.deepcopy(model)
     names = net.prunable_names("default")
     full = full_mask(net, names)
     train(net, data, _cfg(data.n, warm_steps), full, order_key=(1, "warm"), stop_iteration=warm_steps)
@@ -163,7 +155,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
                 progress: Callable[[str], None]) -> dict[str, Any]:
     n = x.shape[0]
     ipe = math.ceil(n / BATCH)
-    data = _train_data(x, y)
+    data = TrainData.clean(x, y, BATCH)
     base = _model(widths, 0, device)
     names = base.prunable_names("default")
     full = full_mask(base, names)
@@ -172,8 +164,6 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
     sparse_mask, level_masks = masks[0], masks[1:]
     policy = SparsePolicy("auto")
     kernel = policy.decide(base, sparse_mask, BATCH, "fp32")
-    from .training.sparse import CompactMLP
-
     structure = CompactMLP(base.state_dict(), sparse_mask, kernel_below=kernel or 0.0)
     total = warmup + steps
     samples: dict[str, list[float]] = {}
@@ -207,7 +197,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
         "batched_speedup_over_single": {str(k): med["single"] / med[f"batched_{k}"] for k in ks},
         "sparse_over_single": med["sparse"] / med["single"],
         "gemm_floor_s": med["gemm_floor"],  # matrix products only: (a) / this bounds any dense one-model speedup
-        "sparse_density": mask_density(sparse_mask),
+        "sparse_density": density(sparse_mask),
         "sparse_execution": "dense-masked" if kernel is None else "compact",
         "sparse_structure": {"live_units": structure.live_units, "constant_units": structure.const_units,
                              "kernels": structure.kernels},
@@ -223,7 +213,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
             # what `sparsedd run` does with the paper's 5 seeds: compact levels one by one, the others
             # batched where batching pays on this machine (its time per model does not depend on the mask)
             five = med[f"level_{L}"] if compact or not pays else med[f"batched_{SEEDS}"]
-            out["levels"].append({"level": L, "density": mask_density(m), "s": med[f"level_{L}"],
+            out["levels"].append({"level": L, "density": density(m), "s": med[f"level_{L}"],
                                   "execution": "compact" if compact else "dense-masked",
                                   "s_per_model_5_seeds": five})
         out["batching_pays_5_seeds"] = pays

@@ -298,10 +298,14 @@ def cmd_sweep(args) -> int:
         return 0
     if args.executor == "local" and (args.address or args.gpus_per_task):
         raise SparseddError("--address and --gpus-per-task apply to --executor ray")
+    if args.gpus_per_task:
+        device = "cuda"
+    elif args.executor == "local":
+        device = _device(args.device)  # auto: what this machine has
+    else:  # auto: the workers' devices are not this machine's; without GPUs asked for, the CPU
+        device = "cpu" if args.device == "auto" else args.device
     opts = SweepOptions(executor=args.executor, workers=args.workers, address=args.address,
-                        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
-                        device="cuda" if args.gpus_per_task else _device(args.device) if args.executor == "local"
-                        else args.device if args.device != "auto" else "cpu",
+                        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, device=device,
                         data_dir=args.data_dir, sparse=args.sparse, batch=args.batch, retries=args.retries,
                         progress=not args.no_progress, report=not args.no_report)
     result = run_sweep(sweep, args.root, opts)

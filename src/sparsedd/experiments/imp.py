@@ -344,17 +344,20 @@ def _batch_groups(todo: list[tuple[Replicate, Job]], rt: Runtime
     if rt.batch == "off" or len(todo) < 2 or rt.compile or rt.dist.active:
         return [], todo
     classes: dict[tuple, list[tuple[Replicate, Job]]] = {}
+    models: dict[tuple, nn.Module] = {}  # one of each class's architecture, for the decisions
     alone = []
     for rep, job in todo:
+        model = rep.new_model(0)
         if (rep.train_data.augment != "none" or job.train_cfg.precision != "fp32"
-                or not batchable(rep.new_model(0)) or _runs_compact(rep, job, rt)):
+                or not batchable(model) or _runs_compact(model, job, rt)):
             alone.append((rep, job))
             continue
         key = (id(rep.data), rep.cfg.model, job.train_cfg, tuple(sorted(job.mask)))
         classes.setdefault(key, []).append((rep, job))
+        models.setdefault(key, model)
     groups = []
-    for members in classes.values():
-        model = members[0][0].new_model(0)
+    for key, members in classes.items():
+        model = models[key]
         bs = members[0][1].train_cfg.batch_size
         k = min(len(members), max_models(model, bs, rt.device))
         if k < 2 or (rt.batch == "auto" and not batching_pays(model, bs, k)):
@@ -365,9 +368,8 @@ def _batch_groups(todo: list[tuple[Replicate, Job]], rt: Runtime
     return [g for g in groups if len(g) > 1], alone
 
 
-def _runs_compact(rep: Replicate, job: Job, rt: Runtime) -> bool:
+def _runs_compact(model: nn.Module, job: Job, rt: Runtime) -> bool:
     """Whether a stage would compute compact (then its seeds train one by one, each on its live units)."""
-    model = rep.new_model(0)
     return rt.sparse_policy.decide(model, job.mask, job.train_cfg.batch_size, job.train_cfg.precision) is not None
 
 
@@ -390,7 +392,7 @@ def run(cfg: RunConfig, store: Store, *, preset: str | None = None, runtime: Run
     return run_many([(cfg, preset)], store, runtime=runtime, dense_only=dense_only)[0]
 
 
-def _data_key(cfg: RunConfig) -> str:
+def data_key(cfg: RunConfig) -> str:
     """Runs whose data differ only in label noise share one data set in memory (and can batch)."""
     d = canonical_dict(cfg, full=True)["data"]
     return stable_hash({k: v for k, v in d.items() if not k.startswith("noise")})
@@ -403,7 +405,7 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, runtime
     rt = runtime or Runtime()
     datasets: dict[str, Dataset] = {}
     for cfg, _ in items:  # every data set loads (and every run is checked) before anything is written
-        key = _data_key(cfg)
+        key = data_key(cfg)
         if key not in datasets:
             datasets[key] = load_dataset(cfg.data, data_dir=rt.data_dir, device=rt.device)
         check_fits(cfg, datasets[key])
@@ -414,7 +416,7 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, runtime
         if not dense_only:
             store.register_run(cfg.run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)
     progress = _Progress(rt.progress, total)
-    reps = [Replicate(cfg.with_seed(seed), None if dense_only else cfg.run_id, datasets[_data_key(cfg)], store, rt,
+    reps = [Replicate(cfg.with_seed(seed), None if dense_only else cfg.run_id, datasets[data_key(cfg)], store, rt,
                       progress) for cfg, _ in items for seed in cfg.seed_list()]
     run_ids = list(dict.fromkeys(cfg.run_id for cfg, _ in items))
 

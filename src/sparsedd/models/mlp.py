@@ -14,6 +14,11 @@ class MLP(nn.Module):
         widths = (in_features, *hidden, num_classes)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Input features, then every layer's units (the architecture, as a key for measurements)."""
+        return (self.layers[0].in_features, *(layer.out_features for layer in self.layers))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         for layer in self.layers[:-1]:

@@ -28,6 +28,7 @@ from rich.markup import escape
 
 from ..config import canonical_dict, stable_hash
 from ..errors import SparseddError
+from ..experiments.imp import data_key, dense_key
 from ..store import Store, write_json
 from ..store.index import replay
 from .executors import LocalExecutor, RayExecutor, Task
@@ -68,7 +69,6 @@ def _status(store: Store, run_id: str) -> str | None:
 
 
 def _dense_tasks(runs: list[SweepRun], store: Store, base: dict[str, Any]) -> list[Task]:
-    from ..experiments.imp import dense_key
 
     tasks: dict[str, Task] = {}
     for r in runs:
@@ -90,9 +90,8 @@ def _run_tasks(runs: list[SweepRun], base: dict[str, Any], workers: int) -> list
     classes: dict[str, list[SweepRun]] = {}
     for r in runs:
         c = canonical_dict(r.config, full=True)
-        key = stable_hash({"data": {k: v for k, v in c["data"].items() if not k.startswith("noise")},
-                           "model": c["model"], "train": c["train"], "retrain": r.config.retrain.relevant(),
-                           "levels": r.config.prune.levels})
+        key = stable_hash({"data": data_key(r.config), "model": c["model"], "train": c["train"],
+                           "retrain": r.config.retrain.relevant(), "levels": r.config.prune.levels})
         classes.setdefault(key, []).append(r)
     tasks = []
     for members in classes.values():
@@ -124,8 +123,6 @@ class _Display:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = Console(stderr=True)
-        self.enabled = enabled
-        self.started = time.time()
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[info]}"), console=self.console, disable=not enabled)
         self.task = self.bar.add_task(f"sweep {name}", total=total, info="")

@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..models.mlp import MLP
 from ..rng import generator
 from .loop import Checkpointer, TrainData, TrainResult, iters_per_epoch, metrics_from_logits, restore
+from .measured import cached, machine_key, sync
 from .optim import build_optimizer
 from .schedule import lr_at
 
@@ -217,10 +218,6 @@ def _slice_optimizer_state(opt_state: dict[str, Any], k: int, model: StackedMLP)
 
 # --- when batching pays, and how many networks fit -------------------------------------------
 
-def _mlp_widths(model: MLP) -> tuple[int, ...]:
-    return (model.layers[0].in_features, *(layer.out_features for layer in model.layers))
-
-
 def measure_batching(widths: tuple[int, ...], batch_size: int, k: int, device: torch.device | str,
                      steps: int = 8) -> dict[str, Any]:
     """Seconds per model-step of ``k`` networks trained one by one and batched (synthetic data)."""
@@ -235,19 +232,17 @@ def measure_batching(widths: tuple[int, ...], batch_size: int, k: int, device: t
     n = batch_size * (steps + 2)
     x = torch.randn(n, widths[0], generator=g).to(device)
     y = torch.randint(0, widths[-1], (n,), generator=g).to(device)
-    data = TrainData(x, y, y, x[:batch_size], y[:batch_size], torch.arange(0, device=device))
+    data = TrainData.clean(x, y, batch_size)
     cfg = TrainConfig(lr=0.01, batch_size=batch_size, epochs=1, eval_every=10 ** 6)
     models = [MLP(widths[0], widths[1:-1], widths[-1]).to(device) for _ in range(k)]
     masks = [full_mask(m, m.prunable_names("default")) for m in models]
 
     def timed(fn) -> float:
         fn(2)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t0 = time.perf_counter()
         fn(steps + 2)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         return (time.perf_counter() - t0) / (steps + 2) / k
 
     def single(s):
@@ -264,10 +259,8 @@ def measure_batching(widths: tuple[int, ...], batch_size: int, k: int, device: t
 
 def batching_pays(model: MLP, batch_size: int, k: int, cache_dir: str | None = None) -> bool:
     """Whether training ``k`` such networks batched is faster per network than one by one (measured once)."""
-    from .measured import cached, machine_key
-
     device = next(model.parameters()).device
-    widths = _mlp_widths(model)
+    widths = model.widths
     key = machine_key(device, "v1", "-".join(map(str, widths)), f"b{batch_size}", f"k{k}")
     return bool(cached("batching", key, lambda: measure_batching(widths, batch_size, k, device), cache_dir)["pays"])
 
@@ -279,7 +272,7 @@ def max_models(model: MLP, batch_size: int, device: torch.device | str, share: f
 
     device = torch.device(device)
     params = sum(p.numel() for p in model.parameters())
-    units = sum(_mlp_widths(model))
+    units = sum(model.widths)
     per_model = 4 * (4 * params + 3 * batch_size * units)
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]

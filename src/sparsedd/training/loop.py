@@ -41,6 +41,11 @@ class TrainData:
     def n(self) -> int:
         return int(self.x.shape[0])
 
+    @classmethod
+    def clean(cls, x: torch.Tensor, y: torch.Tensor, n_test: int, augment: str = "none") -> "TrainData":
+        """Labels without noise and the first ``n_test`` examples as the test set (timing, measurements)."""
+        return cls(x, y, y, x[:n_test], y[:n_test], torch.arange(0, device=x.device), augment=augment)
+
 
 @dataclass(frozen=True)
 class Accel:

@@ -15,6 +15,12 @@ from typing import Any, Callable
 import torch
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cache_path(name: str, cache_dir: str | None = None) -> Path:
     from ..data import default_cache_dir
 

@@ -36,6 +36,8 @@ from torch import nn
 
 from ..errors import SparseddError
 from ..models.mlp import MLP
+from ..pruning.mask import density
+from .measured import cached, machine_key, sync
 
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -320,11 +322,6 @@ def compactable(model: nn.Module, mask: dict[str, torch.Tensor]) -> bool:
     return type(model) is MLP and all(n.endswith(".weight") for n in mask)
 
 
-def mask_density(mask: dict[str, torch.Tensor]) -> float:
-    total = sum(m.numel() for m in mask.values())
-    return float(sum(int(m.sum()) for m in mask.values())) / total if total else 1.0
-
-
 # --- when to run compact: crossovers measured on this machine ---------------------------------
 
 @dataclass(frozen=True)
@@ -350,7 +347,7 @@ class SparsePolicy:
         device = next(model.parameters()).device
         if self.mode == "on":
             return self.kernel_below if self.kernel_below is not None else 0.3
-        widths = _widths(model)
+        widths = model.widths
         if self.crossover is not None and self.kernel_below is not None:
             cross = {"crossover": self.crossover, "kernel_below": self.kernel_below}
         else:
@@ -361,7 +358,8 @@ class SparsePolicy:
         # real run), what is left to compute is the live blocks, which can be far less than the density
         if crossover <= 0:  # compact execution was nowhere faster on this machine (e.g. on a GPU)
             return None
-        return kernel if min(mask_density(mask), live_fraction(model, mask)) <= crossover else None
+        # (the live blocks are found by building the compact network: only where the density alone does not decide)
+        return kernel if density(mask) <= crossover or live_fraction(model, mask) <= crossover else None
 
 
 def live_fraction(model: MLP, mask: dict[str, torch.Tensor]) -> float:
@@ -371,15 +369,9 @@ def live_fraction(model: MLP, mask: dict[str, torch.Tensor]) -> float:
     return area / sum(a * b for a, b in c.shapes)
 
 
-def _widths(model: MLP) -> tuple[int, ...]:
-    return (model.layers[0].in_features, *(layer.out_features for layer in model.layers))
-
-
 def crossover_for(widths: tuple[int, ...], batch_size: int, device: torch.device, cache_dir: str | None = None,
                   remeasure: bool = False) -> dict[str, float]:
     """The measured crossovers of this architecture, batch size, device and thread count (cached)."""
-    from .measured import cached, machine_key
-
     key = machine_key(device, f"v{IMPLEMENTATION}", "-".join(map(str, widths)), f"b{batch_size}")
     return cached("crossover", key, lambda: measure_crossover(widths, batch_size, device), cache_dir, remeasure)
 
@@ -405,13 +397,11 @@ def _step_time(net: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: t
 
     for _ in range(2):
         step()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
+    sync(x.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
+    sync(x.device)
     return (time.perf_counter() - t0) / steps
 
 
