@@ -40,7 +40,7 @@ def test_pruned_weights_stay_zero_with_momentum_and_weight_decay(cfg):
 
 
 def test_momentum_buffers_stay_zero_on_pruned_weights(monkeypatch):
-    import sparsedd.training.loop as loop
+    import sparsedd.training.execution as loop  # where the one-network execution builds its optimizer
 
     captured = {}
     real = loop.build_optimizer

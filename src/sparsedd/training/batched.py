@@ -16,11 +16,10 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..models.mlp import MLP
-from ..rng import generator
-from .loop import Checkpointer, TrainData, TrainResult, iters_per_epoch, metrics_from_logits, restore
+from .execution import multiply_
+from .loop import Checkpointer, TrainData, TrainResult, metrics_from_logits, run_epochs
 from .measured import cached, machine_key, sync
 from .optim import build_optimizer
-from .schedule import lr_at
 
 
 class StackedMLP(nn.Module):
@@ -100,6 +99,55 @@ def evaluate_stacked(model: StackedMLP, datas: list[TrainData], batch: int = 409
     return [metrics_from_logits(test[k], train[k], d) for k, d in enumerate(datas)]
 
 
+class StackedExecution:
+    """K networks of one architecture as one :class:`StackedMLP` under one optimizer, for the epoch loop."""
+
+    single = False
+
+    def __init__(self, states: list[dict[str, torch.Tensor]], datas: list[TrainData], cfg: TrainConfig,
+                 masks: list[dict[str, torch.Tensor]], device: str | torch.device):
+        self.k = len(states)
+        if not (len(datas) == len(masks) == self.k):
+            raise ValueError("one data view, mask and order key per network")
+        self.x = datas[0].x
+        if any(d.x is not self.x and not torch.equal(d.x, self.x) for d in datas[1:]):
+            raise ValueError("batched networks must share the training inputs")
+        self.datas, self.n, self.device = datas, datas[0].n, torch.device(device)
+        self.module = StackedMLP(states).to(device)
+        masked = [(p, m) for p, m in stack_masks(self.module, masks) if not bool(m.all())]  # all-ones: no change
+        self.masked, self.mask_f = [p for p, _ in masked], [m.to(device) for _, m in masked]
+        self.ys = torch.stack([d.y for d in datas]).to(device)
+        self.rows = torch.arange(self.k, device=device).unsqueeze(1)
+        self.opt = build_optimizer(self.module.parameters(), cfg)
+
+    def apply_masks(self) -> None:
+        multiply_(self.masked, self.mask_f)
+
+    def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of every network on its own examples ``idx`` [K, B]: summed losses and hits [K]."""
+        out = self.module(self.x[idx])  # [K, B, C]
+        yb = self.ys[self.rows, idx]
+        per_model = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape).mean(1)
+        self.opt.zero_grad(set_to_none=True)  # backward then writes the gradients instead of adding to zeros
+        per_model.sum().backward()  # each network's gradient is that of its own mean loss
+        multiply_([p.grad for p in self.masked], self.mask_f)
+        self.opt.step()
+        self.apply_masks()
+        return per_model.detach() * yb.shape[1], (out.argmax(2) == yb).sum(1)
+
+    def evaluate(self) -> list[dict[str, float | None]]:
+        return evaluate_stacked(self.module, self.datas)
+
+    def optimizer_state(self, k: int) -> dict[str, Any]:
+        return _slice_optimizer_state(self.opt.state_dict(), k, self.module)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        return [{k: v.cpu() for k, v in s.items()} for s in self.module.states()]
+
+
 def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData], cfg: TrainConfig,
                   masks: list[dict[str, torch.Tensor]], *, order_keys: list[tuple], device: str | torch.device = "cpu",
                   checkpoint: Checkpointer | None = None,
@@ -114,90 +162,12 @@ def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData],
     All networks share the inputs ``datas[k].x`` (the same data set) but have their own labels,
     order (permutation of epoch e from generator(*order_keys[k], e)) and masks.
     """
-    K = len(states)
-    if not (len(datas) == len(masks) == len(order_keys) == K):
+    if len(order_keys) != len(states):
         raise ValueError("one data view, mask and order key per network")
-    x = datas[0].x
-    if any(d.x is not x and not torch.equal(d.x, x) for d in datas[1:]):
-        raise ValueError("batched networks must share the training inputs")
-    n = datas[0].n
-    model = StackedMLP(states).to(device)
-    masked = [(p, m) for p, m in stack_masks(model, masks) if not bool(m.all())]  # all-ones masks change nothing
-    params = [p for p, _ in masked]
-    mask_f = [m.to(device) for _, m in masked]
-    ys = torch.stack([d.y for d in datas]).to(device)
-    opt = build_optimizer(model.parameters(), cfg)
-    ipe = iters_per_epoch(n, cfg.batch_size)
-    step_loss = torch.zeros(K, ipe, device=device)
-    step_hits = torch.zeros(K, ipe, device=device, dtype=torch.long)
-    results = [TrainResult() for _ in range(K)]
-    start_epoch, start_step = 0, 0
-    state = restore(checkpoint, model, opt, step_loss, step_hits)
-    if state is not None:
-        start_epoch, start_step = state["epoch"], state["step"]
-        for r, h in zip(results, state["history"]):
-            r.history = list(h)
-
-    def snapshot(epoch: int, step: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "step": step,
-                "step_loss": step_loss.cpu(), "step_hits": step_hits.cpu(), "history": [r.history for r in results]}
-
-    rows = torch.arange(K, device=device).unsqueeze(1)
-    if params:
-        with torch.no_grad():
-            torch._foreach_mul_(params, mask_f)
-    model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        perms = torch.stack([torch.randperm(n, generator=generator(*key, epoch)) for key in order_keys]).to(device)
-        for step in range(start_step if epoch == start_epoch else 0, ipe):
-            if stop_iteration is not None and epoch * ipe + step >= stop_iteration:
-                for r in results:
-                    r.iterations = epoch * ipe + step
-                return [{k: v.cpu() for k, v in s.items()} for s in model.states()], results
-            lr = lr_at(cfg, epoch * ipe + step, ipe)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = perms[:, step * cfg.batch_size:(step + 1) * cfg.batch_size]  # [K, B]
-            out = model(x[idx])  # [K, B, C]
-            yb = ys[rows, idx]
-            per_model = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape).mean(1)
-            opt.zero_grad(set_to_none=True)  # backward then writes the gradients instead of adding to zeros
-            per_model.sum().backward()  # each network's gradient is that of its own mean loss
-            with torch.no_grad():
-                if params:
-                    torch._foreach_mul_([p.grad for p in params], mask_f)
-            opt.step()
-            with torch.no_grad():
-                if params:
-                    torch._foreach_mul_(params, mask_f)
-                step_loss[:, step] = per_model.detach() * yb.shape[1]
-                step_hits[:, step] = (out.argmax(2) == yb).sum(1)
-            if on_step is not None:
-                on_step(1)
-            if checkpoint is not None and step + 1 < ipe and checkpoint.due(end_of_epoch=False):
-                checkpoint.save(snapshot(epoch, step + 1))
-        last = epoch + 1 == cfg.epochs
-        evals = evaluate_stacked(model, datas) if last or (epoch + 1) % cfg.eval_every == 0 else [{}] * K
-        epoch_rows = []
-        for k in range(K):
-            m: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(cfg, (epoch + 1) * ipe - 1, ipe),
-                                 "train_loss_running": float(step_loss[k].sum()) / n,
-                                 "train_acc_running": float(step_hits[k].sum()) / n, **evals[k]}
-            results[k].history.append(m)
-            epoch_rows.append(m)
-        if on_epoch is not None:
-            on_epoch(epoch_rows)
-        if checkpoint is not None and not last and checkpoint.due(end_of_epoch=True):
-            checkpoint.save(snapshot(epoch + 1, 0))
-    finals = [{k: v.cpu() for k, v in s.items()} for s in model.states()]
-    opt_state = opt.state_dict()
-    for k, r in enumerate(results):
-        r.iterations = cfg.epochs * ipe
-        r.final = dict(r.history[-1])
-        evals_k = [h["test_acc"] for h in r.history if "test_acc" in h]
-        r.final["test_acc_best"] = max(evals_k)
-        r.optimizer_state = _slice_optimizer_state(opt_state, k, model)
-    return finals, results
+    execution = StackedExecution(states, datas, cfg, masks, device)
+    results = run_epochs(execution, cfg, order_keys, checkpoint=checkpoint, stop_iteration=stop_iteration,
+                         on_epoch=on_epoch, on_step=on_step)
+    return execution.states(), results
 
 
 def _slice_optimizer_state(opt_state: dict[str, Any], k: int, model: StackedMLP) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""The epoch loop for one masked model, with checkpoint/resume that is exact on CPU.
+"""The one epoch loop (:func:`run_epochs`), with checkpoint/resume that is exact on CPU, and
+:func:`train`, the one-network trainer built on it.
 
 Data lives in tensors on the training device; each epoch's order is a permutation drawn from a
 generator seeded by (order key, epoch), so a resumed run needs no RNG state beyond the position.
-Pruned weights stay exactly zero: their gradients are masked before the optimizer step (so no
-momentum or weight decay reaches them) and the weights are masked again after it.
+What a step computes (one network or K, dense-masked or compact, ...) is an
+:class:`~sparsedd.training.execution.Execution` chosen before the loop starts.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.augment import augment_batch
 from ..distributed import SINGLE, Dist
 from ..rng import generator
-from .optim import build_optimizer
+from .execution import Accel, Execution, autocast, prepare_single
+from .schedule import lr_at
 
 if TYPE_CHECKING:
     from .sparse import SparsePolicy
-from .schedule import lr_at
 
 
 @dataclass
@@ -45,19 +45,6 @@ class TrainData:
     def clean(cls, x: torch.Tensor, y: torch.Tensor, n_test: int, augment: str = "none") -> "TrainData":
         """Labels without noise and the first ``n_test`` examples as the test set (timing, measurements)."""
         return cls(x, y, y, x[:n_test], y[:n_test], torch.arange(0, device=x.device), augment=augment)
-
-
-@dataclass(frozen=True)
-class Accel:
-    """Execution options that leave the arithmetic's meaning alone (so they are not part of any stage id)."""
-
-    channels_last: bool = False  # 4-D inputs and conv weights in NHWC memory order
-    compile: bool = False  # torch.compile the model's forward
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast of the forward pass, or a no-op for fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -105,18 +92,6 @@ def metrics_from_logits(test_logits: torch.Tensor, train_logits: torch.Tensor, d
     }
 
 
-def restore(checkpoint: Checkpointer | None, model: nn.Module, opt: torch.optim.Optimizer, step_loss: torch.Tensor,
-            step_hits: torch.Tensor) -> dict[str, Any] | None:
-    """Load a checkpoint (if there is one) into the model, the optimizer and the per-step buffers."""
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        step_loss.copy_(state["step_loss"])
-        step_hits.copy_(state["step_hits"])
-    return state
-
-
 def iters_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
@@ -134,138 +109,98 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
     ``optimizer_state`` starts the optimizer from a saved state (a checkpoint, when there is one, wins).
     ``accel`` picks memory layout and compilation; ``cfg.precision`` the autocast precision.
     ``dist``: data-parallel over torchrun's processes (see :mod:`sparsedd.distributed`).
-    ``sparse``: when to compute on the live units only (:mod:`sparsedd.training.sparse`); a
-    checkpoint's layout wins over the policy, so a resumed stage computes as it started.
+    ``sparse``: when to compute on the live units only (:mod:`sparsedd.training.sparse`).
     """
     saved = checkpoint.load() if checkpoint is not None else None  # checkpointers keep what they load
-    kernel = _sparse_kernel(model, mask, cfg, sparse, accel, dist, saved)
-    outer_model = model
-    compact = None
-    if kernel is not None:
-        from .sparse import CompactMLP
+    execution = prepare_single(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, sparse=sparse,
+                               saved=saved, optimizer_state=optimizer_state)
+    [result] = run_epochs(execution, cfg, [order_key], checkpoint=checkpoint, stop_iteration=stop_iteration,
+                          on_epoch=None if on_epoch is None else lambda rows: on_epoch(rows[0]), on_step=on_step)
+    execution.finish()
+    return result
 
-        compact = CompactMLP(model.state_dict(), mask, kernel_below=kernel)
-        model, mask = compact, {}
-        if optimizer_state:
-            optimizer_state = compact.optimizer_state_from_dense(optimizer_state)
-    if accel.channels_last:
-        model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if accel.compile else model
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(forward)
-    params = dict(model.named_parameters())
-    partial = [n for n in mask if not bool(mask[n].all())]  # an all-ones mask changes nothing: skip it
-    masked = [params[n] for n in partial]
-    mask_f = [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in partial]
-    opt = build_optimizer(model.parameters(), cfg)
-    if optimizer_state:
-        opt.load_state_dict(optimizer_state)
-    ipe = iters_per_epoch(data.n, cfg.batch_size)
+def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], *,
+               checkpoint: Checkpointer | None = None, stop_iteration: int | None = None,
+               on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
+               on_step: Callable[[int], None] | None = None) -> list[TrainResult]:
+    """The epoch loop every trainer shares: restore, then per step the learning rate and a masked
+    step, per epoch the running metrics, an evaluation and a checkpoint when due; one result per network."""
+    ex, k = execution, execution.k
+    ipe = iters_per_epoch(ex.n, cfg.batch_size)
     total_iters = cfg.epochs * ipe
     if stop_iteration is not None and stop_iteration > total_iters:
         raise ValueError(f"iteration {stop_iteration} is past the end of training ({total_iters} iterations)")
-
-    result = TrainResult()
-    start_epoch, start_step = 0, 0
     # per-step loss and hits of the current epoch, so the epoch's running metrics survive a resume exactly
-    step_loss = torch.zeros(ipe, device=data.x.device)
-    step_hits = torch.zeros(ipe, device=data.x.device, dtype=torch.long)
-    state = restore(checkpoint, model, opt, step_loss, step_hits)
-    if state is not None:
-        start_epoch, start_step = state["epoch"], state["step"]
-        result.history = list(state["history"])
-
-    def snapshot(epoch: int, step: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "step": step,
-                "step_loss": step_loss.cpu(), "step_hits": step_hits.cpu(), "history": list(result.history),
-                "compact_kernel": kernel}
-
-    def done(res: TrainResult) -> TrainResult:
-        if compact is not None:  # back to the layout of the model we were given
-            outer_model.load_state_dict(compact.dense_state())
-            if res.optimizer_state:
-                res.optimizer_state = compact.optimizer_state_to_dense(res.optimizer_state)
-        return res
-
-    model.train()
-    x, y = data.x, data.y
-    if masked:
-        with torch.no_grad():
-            torch._foreach_mul_(masked, mask_f)
+    step_loss = torch.zeros(k, ipe, device=ex.device)
+    step_hits = torch.zeros(k, ipe, device=ex.device, dtype=torch.long)
+    results = [TrainResult() for _ in range(k)]
+    start_epoch, start_step = _restore(checkpoint, ex, step_loss, step_hits, results)
+    ex.module.train()
+    ex.apply_masks()
     for epoch in range(start_epoch, cfg.epochs):
-        perm = torch.randperm(data.n, generator=generator(*order_key, epoch)).to(x.device)
+        order = torch.stack([torch.randperm(ex.n, generator=generator(*key, epoch)) for key in order_keys])
+        order = order.to(ex.device)
         for step in range(start_step if epoch == start_epoch else 0, ipe):
             it = epoch * ipe + step
             if stop_iteration is not None and it >= stop_iteration:
-                result.iterations = it
-                return done(result)
-            lr = lr_at(cfg, it, ipe)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            global_n = idx.shape[0]
-            idx = dist.local_slice(idx)
-            xb, yb = x[idx], y[idx]
-            if data.augment != "none":
-                xb = augment_batch(data.augment, xb, generator(*order_key, "augment", epoch, step))
-            if accel.channels_last and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(cfg.precision, xb.device):
-                out = forward(xb)
-                if dist.active:  # DDP averages over ranks: this makes it the global batch's mean
-                    loss = F.cross_entropy(out.float(), yb, reduction="sum") * (dist.world / global_n)
-                else:
-                    loss = F.cross_entropy(out.float(), yb)
-            opt.zero_grad(set_to_none=True)  # backward then writes the gradients instead of adding to zeros
-            loss.backward()
-            if masked:
-                with torch.no_grad():
-                    torch._foreach_mul_([p.grad for p in masked], mask_f)
-            opt.step()
-            with torch.no_grad():
-                if masked:
-                    torch._foreach_mul_(masked, mask_f)
-                if dist.active:
-                    both = dist.sum_(torch.stack([loss.detach() * global_n / dist.world,
-                                                  (out.argmax(1) == yb).sum().to(loss.dtype)]))
-                    step_loss[step], step_hits[step] = both[0], both[1].round().long()
-                else:
-                    step_loss[step] = loss.detach() * yb.shape[0]
-                    step_hits[step] = (out.argmax(1) == yb).sum()
+                for r in results:
+                    r.iterations = it
+                return results
+            for group in ex.opt.param_groups:
+                group["lr"] = lr_at(cfg, it, ipe)
+            step_loss[:, step], step_hits[:, step] = ex.step(order[:, step * cfg.batch_size:(step + 1) * cfg.batch_size],
+                                                             epoch, step)
             if on_step is not None:
                 on_step(1)
             if checkpoint is not None and step + 1 < ipe and checkpoint.due(end_of_epoch=False):
-                checkpoint.save(snapshot(epoch, step + 1))
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": lr_at(cfg, (epoch + 1) * ipe - 1, ipe),
-            "train_loss_running": float(step_loss.sum()) / data.n,
-            "train_acc_running": float(step_hits.sum()) / data.n,
-        }
-        last = epoch + 1 == cfg.epochs
-        if last or (epoch + 1) % cfg.eval_every == 0:
-            metrics.update(evaluate(model, data, cfg.precision))
-        result.history.append(metrics)
+                checkpoint.save(_snapshot(ex, epoch, step + 1, step_loss, step_hits, results))
+        rows = _epoch_rows(ex, cfg, epoch, ipe, step_loss, step_hits)
+        for r, row in zip(results, rows):
+            r.history.append(row)
         if on_epoch is not None:
-            on_epoch(metrics)
-        if checkpoint is not None and not last and checkpoint.due(end_of_epoch=True):
-            checkpoint.save(snapshot(epoch + 1, 0))
-    result.iterations = total_iters
-    result.optimizer_state = opt.state_dict()
-    result.final = dict(result.history[-1]) if result.history else evaluate(model, data, cfg.precision)
-    evals = [h["test_acc"] for h in result.history if "test_acc" in h]
-    result.final["test_acc_best"] = max(evals) if evals else result.final.get("test_acc", float("nan"))
-    return done(result)
+            on_epoch(rows)
+        if checkpoint is not None and epoch + 1 < cfg.epochs and checkpoint.due(end_of_epoch=True):
+            checkpoint.save(_snapshot(ex, epoch + 1, 0, step_loss, step_hits, results))
+    for i, r in enumerate(results):
+        r.iterations = total_iters
+        r.optimizer_state = ex.optimizer_state(i)
+        r.final = dict(r.history[-1]) if r.history else ex.evaluate()[i]
+        evals = [h["test_acc"] for h in r.history if "test_acc" in h]
+        r.final["test_acc_best"] = max(evals) if evals else r.final.get("test_acc", float("nan"))
+    return results
 
 
-def _sparse_kernel(model: nn.Module, mask: dict[str, torch.Tensor], cfg: TrainConfig, sparse, accel: Accel,
-                   dist: Dist, saved: dict[str, Any] | None) -> float | None:
-    """The CSR threshold of compact execution for this stage, or None to compute dense-masked."""
-    if saved is not None:
-        return saved.get("compact_kernel")
-    if sparse is None or accel.compile or accel.channels_last or dist.active:
-        return None
-    return sparse.decide(model, mask, cfg.batch_size, cfg.precision)
+def _epoch_rows(ex: Execution, cfg: TrainConfig, epoch: int, ipe: int, step_loss: torch.Tensor,
+                step_hits: torch.Tensor) -> list[dict[str, Any]]:
+    """Each network's row of this epoch: running train metrics, and the evaluation when it is due."""
+    last = epoch + 1 == cfg.epochs
+    evals = ex.evaluate() if last or (epoch + 1) % cfg.eval_every == 0 else [{}] * ex.k
+    lr = lr_at(cfg, (epoch + 1) * ipe - 1, ipe)
+    return [{"epoch": epoch + 1, "lr": lr, "train_loss_running": float(step_loss[i].sum()) / ex.n,
+             "train_acc_running": float(step_hits[i].sum()) / ex.n, **evals[i]} for i in range(ex.k)]
 
+
+def _snapshot(ex: Execution, epoch: int, step: int, step_loss: torch.Tensor, step_hits: torch.Tensor,
+              results: list[TrainResult]) -> dict[str, Any]:
+    """A checkpoint at a position: one network's in the layout it always had, K networks' stacked."""
+    one = ex.single
+    return {"model": ex.module.state_dict(), "optim": ex.opt.state_dict(), "epoch": epoch, "step": step,
+            "step_loss": (step_loss[0] if one else step_loss).cpu(), "step_hits": (step_hits[0] if one else step_hits).cpu(),
+            "history": list(results[0].history) if one else [list(r.history) for r in results], **ex.extra_state()}
+
+
+def _restore(checkpoint: Checkpointer | None, ex: Execution, step_loss: torch.Tensor, step_hits: torch.Tensor,
+             results: list[TrainResult]) -> tuple[int, int]:
+    """Load a checkpoint (if there is one) into the execution and the per-step buffers; the position to go on from."""
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is None:
+        return 0, 0
+    ex.module.load_state_dict(state["model"])
+    ex.opt.load_state_dict(state["optim"])
+    step_loss.copy_(state["step_loss"].view_as(step_loss))
+    step_hits.copy_(state["step_hits"].view_as(step_hits))
+    histories = [state["history"]] if ex.single else state["history"]
+    for r, h in zip(results, histories):
+        r.history = list(h)
+    return state["epoch"], state["step"]

@@ -1,0 +1,178 @@
+"""How a stage computes, decided once before its epoch loop: the one-model execution.
+
+The epoch loop (:func:`sparsedd.training.loop.run_epochs`) only sees an :class:`Execution`: K
+networks (K = 1 here, K > 1 in :mod:`sparsedd.training.batched`) with their optimizer, a masked
+``step`` on a batch of example indices, and an evaluation. Which computation serves a stage
+(dense-masked, compact on the live units, DistributedDataParallel, ``torch.compile``, channels-last)
+is chosen by :func:`prepare_single`, never inside the loop.
+
+``step`` has no Python branch on data and reads no value back to the host, so the same function
+could be captured once and replayed (CUDA graphs); the loss and hit count stay on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.augment import augment_batch
+from ..distributed import SINGLE, Dist
+from ..rng import generator
+from .optim import build_optimizer
+
+if TYPE_CHECKING:
+    from .loop import TrainData
+    from .sparse import SparsePolicy
+
+
+@dataclass(frozen=True)
+class Accel:
+    """Execution options that leave the arithmetic's meaning alone (so they are not part of any stage id)."""
+
+    channels_last: bool = False  # 4-D inputs and conv weights in NHWC memory order
+    compile: bool = False  # torch.compile the model's forward
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast of the forward pass, or a no-op for fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+class Execution(Protocol):
+    """K networks trained together by one optimizer, as the epoch loop drives them."""
+
+    k: int  # networks
+    n: int  # training examples
+    device: torch.device
+    module: nn.Module  # what a checkpoint's "model" holds
+    opt: torch.optim.Optimizer
+    single: bool  # checkpoints in the one-network layout (history a list, not a list per network)
+
+    def apply_masks(self) -> None: ...
+    def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def evaluate(self) -> list[dict[str, float | None]]: ...
+    def optimizer_state(self, k: int) -> dict[str, Any]: ...
+    def extra_state(self) -> dict[str, Any]: ...
+
+
+def masked_pairs(params: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> tuple[list, list]:
+    """(parameters, float masks) of the masked parameters; an all-ones mask changes nothing, so it is skipped."""
+    partial = [n for n in mask if not bool(mask[n].all())]
+    return ([params[n] for n in partial],
+            [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in partial])
+
+
+@torch.no_grad()
+def multiply_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    if tensors:
+        torch._foreach_mul_(tensors, masks)
+
+
+class SingleExecution:
+    """One network, dense-masked or compact, optionally compiled, channels-last or data-parallel.
+
+    Pruned weights stay exactly zero: their gradients are masked before the optimizer step (so no
+    momentum or weight decay reaches them) and the weights are masked again after it.
+    """
+
+    k = 1
+    single = True
+
+    def __init__(self, model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
+                 order_key: tuple, accel: Accel, dist: Dist, kernel: float | None,
+                 optimizer_state: dict[str, Any] | None):
+        self.outer, self.compact, self.kernel = model, None, kernel
+        if kernel is not None:  # compute on the live units only (sparsedd.training.sparse)
+            from .sparse import CompactMLP
+
+            self.compact = CompactMLP(model.state_dict(), mask, kernel_below=kernel)
+            model, mask = self.compact, {}
+            if optimizer_state:
+                optimizer_state = self.compact.optimizer_state_from_dense(optimizer_state)
+        if accel.channels_last:
+            model.to(memory_format=torch.channels_last)
+        forward = torch.compile(model) if accel.compile else model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(forward)
+        self.module, self.forward, self.data, self.cfg = model, forward, data, cfg
+        self.order_key, self.accel, self.dist = order_key, accel, dist
+        self.masked, self.mask_f = masked_pairs(dict(model.named_parameters()), mask)
+        self.opt = build_optimizer(model.parameters(), cfg)
+        if optimizer_state:
+            self.opt.load_state_dict(optimizer_state)
+        self.n, self.device = data.n, data.x.device
+
+    def apply_masks(self) -> None:
+        multiply_(self.masked, self.mask_f)
+
+    def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the examples ``idx`` [1, B]; returns the summed loss and hits (on the device)."""
+        idx = idx[0]
+        global_n = idx.shape[0]
+        idx = self.dist.local_slice(idx)
+        xb, yb = self.data.x[idx], self.data.y[idx]
+        if self.data.augment != "none":
+            xb = augment_batch(self.data.augment, xb, generator(*self.order_key, "augment", epoch, step))
+        if self.accel.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(self.cfg.precision, xb.device):
+            out = self.forward(xb)
+            if self.dist.active:  # DDP averages over ranks: this makes it the global batch's mean
+                loss = F.cross_entropy(out.float(), yb, reduction="sum") * (self.dist.world / global_n)
+            else:
+                loss = F.cross_entropy(out.float(), yb)
+        self.opt.zero_grad(set_to_none=True)  # backward then writes the gradients instead of adding to zeros
+        loss.backward()
+        multiply_([p.grad for p in self.masked], self.mask_f)
+        self.opt.step()
+        self.apply_masks()
+        with torch.no_grad():
+            if self.dist.active:
+                both = self.dist.sum_(torch.stack([loss.detach() * global_n / self.dist.world,
+                                                   (out.argmax(1) == yb).sum().to(loss.dtype)]))
+                return both[0], both[1].round().long()
+            return loss.detach() * yb.shape[0], (out.argmax(1) == yb).sum()
+
+    def evaluate(self) -> list[dict[str, float | None]]:
+        from .loop import evaluate
+
+        return [evaluate(self.module, self.data, self.cfg.precision)]
+
+    def optimizer_state(self, k: int) -> dict[str, Any]:
+        state = self.opt.state_dict()
+        return self.compact.optimizer_state_to_dense(state) if self.compact is not None else state
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"compact_kernel": self.kernel}  # a resumed stage computes as it started
+
+    def finish(self) -> None:
+        """Back to the layout of the model we were given."""
+        if self.compact is not None:
+            self.outer.load_state_dict(self.compact.dense_state())
+
+
+def prepare_single(model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
+                   order_key: tuple, accel: Accel = Accel(), dist: Dist = SINGLE, sparse: "SparsePolicy | None" = None,
+                   saved: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None
+                   ) -> SingleExecution:
+    """The execution of one network's stage; a checkpoint's layout (``saved``) wins over the sparse policy."""
+    kernel = _sparse_kernel(model, mask, cfg, sparse, accel, dist, saved)
+    return SingleExecution(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, kernel=kernel,
+                           optimizer_state=optimizer_state)
+
+
+def _sparse_kernel(model: nn.Module, mask: dict[str, torch.Tensor], cfg: TrainConfig, sparse, accel: Accel,
+                   dist: Dist, saved: dict[str, Any] | None) -> float | None:
+    """The CSR threshold of compact execution for this stage, or None to compute dense-masked."""
+    if saved is not None:
+        return saved.get("compact_kernel")
+    if sparse is None or accel.compile or accel.channels_last or dist.active:
+        return None
+    return sparse.decide(model, mask, cfg.batch_size, cfg.precision)
