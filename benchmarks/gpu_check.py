@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from sparsedd import benchsuite as b
+from sparsedd.bench import suite as b
 from sparsedd.config import TrainConfig
 from sparsedd.pruning import full_mask
 from sparsedd.training import train

@@ -122,14 +122,14 @@ def test_batched_resume_is_exact(tmp_path):
 @pytest.mark.parametrize("mode", ["finetune", "lr-rewind", "weight-rewind", "reinit"])
 def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
     from sparsedd import config as c
-    from sparsedd.experiments import Runtime, run
+    from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
 
     cfg = c.load(sets=[*tiny_sets, f"retrain.mode={mode}", "retrain.rewind_iteration=3"], seeds=3)
     finals = {}
     for batch in ("on", "off"):
         store = Store(tmp_path / str(batch == "on"))
-        rid = run(cfg, store, runtime=Runtime(progress=False, batch=batch, sparse="off"))
+        rid = run(cfg, store, options=ExecOptions(progress=False, batch=batch, sparse="off"))
         rows = store.index.query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level", (rid,))
         finals[batch == "on"] = [(r["seed"], r["level"], r["stage_id"], store.load(r["stage_id"], "final.pt")) for r in rows]
     assert len(finals[True]) == 9
@@ -143,9 +143,9 @@ def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
 
 
 def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, monkeypatch):
-    import sparsedd.experiments.imp as imp
+    import sparsedd.experiments.batching as imp
     from sparsedd import config as c
-    from sparsedd.experiments import Runtime, run
+    from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
     from sparsedd.training.batched import batching_pays, max_models, measure_batching
 
@@ -160,8 +160,8 @@ def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, mo
     # a level's jobs are trained in groups no larger than what fits
     groups = []
     monkeypatch.setattr(imp, "max_models", lambda *a, **k: 2)
-    real = imp._train_together
-    monkeypatch.setattr(imp, "_train_together", lambda reps, jobs, *a: (groups.append(len(jobs)), real(reps, jobs, *a)))
+    real = imp.train_together
+    monkeypatch.setattr(imp, "train_together", lambda group, *a: (groups.append(len(group)), real(group, *a)))
     cfg = c.load(sets=tiny_sets, seeds=3)
-    run(cfg, Store(tmp_path / "runs"), runtime=Runtime(progress=False, batch="on", sparse="off"))
+    run(cfg, Store(tmp_path / "runs"), options=ExecOptions(progress=False, batch="on", sparse="off"))
     assert groups == [2] * 3  # three levels, each 3 seeds as a batched 2 and one alone

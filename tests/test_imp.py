@@ -4,9 +4,9 @@
 import pytest
 import torch
 
-import sparsedd.experiments.imp as imp
+import sparsedd.experiments.replicate as imp  # where a stage's training is called
 from sparsedd import config as c
-from sparsedd.experiments import Runtime, run
+from sparsedd.experiments import ExecOptions, run
 from sparsedd.models import build_model
 from sparsedd.rng import derive_seed
 from sparsedd.store import Store
@@ -41,7 +41,7 @@ def finals(store, run_id):
 def do_run(tmp_path, sets, mode, extra=()):
     cfg = c.load(sets=[*sets, f"retrain.mode={mode}", *extra])
     store = Store(tmp_path / "runs")
-    rid = run(cfg, store, runtime=Runtime(progress=False))
+    rid = run(cfg, store, options=ExecOptions(progress=False))
     return cfg, store, rid
 
 
@@ -190,7 +190,7 @@ def test_runs_pruning_other_layers_share_the_dense_stage_but_prune_their_own_lay
     masks = {}
     for layers in ("default", "all"):
         cfg = c.load(sets=[*tiny_sets, f"prune.layers={layers}", "prune.levels=1"])
-        rid = run(cfg, store, runtime=Runtime(progress=False))
+        rid = run(cfg, store, options=ExecOptions(progress=False))
         rows = store.index.query("SELECT level, stage_id FROM run_stages WHERE run_id=? ORDER BY level", (rid,))
         masks[layers] = (rows[0]["stage_id"], store.load(rows[1]["stage_id"], "final.pt")["mask"])
     assert masks["default"][0] == masks["all"][0]  # one dense stage

@@ -185,14 +185,14 @@ def test_policy():
 @pytest.mark.parametrize("mode", ["weight-rewind", "finetune", "lr-rewind", "reinit"])
 def test_pipeline_compact_levels_equal_dense_masked(tmp_path, tiny_sets, mode):
     from sparsedd import config as c
-    from sparsedd.experiments import Runtime, run
+    from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
 
     cfg = c.load(sets=[*tiny_sets, f"retrain.mode={mode}", "prune.fraction=0.6", "train.momentum=0.9"])
     curves = []
     for sparse in ("off", "on"):
         store = Store(tmp_path / sparse)
-        rid = run(cfg, store, runtime=Runtime(progress=False, sparse=sparse))
+        rid = run(cfg, store, options=ExecOptions(progress=False, sparse=sparse))
         rows = store.index.query("SELECT stage_id FROM run_stages WHERE run_id=? ORDER BY level", (rid,))
         curves.append([store.load(r["stage_id"], "final.pt") for r in rows])
     for level, (a, b) in enumerate(zip(*curves)):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sparsedd.cli import main
-from sparsedd.experiments import Runtime, run
+from sparsedd.experiments import ExecOptions, run
 from sparsedd.store import Store
 from sparsedd.sweep import SweepOptions, load_sweep, run_sweep
 
@@ -50,7 +50,7 @@ def finals(store: Store, run_id: str) -> list[dict]:
 def one_by_one(tmp_path, sweep_file) -> Store:
     store = Store(tmp_path / "one-by-one")
     for r in load_sweep(str(sweep_file)).runs:
-        run(r.config, store, preset=r.preset, runtime=Runtime(progress=False, sparse="off", batch="off"))
+        run(r.config, store, preset=r.preset, options=ExecOptions(progress=False, sparse="off", batch="off"))
     return store
 
 
@@ -124,7 +124,7 @@ def test_dry_run_lists_runs(tmp_path, capsys):
 def test_local_sweep_equals_one_by_one_shares_dense_and_resumes(tmp_path, capsys):
     f = small(tmp_path)
     root = tmp_path / "root"
-    opts = SweepOptions(workers=2, sparse="off", batch="off", progress=False)
+    opts = SweepOptions(workers=2, execution=ExecOptions(sparse="off", batch="off", progress=False))
     res = run_sweep(str(f), root, opts)
     assert len(res.complete) == 4 and not res.failed and res.report is not None and res.report.exists()
     store = Store(root)
@@ -145,7 +145,7 @@ def test_failed_run_is_reported_retried_and_does_not_stop_the_others(tmp_path, m
     f = tmp_path / "s.toml"
     f.write_text(SMALL.format(epochs=2).replace('"retrain.mode" = ["finetune", "weight-rewind"]',
                                                 '"retrain.mode" = ["weight-rewind"]\n"retrain.rewind_iteration" = [0, 10000]'))
-    res = run_sweep(str(f), tmp_path / "root", SweepOptions(workers=2, retries=1, progress=False, report=False))
+    res = run_sweep(str(f), tmp_path / "root", SweepOptions(workers=2, retries=1, report=False, execution=ExecOptions(progress=False)))
     assert len(res.complete) == 2 and len(res.failed) == 2
     assert all("rewind_iteration" in e for e in res.failed.values())
     rows = Store(tmp_path / "root").index.query("SELECT status, error FROM runs ORDER BY status")
@@ -164,13 +164,13 @@ def ray_cluster():
 
 def test_ray_sweep_equals_one_by_one_and_shares_with_local(tmp_path, ray_cluster):
     f = small(tmp_path)
-    res = run_sweep(str(f), tmp_path / "ray", SweepOptions(executor="ray", workers=2, sparse="off", batch="off",
-                                                          progress=False))
+    res = run_sweep(str(f), tmp_path / "ray", SweepOptions(executor="ray", workers=2,
+                                                          execution=ExecOptions(sparse="off", batch="off", progress=False)))
     assert len(res.complete) == 4 and not res.failed
     ref = one_by_one(tmp_path, f)
     assert_same_results(Store(tmp_path / "ray"), ref, f)
     # across executors: the one-by-one store already has every run complete
-    again = run_sweep(str(f), ref.root, SweepOptions(executor="ray", workers=2, progress=False))
+    again = run_sweep(str(f), ref.root, SweepOptions(executor="ray", workers=2, execution=ExecOptions(progress=False)))
     assert len(again.skipped) == 4 and not again.complete
 
 
@@ -261,7 +261,7 @@ def test_stage_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
     out = tmp_path / "order.txt"
     first = ctx.Process(target=_hold, args=(str(tmp_path), str(out), "a", 1.0))
     first.start()
-    while not out.exists():
+    while not out.exists() or not out.read_text():  # the holder is inside the lock once it wrote its line
         time.sleep(0.01)
     second = ctx.Process(target=_hold, args=(str(tmp_path), str(out), "b", 0.0))
     second.start()
@@ -272,7 +272,7 @@ def test_stage_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
     out.unlink()
     holder = ctx.Process(target=_hold, args=(str(tmp_path), str(out), "c", 60.0))
     holder.start()
-    while not out.exists():
+    while not out.exists() or not out.read_text():  # the holder is inside the lock once it wrote its line
         time.sleep(0.01)
     os.kill(holder.pid, signal.SIGKILL)
     holder.join()
@@ -291,19 +291,19 @@ def test_bad_options(tmp_path, capsys):
 def test_runs_of_one_task_share_stages_and_batch(tmp_path, monkeypatch):
     """Runs trained together (one sweep task): a shared dense stage trains once; runs of one
     architecture batch across runs; the results equal one-by-one runs."""
-    import sparsedd.experiments.imp as imp
+    import sparsedd.experiments.batching as imp
     from sparsedd.experiments.imp import run_many
 
     f = small(tmp_path)
     sw = load_sweep(str(f))
     ref = one_by_one(tmp_path, f)
     trained, batched = [], []
-    real_train, real_together = imp.Replicate.train_job, imp._train_together
+    real_train, real_together = imp.Replicate.train_job, imp.train_together
     monkeypatch.setattr(imp.Replicate, "train_job", lambda self, job: (trained.append(job.sid), real_train(self, job))[1])
-    monkeypatch.setattr(imp, "_train_together",
-                        lambda reps, jobs, *a: (batched.append(len(jobs)), real_together(reps, jobs, *a))[1])
+    monkeypatch.setattr(imp, "train_together",
+                        lambda group, *a: (batched.append(len(group)), real_together(group, *a))[1])
     store = Store(tmp_path / "together")
-    ids = run_many([(r.config, r.preset) for r in sw.runs], store, runtime=Runtime(progress=False, sparse="off",
+    ids = run_many([(r.config, r.preset) for r in sw.runs], store, options=ExecOptions(progress=False, sparse="off",
                                                                                  batch="off"))
     assert ids == [r.run_id for r in sw.runs]
     assert len(trained) == len(set(trained)) == 2 + 4 * 2  # two dense stages, each trained once
@@ -312,7 +312,7 @@ def test_runs_of_one_task_share_stages_and_batch(tmp_path, monkeypatch):
     # the 2 finetuning runs together and the 2 rewinding runs together (their schedules differ)
     trained.clear()
     store = Store(tmp_path / "batched")
-    run_many([(r.config, r.preset) for r in sw.runs], store, runtime=Runtime(progress=False, sparse="off", batch="on"))
+    run_many([(r.config, r.preset) for r in sw.runs], store, options=ExecOptions(progress=False, sparse="off", batch="on"))
     assert batched == [2, 2, 2, 2, 2] and not trained
     for r in sw.runs:
         for a, b in zip(finals(store, r.run_id), finals(ref, r.run_id)):

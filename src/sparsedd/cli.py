@@ -22,14 +22,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _store(args):
     from .store import Store
 
@@ -72,45 +64,40 @@ def _print_curve(console, run_id: str, curve) -> None:
     console.print(table)
 
 
-def _default_threads(cfg, device: str) -> int:
-    """One CPU thread for the small fully connected models: as fast alone, and far faster when other
-    jobs share the cores (measured: a 2-thread demo ran 5 to 10 times slower beside one other job).
-    0 (torch's choice) otherwise."""
-    return 1 if cfg.model.name in ("mlp", "lenet-300-100") and _device(device) == "cpu" else 0
+def _options(args, cfg=None, **changes):
+    """The one execution-options object of a command, from the flags it has; torch's threads set from it."""
+    from .options import ExecOptions, resolve_device
 
-
-def _set_threads(threads: int, cfg, device: str) -> None:
-    if threads < 0:
-        raise SparseddError(f"--threads must be >= 1 (0: the default), got {threads}")
-    threads = threads or (_default_threads(cfg, device) if cfg is not None else 0)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    flags = {"data_dir": "data_dir", "threads": "threads", "sparse": "sparse", "channels_last": "channels_last",
+             "compile": "compile", "checkpoint_every_s": "checkpoint_every", "checkpoint_epoch_s": "checkpoint_epoch"}
+    values = {field: getattr(args, flag) for field, flag in flags.items() if hasattr(args, flag)}
+    values["device"] = resolve_device(getattr(args, "device", "auto"))
+    values["progress"] = not getattr(args, "no_progress", False)
+    if hasattr(args, "batch"):
+        values["batch"] = "off" if args.no_batch else args.batch
+    options = ExecOptions(**{**values, **changes})
+    options.apply_threads(cfg.model.name if cfg is not None else None)
+    return options
 
 
 def cmd_run(args) -> int:
     from rich.console import Console
 
-    from .experiments import Runtime, run
-    from .results import run_curve
-
-    cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
-    _set_threads(args.threads, cfg, args.device)
-    preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
     from .distributed import from_env
+    from .experiments import run
+    from .results import run_curve
     from .store import Store
 
-    dist, device = from_env(_device(args.device))
+    cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
+    preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
+    options = _options(args, cfg)
+    dist, device = from_env(options.device)
+    options = options.replace(dist=dist, device=device, progress=options.progress and dist.main)
     store = Store(args.root, readonly=not dist.main)
-    rt = Runtime(device=device, data_dir=args.data_dir, progress=not args.no_progress and dist.main,
-                 batch="off" if args.no_batch else args.batch, dist=dist, sparse=args.sparse,
-                 channels_last=args.channels_last, compile=args.compile,
-                 checkpoint_every_s=args.checkpoint_every, checkpoint_epoch_s=args.checkpoint_epoch)
     console = Console(stderr=False, quiet=not dist.main)
     console.print(f"run {cfg.run_id} ({preset or args.config}) -> {store.root}"
                   + (f" on {dist.world} processes" if dist.active else ""))
-    run_id = run(cfg, store, preset=preset, runtime=rt)
+    run_id = run(cfg, store, preset=preset, options=options)
     if dist.main:
         _print_curve(console, run_id, run_curve(store, run_id))
         console.print(f"run id: {run_id}")
@@ -225,18 +212,17 @@ def cmd_analyze(args) -> int:
     from rich.console import Console
 
     from .analysis.runner import Analyzer, parse_settings
-    from .experiments import Runtime
     from .results import resolve_run
 
     settings = parse_settings(args.kind, args.set)
     store = _store(args)
     run_id = resolve_run(store, args.run)
-    rt = Runtime(device=_device(args.device), data_dir=args.data_dir, progress=False)
     console = Console(stderr=True)
-    analyzer = Analyzer(store, run_id, rt)
-    _set_threads(args.threads, analyzer.cfg, args.device)
+    options = _options(args, progress=False)
+    analyzer = Analyzer(store, run_id, options)
+    options.apply_threads(analyzer.cfg.model.name)  # the default depends on the run's model
     table = analyzer.run(args.kind, settings, _int_list(args.levels), _int_list(args.seeds),
-                                             progress=None if args.no_progress else console.log)
+                         progress=None if args.no_progress else console.log)
     if args.format == "json":
         print(table.to_json(orient="records", indent=1))
         return 0
@@ -254,17 +240,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .training.loop import Accel
-
-    if args.threads:
-        _set_threads(args.threads, None, "cpu")
+    options = _options(args)
     if args.preset is None:  # the reference benchmark
-        return _bench_suite(args)
-    from .bench import bench_preset
+        return _bench_suite(args, options)
+    from .bench.preset import bench_preset
 
-    row = bench_preset(args.preset, sets=args.set, device=_device(args.device), batches=args.batches,
-                       warmup=args.warmup, data_dir=args.data_dir,
-                       accel=Accel(channels_last=args.channels_last, compile=args.compile))
+    row = bench_preset(args.preset, sets=args.set, device=options.device, batches=args.batches,
+                       warmup=args.warmup, data_dir=options.data_dir, accel=options.accel)
     if args.format == "json":
         print(json.dumps(row, indent=1))
         return 0
@@ -273,14 +255,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _bench_suite(args) -> int:
-    from .benchsuite import format_table, run_suite
+def _bench_suite(args, options) -> int:
+    from .bench.suite import format_table, run_suite
 
     if args.set or args.channels_last or args.compile:
         raise SparseddError("--set, --channels-last and --compile apply to `bench --preset NAME` only")
     if args.rounds is not None and args.rounds < 1 or args.steps is not None and args.steps < 2:
         raise SparseddError("--rounds must be >= 1 and --steps >= 2")
-    result = run_suite(quick=args.quick, device=_device(args.device), data_dir=args.data_dir, rounds=args.rounds,
+    result = run_suite(quick=args.quick, device=options.device, data_dir=options.data_dir, rounds=args.rounds,
                        steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -300,14 +282,14 @@ def cmd_sweep(args) -> int:
         raise SparseddError("--address and --gpus-per-task apply to --executor ray")
     if args.gpus_per_task:
         device = "cuda"
-    elif args.executor == "local":
-        device = _device(args.device)  # auto: what this machine has
+    elif args.executor == "local" or args.device != "auto":
+        device = None  # --device as given; auto: what this machine has
     else:  # auto: the workers' devices are not this machine's; without GPUs asked for, the CPU
-        device = "cpu" if args.device == "auto" else args.device
+        device = "cpu"
+    options = _options(args) if device is None else _options(args, device=device)
     opts = SweepOptions(executor=args.executor, workers=args.workers, address=args.address,
-                        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, device=device,
-                        data_dir=args.data_dir, sparse=args.sparse, batch=args.batch, retries=args.retries,
-                        progress=not args.no_progress, report=not args.no_report)
+                        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, retries=args.retries,
+                        report=not args.no_report, execution=options)
     result = run_sweep(sweep, args.root, opts)
     if args.format == "json":
         print(as_json(result))
@@ -321,92 +303,97 @@ def cmd_sweep(args) -> int:
     return 1 if result.failed else 0
 
 
+def _flags() -> dict[str, argparse.ArgumentParser]:
+    """The flags several commands share, each declared once (argparse parents)."""
+    def parent() -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(add_help=False)
+
+    root, data, threads, sets, execution = parent(), parent(), parent(), parent(), parent()
+    root.add_argument("--root", default=None, help="results root (default: $SPARSEDD_ROOT or ./runs)")
+    data.add_argument("--data-dir", default=None, help="folder holding the data sets (e.g. DIR/mnist/)")
+    data.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    data.add_argument("--no-progress", action="store_true", help="no progress display")
+    threads.add_argument("--threads", type=int, default=0, metavar="N",
+                         help="torch CPU threads (default: 1 for the fully connected models on CPU, else torch's choice)")
+    sets.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    e = execution
+    e.add_argument("--channels-last", action="store_true", help="NHWC memory order for image models (GPU speed)")
+    e.add_argument("--compile", action="store_true", help="torch.compile the model (GPU speed; slow to start)")
+    e.add_argument("--batch", choices=("auto", "on", "off"), default="auto",
+                   help="train the seeds of a level together as one batched computation (fully connected models): "
+                        "auto (where that is faster on this machine, measured once), on, off (default auto)")
+    e.add_argument("--no-batch", action="store_true", help="the same as --batch off")
+    e.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
+                   help="compute sparse fully connected levels on their live units with sparse kernels: auto (below "
+                        "the density where that is faster, measured once per machine), on, off (default auto)")
+    e.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+                   help="checkpoint inside an epoch every S seconds (default 60)")
+    e.add_argument("--checkpoint-epoch", type=float, default=1.0, metavar="S",
+                   help="checkpoint at an epoch's end if S seconds passed since the last (0: every epoch)")
+    return {"root": root, "data": data, "threads": threads, "set": sets, "execution": execution}
+
+
+def _format(parser: argparse.ArgumentParser, *choices: str) -> None:
+    parser.add_argument("--format", choices=("table", *choices), default="table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparsedd", description="Sparse double descent: iterative pruning under label noise.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    f = _flags()
 
-    def with_root(sp):
-        sp.add_argument("--root", default=None, help="results root (default: $SPARSEDD_ROOT or ./runs)")
-        return sp
+    def command(name: str, help: str, *flags: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[f[k] for k in flags])
 
-    r = with_root(sub.add_parser("run", help="run or resume an experiment (default: the quick MNIST-1D demo)"))
+    r = command("run", "run or resume an experiment (default: the quick MNIST-1D demo)",
+                "root", "data", "threads", "set", "execution")
     r.add_argument("--preset", default=None, help=f"a named preset: {', '.join(config_mod.presets())}")
     r.add_argument("--config", default=None, help="a TOML file, applied after the preset")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     r.add_argument("--seeds", type=int, default=None, help="number of replicates (seed, seed+1, ...)")
-    r.add_argument("--data-dir", default=None, help="folder holding the data sets (e.g. DIR/mnist/)")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--channels-last", action="store_true", help="NHWC memory order for image models (GPU speed)")
-    r.add_argument("--compile", action="store_true", help="torch.compile the model (GPU speed; slow to start)")
-    r.add_argument("--batch", choices=("auto", "on", "off"), default="auto",
-                   help="train the seeds of a level together as one batched computation (fully connected models): "
-                        "auto (where that is faster on this machine, measured once), on, off (default auto)")
-    r.add_argument("--no-batch", action="store_true", help="the same as --batch off")
-    r.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch CPU threads (default: 1 for the fully connected models on CPU, else torch's choice)")
-    r.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
-                   help="compute sparse fully connected levels on their live units with sparse kernels: auto (below "
-                        "the density where that is faster, measured once per machine), on, off (default auto)")
-    r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
-                   help="checkpoint inside an epoch every S seconds (default 60)")
-    r.add_argument("--checkpoint-epoch", type=float, default=1.0, metavar="S",
-                   help="checkpoint at an epoch's end if S seconds passed since the last (0: every epoch)")
     r.set_defaults(func=cmd_run)
 
-    ls = with_root(sub.add_parser("ls", help="list runs"))
-    ls.add_argument("--format", choices=("table", "json"), default="table")
+    ls = command("ls", "list runs", "root")
+    _format(ls, "json")
     ls.set_defaults(func=cmd_ls)
 
-    sh = with_root(sub.add_parser("show", help="the per-level curve of a run"))
+    sh = command("show", "the per-level curve of a run", "root")
     sh.add_argument("run", help="run id (or a unique prefix)")
-    sh.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    _format(sh, "json", "markdown")
     sh.set_defaults(func=cmd_show)
 
-    an = with_root(sub.add_parser("analyze", help="analyses of a run: redense, interpolate, landscape, sharpness, "
-                                                   "distance, reinit, phases"))
+    an = command("analyze", "analyses of a run: redense, interpolate, landscape, sharpness, distance, reinit, phases",
+                 "root", "data", "threads", "set")
     an.add_argument("run", help="run id (or a unique prefix)")
     an.add_argument("kind", help="redense | interpolate | landscape | sharpness | distance | reinit | phases")
     an.add_argument("--levels", default=None, help="comma-separated levels (default: all finished)")
     an.add_argument("--seeds", default=None, help="comma-separated seeds (default: all)")
-    an.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="an analysis setting, e.g. epochs=50, lr=0.01, step=0.05, radius=0.5, subsample=2000")
-    an.add_argument("--data-dir", default=None)
-    an.add_argument("--device", default="auto")
-    an.add_argument("--format", choices=("table", "json"), default="table")
-    an.add_argument("--no-progress", action="store_true")
-    an.add_argument("--threads", type=int, default=0, metavar="N",
-                    help="torch CPU threads (default: 1 for the fully connected models on CPU, else torch's choice)")
+    _format(an, "json")
     an.set_defaults(func=cmd_analyze)
 
-    rp = with_root(sub.add_parser("report", help="an HTML report (figures as PNG and PDF, tables as CSV) of runs"))
+    rp = command("report", "an HTML report (figures as PNG and PDF, tables as CSV) of runs", "root")
     rp.add_argument("runs", nargs="+", help="run ids (or unique prefixes); several are also overlaid")
     rp.add_argument("--out", required=True, help="output folder; DIR/index.html is the page")
     rp.set_defaults(func=cmd_report)
 
-    bn = sub.add_parser("bench", help="our trainers against the common DataLoader loop (LeNet-300-100, MNIST-1D MLP); "
-                                      "with --preset: seconds per epoch of a preset's model and data")
+    bn = command("bench", "our trainers against the common DataLoader loop (LeNet-300-100, MNIST-1D MLP); "
+                          "with --preset: seconds per epoch of a preset's model and data", "data", "threads", "set")
     bn.add_argument("--preset", default=None, help=f"one of: {', '.join(config_mod.presets())}")
     bn.add_argument("--quick", action="store_true", help="tiny sizes (checks that it runs; the times mean nothing)")
     bn.add_argument("--rounds", type=int, default=None, help="measurements of each figure, median taken (default 3)")
     bn.add_argument("--steps", type=int, default=None, help="training steps timed per measurement (default 60)")
     bn.add_argument("--out", default=None, help="also write the JSON result to this file")
-    bn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     bn.add_argument("--batches", type=int, default=10,
                     help="with --preset: training steps and evaluation batches timed (default 10)")
     bn.add_argument("--warmup", type=int, default=2, help="steps run before timing (default 2)")
-    bn.add_argument("--device", default="auto")
-    bn.add_argument("--data-dir", default=None, help="data folder; synthetic data of the right shape when absent")
     bn.add_argument("--channels-last", action="store_true")
     bn.add_argument("--compile", action="store_true")
-    bn.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (default: torch's choice)")
-    bn.add_argument("--format", choices=("table", "json"), default="table")
+    _format(bn, "json")
     bn.set_defaults(func=cmd_bench)
 
     from .sweep.spec import sweep_presets
 
-    sw = with_root(sub.add_parser("sweep", help="many runs from a sweep file (grid/zip axes over config keys), "
-                                                 "locally in parallel or on a Ray cluster"))
+    sw = command("sweep", "many runs from a sweep file (grid/zip axes over config keys), locally in parallel or "
+                          "on a Ray cluster", "root", "data", "threads", "execution")
     sw.add_argument("file", help=f"a sweep TOML file, or one of: {', '.join(sweep_presets())}")
     sw.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="local: one process per task, as many at once as cores (default); ray: Ray tasks")
@@ -415,17 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cpus-per-task", type=float, default=1.0, help="ray: CPUs each task asks for (default 1)")
     sw.add_argument("--gpus-per-task", type=float, default=0.0, help="ray: GPUs each task asks for (default 0)")
     sw.add_argument("--retries", type=int, default=None, help="tries again after a failure (default: the file's, else 1)")
-    sw.add_argument("--device", default="auto", help="local: cpu, cuda, ... (default: cuda if available)")
-    sw.add_argument("--data-dir", default=None)
-    sw.add_argument("--sparse", choices=("auto", "on", "off"), default="auto")
-    sw.add_argument("--batch", choices=("auto", "on", "off"), default="auto")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
-    sw.add_argument("--no-progress", action="store_true")
     sw.add_argument("--no-report", action="store_true", help="no overlaid report at the end")
-    sw.add_argument("--format", choices=("table", "json"), default="table")
+    _format(sw, "json")
     sw.set_defaults(func=cmd_sweep)
 
-    pl = with_root(sub.add_parser("plot", help="plot accuracy against sparsity"))
+    pl = command("plot", "plot accuracy against sparsity", "root")
     pl.add_argument("run", help="run id (or a unique prefix)")
     pl.add_argument("--out", default=None, help="output PNG (default: RUN.png)")
     pl.set_defaults(func=cmd_plot)

@@ -18,7 +18,8 @@ from .. import config as config_mod
 from ..config import RunConfig, canonical_dict
 from ..data import load_dataset
 from ..errors import SparseddError
-from ..experiments.imp import Replicate, Runtime, _Progress, learning_distance
+from ..options import ExecOptions
+from ..experiments.replicate import Replicate, learning_distance
 from ..experiments.retrain import level_train_config
 from ..rng import derive_seed, generator
 from ..store import Store
@@ -106,9 +107,9 @@ def parse_settings(kind: str, sets: list[str]) -> Any:
 class Analyzer:
     """Loads a run's config, data and stages, and runs analyses on its levels."""
 
-    def __init__(self, store: Store, run_id: str, runtime: Runtime | None = None):
+    def __init__(self, store: Store, run_id: str, options: ExecOptions | None = None):
         self.store, self.run_id = store, run_id
-        self.rt = runtime or Runtime(progress=False)
+        self.rt = options or ExecOptions(progress=False)
         info = json.loads((store.run_dir(run_id) / "config.json").read_text())
         self.cfg: RunConfig = config_mod.from_dict(info["config"])
         self.links = {(r["seed"], r["level"]): r["stage_id"] for r in store.index.query(
@@ -120,8 +121,7 @@ class Analyzer:
         if self._data is None:
             self._data = load_dataset(self.cfg.data, data_dir=self.rt.data_dir, device=self.rt.device)
         if seed not in self._reps:
-            self._reps[seed] = Replicate(self.cfg.with_seed(seed), self.run_id, self._data, self.store, self.rt,
-                                         _Progress(False, 0))
+            self._reps[seed] = Replicate(self.cfg.with_seed(seed), self.run_id, self._data, self.store, self.rt)
         return self._reps[seed]
 
     def targets(self, levels: list[int] | None, seeds: list[int] | None) -> list[tuple[int, int, str]]:

@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from . import config as config_mod
-from .data import Dataset, load_dataset
-from .errors import SparseddError
-from .models import build_model
-from .pruning import full_mask
-from .training import TrainData, train
-from .training.loop import Accel, iters_per_epoch, predict
-from .training.measured import sync
+from .. import config as config_mod
+from ..data import Dataset, load_dataset
+from ..errors import SparseddError
+from ..models import build_model
+from ..pruning import full_mask
+from ..training import TrainData, train
+from ..training.loop import Accel, iters_per_epoch, predict
+from ..training.measured import sync
 
 # (input shape, classes, train size, test size) of each data set, for synthetic stand-ins
 SHAPES = {

@@ -28,16 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from .config import DataConfig, TrainConfig
-from .data import load_dataset
-from .errors import SparseddError
-from .models.mlp import MLP
-from .pruning import full_mask, magnitude
-from .training import TrainData, train
-from .training.batched import train_batched
-from .pruning import density
-from .training.measured import sync
-from .training.sparse import CompactMLP, SparsePolicy
+from ..config import DataConfig, TrainConfig
+from ..data import load_dataset
+from ..errors import SparseddError
+from ..models.mlp import MLP
+from ..pruning import density, full_mask, magnitude
+from ..training import TrainData, train
+from ..training.batched import train_batched
+from ..training.measured import sync
+from ..training.sparse import CompactMLP, SparsePolicy
 
 BATCH = 128
 LR = 0.1
@@ -204,7 +203,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
         "train_examples": n, "steps_per_epoch": ipe, "parameters": sum(p.numel() for p in base.parameters()),
     }
     if curve:
-        from .training.batched import batching_pays
+        from ..training.batched import batching_pays
 
         pays = batching_pays(base, BATCH, SEEDS)
         out["levels"] = []

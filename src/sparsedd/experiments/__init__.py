@@ -1,5 +1,6 @@
-"""Experiments: the one iterative magnitude pruning loop, parameterized by the retraining mode."""
+"""Experiments: the one iterative pruning loop (:mod:`.imp`), parameterized by the retraining mode."""
 
-from .imp import Runtime, run
+from ..options import ExecOptions
+from .imp import run, run_many
 
-__all__ = ["Runtime", "run"]
+__all__ = ["ExecOptions", "run", "run_many"]

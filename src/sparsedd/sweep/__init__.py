@@ -28,7 +28,8 @@ from rich.markup import escape
 
 from ..config import canonical_dict, stable_hash
 from ..errors import SparseddError
-from ..experiments.imp import data_key, dense_key
+from ..experiments.stages import data_key, dense_key
+from ..options import ExecOptions
 from ..store import Store, write_json
 from ..store.index import replay
 from .executors import LocalExecutor, RayExecutor, Task
@@ -44,13 +45,9 @@ class SweepOptions:
     address: str | None = None  # ray: an existing cluster (default: start a local one)
     cpus_per_task: float = 1.0  # ray resource requests
     gpus_per_task: float = 0.0
-    device: str = "cpu"
-    data_dir: str | None = None
-    sparse: str = "auto"
-    batch: str = "auto"
     retries: int | None = None  # default: the sweep file's (1)
-    progress: bool = True
     report: bool = True
+    execution: ExecOptions = ExecOptions()  # carried whole into every task (threads: cores / workers when 0)
 
 
 @dataclass
@@ -218,16 +215,14 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     folder.mkdir(parents=True, exist_ok=True)
     skipped = [r.run_id for r in sweep.runs if _status(store, r.run_id) == "complete"]
     todo = [r for r in sweep.runs if r.run_id not in skipped]
-    base = {"root": str(store.root), "device": options.device, "data_dir": options.data_dir,
-            "sparse": options.sparse, "batch": options.batch}
     if options.executor == "local":
         workers = options.workers or _cores()
-        threads = max(1, _cores() // workers)
-        executor: Any = LocalExecutor(folder, threads)
+        executor: Any = LocalExecutor(folder, options.execution.threads or max(1, _cores() // workers))
     else:
-        executor = RayExecutor(folder, max(1, int(options.cpus_per_task)), options.address, options.workers,
-                               options.cpus_per_task, options.gpus_per_task)
+        executor = RayExecutor(folder, options.execution.threads or max(1, int(options.cpus_per_task)),
+                               options.address, options.workers, options.cpus_per_task, options.gpus_per_task)
         workers = options.workers or max(1, int(executor.capacity() // max(options.cpus_per_task, 1)))
+    base = {"root": str(store.root), "options": options.execution.to_dict()}
     record = {"source": sweep.source, "name": sweep.name, "executor": options.executor, "workers": workers,
               "runs": [{"run_id": r.run_id, "label": r.label, "values": r.values, "seeds": r.seeds,
                         "preset": r.preset} for r in sweep.runs]}
@@ -239,7 +234,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     dense = _dense_tasks(todo, store, base)
     runs = _run_tasks(todo, base, workers)
     failed: dict[str, str] = {}
-    with _Display(options.progress, len(dense) + len(todo), sweep.name) as display:
+    with _Display(options.execution.progress, len(dense) + len(todo), sweep.name) as display:
         display.event(f"sweep {sweep.name} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
                       f"complete; {len(dense)} dense stages to compute first; executor {options.executor}, "
                       f"{workers} workers")

@@ -17,27 +17,30 @@ from pathlib import Path
 from typing import Any
 
 
-def run_task(task: dict[str, Any]) -> dict[str, Any]:
-    import torch
+def task_options(task: dict[str, Any]):
+    """The sweep's execution options as the driver sent them, with this task's thread count and no display."""
+    from ..options import ExecOptions
 
+    return ExecOptions.from_dict(task["options"]).replace(progress=False, threads=max(1, int(task.get("threads", 1))))
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
     from .. import config as config_mod
-    from ..experiments import Runtime
-    from ..experiments.imp import run_many
+    from ..experiments import run_many
     from ..store import Store
     from ..store.index import BufferedIndex
 
     if task.get("pid_file"):
         Path(task["pid_file"]).parent.mkdir(parents=True, exist_ok=True)
         Path(task["pid_file"]).write_text(str(os.getpid()))
-    torch.set_num_threads(max(1, int(task.get("threads", 1))))
+    options = task_options(task)
+    options.apply_threads(None)
     items = [(config_mod.load(r.get("preset"), values=r["values"], seeds=r.get("seeds")), r.get("preset"))
              for r in task["runs"]]
     store = Store(task["root"])
     if task.get("buffer_index"):
         store.index = BufferedIndex()
-    rt = Runtime(device=task.get("device", "cpu"), data_dir=task.get("data_dir"), progress=False,
-                 sparse=task.get("sparse", "auto"), batch=task.get("batch", "auto"))
-    run_ids = run_many(items, store, runtime=rt, dense_only=task.get("dense_only", False))
+    run_ids = run_many(items, store, options=options, dense_only=task.get("dense_only", False))
     calls = store.index.calls if task.get("buffer_index") else []
     return {"run_ids": run_ids, "index_calls": calls}
 

@@ -1,0 +1,124 @@
+"""Training a level's jobs together: which jobs batch, and the batch's file protocol.
+
+Jobs of one architecture, schedule and data set (seeds of a run, or runs of a sweep task) train as
+one stacked computation where that measured faster on this machine. The K outcomes are saved
+together in the batch's folder (``result.pt``) before any stage is recorded, and each stage points
+to its batch (``batch.json``), so a kill between two stages' records resumes from that file.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import nn
+
+from ..options import ExecOptions
+from ..store import Store, read_json, write_json
+from ..training import TrainResult
+from ..training.batched import batchable, batching_pays, max_models, train_batched
+from .progress import Progress
+from .replicate import Replicate
+from .stages import Job, batch_key
+
+Pair = tuple[Replicate, Job]
+
+
+def train_level(pairs: list[Pair], dense_ids: dict[int, str], store: Store, options: ExecOptions,
+                progress: Progress) -> None:
+    """Train and record every job of a level: finished batches first, then in batches where that pays, then alone."""
+    pending, batches = [], {}
+    for rep, job in pairs:  # stages whose batched computation finished before an interruption
+        done = finished_batch(store, job, batches)
+        if done is not None:
+            record_from_batch(rep, job, done, dense_ids[id(rep)])
+        else:
+            pending.append((rep, job))
+    groups, alone = batch_groups(pending, options)
+    for group in groups:
+        train_together(group, dense_ids, store, options, progress)
+    for rep, job in alone:
+        rep.train_and_record(job, dense_ids[id(rep)])
+        options.dist.barrier()  # the stage is on disk before any rank reads it
+
+
+def finished_batch(store: Store, job: Job, cache: dict[str, Any]) -> dict[str, Any] | None:
+    """This stage's saved outcome from a batched computation that finished, if any (each batch's file
+    read once per level, through ``cache``)."""
+    pointer = store.stage_dir(job.sid) / "batch.json"
+    if not pointer.exists():
+        return None
+    bid = read_json(pointer)["batch"]
+    if bid not in cache:
+        path = store.stage_dir(bid) / "result.pt"
+        cache[bid] = store.load(bid, "result.pt") if path.exists() else None
+    return cache[bid].get(job.sid) if cache[bid] is not None else None
+
+
+def train_together(group: list[Pair], dense_ids: dict[int, str], store: Store, options: ExecOptions,
+                   progress: Progress) -> None:
+    """Train the jobs of one group as one batched computation, save the K outcomes, then record each."""
+    reps, jobs = [r for r, _ in group], [j for _, j in group]
+    t0 = time.time()
+    key = batch_key([j.sid for j in jobs])
+    bid = store.stage_id(key)
+    store.begin_stage(bid, key)
+    for job in jobs:
+        write_json(store.stage_dir(job.sid) / "batch.json", {"batch": bid})
+    ckpt = store.checkpointer(bid, options.checkpoint_every_s, options.checkpoint_epoch_s)
+    progress.start_stage(f"seeds {', '.join(str(r.cfg.seed) for r in reps)} level {jobs[0].level} (batched)",
+                         jobs[0].train_cfg.epochs)
+    finals, results = train_batched([j.state for j in jobs], [r.train_data for r in reps], jobs[0].train_cfg,
+                                    [j.mask for j in jobs], order_keys=[(r.cfg.seed, "order") for r in reps],
+                                    device=options.device, checkpoint=ckpt,
+                                    on_epoch=lambda rows: progress.epoch(rows[0], advance_total=len(rows)))
+    seconds = (time.time() - t0) / len(jobs)
+    store.save(bid, "result.pt", {j.sid: {"model": f, "history": r.history, "final": r.final,
+                                         "optim": r.optimizer_state, "seconds": seconds}
+                                 for j, f, r in zip(jobs, finals, results)})
+    ckpt.clear()
+    saved = store.load(bid, "result.pt")
+    for rep, job in group:
+        record_from_batch(rep, job, saved[job.sid], dense_ids[id(rep)])
+
+
+def record_from_batch(rep: Replicate, job: Job, saved: dict[str, Any], dense_id: str) -> None:
+    model = rep.new_model(0)
+    model.load_state_dict(saved["model"])
+    result = TrainResult(history=saved["history"], final=saved["final"], optimizer_state=saved["optim"])
+    rep.record(job, model, result, saved["seconds"], dense_id)
+
+
+def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pair]], list[Pair]]:
+    """The level's jobs split into groups to train batched (jobs of one architecture, schedule and
+    data set, as many per group as fit in memory, where batching pays) and jobs to train alone."""
+    if options.batch == "off" or len(pairs) < 2 or options.compile or options.dist.active:
+        return [], pairs
+    classes: dict[tuple, list[Pair]] = {}
+    models: dict[tuple, nn.Module] = {}  # one of each class's architecture, for the decisions
+    alone = []
+    for rep, job in pairs:
+        model = rep.new_model(0)
+        if (rep.train_data.augment != "none" or job.train_cfg.precision != "fp32"
+                or not batchable(model) or runs_compact(model, job, options)):
+            alone.append((rep, job))
+            continue
+        key = (id(rep.data), rep.cfg.model, job.train_cfg, tuple(sorted(job.mask)))
+        classes.setdefault(key, []).append((rep, job))
+        models.setdefault(key, model)
+    groups = []
+    for key, members in classes.items():
+        model = models[key]
+        bs = members[0][1].train_cfg.batch_size
+        k = min(len(members), max_models(model, bs, options.device))
+        if k < 2 or (options.batch == "auto" and not batching_pays(model, bs, k)):
+            alone += members
+            continue
+        groups += [members[i:i + k] for i in range(0, len(members), k)]
+    alone += [g[0] for g in groups if len(g) == 1]
+    return [g for g in groups if len(g) > 1], alone
+
+
+def runs_compact(model: nn.Module, job: Job, options: ExecOptions) -> bool:
+    """Whether a stage would compute compact (then its seeds train one by one, each on its live units)."""
+    return options.sparse_policy.decide(model, job.mask, job.train_cfg.batch_size, job.train_cfg.precision) is not None

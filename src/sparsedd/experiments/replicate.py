@@ -1,0 +1,184 @@
+"""One seed's chain of stages: the dense network, then each level pruned from the one before.
+
+A level's job is made in two steps that are the algorithm itself: prune the previous level's final
+weights (:meth:`Replicate.prune`), then pick the weights training starts from by retraining mode
+(:func:`sparsedd.experiments.retrain.start_weights`). Every input a step needs (the parent stage,
+the dense stage) is passed in; nothing depends on the order methods were called in.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import RunConfig, TrainConfig
+from ..data import Dataset
+from ..data.noise import apply_noise
+from ..models import build_model
+from ..options import ExecOptions
+from ..pruning import Mask, density, full_mask, get_strategy, gradient_saliency, layer_sparsity, remaining
+from ..rng import derive_seed, generator
+from ..store import Store
+from ..training import TrainData, TrainResult, train
+from .progress import SILENT, Progress
+from .retrain import level_train_config, start_weights
+from .stages import Job, dense_key, level_key, rewind_key
+
+
+def learning_distance(state: dict[str, torch.Tensor], init: dict[str, torch.Tensor]) -> float:
+    """||w - w_init||_2 over all parameters (pruned weights are zero in ``state``)."""
+    return float(torch.sqrt(sum(((state[k].double() - init[k].double()) ** 2).sum() for k in init)))
+
+
+class Replicate:
+    """One seed of a run: its noisy labels, and its stages' jobs, training and records."""
+
+    def __init__(self, cfg: RunConfig, run_id: str | None, data: Dataset, store: Store, options: ExecOptions,
+                 progress: Progress = SILENT):
+        self.cfg, self.run_id, self.data, self.store, self.options, self.progress = (
+            cfg, run_id, data, store, options, progress)
+        coarse = data.coarse_train.cpu() if data.coarse_train is not None else None
+        self.noise = apply_noise(data.y_train.cpu(), data.num_classes, cfg.data.noise, cfg.data.noise_type,
+                                 cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name)
+        dev = data.x_train.device
+        self.train_data = TrainData(data.x_train, self.noise.labels.to(dev), data.y_train, data.x_test, data.y_test,
+                                    self.noise.corrupted.to(dev), augment=data.augment)
+        self.input_shape = tuple(data.x_train.shape[1:])
+
+    def new_model(self, seed: int) -> nn.Module:
+        return build_model(self.cfg.model, self.input_shape, self.data.num_classes, seed).to(self.options.device)
+
+    def schedule(self, level: int) -> TrainConfig:
+        return self.cfg.train if level == 0 else level_train_config(self.cfg)
+
+    def stage(self, level: int, parent: str | None) -> tuple[str, dict[str, Any]]:
+        """The id and key of this replicate's stage at ``level`` (``parent``: level - 1's stage id)."""
+        key = dense_key(self.cfg) if level == 0 else level_key(self.cfg, parent, level)
+        return self.store.stage_id(key), key
+
+    # --- a stage's job (None when the stage is done); the caller holds the stage's lock
+    def prepare(self, level: int, parent: str | None, dense_id: str | None) -> tuple[str, Job | None]:
+        sid, key = self.stage(level, parent)
+        if self.store.is_done(sid):
+            self.adopt(level, sid)
+            return sid, None
+        self.store.begin_stage(sid, key)
+        return sid, self.dense_job(sid) if level == 0 else self.level_job(level, sid, parent, dense_id)
+
+    def dense_job(self, sid: str) -> Job:
+        """The dense network from its seeded init; the init and the noisy labels are saved with it."""
+        model = self.new_model(derive_seed(self.cfg.seed, "init"))
+        if not (self.store.stage_dir(sid) / "init.pt").exists():
+            self.store.save(sid, "init.pt", {"model": model.state_dict()})
+            self.store.save(sid, "labels.pt", {"labels": self.noise.labels, "chosen": self.noise.chosen,
+                                               "corrupted": self.noise.corrupted,
+                                               "effective_rate": torch.tensor(self.noise.effective_rate)})
+        mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
+        return Job(sid, 0, model.state_dict(), mask, self.cfg.train, f"seed {self.cfg.seed} dense")
+
+    def level_job(self, level: int, sid: str, parent: str, dense_id: str) -> Job:
+        """Prune the parent's final weights, then start from the weights the retraining mode picks."""
+        prev = self.store.load(parent, "final.pt")
+        model = self.new_model(0)
+        model.load_state_dict(prev["model"])
+        # level 1 starts from this run's prunable layers, not the dense stage's mask: the dense stage
+        # is shared by runs that prune different layers (prune settings are not part of its id)
+        before = prev["mask"] if level > 1 else full_mask(model, model.prunable_names(self.cfg.prune.layers))
+        mask = self.prune(level, model, before)
+        mode = self.cfg.retrain.mode
+        state = start_weights(mode, previous=prev["model"],
+                              rewind=self.rewind_point(dense_id) if mode == "weight-rewind" else {},
+                              fresh=self.new_model(derive_seed(self.cfg.seed, "reinit", level)).state_dict()
+                              if mode == "reinit" else {})
+        return Job(sid, level, state, mask, self.schedule(level), f"seed {self.cfg.seed} level {level}/{self.cfg.prune.levels}")
+
+    def prune(self, level: int, model: nn.Module, mask: Mask) -> Mask:
+        """The next mask from the previous level's weights; ranking happens on the CPU (deterministic)."""
+        cfg = self.cfg.prune
+        weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in mask}
+        extra: dict[str, Any] = {"generator": generator(self.cfg.seed, "prune-random", level)}
+        if cfg.method == "gradient":
+            device_mask = {n: m.to(self.options.device) for n, m in mask.items()}
+            sal = gradient_saliency(model, self.train_data.x, self.train_data.y, device_mask,
+                                    batches=cfg.gradient_batches, batch_size=self.cfg.train.batch_size,
+                                    generator=generator(self.cfg.seed, "prune-gradient", level))
+            extra["saliency"] = {n: v.cpu() for n, v in sal.items()}
+        new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.fraction,
+                                       scope=cfg.scope, **extra)
+        return {n: m.to(self.options.device) for n, m in new.items()}
+
+    def rewind_point(self, dense_id: str) -> dict[str, torch.Tensor]:
+        """The dense run's weights at the rewind iteration, recomputed deterministically and cached.
+
+        The dense stage need not know the iteration: replaying its first k iterations from the saved
+        init with the same data order gives the same weights.
+        """
+        k = self.cfg.retrain.rewind_iteration
+        init = self.store.load(dense_id, "init.pt")["model"]
+        if k == 0:
+            return init
+        sid = self.store.stage_id(rewind_key(dense_id, k))
+        with self.store.lock(sid):
+            if self.store.is_done(sid):
+                return self.store.load(sid, "weights.pt")["model"]
+            self.store.begin_stage(sid, rewind_key(dense_id, k))
+            model = self.new_model(0)
+            model.load_state_dict(init)
+            mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
+            train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k)
+            self.store.save(sid, "weights.pt", {"model": model.state_dict()})
+            self.store.finish_stage(sid, {"iteration": k})
+            return model.state_dict()
+
+    # --- training one job, and recording a trained one
+    def train_job(self, job: Job) -> tuple[nn.Module, TrainResult]:
+        model = self.new_model(0)
+        model.load_state_dict(job.state)
+        self.progress.start_stage(job.name, job.train_cfg.epochs)
+        opts = self.options
+        ckpt = self.store.checkpointer(job.sid, opts.checkpoint_every_s, opts.checkpoint_epoch_s)
+        state = ckpt.load()  # kept by the checkpointer, so train() does not read it again
+        if state is not None:  # epochs already done before the interruption
+            self.progress.skip(len(state["history"]))
+        result = train(model, self.train_data, job.train_cfg, job.mask, order_key=(self.cfg.seed, "order"),
+                       checkpoint=ckpt, on_epoch=self.progress.epoch, accel=opts.accel, dist=opts.dist,
+                       sparse=opts.sparse_policy)
+        return model, result
+
+    def record(self, job: Job, model: nn.Module, result: TrainResult, seconds: float, dense_id: str) -> None:
+        """Save the stage's weights and metrics, then mark it done (``done.json`` last) and link it to the run."""
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        init = self.store.load(dense_id, "init.pt")["model"]
+        metrics = dict(result.final)
+        metrics.update({
+            "level": job.level, "density": density(job.mask), "sparsity": 1.0 - density(job.mask),
+            "remaining": remaining(job.mask), "layer_sparsity": layer_sparsity(job.mask),
+            "distance": learning_distance(state, init), "effective_noise": self.noise.effective_rate, "seconds": seconds,
+        })
+        self.store.save(job.sid, "final.pt", {"model": state, "mask": {k: v.cpu() for k, v in job.mask.items()},
+                                              "optim": result.optimizer_state})
+        self.store.index.record_epochs(job.sid, result.history)
+        self.store.index.record_level(job.sid, job.level, metrics)
+        self.store.finish_stage(job.sid, {"metrics": metrics, "history": result.history})
+        self._link(job.level, job.sid)
+
+    def train_and_record(self, job: Job, dense_id: str) -> None:
+        t0 = time.time()
+        model, result = self.train_job(job)
+        self.record(job, model, result, time.time() - t0, dense_id)
+
+    def adopt(self, level: int, sid: str) -> None:
+        """A stage done before (maybe by another run, or another replicate of this task): its rows in
+        the index, linked to this run."""
+        info = self.store.done_info(sid)
+        self.store.index.record_epochs(sid, info["history"])
+        self.store.index.record_level(sid, level, info["metrics"])
+        self._link(level, sid)
+        self.progress.skip(self.schedule(level).epochs)
+
+    def _link(self, level: int, sid: str) -> None:
+        if self.run_id is not None:
+            self.store.index.link(self.run_id, self.cfg.seed, level, sid)

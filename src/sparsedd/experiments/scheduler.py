@@ -1,0 +1,80 @@
+"""Who computes which stage: data loaded and checked before anything is written, stage locks taken
+in id order, stages two replicates share computed once, and the run's status kept in the index."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from ..config import RunConfig
+from ..data import Dataset, load_dataset
+from ..errors import SparseddError
+from ..options import ExecOptions
+from ..store import Store
+from ..training.loop import iters_per_epoch
+from .replicate import Replicate
+from .stages import Job, data_key
+
+
+def load_data(configs: list[RunConfig], options: ExecOptions) -> dict[str, Dataset]:
+    """Every run's data set (one in memory per data key), each run checked against its data."""
+    datasets: dict[str, Dataset] = {}
+    for cfg in configs:
+        key = data_key(cfg)
+        if key not in datasets:
+            datasets[key] = load_dataset(cfg.data, data_dir=options.data_dir, device=options.device)
+        check_fits(cfg, datasets[key])
+    return datasets
+
+
+def check_fits(cfg: RunConfig, data: Dataset) -> None:
+    """Checks that need the data's size."""
+    if cfg.retrain.mode == "weight-rewind":
+        total = cfg.train.epochs * iters_per_epoch(data.x_train.shape[0], cfg.train.batch_size)
+        if cfg.retrain.rewind_iteration > total:
+            raise SparseddError(f"retrain.rewind_iteration {cfg.retrain.rewind_iteration} is past the end of dense "
+                                f"training ({total} iterations); choose a smaller value")
+
+
+@contextlib.contextmanager
+def run_status(store: Store, run_ids: list[str]) -> Iterator[None]:
+    """Mark the runs complete when the block ends, partial when interrupted, failed on an error."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for run_id in run_ids:
+            store.index.set_status(run_id, "partial", "interrupted")
+        raise
+    except Exception as e:
+        for run_id in run_ids:
+            store.index.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+    for run_id in run_ids:
+        store.index.set_status(run_id, "complete")
+
+
+@contextlib.contextmanager
+def claim_level(level: int, reps: list[Replicate], chains: list[list[str]], store: Store
+                ) -> Iterator[tuple[list[tuple[Replicate, Job]], list[tuple[Replicate, str]]]]:
+    """Lock and prepare one level's stages: yields the jobs to train and the (replicate, stage) pairs
+    that follow another replicate's job of this task; the locks are held until the block ends.
+
+    Locks are taken in the order of the stage ids, so processes never wait on each other in a
+    cycle; a process that needs a stage another is computing waits, then finds it done.
+    """
+    sids = [rep.stage(level, chain[-1] if chain else None)[0] for rep, chain in zip(reps, chains)]
+    with contextlib.ExitStack() as locks:
+        for sid in sorted(set(sids)):
+            locks.enter_context(store.lock(sid))
+        todo, followers, claimed = [], [], set()
+        for rep, chain, sid in zip(reps, chains, sids):
+            parent, dense = (chain[-1], chain[0]) if chain else (None, None)
+            chain.append(sid)
+            if sid in claimed:  # another replicate of this task computes it
+                followers.append((rep, sid))
+                continue
+            claimed.add(sid)
+            _, job = rep.prepare(level, parent, dense)
+            if job is not None:
+                todo.append((rep, job))
+        yield todo, followers

@@ -1,0 +1,57 @@
+"""What a stage is: its key (whose hash is its id) and, when it must be computed, its job.
+
+- ``dense``: data, model, training and seed; pruning and retraining settings are not in it, so every
+  pruning method and retraining mode shares the dense network.
+- ``level``: the parent stage's id, the level, the pruning round's settings and the retraining
+  settings the mode uses; level L chains level L-1, so ``prune.levels`` can grow later.
+- ``rewind``: the dense stage and the iteration whose weights weight rewinding starts from.
+
+``tests/test_config.py`` pins these ids: changing a key renames every stored result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import RunConfig, TrainConfig, canonical_dict, stable_hash
+from ..pruning import Mask
+
+
+def dense_key(cfg: RunConfig) -> dict[str, Any]:
+    c = canonical_dict(cfg)
+    return {"kind": "dense", "seed": cfg.seed, **{k: c.get(k, {}) for k in ("data", "model", "train")}}
+
+
+def level_key(cfg: RunConfig, parent: str, level: int) -> dict[str, Any]:
+    return {"kind": "level", "parent": parent, "level": level,
+            "prune": cfg.prune.round_key(), "retrain": cfg.retrain.relevant()}
+
+
+def rewind_key(dense_id: str, iteration: int) -> dict[str, Any]:
+    return {"kind": "rewind", "dense": dense_id, "iteration": iteration}
+
+
+def batch_key(stage_ids: list[str]) -> dict[str, Any]:
+    """The folder of a batched computation of several stages (its checkpoint and its K outcomes)."""
+    return {"kind": "batch", "stages": sorted(stage_ids)}
+
+
+def data_key(cfg: RunConfig) -> str:
+    """Runs whose data differ only in label noise share one data set in memory (and can batch)."""
+    d = canonical_dict(cfg, full=True)["data"]
+    return stable_hash({k: v for k, v in d.items() if not k.startswith("noise")})
+
+
+@dataclass
+class Job:
+    """A stage to train: its id, level, start weights (before masking), mask and schedule."""
+
+    sid: str
+    level: int
+    state: dict[str, torch.Tensor]
+    mask: Mask
+    train_cfg: TrainConfig
+    name: str

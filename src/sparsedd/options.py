@@ -1,0 +1,83 @@
+"""How to execute (never what to compute): one object built once from the command line, carried whole
+into every stage, analysis and sweep task. None of it enters a stage id."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .distributed import SINGLE, Dist
+from .errors import SparseddError
+
+CHOICES = {"batch": ("auto", "on", "off"), "sparse": ("auto", "on", "off")}
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    device: str = "cpu"
+    data_dir: str | None = None  # a folder holding the data sets (DIR/mnist/, ...)
+    threads: int = 0  # torch CPU threads; 0: one for the fully connected models on CPU, else torch's choice
+    progress: bool = True
+    batch: str = "auto"  # seeds of a level trained together: auto (where measured faster on this machine), on, off
+    sparse: str = "auto"  # compact execution of sparse fully connected levels: auto (measured crossover), on, off
+    channels_last: bool = False  # NHWC memory order for image models (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the model
+    checkpoint_every_s: float = 60.0  # inside long epochs
+    checkpoint_epoch_s: float = 1.0  # at epoch ends, at most this often (0: every epoch)
+    dist: Dist = field(default=SINGLE, compare=False)  # data-parallel processes (torchrun); never sent to a task
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise SparseddError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.threads < 0:
+            raise SparseddError(f"--threads must be >= 1 (0: the default), got {self.threads}")
+        if self.checkpoint_every_s < 0 or self.checkpoint_epoch_s < 0:
+            raise SparseddError("--checkpoint-every and --checkpoint-epoch must be >= 0 seconds")
+
+    @property
+    def accel(self):
+        from .training.execution import Accel
+
+        return Accel(channels_last=self.channels_last, compile=self.compile)
+
+    @property
+    def sparse_policy(self):
+        from .training.sparse import SparsePolicy
+
+        return SparsePolicy(self.sparse)
+
+    def replace(self, **changes: Any) -> "ExecOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data for a sweep task (the process group is the receiving process's own)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dist"}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExecOptions":
+        return cls(**values)
+
+    def threads_for(self, model_name: str | None) -> int:
+        """The torch thread count to set (0: leave torch's choice): by default one for the small fully
+        connected models on CPU, as fast alone and far faster beside other jobs (docs/performance.md)."""
+        if self.threads:
+            return self.threads
+        return 1 if model_name in ("mlp", "lenet-300-100") and self.device == "cpu" else 0
+
+    def apply_threads(self, model_name: str | None) -> None:
+        threads = self.threads_for(model_name)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> str:
+    """``auto``: cuda when this machine has it, else cpu."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
