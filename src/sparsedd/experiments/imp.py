@@ -28,7 +28,7 @@ from ..errors import SparseddError
 from ..models import build_model
 from ..pruning import Mask, density, full_mask, get_strategy, gradient_saliency, layer_sparsity, remaining
 from ..rng import derive_seed, generator
-from ..store import Store, read_json, write_json
+from ..store import Store
 from ..config import TrainConfig
 from ..training import TrainData, TrainResult, train
 from ..training.batched import batchable, batching_pays, max_models, train_batched
@@ -158,8 +158,7 @@ class Replicate:
             "layer_sparsity": layer_sparsity(mask), "distance": learning_distance(state, init),
             "effective_noise": self.noise.effective_rate, "seconds": seconds,
         })
-        self.store.save(stage_id, "final.pt", {"model": state, "mask": {k: v.cpu() for k, v in mask.items()},
-                                               "optim": result.optimizer_state})
+        self.store.save_final(stage_id, state, {k: v.cpu() for k, v in mask.items()}, result.optimizer_state)
         self.store.index.record_epochs(stage_id, result.history)
         self.store.index.record_level(stage_id, level, metrics)
         self.store.finish_stage(stage_id, {"metrics": metrics, "history": result.history})
@@ -194,16 +193,15 @@ class Replicate:
         self.store.begin_stage(sid, key)
         if level == 0:
             model = self.new_model(derive_seed(cfg.seed, "init"))
-            if not (self.store.stage_dir(sid) / "init.pt").exists():
-                self.store.save(sid, "init.pt", {"model": model.state_dict()})
-                self.store.save(sid, "labels.pt", {"labels": self.noise.labels, "chosen": self.noise.chosen,
-                                                   "corrupted": self.noise.corrupted,
-                                                   "effective_rate": torch.tensor(self.noise.effective_rate)})
+            if not self.store.has_init(sid):
+                self.store.save_init(sid, model.state_dict())
+                self.store.save_labels(sid, self.noise.labels, self.noise.chosen, self.noise.corrupted,
+                                       self.noise.effective_rate)
             mask = full_mask(model, model.prunable_names(cfg.prune.layers))
             state = model.state_dict()
             name = f"seed {cfg.seed} dense"
         else:
-            prev = self.store.load(parent, "final.pt")
+            prev = self.store.final(parent)
             model = self.new_model(0)
             model.load_state_dict(prev["model"])
             # level 1 starts from this run's prunable layers, not the dense stage's mask: the dense stage
@@ -231,7 +229,7 @@ class Replicate:
         return model, self._train_stage(job.sid, model, job.mask, job.train_cfg, job.name)
 
     def finish(self, job: "Job", model: nn.Module, result: TrainResult, seconds: float) -> None:
-        init = self.store.load(self.dense_id, "init.pt")["model"]
+        init = self.store.init(self.dense_id)
         self._finish(job.sid, job.level, model, job.mask, result, init, seconds)
         if self.run_id is not None:
             self.store.index.link(self.run_id, self.cfg.seed, job.level, job.sid)
@@ -239,7 +237,7 @@ class Replicate:
     def rewind_point(self, dense_id: str) -> dict[str, torch.Tensor]:
         """The dense run's weights at the rewind iteration, recomputed deterministically and cached."""
         k = self.cfg.retrain.rewind_iteration
-        init = self.store.load(dense_id, "init.pt")["model"]
+        init = self.store.init(dense_id)
         if k == 0:
             return init
         sid = self.store.stage_id(rewind_key(dense_id, k))
@@ -253,10 +251,10 @@ class Replicate:
             model.load_state_dict(init)
             mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
             train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k)
-            self.store.save(sid, "weights.pt", {"model": model.state_dict()})
+            self.store.save_rewind(sid, model.state_dict())
             self.store.finish_stage(sid, {"iteration": k})
             return model.state_dict()
-        return self.store.load(sid, "weights.pt")["model"]
+        return self.store.rewind(sid)
 
     def prune(self, level: int, model: nn.Module, mask: Mask) -> Mask:
         """The next mask from the previous level's weights; ranking happens on the CPU (deterministic)."""
@@ -288,13 +286,11 @@ class Job:
 def _batch_dir_result(store: Store, job: Job, cache: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The saved outcome of a batched computation this stage was part of, if it finished (each batch's
     file read once per level, through ``cache``)."""
-    pointer = store.stage_dir(job.sid) / "batch.json"
-    if not pointer.exists():
+    bid = store.batch_of(job.sid)
+    if bid is None:
         return None
-    bid = read_json(pointer)["batch"]
     if bid not in cache:
-        path = store.stage_dir(bid) / "result.pt"
-        cache[bid] = store.load(bid, "result.pt") if path.exists() else None
+        cache[bid] = store.batch_result(bid)
     return (bid, cache[bid]) if cache[bid] is not None else None
 
 
@@ -309,7 +305,7 @@ def _train_together(reps: list[Replicate], jobs: list[Job], store: Store, rt: Ru
     bid = store.stage_id(batch_key)
     store.begin_stage(bid, batch_key)
     for job in jobs:
-        write_json(store.stage_dir(job.sid) / "batch.json", {"batch": bid})
+        store.point_to_batch(job.sid, bid)
     ckpt = store.checkpointer(bid, rt.checkpoint_every_s, rt.checkpoint_epoch_s)
     progress.start_stage(f"seeds {', '.join(str(r.cfg.seed) for r in reps)} level {jobs[0].level} (batched)",
                          jobs[0].train_cfg.epochs)
@@ -321,11 +317,11 @@ def _train_together(reps: list[Replicate], jobs: list[Job], store: Store, rt: Ru
                                     [j.mask for j in jobs], order_keys=[(r.cfg.seed, "order") for r in reps],
                                     device=rt.device, checkpoint=ckpt, on_epoch=on_epoch)
     seconds = (time.time() - t0) / len(jobs)
-    store.save(bid, "result.pt", {j.sid: {"model": f, "history": r.history, "final": r.final,
-                                         "optim": r.optimizer_state, "seconds": seconds}
-                                 for j, f, r in zip(jobs, finals, results)})
+    store.save_batch_result(bid, {j.sid: {"model": f, "history": r.history, "final": r.final,
+                                          "optim": r.optimizer_state, "seconds": seconds}
+                                  for j, f, r in zip(jobs, finals, results)})
     ckpt.clear()
-    saved = store.load(bid, "result.pt")
+    saved = store.batch_result(bid)
     for rep, job in zip(reps, jobs):
         _finish_from_batch(rep, job, saved[job.sid])
 
