@@ -147,13 +147,12 @@ def test_redense_gives_back_pruned_weights(tiny_run, capsys, monkeypatch):
     from sparsedd.store import Store
 
     store = Store(root)
-    level2 = store.load(store.index.query("SELECT stage_id FROM run_stages WHERE level=2")[0]["stage_id"], "final.pt")
+    level2 = store.final(next(sid for (_, level), sid in store.index.run_stages(run_id).items() if level == 2))
     w = "layers.0.weight"
     pruned = ~level2["mask"][w]
     assert torch.all(seen["start"][w][pruned] == 0)  # the formerly pruned weights start at zero
-    redensed = store.load(next(p.parent.name for p in (root / "stages").glob("*/final.pt")
-                               if json.loads((p.parent / "stage.json").read_text())["kind"] == "analysis-redense"),
-                          "final.pt")["model"]
+    redensed = store.final(next(p.parent.name for p in (root / "stages").glob("*/final.pt")
+                                if json.loads((p.parent / "stage.json").read_text())["kind"] == "analysis-redense"))["model"]
     assert torch.any(redensed[w][pruned] != 0)  # and train again
     # cached: the same request does not train again
     seen.clear()

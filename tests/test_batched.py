@@ -130,8 +130,8 @@ def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
     for batch in ("on", "off"):
         store = Store(tmp_path / str(batch == "on"))
         rid = run(cfg, store, options=ExecOptions(progress=False, batch=batch, sparse="off"))
-        rows = store.index.query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level", (rid,))
-        finals[batch == "on"] = [(r["seed"], r["level"], r["stage_id"], store.load(r["stage_id"], "final.pt")) for r in rows]
+        finals[batch == "on"] = [(seed, level, sid, store.final(sid))
+                                 for (seed, level), sid in store.index.run_stages(rid).items()]
     assert len(finals[True]) == 9
     assert not list((tmp_path / "True").rglob("checkpoint.pt"))
     for (s1, l1, id1, a), (s2, l2, id2, b) in zip(finals[True], finals[False]):

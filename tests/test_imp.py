@@ -34,8 +34,7 @@ def spy(monkeypatch):
 
 
 def finals(store, run_id):
-    rows = store.index.query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level", (run_id,))
-    return [store.load(r["stage_id"], "final.pt") for r in rows]
+    return [store.final(sid) for sid in store.index.run_stages(run_id).values()]
 
 
 def do_run(tmp_path, sets, mode, extra=()):
@@ -60,7 +59,7 @@ def test_weight_rewind_starts_from_masked_init(tmp_path, tiny_sets, spy):
     cfg, store, rid = do_run(tmp_path, tiny_sets, "weight-rewind")
     f = finals(store, rid)
     dense_id = store.stage_id(imp.dense_key(cfg))
-    init = store.load(dense_id, "init.pt")["model"]
+    init = store.init(dense_id)
     assert len(spy) == 3  # dense + 2 levels
     for level in (1, 2):
         call = spy[level]
@@ -77,7 +76,7 @@ def test_weight_rewind_to_a_later_iteration(tmp_path, tiny_sets, spy):
     noisy = apply_noise(data.y_train, 10, cfg.data.noise, cfg.data.noise_type, cfg.data.noise_seed)
     td = TrainData(data.x_train, noisy.labels, data.y_train, data.x_test, data.y_test, noisy.corrupted)
     model = build_model(cfg.model, (40,), 10, derive_seed(cfg.seed, "init"))
-    assert same(model.state_dict(), store.load(dense_id, "init.pt")["model"])
+    assert same(model.state_dict(), store.init(dense_id))
     mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in model.prunable_names()}
     train(model, td, cfg.train, mask, order_key=(cfg.seed, "order"), stop_iteration=5)
     for level in (1, 2):
@@ -99,7 +98,7 @@ def test_finetune_and_lr_rewind_start_from_previous_final(tmp_path, tiny_sets, s
 
 def test_reinit_same_mask_new_weights(tmp_path, tiny_sets, spy):
     cfg, store, rid = do_run(tmp_path / "a", tiny_sets, "reinit")
-    init = store.load(store.stage_id(imp.dense_key(cfg)), "init.pt")["model"]
+    init = store.init(store.stage_id(imp.dense_key(cfg)))
     _, store_w, rid_w = do_run(tmp_path / "w", tiny_sets, "weight-rewind")
     level1_w = finals(store_w, rid_w)[1]
     # level 1 prunes the same dense network, so reinit and the ticket share the mask
@@ -122,7 +121,7 @@ def test_dense_stage_is_shared_and_finished_stages_skipped(tmp_path, tiny_sets, 
     assert len(spy) == 5
     cfg, store, rid = do_run(tmp_path, tiny_sets, "finetune", ["prune.levels=3"])  # one more level only
     assert len(spy) == 6
-    kinds = [store.stage_dir(s["stage_id"]).name for s in store.index.query("SELECT stage_id FROM run_stages")]
+    kinds = [sid for run_id in store.index.run_ids() for sid in store.index.run_stages(run_id).values()]
     # dense linked by all three runs, finetune levels 1 and 2 by two: 4 links to stages stored once
     assert len(kinds) == len(set(kinds)) + 4 and len(set(kinds)) == 6
 
@@ -173,7 +172,7 @@ def test_noise_saved_with_the_dense_stage_and_test_set_clean(tmp_path, tiny_sets
     monkeypatch.setattr(imp, "train", spy)
     cfg, store, rid = do_run(tmp_path, tiny_sets + ["data.noise=0.5", "prune.levels=1"], "weight-rewind")
     clean = load_dataset(cfg.data)
-    saved = store.load(store.stage_id(imp.dense_key(cfg)), "labels.pt")
+    saved = store.labels(store.stage_id(imp.dense_key(cfg)))
     assert len(saved["chosen"]) == 120  # ceil(0.5 * 240)
     assert torch.equal(saved["corrupted"], (saved["labels"] != clean.y_train).nonzero().squeeze(1))
     assert float(saved["effective_rate"]) == pytest.approx(len(saved["corrupted"]) / 240)
@@ -191,8 +190,8 @@ def test_runs_pruning_other_layers_share_the_dense_stage_but_prune_their_own_lay
     for layers in ("default", "all"):
         cfg = c.load(sets=[*tiny_sets, f"prune.layers={layers}", "prune.levels=1"])
         rid = run(cfg, store, options=ExecOptions(progress=False))
-        rows = store.index.query("SELECT level, stage_id FROM run_stages WHERE run_id=? ORDER BY level", (rid,))
-        masks[layers] = (rows[0]["stage_id"], store.load(rows[1]["stage_id"], "final.pt")["mask"])
+        dense, level1 = store.index.run_stages(rid).values()
+        masks[layers] = (dense, store.final(level1)["mask"])
     assert masks["default"][0] == masks["all"][0]  # one dense stage
     assert set(masks["default"][1]) == {"layers.0.weight", "layers.1.weight"}
     assert set(masks["all"][1]) == {"layers.0.weight", "layers.1.weight", "layers.2.weight"}

@@ -193,8 +193,7 @@ def test_pipeline_compact_levels_equal_dense_masked(tmp_path, tiny_sets, mode):
     for sparse in ("off", "on"):
         store = Store(tmp_path / sparse)
         rid = run(cfg, store, options=ExecOptions(progress=False, sparse=sparse))
-        rows = store.index.query("SELECT stage_id FROM run_stages WHERE run_id=? ORDER BY level", (rid,))
-        curves.append([store.load(r["stage_id"], "final.pt") for r in rows])
+        curves.append([store.final(sid) for sid in store.index.run_stages(rid).values()])
     for level, (a, b) in enumerate(zip(*curves)):
         for k in a["model"]:
             assert torch.allclose(a["model"][k], b["model"][k], atol=1e-4), (level, k)

@@ -1,6 +1,7 @@
 """Sweeps: file checks, expansion, local and Ray executors equal to one-by-one runs, killed workers,
 and the store under concurrent writers."""
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -43,8 +44,12 @@ def small(tmp_path, epochs=3) -> Path:
 
 
 def finals(store: Store, run_id: str) -> list[dict]:
-    rows = store.index.query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level", (run_id,))
-    return [store.load(r["stage_id"], "final.pt") for r in rows]
+    return [store.final(sid) for sid in store.index.run_stages(run_id).values()]
+
+
+def count_rows(store: Store, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(store.root / "index.sqlite")) as con:
+        return con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 def one_by_one(tmp_path, sweep_file) -> Store:
@@ -62,9 +67,8 @@ def assert_same_results(store: Store, ref: Store, sweep_file) -> None:
             for k in a["model"]:
                 assert torch.equal(a["model"][k], b["model"][k]), (r.label, k)
     for table in ("levels", "epochs", "run_stages"):
-        q = f"SELECT COUNT(*) AS n FROM {table}"
-        assert store.index.query(q)[0]["n"] == ref.index.query(q)[0]["n"], table
-    statuses = {row["status"] for row in store.index.query("SELECT status FROM runs")}
+        assert count_rows(store, table) == count_rows(ref, table), table
+    statuses = {row["status"] for row in store.index.run_rows()}
     assert statuses == {"complete"}
 
 
@@ -148,7 +152,7 @@ def test_failed_run_is_reported_retried_and_does_not_stop_the_others(tmp_path, m
     res = run_sweep(str(f), tmp_path / "root", SweepOptions(workers=2, retries=1, report=False, execution=ExecOptions(progress=False)))
     assert len(res.complete) == 2 and len(res.failed) == 2
     assert all("rewind_iteration" in e for e in res.failed.values())
-    rows = Store(tmp_path / "root").index.query("SELECT status, error FROM runs ORDER BY status")
+    rows = sorted(Store(tmp_path / "root").index.run_rows(), key=lambda r: r["status"])
     assert [r["status"] for r in rows] == ["complete", "complete", "failed", "failed"]
     assert len(list((res.folder / "logs").glob("runs-*.1.log"))) >= 1  # failing tasks were tried twice
     assert main(["sweep", str(f), "--root", str(tmp_path / "root"), "--no-progress", "--retries", "0"]) == 1

@@ -153,7 +153,7 @@ def _run_and_curve(args):
 def cmd_show(args) -> int:
     store, run_id, curve = _run_and_curve(args)
     if args.format == "json":
-        cfg = json.loads((store.run_dir(run_id) / "config.json").read_text())["config"]
+        cfg = store.run_config(run_id)
         print(json.dumps({"run": run_id, "config": cfg, "levels": _level_rows(curve)}, indent=1))
         return 0
     if args.format == "markdown":
@@ -190,7 +190,7 @@ def cmd_plot(args) -> int:
     from .report.plots import plot_curve
 
     store, run_id, curve = _run_and_curve(args)
-    cfg = json.loads((store.run_dir(run_id) / "config.json").read_text())["config"]
+    cfg = store.run_config(run_id)
     title = (f"{cfg['model']['name']} on {cfg['data']['name']}, {100 * cfg['data']['noise']:g}% "
              f"{cfg['data']['noise_type']} noise, {cfg['prune']['method']} {cfg['prune']['scope']}, "
              f"{cfg['retrain']['mode']} (run {run_id})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,32 +20,19 @@ class Results:
 
 
 def load(root: str | Path | None = None) -> Results:
-    store = Store(root)
-    q = store.index.query
-    runs = pd.DataFrame([dict(r) for r in q("SELECT * FROM runs ORDER BY created")],
+    index = Store(root).index
+    runs = pd.DataFrame(index.run_rows(),
                         columns=["run_id", "config", "preset", "seeds", "levels", "status", "error", "created", "updated"])
-    runs["config"] = runs["config"].map(json.loads)
-    levels = pd.DataFrame([dict(r) for r in q(
-        "SELECT rs.run_id, rs.seed, l.* FROM run_stages rs JOIN levels l ON l.stage_id = rs.stage_id "
-        "ORDER BY rs.run_id, rs.seed, rs.level")])
-    if len(levels):
-        levels["layer_sparsity"] = levels["layer_sparsity"].map(json.loads)
-    epochs = pd.DataFrame([dict(r) for r in q(
-        "SELECT rs.run_id, rs.seed, rs.level, e.* FROM run_stages rs JOIN epochs e ON e.stage_id = rs.stage_id "
-        "ORDER BY rs.run_id, rs.seed, rs.level, e.epoch")])
-    analyses = pd.DataFrame([dict(r) for r in q(
-        "SELECT rs.run_id, rs.seed, rs.level, a.* FROM run_stages rs JOIN analyses a ON a.target = rs.stage_id "
-        "ORDER BY rs.run_id, a.kind, rs.seed, rs.level")],
-        columns=["run_id", "seed", "level", "analysis_id", "target", "kind", "settings", "result"])
-    for col in ("settings", "result"):
-        analyses[col] = analyses[col].map(json.loads)
+    levels = pd.DataFrame(index.level_rows())
+    epochs = pd.DataFrame(index.epoch_rows())
+    analyses = pd.DataFrame(index.analysis_rows(),
+                            columns=["run_id", "seed", "level", "analysis_id", "target", "kind", "settings", "result"])
     return Results(runs, levels, epochs, analyses)
 
 
 def resolve_run(store: Store, run: str) -> str:
     """A full run id from an id or a unique prefix of one."""
-    ids = [r["run_id"] for r in store.index.query("SELECT run_id FROM runs")]
-    matches = [i for i in ids if i.startswith(run)]
+    matches = [i for i in store.index.run_ids() if i.startswith(run)]
     if len(matches) == 1:
         return matches[0]
     if not matches:

@@ -7,7 +7,6 @@ stage id, the settings), so asking again with the same settings reads the cached
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -110,10 +109,8 @@ class Analyzer:
     def __init__(self, store: Store, run_id: str, options: ExecOptions | None = None):
         self.store, self.run_id = store, run_id
         self.rt = options or ExecOptions(progress=False)
-        info = json.loads((store.run_dir(run_id) / "config.json").read_text())
-        self.cfg: RunConfig = config_mod.from_dict(info["config"])
-        self.links = {(r["seed"], r["level"]): r["stage_id"] for r in store.index.query(
-            "SELECT seed, level, stage_id FROM run_stages WHERE run_id=?", (run_id,))}
+        self.cfg: RunConfig = config_mod.from_dict(store.run_config(run_id))
+        self.links = store.index.run_stages(run_id)
         self._data = None
         self._reps: dict[int, Replicate] = {}
 
@@ -134,7 +131,7 @@ class Analyzer:
 
     def model_at(self, seed: int, stage_id: str):
         rep = self.replicate(seed)
-        final = self.store.load(stage_id, "final.pt")
+        final = self.store.final(stage_id)
         model = rep.new_model(0)
         model.load_state_dict(final["model"])
         mask = {n: m.to(self.rt.device) for n, m in final["mask"].items()}
@@ -160,11 +157,11 @@ class Analyzer:
             cfg = dataclasses.replace(rep.cfg.train, lr=s.lr or rep.cfg.train.lr, schedule="constant", milestones=(),
                                       warmup_epochs=0, epochs=s.epochs or rep.cfg.train.epochs)
             opt_state = final.get("optim") if s.carry_optimizer else None
-            init = self.store.load(self.links[(seed, 0)], "init.pt")["model"]
+            init = self.store.init(self.links[(seed, 0)])
             res = train(model, rep.train_data, cfg, {}, order_key=(seed, "redense", level),
                         optimizer_state=opt_state or None)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            self.store.save(self._sid("redense", sid, s), "final.pt", {"model": state})
+            self.store.save_final(self._sid("redense", sid, s), state)
             return {**res.final, "distance": learning_distance(state, init), "history": res.history}
         return self.cached("redense", sid, s, compute)
 
@@ -176,9 +173,9 @@ class Analyzer:
             rep, model, mask, final = self.model_at(seed, sid)
             if s.target == "redense":
                 self.redense(seed, level, sid, RedenseSettings())
-                other = self.store.load(self._sid("redense", sid, RedenseSettings()), "final.pt")["model"]
+                other = self.store.final(self._sid("redense", sid, RedenseSettings()))["model"]
             else:
-                other = self.store.load(self.links[(seed, 0)], "final.pt")["model"]
+                other = self.store.final(self.links[(seed, 0)])["model"]
             pts = interpolate(model, final["model"], other, alpha_grid(s.step), rep.train_data)
             ends = max(pts[0]["train_loss"], pts[-1]["train_loss"])
             return {"points": pts, "test_acc_sparse": pts[0]["test_acc"], "test_acc_other": pts[-1]["test_acc"],

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..options import ExecOptions
-from ..store import Store, read_json, write_json
+from ..store import Store
 from ..training import TrainResult
 from ..training.batched import batchable, batching_pays, max_models, train_batched
 from .progress import Progress
@@ -45,13 +45,11 @@ def train_level(pairs: list[Pair], dense_ids: dict[int, str], store: Store, opti
 def finished_batch(store: Store, job: Job, cache: dict[str, Any]) -> dict[str, Any] | None:
     """This stage's saved outcome from a batched computation that finished, if any (each batch's file
     read once per level, through ``cache``)."""
-    pointer = store.stage_dir(job.sid) / "batch.json"
-    if not pointer.exists():
+    bid = store.batch_of(job.sid)
+    if bid is None:
         return None
-    bid = read_json(pointer)["batch"]
     if bid not in cache:
-        path = store.stage_dir(bid) / "result.pt"
-        cache[bid] = store.load(bid, "result.pt") if path.exists() else None
+        cache[bid] = store.batch_result(bid)
     return cache[bid].get(job.sid) if cache[bid] is not None else None
 
 
@@ -64,7 +62,7 @@ def train_together(group: list[Pair], dense_ids: dict[int, str], store: Store, o
     bid = store.stage_id(key)
     store.begin_stage(bid, key)
     for job in jobs:
-        write_json(store.stage_dir(job.sid) / "batch.json", {"batch": bid})
+        store.point_to_batch(job.sid, bid)
     ckpt = store.checkpointer(bid, options.checkpoint_every_s, options.checkpoint_epoch_s)
     progress.start_stage(f"seeds {', '.join(str(r.cfg.seed) for r in reps)} level {jobs[0].level} (batched)",
                          jobs[0].train_cfg.epochs)
@@ -73,11 +71,11 @@ def train_together(group: list[Pair], dense_ids: dict[int, str], store: Store, o
                                     device=options.device, checkpoint=ckpt,
                                     on_epoch=lambda rows: progress.epoch(rows[0], advance_total=len(rows)))
     seconds = (time.time() - t0) / len(jobs)
-    store.save(bid, "result.pt", {j.sid: {"model": f, "history": r.history, "final": r.final,
+    store.save_batch_result(bid, {j.sid: {"model": f, "history": r.history, "final": r.final,
                                          "optim": r.optimizer_state, "seconds": seconds}
                                  for j, f, r in zip(jobs, finals, results)})
     ckpt.clear()
-    saved = store.load(bid, "result.pt")
+    saved = store.batch_result(bid)
     for rep, job in group:
         record_from_batch(rep, job, saved[job.sid], dense_ids[id(rep)])
 

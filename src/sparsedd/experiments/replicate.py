@@ -71,17 +71,16 @@ class Replicate:
     def dense_job(self, sid: str) -> Job:
         """The dense network from its seeded init; the init and the noisy labels are saved with it."""
         model = self.new_model(derive_seed(self.cfg.seed, "init"))
-        if not (self.store.stage_dir(sid) / "init.pt").exists():
-            self.store.save(sid, "init.pt", {"model": model.state_dict()})
-            self.store.save(sid, "labels.pt", {"labels": self.noise.labels, "chosen": self.noise.chosen,
-                                               "corrupted": self.noise.corrupted,
-                                               "effective_rate": torch.tensor(self.noise.effective_rate)})
+        if not self.store.has_init(sid):
+            self.store.save_init(sid, model.state_dict())
+            self.store.save_labels(sid, self.noise.labels, self.noise.chosen, self.noise.corrupted,
+                                   self.noise.effective_rate)
         mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
         return Job(sid, 0, model.state_dict(), mask, self.cfg.train, f"seed {self.cfg.seed} dense")
 
     def level_job(self, level: int, sid: str, parent: str, dense_id: str) -> Job:
         """Prune the parent's final weights, then start from the weights the retraining mode picks."""
-        prev = self.store.load(parent, "final.pt")
+        prev = self.store.final(parent)
         model = self.new_model(0)
         model.load_state_dict(prev["model"])
         # level 1 starts from this run's prunable layers, not the dense stage's mask: the dense stage
@@ -117,19 +116,19 @@ class Replicate:
         init with the same data order gives the same weights.
         """
         k = self.cfg.retrain.rewind_iteration
-        init = self.store.load(dense_id, "init.pt")["model"]
+        init = self.store.init(dense_id)
         if k == 0:
             return init
         sid = self.store.stage_id(rewind_key(dense_id, k))
         with self.store.lock(sid):
             if self.store.is_done(sid):
-                return self.store.load(sid, "weights.pt")["model"]
+                return self.store.rewind(sid)
             self.store.begin_stage(sid, rewind_key(dense_id, k))
             model = self.new_model(0)
             model.load_state_dict(init)
             mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
             train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k)
-            self.store.save(sid, "weights.pt", {"model": model.state_dict()})
+            self.store.save_rewind(sid, model.state_dict())
             self.store.finish_stage(sid, {"iteration": k})
             return model.state_dict()
 
@@ -151,15 +150,14 @@ class Replicate:
     def record(self, job: Job, model: nn.Module, result: TrainResult, seconds: float, dense_id: str) -> None:
         """Save the stage's weights and metrics, then mark it done (``done.json`` last) and link it to the run."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        init = self.store.load(dense_id, "init.pt")["model"]
+        init = self.store.init(dense_id)
         metrics = dict(result.final)
         metrics.update({
             "level": job.level, "density": density(job.mask), "sparsity": 1.0 - density(job.mask),
             "remaining": remaining(job.mask), "layer_sparsity": layer_sparsity(job.mask),
             "distance": learning_distance(state, init), "effective_noise": self.noise.effective_rate, "seconds": seconds,
         })
-        self.store.save(job.sid, "final.pt", {"model": state, "mask": {k: v.cpu() for k, v in job.mask.items()},
-                                              "optim": result.optimizer_state})
+        self.store.save_final(job.sid, state, {k: v.cpu() for k, v in job.mask.items()}, result.optimizer_state)
         self.store.index.record_epochs(job.sid, result.history)
         self.store.index.record_level(job.sid, job.level, metrics)
         self.store.finish_stage(job.sid, {"metrics": metrics, "history": result.history})

@@ -122,7 +122,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
     run_ids = [resolve_run(store, r) for r in runs]
     res = load(store.root)
     w = _Writer(Path(out))
-    configs = {r: json.loads((store.run_dir(r) / "config.json").read_text())["config"] for r in run_ids}
+    configs = {r: store.run_config(r) for r in run_ids}
     w.p("Made by <code>sparsedd report</code>. Accuracies are fractions of the test set (clean labels) and of the "
         "training set (noisy or true labels); sparsity counts the prunable weights removed. Bands span the seeds' "
         "minimum to maximum.")

@@ -95,15 +95,51 @@ class Index:
         self._write("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?)",
                     [(analysis_id, target, kind, json.dumps(settings, sort_keys=True), json.dumps(result))])
 
-    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    # --- reads; an index not written yet reads as empty
+    def _query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         con = self.connect()
         con.row_factory = sqlite3.Row
         try:
-            return con.execute(sql, params).fetchall()
+            return [dict(r) for r in con.execute(sql, params).fetchall()]
         finally:
             con.close()
+
+    def run_ids(self) -> list[str]:
+        return [r["run_id"] for r in self._query("SELECT run_id FROM runs")]
+
+    def run_status(self, run_id: str) -> str | None:
+        """partial, complete or failed; None for a run the index does not have."""
+        rows = self._query("SELECT status FROM runs WHERE run_id=?", (run_id,))
+        return rows[0]["status"] if rows else None
+
+    def run_stages(self, run_id: str) -> dict[tuple[int, int], str]:
+        """The run's stage ids by (seed, level), in seed and level order."""
+        rows = self._query("SELECT seed, level, stage_id FROM run_stages WHERE run_id=? ORDER BY seed, level",
+                           (run_id,))
+        return {(r["seed"], r["level"]): r["stage_id"] for r in rows}
+
+    def run_rows(self) -> list[dict[str, Any]]:
+        """One row per run, oldest first, with its config as a dict."""
+        return [{**r, "config": json.loads(r["config"])} for r in self._query("SELECT * FROM runs ORDER BY created")]
+
+    def level_rows(self) -> list[dict[str, Any]]:
+        """One row per run, seed and level: its metrics, with the layer sparsities as a dict."""
+        rows = self._query("SELECT rs.run_id, rs.seed, l.* FROM run_stages rs JOIN levels l ON l.stage_id = rs.stage_id "
+                           "ORDER BY rs.run_id, rs.seed, rs.level")
+        return [{**r, "layer_sparsity": json.loads(r["layer_sparsity"])} for r in rows]
+
+    def epoch_rows(self) -> list[dict[str, Any]]:
+        """One row per run, seed, level and epoch."""
+        return self._query("SELECT rs.run_id, rs.seed, rs.level, e.* FROM run_stages rs "
+                           "JOIN epochs e ON e.stage_id = rs.stage_id ORDER BY rs.run_id, rs.seed, rs.level, e.epoch")
+
+    def analysis_rows(self) -> list[dict[str, Any]]:
+        """One row per run, seed, level and cached analysis, with its settings and result as dicts."""
+        rows = self._query("SELECT rs.run_id, rs.seed, rs.level, a.* FROM run_stages rs "
+                           "JOIN analyses a ON a.target = rs.stage_id ORDER BY rs.run_id, a.kind, rs.seed, rs.level")
+        return [{**r, "settings": json.loads(r["settings"]), "result": json.loads(r["result"])} for r in rows]
 
 
 class BufferedIndex:
@@ -119,10 +155,9 @@ class BufferedIndex:
     def __getattr__(self, name: str):
         if name in BufferedIndex.WRITES:
             return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+        if hasattr(Index, name):  # a read: the rows are in the driver's index, not here
+            raise RuntimeError(f"a buffered index cannot be read ({name})")
         raise AttributeError(name)
-
-    def query(self, sql: str, params: tuple = ()) -> list:
-        raise RuntimeError("a buffered index cannot be read")
 
 
 def replay(index: Index, calls: list[tuple[str, tuple, dict]]) -> None:

@@ -60,11 +60,6 @@ class SweepResult:
     report: Path | None
 
 
-def _status(store: Store, run_id: str) -> str | None:
-    rows = store.index.query("SELECT status FROM runs WHERE run_id=?", (run_id,))
-    return rows[0]["status"] if rows else None
-
-
 def _dense_tasks(runs: list[SweepRun], store: Store, base: dict[str, Any]) -> list[Task]:
 
     tasks: dict[str, Task] = {}
@@ -213,7 +208,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     store = Store(root)
     folder = store.root / "sweeps" / sweep.sweep_id
     folder.mkdir(parents=True, exist_ok=True)
-    skipped = [r.run_id for r in sweep.runs if _status(store, r.run_id) == "complete"]
+    skipped = [r.run_id for r in sweep.runs if store.index.run_status(r.run_id) == "complete"]
     todo = [r for r in sweep.runs if r.run_id not in skipped]
     if options.executor == "local":
         workers = options.workers or _cores()
@@ -248,7 +243,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     for task, error in run_failed.values():
         for run_id in task.run_ids:
             failed[run_id] = error
-            if _status(store, run_id) != "complete":  # it may have failed before (or without) recording itself
+            if store.index.run_status(run_id) != "complete":  # it may have failed before (or without) recording itself
                 r = by_id[run_id]
                 store.register_run(run_id, canonical_dict(r.config, full=True), r.preset, r.config.seeds,
                                    r.config.prune.levels)

@@ -1,0 +1,26 @@
+"""Every file name of the store, in one place.
+
+These names are the on-disk format: a store written by an older version is read and resumed by
+this one only while they stay the same, so rename nothing here.
+"""
+
+from __future__ import annotations
+
+INDEX = "index.sqlite"
+STAGES = "stages"  # stages/<id>/ holds the files below
+RUNS = "runs"  # runs/<id>/config.json
+LOCKS = "locks"  # locks/<id>.lock
+
+# in a stage folder
+STAGE_KEY = "stage.json"  # what the stage is (its id is this key's hash)
+CHECKPOINT = "checkpoint.pt"  # while it trains
+FINAL = "final.pt"  # weights at the end (a level's also its mask and optimizer state)
+DONE = "done.json"  # written last: its presence means the stage is complete
+INIT = "init.pt"  # the dense stage's initial weights
+LABELS = "labels.pt"  # the dense stage's noisy labels
+REWIND = "weights.pt"  # a rewind stage's weights
+BATCH_POINTER = "batch.json"  # a level stage trained in a batch: the batch's id
+BATCH_RESULT = "result.pt"  # in a batch's folder: every member stage's outcome
+
+# in a run folder
+RUN_CONFIG = "config.json"
