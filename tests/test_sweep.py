@@ -322,3 +322,45 @@ def test_runs_of_one_task_share_stages_and_batch(tmp_path, monkeypatch):
         for a, b in zip(finals(store, r.run_id), finals(ref, r.run_id)):
             for k in a["model"]:
                 assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), (r.label, k)
+
+
+def test_every_execution_option_reaches_the_sweep_tasks(tmp_path, monkeypatch):
+    """The sweep command builds one options object from its flags and every task (dense stages and
+    runs) receives all of it; only the thread count is the executor's, and workers show no display."""
+    import dataclasses
+
+    import sparsedd.sweep as sweep_mod
+    from sparsedd.options import ExecOptions
+    from sparsedd.sweep.worker import task_options
+
+    received = []
+
+    class Recording:  # stands in for the local executor: records what each task would be started with
+        def __init__(self, work_dir, threads):
+            self.threads, self.done = threads, []
+
+        def start(self, task):
+            received.append(task_options(dict(task.spec, threads=self.threads)))
+            self.done.append(task)
+
+        def poll(self):
+            out = [(t, True, "", {"run_ids": list(t.run_ids), "index_calls": []}) for t in self.done]
+            self.done = []
+            return out
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(sweep_mod, "LocalExecutor", Recording)
+    flags = ["--device", "cuda:1", "--data-dir", str(tmp_path / "data"), "--threads", "3", "--batch", "off",
+             "--sparse", "on", "--channels-last", "--compile", "--checkpoint-every", "7", "--checkpoint-epoch", "0",
+             "--no-progress"]
+    assert main(["sweep", str(small(tmp_path)), "--root", str(tmp_path / "root"), "--no-report", *flags]) == 0
+    expected = ExecOptions(device="cuda:1", data_dir=str(tmp_path / "data"), threads=3, batch="off", sparse="on",
+                           channels_last=True, compile=True, checkpoint_every_s=7.0, checkpoint_epoch_s=0.0,
+                           progress=False)
+    defaults = ExecOptions()
+    changed = [f.name for f in dataclasses.fields(ExecOptions) if getattr(expected, f.name) != getattr(defaults, f.name)]
+    assert set(changed) == {f.name for f in dataclasses.fields(ExecOptions)} - {"dist"}  # so a dropped one shows
+    assert len(received) == 2 + 2  # the two dense stages (one per noise rate), then the runs in two tasks
+    assert all(r == expected for r in received)

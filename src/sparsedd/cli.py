@@ -1,20 +1,18 @@
-"""Command line: argument parsing only; the work is done by the library functions it calls."""
+"""Command line: argument parsing only; the work is done by the library functions it calls.
+
+(One module over 300 lines: every command's flags beside its handler, so `--help` and what a flag
+does read together; the shared flags are declared once, in :func:`_flags`.)
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import config as config_mod
 from .errors import SparseddError
-
-LEVEL_FIELDS = ("level", "sparsity", "test_acc", "test_acc_best", "train_acc_noisy", "train_acc_clean",
-                "memorized", "distance")
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
@@ -26,42 +24,6 @@ def _store(args):
     from .store import Store
 
     return Store(args.root)
-
-
-def _num(v: Any) -> Any:
-    return None if isinstance(v, float) and math.isnan(v) else v
-
-
-def _level_rows(curve) -> list[dict[str, Any]]:
-    multi = curve["seed"].nunique() > 1
-    rows = []
-    for _, r in curve.iterrows():
-        row = {"level": int(r["level"])}
-        if multi:
-            row["seed"] = int(r["seed"])
-        row.update({k: _num(float(r[k])) for k in LEVEL_FIELDS if k != "level"})
-        rows.append(row)
-    return rows
-
-
-def _print_curve(console, run_id: str, curve) -> None:
-    from rich.table import Table
-
-    from .report.plots import summarize
-
-    seeds = curve["seed"].nunique()
-    table = Table(title=f"run {run_id}" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
-                  caption="% of: sparsity: prunable weights removed; test, best: final and best test accuracy; "
-                          "train, clean: train accuracy on the noisy and the true labels; "
-                          "memo: corrupted examples fitted; dist: ||w - w_init||")
-    for col in ("level", "sparsity", "test", "best", "train", "clean", "memo", "dist"):
-        table.add_column(col, justify="right")
-    cols = {c: summarize(curve, c) for c in LEVEL_FIELDS[2:]}
-    for i, level in enumerate(cols["test_acc"]["level"]):
-        table.add_row(str(int(level)), f"{100 * cols['test_acc']['sparsity'][i]:.2f}",
-                      *(f"{100 * cols[c]['mean'][i]:.2f}" for c in LEVEL_FIELDS[2:7]),
-                      f"{cols['distance']['mean'][i]:.2f}")
-    console.print(table)
 
 
 def _options(args, cfg=None, **changes):
@@ -85,6 +47,7 @@ def cmd_run(args) -> int:
 
     from .distributed import from_env
     from .experiments import run
+    from .report.tables import curve_table
     from .results import run_curve
     from .store import Store
 
@@ -99,7 +62,7 @@ def cmd_run(args) -> int:
                   + (f" on {dist.world} processes" if dist.active else ""))
     run_id = run(cfg, store, preset=preset, options=options)
     if dist.main:
-        _print_curve(console, run_id, run_curve(store, run_id))
+        console.print(curve_table(run_id, run_curve(store, run_id)))
         console.print(f"run id: {run_id}")
     return 0
 
@@ -151,50 +114,26 @@ def _run_and_curve(args):
 
 
 def cmd_show(args) -> int:
+    from .report.tables import curve_markdown, curve_table, level_rows
+
     store, run_id, curve = _run_and_curve(args)
     if args.format == "json":
-        cfg = store.run_config(run_id)
-        print(json.dumps({"run": run_id, "config": cfg, "levels": _level_rows(curve)}, indent=1))
-        return 0
-    if args.format == "markdown":
-        print(_markdown(curve))
-        return 0
-    from rich.console import Console
+        print(json.dumps({"run": run_id, "config": store.run_config(run_id), "levels": level_rows(curve)}, indent=1))
+    elif args.format == "markdown":
+        print(curve_markdown(curve))
+    else:
+        from rich.console import Console
 
-    _print_curve(Console(), run_id, curve)
+        Console().print(curve_table(run_id, curve))
     return 0
-
-
-def _markdown(curve) -> str:
-    """The curve as a Markdown table (mean over seeds; min-max when there are several)."""
-    from .report.plots import summarize
-
-    cols = {c: summarize(curve, c) for c in LEVEL_FIELDS[2:]}
-    multi = curve["seed"].nunique() > 1
-    head = ["level", "sparsity %", "test acc %", "best test acc %", "train acc noisy %", "train acc clean %",
-            "memorized %", "distance"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-
-    def pct(c, i):
-        m = f"{100 * cols[c]['mean'][i]:.2f}"
-        return m + (f" ({100 * cols[c]['lo'][i]:.1f}-{100 * cols[c]['hi'][i]:.1f})" if multi else "")
-
-    for i, level in enumerate(cols["test_acc"]["level"]):
-        row = [str(int(level)), f"{100 * cols['test_acc']['sparsity'][i]:.2f}",
-               *(pct(c, i) for c in LEVEL_FIELDS[2:7]), f"{cols['distance']['mean'][i]:.2f}"]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
 
 
 def cmd_plot(args) -> int:
     from .report.plots import plot_curve
+    from .report.tables import run_title
 
     store, run_id, curve = _run_and_curve(args)
-    cfg = store.run_config(run_id)
-    title = (f"{cfg['model']['name']} on {cfg['data']['name']}, {100 * cfg['data']['noise']:g}% "
-             f"{cfg['data']['noise_type']} noise, {cfg['prune']['method']} {cfg['prune']['scope']}, "
-             f"{cfg['retrain']['mode']} (run {run_id})")
-    out = plot_curve(curve, args.out or f"{run_id}.png", title)
+    out = plot_curve(curve, args.out or f"{run_id}.png", run_title(store.run_config(run_id), run_id))
     print(out)
     return 0
 

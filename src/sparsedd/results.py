@@ -18,6 +18,20 @@ class Results:
     epochs: pd.DataFrame  # one row per run, seed, level and epoch
     analyses: pd.DataFrame  # one row per run, seed, level, analysis kind and settings; result as a dict
 
+    @property
+    def run_id(self) -> str:
+        """The run, when these are the results of one (as :func:`sparsedd.run` returns them)."""
+        if len(self.runs) != 1:
+            raise SparseddError(f"these results hold {len(self.runs)} runs, not one; see .runs")
+        return str(self.runs["run_id"].iloc[0])
+
+    def only(self, run_ids: list[str]) -> "Results":
+        """The rows of these runs alone."""
+        def pick(df: pd.DataFrame) -> pd.DataFrame:
+            return df[df["run_id"].isin(run_ids)].reset_index(drop=True) if len(df) else df
+
+        return Results(pick(self.runs), pick(self.levels), pick(self.epochs), pick(self.analyses))
+
 
 def load(root: str | Path | None = None) -> Results:
     index = Store(root).index

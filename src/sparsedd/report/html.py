@@ -14,6 +14,7 @@ from ..analysis.runner import distance_table, phases_table
 from ..results import load, resolve_run
 from ..store import Store
 from . import figures as F
+from .tables import run_title
 
 ANALYSES = ("redense", "interpolate", "landscape", "sharpness", "reinit")
 
@@ -51,11 +52,6 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _title(cfg: dict[str, Any], run_id: str) -> str:
-    return (f"{cfg['model']['name']} on {cfg['data']['name']}, {100 * cfg['data']['noise']:g}% {cfg['data']['noise_type']} "
-            f"noise, {cfg['prune']['method']} {cfg['prune']['scope']}, {cfg['retrain']['mode']} (run {run_id})")
 
 
 def _differences(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -136,7 +132,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
     for r in run_ids:
         cfg = configs[r]
         levels = res.levels[res.levels["run_id"] == r]
-        title = _title(cfg, r)
+        title = run_title(cfg, r)
         w.h(title)
         if not len(levels):
             w.p("No finished level yet.")

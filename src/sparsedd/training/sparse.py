@@ -21,6 +21,9 @@ converters map back to the layout of :class:`sparsedd.models.mlp.MLP`.
 
 :class:`SparsePolicy` decides when a stage runs compact: when its density is at most a crossover
 measured on this machine (:func:`measure_crossover`, cached in the data cache folder).
+
+(One module over 300 lines: the compact network, its autograd node and the measurement that decides
+when to use it share the same private structure of live blocks.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""The Python API for notebooks and scripts: the same work, validation and errors as the command line.
+
+    import sparsedd
+    res = sparsedd.run("mnist1d-quick", overrides={"data.noise": 0.4}, seeds=2, root="runs")
+    res.levels                                    # one row per seed and level (pandas)
+    sparsedd.analyze(res.run_id, "distance", root="runs")
+    sparsedd.load("runs").runs                    # every run of a store
+
+Bad input raises :class:`sparsedd.errors.SparseddError` with the CLI's one-line message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import SparseddError
+from .results import Results, load
+
+
+def options(**values: Any):
+    """Execution options (:class:`sparsedd.options.ExecOptions`) with ``device="auto"`` resolved and the
+    CLI's thread default; no progress display unless ``progress=True``."""
+    from .options import ExecOptions, resolve_device
+
+    values.setdefault("progress", False)
+    values["device"] = resolve_device(values.get("device", "auto"))
+    try:
+        return ExecOptions(**values)
+    except TypeError as e:  # an unknown keyword
+        raise SparseddError(f"{e}; execution options are {', '.join(ExecOptions.__dataclass_fields__)}") from None
+
+
+def run(preset: str | None = None, *, config: str | Path | None = None, overrides: dict[str, Any] | None = None,
+        seeds: int | None = None, root: str | Path | None = None, **execution: Any) -> Results:
+    """Run (or resume) an experiment; returns its results (``.run_id``, ``.levels``, ``.epochs``, ...).
+
+    ``preset`` and ``config`` (a TOML file) as with ``sparsedd run``; ``overrides`` maps dotted config
+    keys to values (``{"train.epochs": 10}``), like ``--set``; ``execution``: any execution option
+    (``device``, ``data_dir``, ``threads``, ``batch``, ``sparse``, ``progress``, ...).
+    """
+    from . import config as config_mod
+    from .experiments import run as run_experiment
+    from .store import Store
+
+    cfg = config_mod.load(preset, config, seeds=seeds, values=dict(overrides or {}))
+    opts = options(**execution)
+    opts.apply_threads(cfg.model.name)
+    store = Store(root)
+    run_id = run_experiment(cfg, store, preset=preset if preset or config else config_mod.DEFAULT_PRESET,
+                            options=opts)
+    return load(store.root).only([run_id])
+
+
+def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: dict[str, Any] | None = None,
+            levels: list[int] | None = None, seeds: list[int] | None = None, **execution: Any) -> pd.DataFrame:
+    """One analysis of a run (an id or a unique prefix), as ``sparsedd analyze RUN KIND``: a table with a
+    row per seed and level, or the run-level table of ``distance`` and ``phases``; cached in the store."""
+    from .analysis.runner import Analyzer, parse_settings
+    from .results import resolve_run
+    from .store import Store
+
+    parsed = parse_settings(kind, [f"{k}={v}" for k, v in (settings or {}).items()])
+    store = Store(root)
+    run_id = resolve_run(store, run)
+    opts = options(**execution)
+    analyzer = Analyzer(store, run_id, opts)
+    opts.apply_threads(analyzer.cfg.model.name)
+    return analyzer.run(kind, parsed, levels, seeds)
+
+
+__all__ = ["run", "analyze", "load", "options", "Results"]
