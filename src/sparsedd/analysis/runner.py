@@ -20,6 +20,7 @@ from ..data import load_dataset
 from ..errors import SparseddError
 from ..experiments.imp import Replicate, Runtime, _Progress, learning_distance
 from ..experiments.retrain import level_train_config
+from ..registry import Registry
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import train
@@ -30,19 +31,34 @@ from .interpolate import interpolate
 from .landscape import filter_normalized_direction, loss_curve
 
 
+# kind -> its settings dataclass, which checks itself on construction
+ANALYSES: Registry[type] = Registry("analysis")
+
+
+@ANALYSES.register("redense")
 @dataclass(frozen=True)
 class RedenseSettings:
     epochs: int = 0  # 0: the run's train.epochs (paper: MNIST 200, CIFAR 160)
     lr: float = 0.0  # 0: the run's train.lr (paper: MNIST 0.1, CIFAR 0.001); constant
     carry_optimizer: bool = False  # start from the level's final optimizer state instead of a fresh one
 
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.lr < 0:
+            raise SparseddError("redense: epochs and lr must be >= 0 (0: the run's value)")
 
+
+@ANALYSES.register("interpolate")
 @dataclass(frozen=True)
 class InterpolateSettings:
     step: float = 0.01  # alpha step (paper: 0.01)
     target: str = "redense"  # the other end: the level's re-dense solution, or the dense network (level 0)
 
+    def __post_init__(self) -> None:
+        if self.target not in ("redense", "dense") or not 0 < self.step <= 0.5:
+            raise SparseddError("interpolate: target must be redense or dense and step in (0, 0.5]")
 
+
+@ANALYSES.register("landscape")
 @dataclass(frozen=True)
 class LandscapeSettings:
     radius: float = 1.0  # alpha in [-radius, radius]
@@ -50,7 +66,12 @@ class LandscapeSettings:
     seed: int = 0  # the direction's seed
     all_weights: bool = False  # by default the direction is zero on pruned weights
 
+    def __post_init__(self) -> None:
+        if self.points < 3 or self.radius <= 0:
+            raise SparseddError("landscape: points must be >= 3 and radius > 0")
 
+
+@ANALYSES.register("sharpness")
 @dataclass(frozen=True)
 class SharpnessSettings:
     iters: int = 100  # power iterations at most
@@ -59,48 +80,45 @@ class SharpnessSettings:
     subsample: int = 0  # 0: the full training set; else a seeded subsample of this size
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.iters < 1 or self.trace_samples < 1 or self.subsample < 0:
+            raise SparseddError("sharpness: iters and trace_samples must be >= 1, subsample >= 0")
 
+
+@ANALYSES.register("reinit")
 @dataclass(frozen=True)
 class ReinitSettings:
     inits: int = 1  # fresh random inits per level
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.inits < 1:
+            raise SparseddError("reinit: inits must be >= 1")
 
+
+@ANALYSES.register("distance")
 @dataclass(frozen=True)
-class NoSettings:
-    tol: float = 0.01  # phases: the smallest accuracy change taken as real
+class DistanceSettings:
+    """Nothing to set: the correlation is computed from the run's curve."""
 
 
-SETTINGS: dict[str, type] = {
-    "redense": RedenseSettings, "interpolate": InterpolateSettings, "landscape": LandscapeSettings,
-    "sharpness": SharpnessSettings, "reinit": ReinitSettings, "distance": NoSettings, "phases": NoSettings,
-}
-PER_LEVEL = ("redense", "interpolate", "landscape", "sharpness", "reinit")
+@ANALYSES.register("phases")
+@dataclass(frozen=True)
+class PhasesSettings:
+    tol: float = 0.01  # the smallest accuracy change taken as real
 
 
 def parse_settings(kind: str, sets: list[str]) -> Any:
-    if kind not in SETTINGS:
-        raise SparseddError(f"unknown analysis {kind!r}; choose one of {', '.join(SETTINGS)}")
-    cls = SETTINGS[kind]
+    """The settings of analysis ``kind`` from ``--set key=value`` items (the rest at their defaults)."""
+    cls = ANALYSES[kind]
     hints = {f.name: f.type for f in dataclasses.fields(cls)}
     values = {}
     for key, value in config_mod.parse_sets(sets).items():
         if key not in hints:
             raise SparseddError(f"unknown setting {key!r} for {kind}; valid: {', '.join(hints) or 'none'}")
         typ = {"int": int, "float": float, "bool": bool, "str": str}[hints[key]] if isinstance(hints[key], str) else hints[key]
-        values[key] = config_mod._coerce(f"{kind}.{key}", value, typ)
-    s = cls(**values)
-    if kind == "interpolate" and (s.target not in ("redense", "dense") or not 0 < s.step <= 0.5):
-        raise SparseddError("interpolate: target must be redense or dense and step in (0, 0.5]")
-    if kind == "landscape" and (s.points < 3 or s.radius <= 0):
-        raise SparseddError("landscape: points must be >= 3 and radius > 0")
-    if kind == "sharpness" and (s.iters < 1 or s.trace_samples < 1 or s.subsample < 0):
-        raise SparseddError("sharpness: iters and trace_samples must be >= 1, subsample >= 0")
-    if kind == "redense" and (s.epochs < 0 or s.lr < 0):
-        raise SparseddError("redense: epochs and lr must be >= 0 (0: the run's value)")
-    if kind == "reinit" and s.inits < 1:
-        raise SparseddError("reinit: inits must be >= 1")
-    return s
+        values[key] = config_mod.coerce(f"{kind}.{key}", value, typ)
+    return cls(**values)
 
 
 class Analyzer:
