@@ -20,21 +20,19 @@ from typing import Any
 
 from .errors import SparseddError
 
-DATASETS = ("mnist", "mnist1d", "cifar10", "cifar100", "tinyimagenet")
-NOISE_TYPES = ("random", "symmetric", "asymmetric", "pairflip")
-MODELS = ("lenet-300-100", "mlp", "resnet18", "vgg16", "resnet101")
+# Data sets, noise types, models, pruning methods and retraining modes are validated against their
+# registries (sparsedd.data.DATASETS, data.noise.NOISE_TYPES, models.MODELS, pruning.STRATEGIES,
+# experiments.retrain.RETRAIN_MODES), imported inside the checks because those modules import this one.
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine")
-PRUNE_METHODS = ("magnitude", "random", "gradient")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_LAYERS = ("default", "all", "hidden", "conv")
-RETRAIN_MODES = ("finetune", "lr-rewind", "weight-rewind", "reinit")
 
 
 def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise SparseddError(
-            f"unknown {section}.{name} {value!r}: choose one of {', '.join(allowed)}"
+            f"unknown {section}.{name} {value!r}; choose one of {', '.join(allowed)}"
         )
 
 
@@ -55,10 +53,13 @@ class DataConfig:
     image_size: int = 0  # tinyimagenet: 64 or 32 (0: native 64)
 
     def __post_init__(self) -> None:
-        _choice("data", "name", self.name, DATASETS)
+        from .data import DATASETS
+        from .data.noise import NOISE_TYPES
+
+        _choice("data", "name", self.name, DATASETS.names())
         _choice("data", "augment", self.augment, ("default", "none", "crop-flip"))
         _check(self.image_size in (0, 32, 64), "data.image_size", "0, 32 or 64", self.image_size)
-        _choice("data", "noise_type", self.noise_type, NOISE_TYPES)
+        _choice("data", "noise_type", self.noise_type, NOISE_TYPES.names())
         _check(0.0 <= self.noise <= 1.0, "data.noise", "in [0, 1]", self.noise)
         _check(self.noise_seed >= 0, "data.noise_seed", ">= 0", self.noise_seed)
         _check(self.num_train >= 0, "data.num_train", ">= 0 (0: default)", self.num_train)
@@ -71,7 +72,9 @@ class ModelConfig:
     hidden: tuple[int, ...] = ()  # mlp only; (): the model's default widths
 
     def __post_init__(self) -> None:
-        _choice("model", "name", self.name, MODELS)
+        from .models import MODELS
+
+        _choice("model", "name", self.name, MODELS.names())
         _check(all(h > 0 for h in self.hidden), "model.hidden", "positive widths", self.hidden)
         if self.hidden and self.name != "mlp":
             raise SparseddError(f"model.hidden applies to the mlp only, not {self.name!r}")
@@ -121,7 +124,9 @@ class PruneConfig:
     gradient_batches: int = 10  # batches whose |w * dL/dw| are summed, for method = gradient
 
     def __post_init__(self) -> None:
-        _choice("prune", "method", self.method, PRUNE_METHODS)
+        from .pruning import STRATEGIES
+
+        _choice("prune", "method", self.method, STRATEGIES.names())
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
         _choice("prune", "layers", self.layers, PRUNE_LAYERS)
         _check(0 < self.fraction < 1, "prune.fraction", "in (0, 1)", self.fraction)
@@ -145,20 +150,19 @@ class RetrainConfig:
     finetune_epochs: int = 0  # finetune: epochs (0: train.epochs)
 
     def __post_init__(self) -> None:
-        _choice("retrain", "mode", self.mode, RETRAIN_MODES)
+        from .experiments.retrain import RETRAIN_MODES
+
+        _choice("retrain", "mode", self.mode, RETRAIN_MODES.names())
         _check(self.rewind_iteration >= 0, "retrain.rewind_iteration", ">= 0", self.rewind_iteration)
         _check(self.finetune_lr > 0, "retrain.finetune_lr", "> 0", self.finetune_lr)
         _check(self.finetune_epochs >= 0, "retrain.finetune_epochs", ">= 0 (0: train.epochs)", self.finetune_epochs)
 
     def relevant(self) -> dict[str, Any]:
         """The fields that matter for this mode (so unused settings never split stage ids)."""
-        d = canonical_dict(self)
-        keep = {"mode"}
-        if self.mode == "weight-rewind":
-            keep.add("rewind_iteration")
-        if self.mode == "finetune":
-            keep |= {"finetune_lr", "finetune_epochs"}
-        return {k: v for k, v in d.items() if k in keep}
+        from .experiments.retrain import RETRAIN_MODES
+
+        keep = {"mode", *RETRAIN_MODES[self.mode].fields}
+        return {k: v for k, v in canonical_dict(self).items() if k in keep}
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ def valid_keys() -> list[str]:
     return keys
 
 
-def _coerce(key: str, value: Any, typ: Any) -> Any:
+def coerce(key: str, value: Any, typ: Any) -> Any:
     """Turn a TOML value or a --set string into the field's type, or raise a one-line error."""
     origin = typing.get_origin(typ)
     if origin is tuple:
@@ -259,7 +263,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise SparseddError(f"{key} must be a list, got {value!r}")
         (inner, _ellipsis) = typing.get_args(typ)
-        return tuple(_coerce(key, v, inner) for v in value)
+        return tuple(coerce(key, v, inner) for v in value)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -291,12 +295,13 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise TypeError(f"unsupported field type {typ} for {key}")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables to dotted keys: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
     flat: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            flat.update(_flatten(v, key + "."))
+            flat.update(flatten(v, key + "."))
         else:
             flat[key] = v
     return flat
@@ -314,9 +319,9 @@ def build(flat: dict[str, Any]) -> RunConfig:
         if "." in key:
             sec, name = key.split(".", 1)
             typ = _field_types(hints[sec])[name]
-            sections.setdefault(sec, {})[name] = _coerce(key, value, typ)
+            sections.setdefault(sec, {})[name] = coerce(key, value, typ)
         else:
-            top[key] = _coerce(key, value, hints[key])
+            top[key] = coerce(key, value, hints[key])
     for sec, values in sections.items():
         top[sec] = hints[sec](**values)
     return RunConfig(**top)
@@ -338,14 +343,14 @@ def preset_values(name: str) -> dict[str, Any]:
     if name not in presets():
         raise SparseddError(f"unknown preset {name!r}; available: {', '.join(presets())}")
     text = resources.files("sparsedd").joinpath("presets", f"{name}.toml").read_text()
-    return _flatten(_read_toml(text, f"preset {name}"))
+    return flatten(_read_toml(text, f"preset {name}"))
 
 
 def file_values(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise SparseddError(f"config file {str(p)!r} not found; give the path of a TOML file")
-    return _flatten(_read_toml(p.read_text(), str(p)))
+    return flatten(_read_toml(p.read_text(), str(p)))
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -381,4 +386,4 @@ def load(preset: str | None = None, config_file: str | Path | None = None,
 
 def from_dict(d: dict[str, Any]) -> RunConfig:
     """Inverse of :func:`canonical_dict` (used to read stored configs)."""
-    return build(_flatten(d))
+    return build(flatten(d))

@@ -20,14 +20,28 @@ from ..errors import SparseddError
 from ..options import ExecOptions
 from ..experiments.replicate import Replicate, learning_distance
 from ..experiments.retrain import level_train_config
+from ..registry import Registry
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import train
-from . import phases as phases_mod
+from .curves import distance_table, phases_table
 from .hessian import hutchinson_trace, top_eigenvalue
 from .interpolate import alphas as alpha_grid
 from .interpolate import interpolate
 from .landscape import filter_normalized_direction, loss_curve
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """An analysis: its settings dataclass (which checks itself) and what it computes."""
+
+    settings: type
+    compute: Callable[..., Any]  # per level: (analyzer, seed, level, stage id, settings) -> dict; else (analyzer, settings) -> table
+    per_level: bool = True  # False: one table over the run's levels
+    pruned_only: bool = False  # per level, levels 1.. only (it compares a pruned network with another)
+
+
+ANALYSES: Registry[Analysis] = Registry("analysis")  # registered below the Analyzer
 
 
 @dataclass(frozen=True)
@@ -36,11 +50,19 @@ class RedenseSettings:
     lr: float = 0.0  # 0: the run's train.lr (paper: MNIST 0.1, CIFAR 0.001); constant
     carry_optimizer: bool = False  # start from the level's final optimizer state instead of a fresh one
 
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.lr < 0:
+            raise SparseddError("redense: epochs and lr must be >= 0 (0: the run's value)")
+
 
 @dataclass(frozen=True)
 class InterpolateSettings:
     step: float = 0.01  # alpha step (paper: 0.01)
     target: str = "redense"  # the other end: the level's re-dense solution, or the dense network (level 0)
+
+    def __post_init__(self) -> None:
+        if self.target not in ("redense", "dense") or not 0 < self.step <= 0.5:
+            raise SparseddError("interpolate: target must be redense or dense and step in (0, 0.5]")
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,10 @@ class LandscapeSettings:
     points: int = 41
     seed: int = 0  # the direction's seed
     all_weights: bool = False  # by default the direction is zero on pruned weights
+
+    def __post_init__(self) -> None:
+        if self.points < 3 or self.radius <= 0:
+            raise SparseddError("landscape: points must be >= 3 and radius > 0")
 
 
 @dataclass(frozen=True)
@@ -59,48 +85,42 @@ class SharpnessSettings:
     subsample: int = 0  # 0: the full training set; else a seeded subsample of this size
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.iters < 1 or self.trace_samples < 1 or self.subsample < 0:
+            raise SparseddError("sharpness: iters and trace_samples must be >= 1, subsample >= 0")
+
 
 @dataclass(frozen=True)
 class ReinitSettings:
     inits: int = 1  # fresh random inits per level
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.inits < 1:
+            raise SparseddError("reinit: inits must be >= 1")
+
 
 @dataclass(frozen=True)
-class NoSettings:
-    tol: float = 0.01  # phases: the smallest accuracy change taken as real
+class DistanceSettings:
+    """Nothing to set: the correlation is computed from the run's curve."""
 
 
-SETTINGS: dict[str, type] = {
-    "redense": RedenseSettings, "interpolate": InterpolateSettings, "landscape": LandscapeSettings,
-    "sharpness": SharpnessSettings, "reinit": ReinitSettings, "distance": NoSettings, "phases": NoSettings,
-}
-PER_LEVEL = ("redense", "interpolate", "landscape", "sharpness", "reinit")
+@dataclass(frozen=True)
+class PhasesSettings:
+    tol: float = 0.01  # the smallest accuracy change taken as real
 
 
 def parse_settings(kind: str, sets: list[str]) -> Any:
-    if kind not in SETTINGS:
-        raise SparseddError(f"unknown analysis {kind!r}; choose one of {', '.join(SETTINGS)}")
-    cls = SETTINGS[kind]
+    """The settings of analysis ``kind`` from ``--set key=value`` items (the rest at their defaults)."""
+    cls = ANALYSES[kind].settings
     hints = {f.name: f.type for f in dataclasses.fields(cls)}
     values = {}
     for key, value in config_mod.parse_sets(sets).items():
         if key not in hints:
             raise SparseddError(f"unknown setting {key!r} for {kind}; valid: {', '.join(hints) or 'none'}")
         typ = {"int": int, "float": float, "bool": bool, "str": str}[hints[key]] if isinstance(hints[key], str) else hints[key]
-        values[key] = config_mod._coerce(f"{kind}.{key}", value, typ)
-    s = cls(**values)
-    if kind == "interpolate" and (s.target not in ("redense", "dense") or not 0 < s.step <= 0.5):
-        raise SparseddError("interpolate: target must be redense or dense and step in (0, 0.5]")
-    if kind == "landscape" and (s.points < 3 or s.radius <= 0):
-        raise SparseddError("landscape: points must be >= 3 and radius > 0")
-    if kind == "sharpness" and (s.iters < 1 or s.trace_samples < 1 or s.subsample < 0):
-        raise SparseddError("sharpness: iters and trace_samples must be >= 1, subsample >= 0")
-    if kind == "redense" and (s.epochs < 0 or s.lr < 0):
-        raise SparseddError("redense: epochs and lr must be >= 0 (0: the run's value)")
-    if kind == "reinit" and s.inits < 1:
-        raise SparseddError("reinit: inits must be >= 1")
-    return s
+        values[key] = config_mod.coerce(f"{kind}.{key}", value, typ)
+    return cls(**values)
 
 
 class Analyzer:
@@ -108,7 +128,7 @@ class Analyzer:
 
     def __init__(self, store: Store, run_id: str, options: ExecOptions | None = None):
         self.store, self.run_id = store, run_id
-        self.rt = options or ExecOptions(progress=False)
+        self.options = options or ExecOptions(progress=False)
         self.cfg: RunConfig = config_mod.from_dict(store.run_config(run_id))
         self.links = store.index.run_stages(run_id)
         self._data = None
@@ -116,9 +136,9 @@ class Analyzer:
 
     def replicate(self, seed: int) -> Replicate:
         if self._data is None:
-            self._data = load_dataset(self.cfg.data, data_dir=self.rt.data_dir, device=self.rt.device)
+            self._data = load_dataset(self.cfg.data, data_dir=self.options.data_dir, device=self.options.device)
         if seed not in self._reps:
-            self._reps[seed] = Replicate(self.cfg.with_seed(seed), self.run_id, self._data, self.store, self.rt)
+            self._reps[seed] = Replicate(self.cfg.with_seed(seed), self.run_id, self._data, self.store, self.options)
         return self._reps[seed]
 
     def targets(self, levels: list[int] | None, seeds: list[int] | None) -> list[tuple[int, int, str]]:
@@ -134,7 +154,7 @@ class Analyzer:
         final = self.store.final(stage_id)
         model = rep.new_model(0)
         model.load_state_dict(final["model"])
-        mask = {n: m.to(self.rt.device) for n, m in final["mask"].items()}
+        mask = {n: m.to(self.options.device) for n, m in final["mask"].items()}
         return rep, model, mask, final
 
     # --- cached per-level analyses
@@ -230,53 +250,26 @@ class Analyzer:
     def run(self, kind: str, settings: Any, levels: list[int] | None = None, seeds: list[int] | None = None,
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
         """Rows of (seed, level, sparsity, result fields) for a per-level analysis, or a run-level table."""
-        if kind == "distance":
-            return distance_table(self.store, self.run_id)
-        if kind == "phases":
-            return phases_table(self.store, self.run_id, settings.tol)
+        analysis = ANALYSES[kind]
+        if not analysis.per_level:
+            return analysis.compute(self, settings)
         rows = []
-        method = getattr(self, kind)
         for seed, level, sid in self.targets(levels, seeds):
-            if kind in ("redense", "interpolate", "reinit") and level == 0:
+            if analysis.pruned_only and level == 0:
                 continue
             if progress:
                 progress(f"{kind}: seed {seed} level {level}")
-            result = method(seed, level, sid, settings)
+            result = analysis.compute(self, seed, level, sid, settings)
             metrics = self.store.done_info(sid)["metrics"]
             rows.append({"seed": seed, "level": level, "sparsity": metrics["sparsity"],
                          "level_test_acc": metrics["test_acc"], **result})
         return pd.DataFrame(rows)
 
 
-def distance_table(store: Store, run_id: str) -> pd.DataFrame:
-    """Learning distance and test accuracy per level, with their Spearman correlation (per seed and on the mean)."""
-    from ..results import run_curve
-
-    curve = run_curve(store, run_id)
-    out = []
-    for seed, g in curve.groupby("seed"):
-        out.append({"seed": int(seed), "spearman": float(g["distance"].corr(g["test_acc"], method="spearman"))})
-    mean = curve.groupby("level")[["distance", "test_acc"]].mean()
-    out.append({"seed": "mean", "spearman": float(mean["distance"].corr(mean["test_acc"], method="spearman"))})
-    return pd.DataFrame(out)
-
-
-def phases_table(store: Store, run_id: str, tol: float = 0.01) -> pd.DataFrame:
-    """The phases per seed and on the seed mean: one row per (seed, phase) with level, sparsity, accuracy."""
-    from ..results import run_curve
-
-    curve = run_curve(store, run_id)
-    curves: list[tuple[Any, pd.DataFrame]] = [(int(s), g) for s, g in curve.groupby("seed")]
-    curves.append(("mean", curve.groupby("level")[["sparsity", "test_acc", "train_acc_noisy"]].mean().reset_index()))
-    rows = []
-    for seed, g in curves:
-        if len(g) < 3:
-            continue
-        p = phases_mod.detect(g["sparsity"].tolist(), g["test_acc"].tolist(), g["train_acc_noisy"].tolist(), tol=tol)
-        for name in ("dense", "light_end", "critical", "sweet", "collapse", "train_leaves_full"):
-            pt = getattr(p, name)
-            if pt is not None:
-                acc_kind = "train_acc_noisy" if name == "train_leaves_full" else "test_acc"
-                rows.append({"seed": seed, "found": p.found, "phase": name, "level": pt.level,
-                             "sparsity": pt.sparsity, "acc": pt.acc, "acc_of": acc_kind, "note": p.reason})
-    return pd.DataFrame(rows)
+ANALYSES.register("redense", Analysis(RedenseSettings, Analyzer.redense, pruned_only=True))
+ANALYSES.register("interpolate", Analysis(InterpolateSettings, Analyzer.interpolate, pruned_only=True))
+ANALYSES.register("landscape", Analysis(LandscapeSettings, Analyzer.landscape))
+ANALYSES.register("sharpness", Analysis(SharpnessSettings, Analyzer.sharpness))
+ANALYSES.register("reinit", Analysis(ReinitSettings, Analyzer.reinit, pruned_only=True))
+ANALYSES.register("distance", Analysis(DistanceSettings, lambda a, s: distance_table(a.store, a.run_id), per_level=False))
+ANALYSES.register("phases", Analysis(PhasesSettings, lambda a, s: phases_table(a.store, a.run_id, s.tol), per_level=False))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import config as config_mod
-from ..data import Dataset, load_dataset
+from ..data import DATASETS, Dataset, load_dataset
 from ..errors import SparseddError
 from ..models import build_model
 from ..pruning import full_mask
@@ -18,26 +18,17 @@ from ..training import TrainData, train
 from ..training.loop import Accel, iters_per_epoch, predict
 from ..training.measured import sync
 
-# (input shape, classes, train size, test size) of each data set, for synthetic stand-ins
-SHAPES = {
-    "mnist": ((1, 28, 28), 10, 60000, 10000),
-    "mnist1d": ((40,), 10, 4000, 1000),
-    "cifar10": ((3, 32, 32), 10, 50000, 10000),
-    "cifar100": ((3, 32, 32), 100, 50000, 10000),
-    "tinyimagenet": ((3, 64, 64), 200, 100000, 10000),
-}
 EVAL_BATCH = 4096  # as in sparsedd.training.loop.predict
 
 
 def _data(cfg, data_dir, device, n: int) -> tuple[Dataset | None, tuple, int, int, int]:
-    shape, classes, n_train, n_test = SHAPES[cfg.data.name]
-    if cfg.data.name == "tinyimagenet" and cfg.data.image_size == 32:
-        shape = (3, 32, 32)
+    spec = DATASETS[cfg.data.name]
     try:
         d = load_dataset(cfg.data, data_dir=data_dir, device=device)
         return d, tuple(d.x_train.shape[1:]), d.num_classes, d.x_train.shape[0], d.x_test.shape[0]
-    except SparseddError:
-        return None, shape, classes, cfg.data.num_train or n_train, cfg.data.num_test or n_test
+    except SparseddError:  # absent: a synthetic stand-in of the registered shape
+        return (None, spec.input_shape(cfg.data.image_size), spec.classes, cfg.data.num_train or spec.num_train,
+                cfg.data.num_test or spec.num_test)
 
 
 def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: str = "cpu", batches: int = 10,
@@ -57,7 +48,7 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
     else:
         x = torch.randn((steps * bs, *shape), generator=g).to(dev)
         y = torch.randint(0, classes, (steps * bs,), generator=g).to(dev)
-        augment = "none" if cfg.data.name in ("mnist", "mnist1d") or cfg.data.augment == "none" else "crop-flip"
+        augment = "none" if DATASETS[cfg.data.name].augment == "none" or cfg.data.augment == "none" else "crop-flip"
     data = TrainData.clean(x, y, bs, augment=augment)
     model = build_model(cfg.model, shape, classes, seed=0).to(dev)
     mask = {n: m.to(dev) for n, m in full_mask(model, model.prunable_names(cfg.prune.layers)).items()}

@@ -1,4 +1,4 @@
-"""Data sets as in-memory tensors: ``load_dataset(cfg)`` dispatches on ``cfg.name``.
+"""Data sets as in-memory tensors: ``load_dataset(cfg)`` loads the data set registered as ``cfg.name``.
 
 Label noise is not applied here: the caller applies :func:`sparsedd.data.noise.apply_noise`
 to ``y_train`` (the clean labels), never to the test set; for asymmetric noise it passes
@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..config import DataConfig
 from ..errors import SparseddError
+from ..registry import Registry
 
 
 @dataclass
@@ -54,60 +56,68 @@ def check_size(dataset: str, key: str, asked: int, available: int) -> int:
     return asked or available
 
 
-IMAGE_DATASETS = ("mnist", "cifar10", "cifar100", "tinyimagenet")
-NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
+Folder = str | os.PathLike | None
+Loader = Callable[..., dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the code needs to know of a data set before (or without) loading it."""
+
+    load: Loader  # (DataConfig, *, data_dir: Folder, cache_dir: Folder) -> x_train, y_train, x_test, y_test [, coarse_train]
+    shape: tuple[int, ...]  # one input's shape, at the native image size
+    classes: int
+    num_train: int  # the full (or default) sizes, for data.num_train / num_test = 0
+    num_test: int
+    sizes: tuple[int, ...] = ()  # images: the sizes data.image_size may ask for, native first; (): not images
+    augment: str = "none"  # what data.augment = default means
+
+    @property
+    def images(self) -> bool:
+        return bool(self.sizes)
+
+    def input_shape(self, image_size: int = 0) -> tuple[int, ...]:
+        """One input's shape when loaded at ``image_size`` (0: native; ignored for data that are not images)."""
+        return (*self.shape[:-2], image_size, image_size) if image_size and self.images else self.shape
+
+
+DATASETS: Registry[DatasetSpec] = Registry("data set")
 
 
 def standard_augment(cfg: DataConfig) -> str:
-    """The augmentation the trainer applies: ``cfg.augment`` with ``default`` resolved per data set.
-
-    default: crop-flip for cifar10, cifar100 and tinyimagenet, none for mnist and mnist1d.
-    """
+    """The augmentation the trainer applies: ``cfg.augment`` with ``default`` resolved per data set
+    (its registered ``augment``: crop-flip for cifar10, cifar100 and tinyimagenet, none for the others)."""
+    spec = DATASETS[cfg.name]
     if cfg.augment == "default":
-        return "crop-flip" if cfg.name in ("cifar10", "cifar100", "tinyimagenet") else "none"
-    if cfg.augment == "crop-flip" and cfg.name not in IMAGE_DATASETS:
+        return spec.augment
+    if cfg.augment == "crop-flip" and not spec.images:
+        images = ", ".join(DATASETS.where(lambda s: s.images))
         raise SparseddError(
-            f"data.augment = 'crop-flip' applies to images only ({', '.join(IMAGE_DATASETS)}), "
+            f"data.augment = 'crop-flip' applies to images only ({images}), "
             f"not {cfg.name}; set data.augment to none or default"
         )
     return cfg.augment
 
 
 def _check_image_size(cfg: DataConfig) -> None:
-    if cfg.image_size and cfg.name != "tinyimagenet" and cfg.image_size != NATIVE_SIZE.get(cfg.name):
-        native = f"{cfg.name} images are {NATIVE_SIZE[cfg.name]}x{NATIVE_SIZE[cfg.name]}" if cfg.name in NATIVE_SIZE \
+    spec = DATASETS[cfg.name]
+    if cfg.image_size and cfg.image_size not in spec.sizes:
+        native = f"{cfg.name} images are {spec.sizes[0]}x{spec.sizes[0]}" if spec.images \
             else f"{cfg.name} is not an image data set"
+        resizable = ", ".join(DATASETS.where(lambda s: len(s.sizes) > 1))
         raise SparseddError(
-            f"data.image_size = {cfg.image_size} applies to tinyimagenet only ({native}); set data.image_size = 0"
+            f"data.image_size = {cfg.image_size} applies to {resizable} only ({native}); set data.image_size = 0"
         )
 
 
 def load_dataset(cfg: DataConfig, *, data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
     """The data set ``cfg.name`` with clean labels, on ``device``."""
+    spec = DATASETS[cfg.name]
     augment = standard_augment(cfg)
     _check_image_size(cfg)
-    if cfg.name == "mnist":
-        from .mnist import NUM_CLASSES, load_mnist
-
-        d = load_mnist(cfg.num_train, cfg.num_test, data_dir=data_dir, cache_dir=cache_dir)
-    elif cfg.name == "mnist1d":
-        from .mnist1d import NUM_CLASSES, load_mnist1d
-
-        d = load_mnist1d(cfg.num_train, cfg.num_test, cache_dir=cache_dir)
-    elif cfg.name in ("cifar10", "cifar100"):
-        from .cifar import load_cifar
-
-        NUM_CLASSES = 10 if cfg.name == "cifar10" else 100
-        d = load_cifar(NUM_CLASSES, cfg.num_train, cfg.num_test, data_dir=data_dir, cache_dir=cache_dir)
-    elif cfg.name == "tinyimagenet":
-        from .tinyimagenet import NUM_CLASSES, load_tinyimagenet
-
-        d = load_tinyimagenet(cfg.num_train, cfg.num_test, data_dir=data_dir, cache_dir=cache_dir,
-                              image_size=cfg.image_size or 64)
-    else:
-        raise SparseddError(f"unknown data set {cfg.name!r}; choose mnist, mnist1d, cifar10, cifar100 or tinyimagenet")
-    return Dataset(cfg.name, num_classes=NUM_CLASSES, augment=augment, **d).to(device)
+    d = spec.load(cfg, data_dir=data_dir, cache_dir=cache_dir)
+    return Dataset(cfg.name, num_classes=spec.classes, augment=augment, **d).to(device)
 
 
 # ----------------------------------------------------------------------------- shared by the loaders
@@ -144,3 +154,40 @@ def download_archive(urls: list[str], dest: Path, md5: str) -> Path:
 
     return download(urls, dest, md5, raw=True)
 
+
+# ----------------------------------------------------------------------------- the data sets
+# imported last: the loaders import the helpers above
+
+from . import cifar, mnist, mnist1d, tinyimagenet  # noqa: E402
+
+
+def _load_mnist(cfg: DataConfig, *, data_dir: Folder, cache_dir: Folder) -> dict[str, torch.Tensor]:
+    return mnist.load_mnist(cfg.num_train, cfg.num_test, data_dir=data_dir, cache_dir=cache_dir)
+
+
+def _load_mnist1d(cfg: DataConfig, *, data_dir: Folder, cache_dir: Folder) -> dict[str, torch.Tensor]:
+    return mnist1d.load_mnist1d(cfg.num_train, cfg.num_test, cache_dir=cache_dir)  # generated, never in data_dir
+
+
+def _cifar_loader(num_classes: int) -> Loader:
+    def load(cfg: DataConfig, *, data_dir: Folder, cache_dir: Folder) -> dict[str, torch.Tensor]:
+        return cifar.load_cifar(num_classes, cfg.num_train, cfg.num_test, data_dir=data_dir, cache_dir=cache_dir)
+    return load
+
+
+def _load_tinyimagenet(cfg: DataConfig, *, data_dir: Folder, cache_dir: Folder) -> dict[str, torch.Tensor]:
+    return tinyimagenet.load_tinyimagenet(cfg.num_train, cfg.num_test, data_dir=data_dir, cache_dir=cache_dir,
+                                          image_size=cfg.image_size or tinyimagenet.NATIVE_SIZE)
+
+
+DATASETS.register("mnist", DatasetSpec(_load_mnist, shape=(1, 28, 28), classes=mnist.NUM_CLASSES,
+                                       num_train=mnist.NUM_TRAIN, num_test=mnist.NUM_TEST, sizes=(28,)))
+DATASETS.register("mnist1d", DatasetSpec(_load_mnist1d, shape=(40,), classes=mnist1d.NUM_CLASSES,
+                                         num_train=mnist1d.NUM_TRAIN, num_test=mnist1d.NUM_TEST))
+DATASETS.register("cifar10", DatasetSpec(_cifar_loader(10), shape=(3, 32, 32), classes=10, num_train=cifar.NUM_TRAIN,
+                                         num_test=cifar.NUM_TEST, sizes=(32,), augment="crop-flip"))
+DATASETS.register("cifar100", DatasetSpec(_cifar_loader(100), shape=(3, 32, 32), classes=100, num_train=cifar.NUM_TRAIN,
+                                          num_test=cifar.NUM_TEST, sizes=(32,), augment="crop-flip"))
+DATASETS.register("tinyimagenet", DatasetSpec(_load_tinyimagenet, shape=(3, 64, 64), classes=tinyimagenet.NUM_CLASSES,
+                                              num_train=tinyimagenet.NUM_TRAIN, num_test=tinyimagenet.NUM_TEST,
+                                              sizes=(tinyimagenet.NATIVE_SIZE, 32), augment="crop-flip"))

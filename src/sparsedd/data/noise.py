@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..errors import SparseddError
+from ..registry import Registry
 from ..rng import generator
 
-NOISE_TYPES = ("random", "symmetric", "asymmetric", "pairflip")
+# (labels to change in place, classes, rate, generator, coarse=, dataset=) -> the indices chosen
+Flip = Callable[..., torch.Tensor]
+NOISE_TYPES: Registry[Flip] = Registry("noise type")
 
 # asymmetric noise: the class each source class is flipped to (classes not listed keep their label)
 ASYMMETRIC = {
@@ -30,18 +34,9 @@ class NoisyLabels:
 
 def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: str, seed: int, *,
                 coarse: torch.Tensor | None = None, dataset: str | None = None) -> NoisyLabels:
-    """Noisy copies of ``clean`` (which is left as is); deterministic given ``seed``.
-
-    ``random``: ceil(rate * N) examples, chosen without replacement, get a label drawn uniformly
-    from all classes (possibly the true one). ``symmetric``: round(rate * N) examples get a label
-    drawn uniformly from the other classes. ``pairflip``: round(rate * N) examples of class i get
-    class (i + 1) mod C. ``asymmetric``: for each source class c of ``dataset``'s confusion map,
-    round(rate * n_c) of its n_c examples get its target class (see :data:`ASYMMETRIC`; for
-    ``cifar100`` the next fine class within the superclass given by ``coarse``, cyclically, in
-    fine-label order).
-    """
-    if noise_type not in NOISE_TYPES:
-        raise SparseddError(f"unknown noise type {noise_type!r}: choose one of {', '.join(NOISE_TYPES)}")
+    """Noisy copies of ``clean`` (which is left as is) by the noise type registered as ``noise_type``
+    (random, symmetric, asymmetric, pairflip: see their functions below); deterministic given ``seed``."""
+    flip = NOISE_TYPES[noise_type]
     if not 0.0 <= rate <= 1.0:
         raise SparseddError(f"noise rate must be in [0, 1], got {rate!r}")
     if num_classes < 2:
@@ -50,28 +45,7 @@ def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: 
     n = y.numel()
     if y.ndim != 1 or (n and not (0 <= int(y.min()) and int(y.max()) < num_classes)):
         raise SparseddError(f"labels must be a 1-D tensor of class indices in [0, {num_classes})")
-    g = generator("label-noise", noise_type, seed)
-    if noise_type == "asymmetric":
-        targets = _asymmetric_targets(dataset, num_classes, y, coarse)
-        picks = []
-        for c in sorted(targets):  # source classes in order, each with its own draw
-            members = torch.nonzero(y == c, as_tuple=True)[0]
-            picks.append(members[torch.randperm(len(members), generator=g)[:_count(rate, len(members))]])
-        chosen = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.int64)
-        table = torch.arange(num_classes)
-        for c, t in targets.items():
-            table[c] = t
-        y[chosen] = table[y[chosen]]
-    else:
-        exact = round(rate * n, 9)  # so that 0.2 * N never rounds up to N * 0.2 + 1
-        k = math.ceil(exact) if noise_type == "random" else round(exact)
-        chosen = torch.randperm(n, generator=g)[:k]
-        if noise_type == "random":
-            y[chosen] = torch.randint(0, num_classes, (k,), generator=g)
-        elif noise_type == "symmetric":
-            y[chosen] = (y[chosen] + torch.randint(1, num_classes, (k,), generator=g)) % num_classes
-        else:  # pairflip
-            y[chosen] = (y[chosen] + 1) % num_classes
+    chosen = flip(y, num_classes, rate, generator("label-noise", noise_type, seed), coarse=coarse, dataset=dataset)
     corrupted = torch.nonzero(y != clean.detach().cpu(), as_tuple=True)[0]
     return NoisyLabels(
         labels=y.to(clean.device), chosen=chosen.sort().values, corrupted=corrupted,
@@ -79,8 +53,57 @@ def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: 
     )
 
 
+def _exact(rate: float, n: int) -> float:
+    return round(rate * n, 9)  # so that 0.2 * N never rounds up to N * 0.2 + 1
+
+
 def _count(rate: float, n: int) -> int:
-    return round(round(rate * n, 9))
+    return round(_exact(rate, n))
+
+
+@NOISE_TYPES.register("random")
+def random_labels(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, **_: object) -> torch.Tensor:
+    """ceil(rate * N) examples, without replacement, get a uniformly drawn label (possibly the true one)."""
+    k = math.ceil(_exact(rate, y.numel()))
+    chosen = torch.randperm(y.numel(), generator=g)[:k]
+    y[chosen] = torch.randint(0, num_classes, (k,), generator=g)
+    return chosen
+
+
+@NOISE_TYPES.register("symmetric")
+def symmetric(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, **_: object) -> torch.Tensor:
+    """round(rate * N) examples get a label drawn uniformly from the other classes."""
+    k = _count(rate, y.numel())
+    chosen = torch.randperm(y.numel(), generator=g)[:k]
+    y[chosen] = (y[chosen] + torch.randint(1, num_classes, (k,), generator=g)) % num_classes
+    return chosen
+
+
+@NOISE_TYPES.register("asymmetric")
+def asymmetric(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, *,
+               coarse: torch.Tensor | None = None, dataset: str | None = None, **_: object) -> torch.Tensor:
+    """round(rate * n_c) of the n_c examples of each source class c of ``dataset``'s confusion map get its
+    target class (see :data:`ASYMMETRIC`; for ``cifar100`` the next fine class within the superclass given
+    by ``coarse``, cyclically, in fine-label order)."""
+    targets = _asymmetric_targets(dataset, num_classes, y, coarse)
+    picks = []
+    for c in sorted(targets):  # source classes in order, each with its own draw
+        members = torch.nonzero(y == c, as_tuple=True)[0]
+        picks.append(members[torch.randperm(len(members), generator=g)[:_count(rate, len(members))]])
+    chosen = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.int64)
+    table = torch.arange(num_classes)
+    for c, t in targets.items():
+        table[c] = t
+    y[chosen] = table[y[chosen]]
+    return chosen
+
+
+@NOISE_TYPES.register("pairflip")
+def pairflip(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, **_: object) -> torch.Tensor:
+    """round(rate * N) examples of class i get class (i + 1) mod C."""
+    chosen = torch.randperm(y.numel(), generator=g)[:_count(rate, y.numel())]
+    y[chosen] = (y[chosen] + 1) % num_classes
+    return chosen
 
 
 def _asymmetric_targets(dataset: str | None, num_classes: int, y: torch.Tensor,

@@ -2,7 +2,7 @@
 
 A level's job is made in two steps that are the algorithm itself: prune the previous level's final
 weights (:meth:`Replicate.prune`), then pick the weights training starts from by retraining mode
-(:func:`sparsedd.experiments.retrain.start_weights`). Every input a step needs (the parent stage,
+(:meth:`Replicate.start_weights`, by the mode's entry in :data:`sparsedd.experiments.retrain.RETRAIN_MODES`). Every input a step needs (the parent stage,
 the dense stage) is passed in; nothing depends on the order methods were called in.
 """
 
@@ -24,7 +24,7 @@ from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
 from .progress import SILENT, Progress
-from .retrain import level_train_config, start_weights
+from .retrain import RETRAIN_MODES, level_train_config
 from .stages import Job, dense_key, level_key, rewind_key
 
 
@@ -87,12 +87,17 @@ class Replicate:
         # is shared by runs that prune different layers (prune settings are not part of its id)
         before = prev["mask"] if level > 1 else full_mask(model, model.prunable_names(self.cfg.prune.layers))
         mask = self.prune(level, model, before)
-        mode = self.cfg.retrain.mode
-        state = start_weights(mode, previous=prev["model"],
-                              rewind=self.rewind_point(dense_id) if mode == "weight-rewind" else {},
-                              fresh=self.new_model(derive_seed(self.cfg.seed, "reinit", level)).state_dict()
-                              if mode == "reinit" else {})
+        state = self.start_weights(level, prev["model"], dense_id)
         return Job(sid, level, state, mask, self.schedule(level), f"seed {self.cfg.seed} level {level}/{self.cfg.prune.levels}")
+
+    def start_weights(self, level: int, previous: dict[str, torch.Tensor], dense_id: str) -> dict[str, torch.Tensor]:
+        """The weights the retraining mode starts a level from (before its mask): only those are computed."""
+        start = RETRAIN_MODES[self.cfg.retrain.mode].start
+        if start == "rewind":
+            return self.rewind_point(dense_id)
+        if start == "fresh":  # a fresh init, seeded per level
+            return self.new_model(derive_seed(self.cfg.seed, "reinit", level)).state_dict()
+        return previous
 
     def prune(self, level: int, model: nn.Module, mask: Mask) -> Mask:
         """The next mask from the previous level's weights; ranking happens on the CPU (deterministic)."""

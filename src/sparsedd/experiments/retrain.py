@@ -3,33 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
-
-import torch
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 from ..config import RunConfig, TrainConfig
+from ..registry import Registry
 
-StateDict = dict[str, torch.Tensor]
+
+@dataclass(frozen=True)
+class RetrainMode:
+    # the weights a level starts from, before its mask is applied: the previous level's final weights,
+    # the dense run's weights at retrain.rewind_iteration, or a fresh init seeded per level
+    start: Literal["previous", "rewind", "fresh"]
+    schedule: Callable[[RunConfig], TrainConfig]  # a pruned level's training settings
+    fields: tuple[str, ...] = ()  # the RetrainConfig fields it reads: they, and no others, enter its stage ids
 
 
-def level_train_config(cfg: RunConfig) -> TrainConfig:
-    """The schedule of a pruned level: finetuning uses a constant small LR, the other modes replay training."""
+RETRAIN_MODES: Registry[RetrainMode] = Registry("retraining mode")
+
+
+def replay(cfg: RunConfig) -> TrainConfig:
+    """Train each level as the dense network was trained."""
+    return cfg.train
+
+
+def finetune(cfg: RunConfig) -> TrainConfig:
+    """A constant small learning rate, for retrain.finetune_epochs (0: train.epochs)."""
     r = cfg.retrain
-    if r.mode != "finetune":
-        return cfg.train
     return dataclasses.replace(cfg.train, lr=r.finetune_lr, schedule="constant", milestones=(), warmup_epochs=0,
                                epochs=r.finetune_epochs or cfg.train.epochs)
 
 
-def start_weights(mode: str, *, previous: StateDict, rewind: StateDict, fresh: StateDict) -> StateDict:
-    """The weights a level starts from, before its mask is applied.
+RETRAIN_MODES.register("finetune", RetrainMode("previous", finetune, fields=("finetune_lr", "finetune_epochs")))
+RETRAIN_MODES.register("lr-rewind", RetrainMode("previous", replay))
+RETRAIN_MODES.register("weight-rewind", RetrainMode("rewind", replay, fields=("rewind_iteration",)))
+RETRAIN_MODES.register("reinit", RetrainMode("fresh", replay))
 
-    finetune, lr-rewind: the previous level's final weights; weight-rewind: the dense run's weights at
-    the rewind iteration (its init for iteration 0); reinit: a fresh random init (seeded per level).
-    """
-    if mode in ("finetune", "lr-rewind"):
-        return previous
-    if mode == "weight-rewind":
-        return rewind
-    if mode == "reinit":
-        return fresh
-    raise ValueError(f"unknown retraining mode {mode!r}")
+
+def level_train_config(cfg: RunConfig) -> TrainConfig:
+    """The schedule of a pruned level: finetuning uses a constant small LR, the other modes replay training."""
+    return RETRAIN_MODES[cfg.retrain.mode].schedule(cfg)
+

@@ -13,6 +13,7 @@ from ..options import ExecOptions
 from ..store import Store
 from ..training.loop import iters_per_epoch
 from .replicate import Replicate
+from .retrain import RETRAIN_MODES
 from .stages import Job, data_key
 
 
@@ -29,7 +30,7 @@ def load_data(configs: list[RunConfig], options: ExecOptions) -> dict[str, Datas
 
 def check_fits(cfg: RunConfig, data: Dataset) -> None:
     """Checks that need the data's size."""
-    if cfg.retrain.mode == "weight-rewind":
+    if RETRAIN_MODES[cfg.retrain.mode].start == "rewind":
         total = cfg.train.epochs * iters_per_epoch(data.x_train.shape[0], cfg.train.batch_size)
         if cfg.retrain.rewind_iteration > total:
             raise SparseddError(f"retrain.rewind_iteration {cfg.retrain.rewind_iteration} is past the end of dense "

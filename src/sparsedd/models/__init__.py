@@ -1,51 +1,65 @@
-"""Model builders by name. Every model exposes ``prunable_names(layers)``."""
+"""Model builders by name. Every model exposes ``prunable_names(layers)``: the weights ``prune.layers``
+selects, or a one-line error for a value the model does not support."""
 
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import SparseddError
+from ..registry import Registry
 from .mlp import MLP
 from .resnet import resnet18, resnet101
 from .vgg import vgg16
 
-DEFAULT_MLP_HIDDEN = (256, 256)
+# (config, one input's shape, classes) -> the model, after checking that it fits the input
+Builder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
+MODELS: Registry[Builder] = Registry("model")
 
-# image models: name -> (builder, smallest height/width they accept, the data they are meant for)
-IMAGE_MODELS = {
-    "resnet18": (resnet18, 8, "cifar10 or cifar100"),
-    "vgg16": (vgg16, 16, "cifar10 or cifar100"),
-    "resnet101": (resnet101, 8, "tinyimagenet"),
-}
+DEFAULT_MLP_HIDDEN = (256, 256)
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """Build the model on the CPU with an init that depends only on ``seed``."""
-    in_features = 1
-    for d in input_shape:
-        in_features *= d
-    if cfg.name == "lenet-300-100":
-        if in_features != 784:
-            raise SparseddError(f"lenet-300-100 expects 28x28 inputs (784 features), the data has {in_features}; use model.name = 'mlp'")
-        model = MLP(784, (300, 100), num_classes)
-    elif cfg.name == "mlp":
-        model = MLP(in_features, cfg.hidden or DEFAULT_MLP_HIDDEN, num_classes)
-    elif cfg.name in IMAGE_MODELS:
-        builder, min_size, meant_for = IMAGE_MODELS[cfg.name]
-        shape = tuple(input_shape)
-        if len(shape) != 3 or shape[0] != 3:
-            raise SparseddError(f"{cfg.name} expects 3-channel images [3, H, W] ({meant_for}), the data has shape "
-                                f"{list(shape)}; use an image data set or model.name = 'mlp'")
-        if min(shape[1:]) < min_size:
-            raise SparseddError(f"{cfg.name} expects images of at least {min_size}x{min_size}, the data has "
-                                f"{shape[1]}x{shape[2]}; use {meant_for}")
-        model = builder(num_classes)
-    else:  # config validation makes this unreachable
-        raise SparseddError(f"unknown model {cfg.name!r}")
+    model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
     reset_parameters(model, seed)
     return model
+
+
+@MODELS.register("lenet-300-100")
+def build_lenet_300_100(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    features = math.prod(input_shape)
+    if features != 784:
+        raise SparseddError(f"lenet-300-100 expects 28x28 inputs (784 features), the data has {features}; "
+                            f"use model.name = 'mlp'")
+    return MLP(784, (300, 100), num_classes)
+
+
+@MODELS.register("mlp")
+def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MLP(math.prod(input_shape), cfg.hidden or DEFAULT_MLP_HIDDEN, num_classes)
+
+
+def image_model(builder: Callable[[int], nn.Module], min_size: int, meant_for: str) -> Builder:
+    """A builder for a network of 3-channel images at least ``min_size`` wide (``meant_for``: its data, for messages)."""
+    def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        if len(input_shape) != 3 or input_shape[0] != 3:
+            raise SparseddError(f"{cfg.name} expects 3-channel images [3, H, W] ({meant_for}), the data has shape "
+                                f"{list(input_shape)}; use an image data set or model.name = 'mlp'")
+        if min(input_shape[1:]) < min_size:
+            raise SparseddError(f"{cfg.name} expects images of at least {min_size}x{min_size}, the data has "
+                                f"{input_shape[1]}x{input_shape[2]}; use {meant_for}")
+        return builder(num_classes)
+    return build
+
+
+MODELS.register("resnet18", image_model(resnet18, 8, "cifar10 or cifar100"))
+MODELS.register("vgg16", image_model(vgg16, 16, "cifar10 or cifar100"))
+MODELS.register("resnet101", image_model(resnet101, 8, "tinyimagenet"))
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

@@ -27,11 +27,3 @@ def density(mask: Mask) -> float:
 
 def layer_sparsity(mask: Mask) -> dict[str, float]:
     return {n: 1.0 - float(m.float().mean()) for n, m in mask.items()}
-
-
-@torch.no_grad()
-def apply_mask(model: nn.Module, mask: Mask) -> None:
-    """Zero the pruned weights in place."""
-    params = dict(model.named_parameters())
-    for n, m in mask.items():
-        params[n].mul_(m)

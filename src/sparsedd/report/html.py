@@ -10,13 +10,14 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..analysis.runner import distance_table, phases_table
+from ..analysis.curves import distance_table, phases_table
 from ..results import load, resolve_run
 from ..store import Store
 from . import figures as F
 from .tables import run_title
 
-ANALYSES = ("redense", "interpolate", "landscape", "sharpness", "reinit")
+FIGURED_ANALYSES = (  # the per-level analyses with a figure
+    "redense", "interpolate", "landscape", "sharpness", "reinit")
 
 # Runs in the browser: records script errors and broken images, so a headless test can read the DOM.
 CHECK_JS = """
@@ -156,7 +157,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
         w.figure(F.fig_distance(levels, None if pd.isna(rho) else float(rho), title), f"{r}-distance",
                  "Learning distance ||w - w_init||_2 (from the dense initialization) beside test accuracy.")
         w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
-        for kind in ANALYSES:
+        for kind in FIGURED_ANALYSES:
             rows = _analysis_rows(res, r, kind)
             if not len(rows):
                 continue

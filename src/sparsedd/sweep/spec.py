@@ -95,7 +95,7 @@ def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     value = doc.get(key, {})
     if not isinstance(value, dict):
         raise SparseddError(f"{where}: [{key}] must be a table of dotted config keys")
-    return config_mod._flatten(value)
+    return config_mod.flatten(value)
 
 
 def load_sweep(source: str) -> Sweep:

@@ -1,0 +1,44 @@
+"""Analyses of a run's whole curve (no training): learning distance against test accuracy, and the phases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ..store import Store
+from . import phases as phases_mod
+
+
+def distance_table(store: Store, run_id: str) -> pd.DataFrame:
+    """Learning distance and test accuracy per level, with their Spearman correlation (per seed and on the mean)."""
+    from ..results import run_curve
+
+    curve = run_curve(store, run_id)
+    out = []
+    for seed, g in curve.groupby("seed"):
+        out.append({"seed": int(seed), "spearman": float(g["distance"].corr(g["test_acc"], method="spearman"))})
+    mean = curve.groupby("level")[["distance", "test_acc"]].mean()
+    out.append({"seed": "mean", "spearman": float(mean["distance"].corr(mean["test_acc"], method="spearman"))})
+    return pd.DataFrame(out)
+
+
+def phases_table(store: Store, run_id: str, tol: float = 0.01) -> pd.DataFrame:
+    """The phases per seed and on the seed mean: one row per (seed, phase) with level, sparsity, accuracy."""
+    from ..results import run_curve
+
+    curve = run_curve(store, run_id)
+    curves: list[tuple[Any, pd.DataFrame]] = [(int(s), g) for s, g in curve.groupby("seed")]
+    curves.append(("mean", curve.groupby("level")[["sparsity", "test_acc", "train_acc_noisy"]].mean().reset_index()))
+    rows = []
+    for seed, g in curves:
+        if len(g) < 3:
+            continue
+        p = phases_mod.detect(g["sparsity"].tolist(), g["test_acc"].tolist(), g["train_acc_noisy"].tolist(), tol=tol)
+        for name in ("dense", "light_end", "critical", "sweet", "collapse", "train_leaves_full"):
+            pt = getattr(p, name)
+            if pt is not None:
+                acc_kind = "train_acc_noisy" if name == "train_leaves_full" else "test_acc"
+                rows.append({"seed": seed, "found": p.found, "phase": name, "level": pt.level,
+                             "sparsity": pt.sparsity, "acc": pt.acc, "acc_of": acc_kind, "note": p.reason})
+    return pd.DataFrame(rows)

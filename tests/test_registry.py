@@ -1,0 +1,137 @@
+"""Registries of names: a pruning method and a data set added by one registration each are accepted by
+the configuration and run end to end; unknown names are one-line errors that list the choices."""
+
+import pytest
+import torch
+
+from sparsedd import config as c
+from sparsedd.analysis.runner import ANALYSES, InterpolateSettings, parse_settings
+from sparsedd.data import DATASETS, DatasetSpec, load_dataset
+from sparsedd.errors import SparseddError
+from sparsedd.experiments import ExecOptions, run
+from sparsedd.pruning import STRATEGIES, get_strategy, magnitude
+from sparsedd.registry import Registry
+from sparsedd.store import Store
+
+TOY_SETS = ["data.name=toy", "data.num_train=90", "data.num_test=30", "prune.method=toy", "model.hidden=[16]",
+            "train.epochs=2", "train.batch_size=30", "prune.levels=2", "prune.fraction=0.2"]
+
+
+def load_toy(cfg, *, data_dir, cache_dir):
+    """Three classes of 8-feature points: how many of the first two features are positive."""
+    n_train, n_test = cfg.num_train or 90, cfg.num_test or 30
+    x = torch.randn(n_train + n_test, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
+
+
+@pytest.fixture
+def toy():
+    """A toy data set and a toy pruning method (magnitude, counting its calls), registered for one test."""
+    calls = []
+
+    def toy_prune(weights, mask, *, fraction, scope, **_):
+        calls.append(fraction)
+        return magnitude(weights, mask, fraction=fraction, scope=scope)
+
+    DATASETS.register("toy", DatasetSpec(load_toy, shape=(8,), classes=3, num_train=90, num_test=30))
+    STRATEGIES.register("toy", toy_prune)
+    try:
+        yield calls
+    finally:
+        DATASETS.unregister("toy")
+        STRATEGIES.unregister("toy")
+
+
+def one_line_error(fn, *args, **kw) -> str:
+    with pytest.raises(SparseddError) as e:
+        fn(*args, **kw)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_registry_lookup_decorator_and_unknown_name():
+    colours: Registry[int] = Registry("colour")
+    colours.register("red", 1)
+
+    @colours.register("green")
+    def green():
+        return 2
+
+    assert colours["red"] == 1 and colours["green"] is green and green() == 2
+    assert colours.names() == ("red", "green") and "red" in colours and "blue" not in colours
+    assert one_line_error(colours.__getitem__, "blue") == "unknown colour 'blue'; choose one of red, green"
+    with pytest.raises(ValueError, match="already registered"):
+        colours.register("red", 3)
+    colours.unregister("red")
+    assert colours.names() == ("green",)
+
+
+def test_registered_toy_data_set_and_pruning_method_run_end_to_end(toy, tmp_path):
+    cfg = c.load(sets=TOY_SETS)
+    assert (cfg.data.name, cfg.prune.method) == ("toy", "toy")
+    d = load_dataset(cfg.data)
+    assert d.x_train.shape == (90, 8) and d.num_classes == 3 and d.augment == "none"
+    assert get_strategy("toy") is STRATEGIES["toy"]
+    store = Store(tmp_path / "runs")
+    run_id = run(cfg, store, options=ExecOptions(progress=False, batch="off", sparse="off"))
+    assert toy == [0.2, 0.2]  # one pruning round per level, through the registry
+    sparsity = [store.done_info(sid)["metrics"]["sparsity"] for sid in store.index.run_stages(run_id).values()]
+    assert sparsity == pytest.approx([0.0, 0.2, 0.36], abs=0.01)
+
+
+def test_unknown_names_list_the_registered_choices(toy):
+    assert "choose one of magnitude, random, gradient, toy" in one_line_error(c.load, sets=["prune.method=magic"])
+    assert "mnist1d, cifar10, cifar100, tinyimagenet, toy" in one_line_error(c.load, sets=["data.name=nope"])
+    assert "lenet-300-100, mlp, resnet18, vgg16, resnet101" in one_line_error(c.load, sets=["model.name=nope"])
+    assert "finetune, lr-rewind, weight-rewind, reinit" in one_line_error(c.load, sets=["retrain.mode=nope"])
+    assert "random, symmetric, asymmetric, pairflip" in one_line_error(c.load, sets=["data.noise_type=nope"])
+    assert "unknown pruning method 'magic'; choose one of" in one_line_error(get_strategy, "magic")
+
+
+def test_analysis_settings_check_themselves():
+    assert "distance" in ANALYSES and "phases" in ANALYSES
+    assert parse_settings("phases", ["tol=0.05"]).tol == 0.05
+    assert "valid: none" in one_line_error(parse_settings, "distance", ["tol=0.05"])
+    assert "target must be" in one_line_error(InterpolateSettings, target="init")
+    assert "choose one of redense, interpolate" in one_line_error(parse_settings, "bogus", [])
+
+
+def test_registered_retraining_mode_and_analysis_run_end_to_end(tmp_path):
+    """A retraining mode (its start and schedule) and an analysis (settings plus one function), each added
+    by one registration, drive the pipeline and `sparsedd.analyze`."""
+    import dataclasses
+
+    import sparsedd
+    from sparsedd.analysis.runner import Analysis
+    from sparsedd.experiments.retrain import RETRAIN_MODES, RetrainMode
+
+    @dataclasses.dataclass(frozen=True)
+    class NormSettings:
+        p: float = 2.0
+
+        def __post_init__(self):
+            if self.p <= 0:
+                raise SparseddError("norm: p must be > 0")
+
+    def weight_norm(analyzer, seed, level, sid, s):
+        w = analyzer.store.final(sid)["model"]
+        return analyzer.cached("norm", sid, s, lambda: {"norm": float(torch.cat([v.flatten() for v in w.values()]).norm(s.p))})
+
+    def half_lr(cfg):
+        return dataclasses.replace(cfg.train, lr=cfg.train.lr / 2)
+
+    RETRAIN_MODES.register("half-lr", RetrainMode("fresh", half_lr))
+    ANALYSES.register("norm", Analysis(NormSettings, weight_norm))
+    try:
+        sets = {"data.num_train": 120, "data.num_test": 60, "model.hidden": [16], "train.epochs": 2,
+                "train.batch_size": 30, "prune.levels": 1, "retrain.mode": "half-lr"}
+        res = sparsedd.run("mnist1d-quick", overrides=sets, root=tmp_path, device="cpu", sparse="off")
+        assert res.epochs[res.epochs["level"] == 1]["lr"].iloc[0] == pytest.approx(res.epochs["lr"].iloc[0] / 2)
+        table = sparsedd.analyze(res.run_id, "norm", root=tmp_path, settings={"p": 1})
+        assert table["level"].tolist() == [0, 1] and (table["norm"] > 0).all()
+        assert "norm: p must be > 0" in one_line_error(sparsedd.analyze, res.run_id, "norm", root=tmp_path,
+                                                       settings={"p": 0})
+    finally:
+        RETRAIN_MODES.unregister("half-lr")
+        ANALYSES.unregister("norm")
