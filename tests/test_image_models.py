@@ -77,16 +77,22 @@ def test_forward_shapes(r18, vgg, r101):
     assert vgg(torch.randn(2, 3, 16, 16, generator=g)).shape == (2, 10)
 
 
-def test_image_models_need_3_channel_images():
-    with pytest.raises(SparseddError, match="3-channel") as e:
-        build_model(ModelConfig("resnet18"), (1, 28, 28), 10, seed=0)
-    assert "\n" not in str(e.value)
-    with pytest.raises(SparseddError, match="3-channel"):
+def test_image_models_take_images_of_any_channels_and_width():
+    g = torch.Generator().manual_seed(0)
+    narrow = build_model(ModelConfig("resnet18", width=8), (1, 28, 28), 10, seed=0)  # MNIST as it is
+    assert narrow.conv1.weight.shape == (8, 1, 3, 3) and narrow.fc.weight.shape == (10, 64)
+    assert narrow(torch.randn(2, 1, 28, 28, generator=g)).shape == (2, 10)
+    small_vgg = build_model(ModelConfig("vgg16", width=16), (1, 28, 28), 10, seed=0)
+    assert small_vgg.fc.weight.shape == (10, 128) and small_vgg(torch.randn(2, 1, 28, 28, generator=g)).shape == (2, 10)
+    with pytest.raises(SparseddError, match=r"images \[C, H, W\]") as e:
         build_model(ModelConfig("resnet101"), (40,), 10, seed=0)
-    with pytest.raises(SparseddError, match="3-channel"):
+    assert "\n" not in str(e.value)
+    with pytest.raises(SparseddError, match=r"images \[C, H, W\]"):
         build_model(ModelConfig("vgg16"), (3072,), 10, seed=0)
     with pytest.raises(SparseddError, match="at least 16x16"):
         build_model(ModelConfig("vgg16"), (3, 8, 8), 10, seed=0)
+    with pytest.raises(SparseddError, match="model.width applies to the conv nets only"):
+        ModelConfig("mlp", width=8)
 
 
 # ----------------------------------------------------------------------------- prunable layers

@@ -103,10 +103,12 @@ def cmd_ls(args) -> int:
 
 
 def _run_and_curve(args):
+    from .experiments.distance import correct_distances
     from .results import resolve_run, run_curve
 
     store = _store(args)
     run_id = resolve_run(store, args.run)
+    correct_distances(store)
     curve = run_curve(store, run_id)
     if not len(curve):
         raise SparseddError(f"run {run_id} has no finished level yet; run it with `sparsedd run` first")

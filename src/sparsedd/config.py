@@ -73,14 +73,18 @@ class DataConfig:
 class ModelConfig:
     name: str = "mlp"
     hidden: tuple[int, ...] = ()  # mlp only; (): the model's default widths
+    width: int = 0  # conv nets: channels of the first stage (0: the model's own, 64); the others scale with it
 
     def __post_init__(self) -> None:
         from .models import MODELS
 
         _choice("model", "name", self.name, MODELS.names())
         _check(all(h > 0 for h in self.hidden), "model.hidden", "positive widths", self.hidden)
+        _check(self.width >= 0, "model.width", ">= 0 (0: the model's own)", self.width)
         if self.hidden and self.name != "mlp":
             raise SparseddError(f"model.hidden applies to the mlp only, not {self.name!r}")
+        if self.width and self.name in ("mlp", "lenet-300-100"):
+            raise SparseddError(f"model.width applies to the conv nets only, not {self.name!r}; use model.hidden")
 
 
 @dataclass(frozen=True)

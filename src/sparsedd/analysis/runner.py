@@ -18,7 +18,8 @@ from ..config import RunConfig, canonical_dict
 from ..data import load_dataset
 from ..errors import SparseddError
 from ..options import ExecOptions
-from ..experiments.replicate import Replicate, learning_distance
+from ..experiments.distance import correct_distances, learning_distance
+from ..experiments.replicate import Replicate
 from ..experiments.retrain import level_train_config
 from ..registry import Registry
 from ..rng import derive_seed, generator
@@ -129,6 +130,7 @@ class Analyzer:
     def __init__(self, store: Store, run_id: str, options: ExecOptions | None = None):
         self.store, self.run_id = store, run_id
         self.options = options or ExecOptions(progress=False)
+        correct_distances(store)
         self.cfg: RunConfig = config_mod.from_dict(store.run_config(run_id))
         self.links = store.index.run_stages(run_id)
         self._data = None

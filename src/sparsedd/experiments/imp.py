@@ -15,8 +15,9 @@ from ..config import RunConfig, canonical_dict
 from ..options import ExecOptions
 from ..store import Store
 from .batching import train_level
+from .distance import correct_distances, learning_distance
 from .progress import Progress
-from .replicate import Replicate, learning_distance
+from .replicate import Replicate
 from .retrain import level_train_config
 from .scheduler import check_fits, claim_level, load_data, run_status
 from .stages import Job, data_key, dense_key, level_key, rewind_key
@@ -41,6 +42,7 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, options
     runs of one architecture and schedule, e.g. several noise rates); returns their run ids."""
     opts = options or ExecOptions()
     datasets = load_data([cfg for cfg, _ in items], opts)  # before anything is written
+    correct_distances(store)  # a store from before distances left batch-norm statistics out
     if not dense_only:
         for cfg, preset in items:
             store.register_run(cfg.run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)

@@ -23,14 +23,10 @@ from ..pruning import Mask, density, full_mask, get_strategy, gradient_saliency,
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
+from .distance import learning_distance
 from .progress import SILENT, Progress
 from .retrain import RETRAIN_MODES, level_train_config
 from .stages import Job, dense_key, level_key, rewind_key
-
-
-def learning_distance(state: dict[str, torch.Tensor], init: dict[str, torch.Tensor]) -> float:
-    """||w - w_init||_2 over all parameters (pruned weights are zero in ``state``)."""
-    return float(torch.sqrt(sum(((state[k].double() - init[k].double()) ** 2).sum() for k in init)))
 
 
 class Replicate:

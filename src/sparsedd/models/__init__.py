@@ -44,16 +44,16 @@ def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) 
     return MLP(math.prod(input_shape), cfg.hidden or DEFAULT_MLP_HIDDEN, num_classes)
 
 
-def image_model(builder: Callable[[int], nn.Module], min_size: int, meant_for: str) -> Builder:
-    """A builder for a network of 3-channel images at least ``min_size`` wide (``meant_for``: its data, for messages)."""
+def image_model(builder: Callable[..., nn.Module], min_size: int, meant_for: str) -> Builder:
+    """A builder for a network of images [C, H, W] at least ``min_size`` wide (``meant_for``: its data, for messages)."""
     def build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        if len(input_shape) != 3 or input_shape[0] != 3:
-            raise SparseddError(f"{cfg.name} expects 3-channel images [3, H, W] ({meant_for}), the data has shape "
+        if len(input_shape) != 3:
+            raise SparseddError(f"{cfg.name} expects images [C, H, W] ({meant_for}), the data has shape "
                                 f"{list(input_shape)}; use an image data set or model.name = 'mlp'")
         if min(input_shape[1:]) < min_size:
             raise SparseddError(f"{cfg.name} expects images of at least {min_size}x{min_size}, the data has "
                                 f"{input_shape[1]}x{input_shape[2]}; use {meant_for}")
-        return builder(num_classes)
+        return builder(num_classes, in_channels=input_shape[0], width=cfg.width or 64)
     return build
 
 

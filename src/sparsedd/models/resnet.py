@@ -3,7 +3,8 @@
 Both use a CIFAR-style stem: one 3x3 stride-1 convolution (64 channels) + BN + ReLU and no
 max-pool, as in He et al. (ICML 2022)'s code (OpenLTH's ``cifar_pytorch_resnet`` and
 ``tinyimagenet_resnet``): at 32x32 or 64x64 the ImageNet stem (7x7 stride-2 conv + 3x3
-max-pool) would shrink the input 4x before the first block. Blocks follow torchvision
+max-pool) would shrink the input 4x before the first block. The input's channels (3 for colour,
+1 for MNIST) and the first stage's width (64; ``model.width`` narrows the whole net) are arguments. Blocks follow torchvision
 (ResNet v1.5: a bottleneck strides in its 3x3 conv), with 1x1 conv + BN shortcuts where the
 shape changes, and end in a global (adaptive) average pool and one linear layer, so any input
 [B, 3, H, W] with H, W >= 8 works. Parameter names follow torchvision (``conv1``, ``bn1``,
@@ -74,9 +75,9 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...],
-                 num_classes: int, width: int = 64):
+                 num_classes: int, width: int = 64, in_channels: int = 3):
         super().__init__()
-        self.conv1 = _conv3x3(3, width)
+        self.conv1 = _conv3x3(in_channels, width)
         self.bn1 = nn.BatchNorm2d(width)
         cin = width
         stages = []
@@ -110,11 +111,11 @@ class ResNet(nn.Module):
         raise SparseddError(f"prune.layers {layers!r} does not apply to a ResNet; use default, all, hidden or conv")
 
 
-def resnet18(num_classes: int) -> ResNet:
-    """CIFAR ResNet-18: 11,173,962 parameters for 10 classes."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes)
+def resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> ResNet:
+    """CIFAR ResNet-18: 11,173,962 parameters for 10 classes (3 channels, width 64)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, width, in_channels)
 
 
-def resnet101(num_classes: int) -> ResNet:
+def resnet101(num_classes: int, in_channels: int = 3, width: int = 64) -> ResNet:
     """ResNet-101 (bottleneck [3, 4, 23, 3]) with the CIFAR-style stem: 42,902,280 parameters for 200 classes."""
-    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes)
+    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes, width, in_channels)

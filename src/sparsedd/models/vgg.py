@@ -5,7 +5,7 @@ between the stages, then a global average pool to 512 features and one Linear(51
 14,728,266 parameters for 10 classes. As in OpenLTH the plan has no max-pool after the last
 stage: at 32x32 the features are 2x2 there and are averaged (OpenLTH's ``AvgPool2d(2)``; an
 adaptive pool here, which is the same at 32x32 and also accepts larger inputs such as 64x64).
-Inputs [B, 3, H, W] need H, W >= 16 (four 2x2 max-pools).
+Inputs [B, C, H, W] need H, W >= 16 (four 2x2 max-pools); ``width`` scales every stage (64: the paper's).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class ConvModule(nn.Module):
 
 
 class VGG(nn.Module):
-    def __init__(self, plan: tuple, num_classes: int):
+    def __init__(self, plan: tuple, num_classes: int, in_channels: int = 3):
         super().__init__()
         layers: list[nn.Module] = []
-        cin = 3
+        cin = in_channels
         for spec in plan:
             if spec == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -56,5 +56,6 @@ class VGG(nn.Module):
         raise SparseddError(f"prune.layers {layers!r} does not apply to VGG-16; use default, all, hidden or conv")
 
 
-def vgg16(num_classes: int) -> VGG:
-    return VGG(VGG16_PLAN, num_classes)
+def vgg16(num_classes: int, in_channels: int = 3, width: int = 64) -> VGG:
+    plan = tuple(s if s == "M" else s * width // 64 for s in VGG16_PLAN)
+    return VGG(plan, num_classes, in_channels)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..analysis.curves import distance_table, phases_table
+from ..experiments.distance import correct_distances
 from ..results import load, resolve_run
 from ..store import Store
 from . import figures as F
@@ -117,6 +118,7 @@ def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
 def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:
     store = Store(root)
     run_ids = [resolve_run(store, r) for r in runs]
+    correct_distances(store)
     res = load(store.root)
     w = _Writer(Path(out))
     configs = {r: store.run_config(r) for r in run_ids}

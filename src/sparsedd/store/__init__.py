@@ -26,8 +26,8 @@ import torch
 from ..config import stable_hash
 from .files import FileCheckpointer, load_tensors, read_json, save_tensors, write_json
 from .index import Index
-from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, DONE, FINAL, INDEX, INIT, LABELS, LOCKS, REWIND, RUN_CONFIG,
-                    RUNS, STAGE_KEY, STAGES)
+from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, DONE, FINAL, INDEX, INIT, LABELS, LOCKS, MIGRATIONS, REWIND,
+                    RUN_CONFIG, RUNS, STAGE_KEY, STAGES)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -73,6 +73,24 @@ class Store:
 
     def done_info(self, stage_id: str) -> dict[str, Any]:
         return read_json(self.stage_dir(stage_id) / DONE)
+
+    def stage_key(self, stage_id: str) -> dict[str, Any]:
+        """What the stage is (the key its id hashes)."""
+        return read_json(self.stage_dir(stage_id) / STAGE_KEY)
+
+    def stage_ids(self) -> list[str]:
+        """Every stage folder of the store, sorted."""
+        folder = self.root / STAGES
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    # --- one-time corrections of stores written by earlier versions
+    def migrated(self) -> list[str]:
+        path = self.root / MIGRATIONS
+        return read_json(path)["applied"] if path.exists() else []
+
+    def mark_migrated(self, name: str) -> None:
+        if not self.readonly:
+            write_json(self.root / MIGRATIONS, {"applied": sorted({*self.migrated(), name})})
 
     def checkpointer(self, stage_id: str, every_s: float = 60.0, epoch_every_s: float = 1.0) -> FileCheckpointer:
         return FileCheckpointer(self.stage_dir(stage_id) / CHECKPOINT, every_s, epoch_every_s, self.readonly)

@@ -10,6 +10,7 @@ INDEX = "index.sqlite"
 STAGES = "stages"  # stages/<id>/ holds the files below
 RUNS = "runs"  # runs/<id>/config.json
 LOCKS = "locks"  # locks/<id>.lock
+MIGRATIONS = "migrations.json"  # the one-time corrections already applied to this store
 
 # in a stage folder
 STAGE_KEY = "stage.json"  # what the stage is (its id is this key's hash)

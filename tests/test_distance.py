@@ -1,0 +1,88 @@
+"""Learning distance over parameters only (batch-norm statistics are not weights), and the one-time
+correction of stores that recorded it over the whole state."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sparsedd.cli import main
+from sparsedd.config import ModelConfig
+from sparsedd.experiments.distance import BUFFERS, CORRECTION, learning_distance
+from sparsedd.models import MODELS, build_model
+from sparsedd.store import Store
+
+
+def old_distance(state, init):
+    """What earlier versions recorded: the whole state_dict, batch-norm buffers included."""
+    return math.sqrt(sum(float(((state[k].double() - init[k].double()) ** 2).sum()) for k in init))
+
+
+def test_batch_norm_statistics_that_move_without_the_weights_give_distance_zero():
+    model = build_model(ModelConfig("resnet18", width=4), (1, 12, 12), 10, seed=0)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    with torch.no_grad():
+        for _ in range(50):  # forward passes in train mode: running statistics and step counters move
+            model(torch.randn(8, 1, 12, 12))
+    state = model.state_dict()
+    assert int(state["bn1.num_batches_tracked"]) == 50 and old_distance(state, init) > 50
+    assert learning_distance(state, init) == 0.0
+    with torch.no_grad():
+        model.fc.weight[0, 0] += 3.0
+        model.fc.bias[1] -= 4.0
+    assert learning_distance(model.state_dict(), init) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_buffer_of_every_model_is_a_batch_norm_statistic(name):
+    shape = (3, 16, 16) if name not in ("lenet-300-100", "mlp") else (1, 28, 28)
+    cfg = ModelConfig(name, width=4) if shape[0] == 3 else ModelConfig(name)
+    model = build_model(cfg, shape, 10, seed=0)
+    buffers = set(model.state_dict()) - {n for n, _ in model.named_parameters()}
+    assert all(b.endswith(BUFFERS) for b in buffers)
+
+
+TINY_CONV = ["--seeds", "1", "--set", "data.num_train=64", "--set", "data.num_test=32", "--set", "model.name=resnet18",
+             "--set", "model.width=4", "--set", "train.epochs=2", "--set", "train.batch_size=16",
+             "--set", "prune.levels=1", "--set", "data.augment=none"]
+
+
+def test_a_store_with_the_old_distances_is_corrected_once(tmp_path, shared_mnist, capsys):
+    root = tmp_path / "runs"
+    args = ["run", "--preset", "paper-mnist-lenet", "--data-dir", str(shared_mnist), "--root", str(root), "--no-progress"]
+    assert main(args + TINY_CONV) == 0
+    store = Store(root)
+    run_id = store.index.run_ids()[0]
+    stages = store.index.run_stages(run_id)
+    dense = stages[(0, 0)]
+    right = {sid: store.done_info(sid)["metrics"]["distance"] for sid in stages.values()}
+    # make the store look as an earlier version left it: distances over the whole state, no correction applied
+    init = store.init(dense)
+    for sid in stages.values():
+        info = store.done_info(sid)
+        info["metrics"]["distance"] = old_distance(store.final(sid)["model"], init)
+        assert info["metrics"]["distance"] > right[sid] + 1  # the step counters alone
+        store.finish_stage(sid, info)
+        store.index.record_level(sid, info["metrics"]["level"], info["metrics"])
+    (root / "migrations.json").unlink()
+    capsys.readouterr()
+    assert main(["show", run_id, "--format", "json", "--root", str(root)]) == 0
+    shown = json.loads(capsys.readouterr().out)["levels"]
+    assert [r["distance"] for r in shown] == pytest.approx([right[stages[(0, lvl)]] for lvl in (0, 1)])
+    assert all(store.done_info(sid)["metrics"]["distance"] == pytest.approx(right[sid]) for sid in stages.values())
+    assert CORRECTION in store.migrated()
+
+
+def test_stores_of_models_without_batch_norm_are_left_as_they_are(tmp_path, tiny_sets):
+    root = tmp_path / "runs"
+    assert main(["run", "--root", str(root), "--no-progress", *[a for s in tiny_sets for a in ("--set", s)]]) == 0
+    store = Store(root)
+    before = {sid: (store.stage_dir(sid) / "done.json").stat().st_mtime_ns for sid in store.stage_ids()
+              if store.is_done(sid)}
+    (root / "migrations.json").unlink()
+    from sparsedd.experiments.distance import correct_distances
+
+    assert correct_distances(store) == 0 and CORRECTION in store.migrated()
+    assert before == {sid: (store.stage_dir(sid) / "done.json").stat().st_mtime_ns for sid in before}
