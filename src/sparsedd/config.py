@@ -54,6 +54,7 @@ class DataConfig:
     num_test: int = 0
     augment: str = "default"  # default: the data set's standard training augmentation; none; crop-flip
     image_size: int = 0  # tinyimagenet: 64 or 32 (0: native 64)
+    val_split: float = 0.0  # a seeded fraction of the training set held out, with its noisy labels, for validation
 
     def __post_init__(self) -> None:
         from .data import DATASETS
@@ -67,6 +68,7 @@ class DataConfig:
         _check(self.noise_seed >= 0, "data.noise_seed", ">= 0", self.noise_seed)
         _check(self.num_train >= 0, "data.num_train", ">= 0 (0: default)", self.num_train)
         _check(self.num_test >= 0, "data.num_test", ">= 0 (0: default)", self.num_test)
+        _check(0.0 <= self.val_split < 1.0, "data.val_split", "in [0, 1)", self.val_split)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warmup from 0, per iteration
     eval_every: int = 1  # evaluate every N epochs (the last epoch always)
     precision: str = "fp32"  # fp32, or bf16 (autocast of the forward pass; weights and optimizer stay fp32)
+    distance_penalty: float = 0.0  # lambda: lambda * ||w - w_init||^2 over the unpruned weights added to the loss
 
     def __post_init__(self) -> None:
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
@@ -117,6 +120,7 @@ class TrainConfig:
         _check(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", "in [0, epochs]", self.warmup_epochs)
         _check(self.eval_every >= 1, "train.eval_every", ">= 1", self.eval_every)
+        _check(self.distance_penalty >= 0, "train.distance_penalty", ">= 0 (0: none)", self.distance_penalty)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise SparseddError("train.nesterov needs train.optimizer = 'sgd' and train.momentum > 0")
 
@@ -155,6 +159,8 @@ class RetrainConfig:
     rewind_iteration: int = 0  # weight-rewind: dense iteration to rewind to (0: the init)
     finetune_lr: float = 0.001  # finetune: constant learning rate
     finetune_epochs: int = 0  # finetune: epochs (0: train.epochs)
+    distill_alpha: float = 0.0  # weight of distillation from the dense network at every pruned level (0: none)
+    distill_temperature: float = 4.0  # softmax temperature of that distillation
 
     def __post_init__(self) -> None:
         from .experiments.retrain import RETRAIN_MODES
@@ -163,12 +169,17 @@ class RetrainConfig:
         _check(self.rewind_iteration >= 0, "retrain.rewind_iteration", ">= 0", self.rewind_iteration)
         _check(self.finetune_lr > 0, "retrain.finetune_lr", "> 0", self.finetune_lr)
         _check(self.finetune_epochs >= 0, "retrain.finetune_epochs", ">= 0 (0: train.epochs)", self.finetune_epochs)
+        _check(0.0 <= self.distill_alpha <= 1.0, "retrain.distill_alpha", "in [0, 1] (0: none)", self.distill_alpha)
+        _check(self.distill_temperature > 0, "retrain.distill_temperature", "> 0", self.distill_temperature)
 
     def relevant(self) -> dict[str, Any]:
-        """The fields that matter for this mode (so unused settings never split stage ids)."""
+        """The fields that matter for this mode (so unused settings never split stage ids): the mode's own,
+        and the distillation's while it is on."""
         from .experiments.retrain import RETRAIN_MODES
 
         keep = {"mode", *RETRAIN_MODES[self.mode].fields}
+        if self.distill_alpha > 0:
+            keep |= {"distill_alpha", "distill_temperature"}
         return {k: v for k, v in canonical_dict(self).items() if k in keep}
 
 

@@ -24,21 +24,21 @@ from .stages import Job, batch_key
 Pair = tuple[Replicate, Job]
 
 
-def train_level(pairs: list[Pair], dense_ids: dict[int, str], store: Store, options: ExecOptions,
+def train_level(pairs: list[Pair], store: Store, options: ExecOptions,
                 progress: Progress) -> None:
     """Train and record every job of a level: finished batches first, then in batches where that pays, then alone."""
     pending, batches = [], {}
     for rep, job in pairs:  # stages whose batched computation finished before an interruption
         done = finished_batch(store, job, batches)
         if done is not None:
-            record_from_batch(rep, job, done, dense_ids[id(rep)])
+            record_from_batch(rep, job, done)
         else:
             pending.append((rep, job))
     groups, alone = batch_groups(pending, options)
     for group in groups:
-        train_together(group, dense_ids, store, options, progress)
+        train_together(group, store, options, progress)
     for rep, job in alone:
-        rep.train_and_record(job, dense_ids[id(rep)])
+        rep.train_and_record(job)
         options.dist.barrier()  # the stage is on disk before any rank reads it
 
 
@@ -53,7 +53,7 @@ def finished_batch(store: Store, job: Job, cache: dict[str, Any]) -> dict[str, A
     return cache[bid].get(job.sid) if cache[bid] is not None else None
 
 
-def train_together(group: list[Pair], dense_ids: dict[int, str], store: Store, options: ExecOptions,
+def train_together(group: list[Pair], store: Store, options: ExecOptions,
                    progress: Progress) -> None:
     """Train the jobs of one group as one batched computation, save the K outcomes, then record each."""
     reps, jobs = [r for r, _ in group], [j for _, j in group]
@@ -77,14 +77,14 @@ def train_together(group: list[Pair], dense_ids: dict[int, str], store: Store, o
     ckpt.clear()
     saved = store.batch_result(bid)
     for rep, job in group:
-        record_from_batch(rep, job, saved[job.sid], dense_ids[id(rep)])
+        record_from_batch(rep, job, saved[job.sid])
 
 
-def record_from_batch(rep: Replicate, job: Job, saved: dict[str, Any], dense_id: str) -> None:
+def record_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
     model = rep.new_model(0)
     model.load_state_dict(saved["model"])
     result = TrainResult(history=saved["history"], final=saved["final"], optimizer_state=saved["optim"])
-    rep.record(job, model, result, saved["seconds"], dense_id)
+    rep.record(job, model, result, saved["seconds"])
 
 
 def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pair]], list[Pair]]:
@@ -97,7 +97,7 @@ def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pai
     alone = []
     for rep, job in pairs:
         model = rep.new_model(0)
-        if (rep.train_data.augment != "none" or job.train_cfg.precision != "fp32"
+        if (rep.train_data.augment != "none" or job.train_cfg.precision != "fp32" or rep.objective_active(job)
                 or not batchable(model) or runs_compact(model, job, options)):
             alone.append((rep, job))
             continue

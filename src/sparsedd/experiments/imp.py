@@ -66,8 +66,7 @@ def run_level(level: int, reps: list[Replicate], chains: list[list[str]], store:
     that pays), record; stages already done are only linked."""
     with claim_level(level, reps, chains, store) as (jobs, followers):
         options.dist.barrier()  # rank 0 has written what the level's jobs read
-        dense_ids = {id(rep): chain[0] for rep, chain in zip(reps, chains)}
-        train_level(jobs, dense_ids, store, options, progress)
+        train_level(jobs, store, options, progress)
         for rep, sid in followers:
             rep.adopt(level, sid)
 

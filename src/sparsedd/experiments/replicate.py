@@ -17,16 +17,34 @@ from torch import nn
 from ..config import RunConfig, TrainConfig
 from ..data import Dataset
 from ..data.noise import apply_noise
+from ..data.split import validation_split
 from ..models import build_model
 from ..options import ExecOptions
 from ..pruning import Mask, density, full_mask, get_strategy, gradient_saliency, layer_sparsity, remaining
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
+from ..training.execution import Objective
+from ..training.loop import predict
 from .distance import learning_distance
 from .progress import SILENT, Progress
 from .retrain import RETRAIN_MODES, level_train_config
 from .stages import Job, dense_key, level_key, rewind_key
+
+
+def training_view(data: Dataset, labels: torch.Tensor, corrupted: torch.Tensor, val_split: float) -> TrainData:
+    """What a network trains and is evaluated on: the noisy labels, and with ``val_split`` a held-out part
+    of the training set (noise is drawn on the whole set first, so the held-out labels are noisy too)."""
+    dev = data.x_train.device
+    labels, corrupted = labels.to(dev), corrupted.to(dev)
+    if not val_split:
+        return TrainData(data.x_train, labels, data.y_train, data.x_test, data.y_test, corrupted, augment=data.augment)
+    keep, held = (i.to(dev) for i in validation_split(data.x_train.shape[0], val_split))
+    is_corrupted = torch.zeros(data.x_train.shape[0], dtype=torch.bool, device=dev)
+    is_corrupted[corrupted] = True
+    return TrainData(data.x_train[keep], labels[keep], data.y_train[keep], data.x_test, data.y_test,
+                     torch.nonzero(is_corrupted[keep], as_tuple=True)[0], augment=data.augment,
+                     x_val=data.x_train[held], y_val=labels[held])
 
 
 class Replicate:
@@ -39,10 +57,9 @@ class Replicate:
         coarse = data.coarse_train.cpu() if data.coarse_train is not None else None
         self.noise = apply_noise(data.y_train.cpu(), data.num_classes, cfg.data.noise, cfg.data.noise_type,
                                  cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name)
-        dev = data.x_train.device
-        self.train_data = TrainData(data.x_train, self.noise.labels.to(dev), data.y_train, data.x_test, data.y_test,
-                                    self.noise.corrupted.to(dev), augment=data.augment)
+        self.train_data = training_view(data, self.noise.labels, self.noise.corrupted, cfg.data.val_split)
         self.input_shape = tuple(data.x_train.shape[1:])
+        self._teachers: dict[str, torch.Tensor | nn.Module] = {}
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.input_shape, self.data.num_classes, seed).to(self.options.device)
@@ -72,7 +89,7 @@ class Replicate:
             self.store.save_labels(sid, self.noise.labels, self.noise.chosen, self.noise.corrupted,
                                    self.noise.effective_rate)
         mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
-        return Job(sid, 0, model.state_dict(), mask, self.cfg.train, f"seed {self.cfg.seed} dense")
+        return Job(sid, 0, model.state_dict(), mask, self.cfg.train, f"seed {self.cfg.seed} dense", sid)
 
     def level_job(self, level: int, sid: str, parent: str, dense_id: str) -> Job:
         """Prune the parent's final weights, then start from the weights the retraining mode picks."""
@@ -84,7 +101,8 @@ class Replicate:
         before = prev["mask"] if level > 1 else full_mask(model, model.prunable_names(self.cfg.prune.layers))
         mask = self.prune(level, model, before)
         state = self.start_weights(level, prev["model"], dense_id)
-        return Job(sid, level, state, mask, self.schedule(level), f"seed {self.cfg.seed} level {level}/{self.cfg.prune.levels}")
+        return Job(sid, level, state, mask, self.schedule(level), f"seed {self.cfg.seed} level {level}/{self.cfg.prune.levels}",
+                   dense_id)
 
     def start_weights(self, level: int, previous: dict[str, torch.Tensor], dense_id: str) -> dict[str, torch.Tensor]:
         """The weights the retraining mode starts a level from (before its mask): only those are computed."""
@@ -128,7 +146,8 @@ class Replicate:
             model = self.new_model(0)
             model.load_state_dict(init)
             mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
-            train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k)
+            train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k,
+                  objective=self.objective(0, dense_id))  # the dense run's own trajectory, penalty included
             self.store.save_rewind(sid, model.state_dict())
             self.store.finish_stage(sid, {"iteration": k})
             return model.state_dict()
@@ -145,13 +164,37 @@ class Replicate:
             self.progress.skip(len(state["history"]))
         result = train(model, self.train_data, job.train_cfg, job.mask, order_key=(self.cfg.seed, "order"),
                        checkpoint=ckpt, on_epoch=self.progress.epoch, accel=opts.accel, dist=opts.dist,
-                       sparse=opts.sparse_policy)
+                       sparse=opts.sparse_policy, objective=self.objective(job.level, job.dense))
         return model, result
 
-    def record(self, job: Job, model: nn.Module, result: TrainResult, seconds: float, dense_id: str) -> None:
+    def objective(self, level: int, dense_id: str) -> Objective:
+        """The remedies a stage trains with: the distance penalty toward the dense init (every stage) and
+        distillation from the dense network (pruned levels)."""
+        penalty = self.cfg.train.distance_penalty
+        alpha = self.cfg.retrain.distill_alpha if level > 0 else 0.0
+        return Objective(anchor=self.store.init(dense_id) if penalty else None, penalty=penalty,
+                         teacher=self.teacher(dense_id) if alpha else None, alpha=alpha,
+                         temperature=self.cfg.retrain.distill_temperature)
+
+    def objective_active(self, job: Job) -> bool:
+        """Whether the stage trains with a remedy (then alone: the stacked trainer has none)."""
+        return self.cfg.train.distance_penalty > 0 or (job.level > 0 and self.cfg.retrain.distill_alpha > 0)
+
+    def teacher(self, dense_id: str) -> torch.Tensor | nn.Module:
+        """The dense network as a teacher: its logits on every training example, or (with augmentation,
+        where every batch differs) the network itself in eval mode."""
+        if dense_id not in self._teachers:
+            model = self.new_model(0)
+            model.load_state_dict(self.store.final(dense_id)["model"])
+            model.eval()
+            augmented = self.train_data.augment != "none"
+            self._teachers[dense_id] = model if augmented else predict(model, self.train_data.x)
+        return self._teachers[dense_id]
+
+    def record(self, job: Job, model: nn.Module, result: TrainResult, seconds: float) -> None:
         """Save the stage's weights and metrics, then mark it done (``done.json`` last) and link it to the run."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        init = self.store.init(dense_id)
+        init = self.store.init(job.dense)
         metrics = dict(result.final)
         metrics.update({
             "level": job.level, "density": density(job.mask), "sparsity": 1.0 - density(job.mask),
@@ -164,10 +207,10 @@ class Replicate:
         self.store.finish_stage(job.sid, {"metrics": metrics, "history": result.history})
         self._link(job.level, job.sid)
 
-    def train_and_record(self, job: Job, dense_id: str) -> None:
+    def train_and_record(self, job: Job) -> None:
         t0 = time.time()
         model, result = self.train_job(job)
-        self.record(job, model, result, time.time() - t0, dense_id)
+        self.record(job, model, result, time.time() - t0)
 
     def adopt(self, level: int, sid: str) -> None:
         """A stage done before (maybe by another run, or another replicate of this task): its rows in

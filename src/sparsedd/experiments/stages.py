@@ -47,7 +47,8 @@ def data_key(cfg: RunConfig) -> str:
 
 @dataclass
 class Job:
-    """A stage to train: its id, level, start weights (before masking), mask and schedule."""
+    """A stage to train: its id, level, start weights (before masking), mask and schedule, and the dense
+    stage it descends from (whose init the learning distance is measured from)."""
 
     sid: str
     level: int
@@ -55,3 +56,4 @@ class Job:
     mask: Mask
     train_cfg: TrainConfig
     name: str
+    dense: str

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 EPOCH_COLUMNS = ("lr", "train_loss_running", "train_acc_running", "test_loss", "test_acc", "train_loss",
-                 "train_acc_noisy", "train_acc_clean", "memorized")
+                 "train_acc_noisy", "train_acc_clean", "memorized", "val_loss", "val_acc")
 LEVEL_COLUMNS = ("sparsity", "density", "remaining", "test_acc", "test_acc_best", "test_loss", "train_loss",
-                 "train_acc_noisy", "train_acc_clean", "memorized", "distance", "effective_noise", "seconds")
+                 "train_acc_noisy", "train_acc_clean", "memorized", "distance", "effective_noise", "seconds",
+                 "val_acc", "val_acc_best", "test_acc_at_best_val")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -31,6 +32,19 @@ CREATE TABLE IF NOT EXISTS epochs (
 """
 
 
+def _add_new_columns(con: sqlite3.Connection) -> None:
+    """Metric columns added since an index was created (its rows keep NULL there)."""
+    for table, columns in (("levels", LEVEL_COLUMNS), ("epochs", EPOCH_COLUMNS)):
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column not in have:
+                try:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+                except sqlite3.OperationalError as e:  # another process added it first
+                    if "duplicate column" not in str(e):
+                        raise
+
+
 class Index:
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
@@ -42,6 +56,7 @@ class Index:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA busy_timeout=60000")
         con.executescript(SCHEMA)
+        _add_new_columns(con)
         return con
 
     def _write(self, sql: str, rows: list[tuple]) -> None:

@@ -95,8 +95,9 @@ def evaluate_stacked(model: StackedMLP, datas: list[TrainData], batch: int = 409
         return torch.cat([model.forward_shared(x[i:i + batch]) for i in range(0, x.shape[0], batch)], dim=1)
 
     test, train = logits(base.x_test), logits(base.x)
+    val = logits(base.x_val) if base.x_val is not None else [None] * len(datas)
     model.train(was)
-    return [metrics_from_logits(test[k], train[k], d) for k, d in enumerate(datas)]
+    return [metrics_from_logits(test[k], train[k], d, val[k]) for k, d in enumerate(datas)]
 
 
 class StackedExecution:

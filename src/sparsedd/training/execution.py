@@ -43,6 +43,43 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+@dataclass
+class Objective:
+    """What the loss adds to the cross-entropy with the training labels (the remedies of the critical dip).
+
+    ``penalty``: lambda * ||w - anchor||^2 over the unpruned parameters (the anchor: the dense init),
+    applied as its gradient 2 * lambda * (w - anchor) before the masks, which is the same for SGD and
+    cheaper than a loss term. ``alpha``: distillation, (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
+    at temperature T; the teacher is either its logits on every training example (no augmentation)
+    or a module run on each augmented batch.
+    """
+
+    anchor: dict[str, torch.Tensor] | None = None
+    penalty: float = 0.0
+    teacher: torch.Tensor | nn.Module | None = None
+    alpha: float = 0.0
+    temperature: float = 4.0
+
+    @property
+    def active(self) -> bool:
+        return self.penalty > 0 or self.alpha > 0
+
+    def mix(self, ce: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, xb: torch.Tensor, scale: float) -> torch.Tensor:
+        """The training loss from the cross-entropy ``ce`` and the student's logits ``out`` on the examples
+        ``idx`` (inputs ``xb``); ``scale`` turns a sum over them into what ``ce`` is (a mean of the global batch)."""
+        if self.alpha == 0:
+            return ce
+        if isinstance(self.teacher, nn.Module):
+            with torch.no_grad():
+                target = self.teacher(xb).float()
+        else:
+            target = self.teacher[idx]
+        t = self.temperature
+        kd = F.kl_div(F.log_softmax(out.float() / t, 1), F.log_softmax(target / t, 1), reduction="sum",
+                      log_target=True) * scale
+        return (1 - self.alpha) * ce + self.alpha * t * t * kd
+
+
 class Execution(Protocol):
     """K networks trained together by one optimizer, as the epoch loop drives them."""
 
@@ -85,7 +122,7 @@ class SingleExecution:
 
     def __init__(self, model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
                  order_key: tuple, accel: Accel, dist: Dist, kernel: float | None,
-                 optimizer_state: dict[str, Any] | None):
+                 optimizer_state: dict[str, Any] | None, objective: Objective = Objective()):
         self.outer, self.compact, self.kernel = model, None, kernel
         if kernel is not None:  # compute on the live units only (sparsedd.training.sparse)
             from .sparse import CompactMLP
@@ -104,6 +141,10 @@ class SingleExecution:
         self.module, self.forward, self.data, self.cfg = model, forward, data, cfg
         self.order_key, self.accel, self.dist = order_key, accel, dist
         self.masked, self.mask_f = masked_pairs(dict(model.named_parameters()), mask)
+        self.objective = objective
+        anchored = [(p, objective.anchor[n].to(p.device, p.dtype)) for n, p in model.named_parameters()
+                    if objective.penalty > 0 and objective.anchor is not None and n in objective.anchor]
+        self.anchored, self.anchors = [p for p, _ in anchored], [a for _, a in anchored]
         self.opt = build_optimizer(model.parameters(), cfg)
         if optimizer_state:
             self.opt.load_state_dict(optimizer_state)
@@ -129,7 +170,11 @@ class SingleExecution:
             else:
                 loss = F.cross_entropy(out.float(), yb)
         self.opt.zero_grad(set_to_none=True)  # backward then writes the gradients instead of adding to zeros
-        loss.backward()
+        scale = self.dist.world / global_n if self.dist.active else 1 / global_n
+        self.objective.mix(loss, out, idx, xb, scale).backward()
+        if self.anchored:  # the distance penalty's gradient
+            torch._foreach_add_([p.grad for p in self.anchored], torch._foreach_sub(self.anchored, self.anchors),
+                                alpha=2 * self.objective.penalty)
         multiply_([p.grad for p in self.masked], self.mask_f)
         self.opt.step()
         self.apply_masks()
@@ -160,12 +205,13 @@ class SingleExecution:
 
 def prepare_single(model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
                    order_key: tuple, accel: Accel = Accel(), dist: Dist = SINGLE, sparse: "SparsePolicy | None" = None,
-                   saved: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None
-                   ) -> SingleExecution:
-    """The execution of one network's stage; a checkpoint's layout (``saved``) wins over the sparse policy."""
-    kernel = _sparse_kernel(model, mask, cfg, sparse, accel, dist, saved)
+                   saved: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None,
+                   objective: Objective = Objective()) -> SingleExecution:
+    """The execution of one network's stage; a checkpoint's layout (``saved``) wins over the sparse policy.
+    With a penalty or distillation the network computes dense-masked (the compact layout has no anchor or teacher)."""
+    kernel = None if objective.active else _sparse_kernel(model, mask, cfg, sparse, accel, dist, saved)
     return SingleExecution(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, kernel=kernel,
-                           optimizer_state=optimizer_state)
+                           optimizer_state=optimizer_state, objective=objective)
 
 
 def _sparse_kernel(model: nn.Module, mask: dict[str, torch.Tensor], cfg: TrainConfig, sparse, accel: Accel,

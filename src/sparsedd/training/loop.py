@@ -20,7 +20,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..distributed import SINGLE, Dist
 from ..rng import generator
-from .execution import Accel, Execution, autocast, prepare_single
+from .execution import Accel, Execution, Objective, autocast, prepare_single
 from .schedule import lr_at
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ class TrainData:
     y_test: torch.Tensor
     corrupted: torch.Tensor  # indices where y != y_clean
     augment: str = "none"  # training-batch augmentation (sparsedd.data.augment); never at evaluation
+    x_val: torch.Tensor | None = None  # held out of the training set (data.val_split), with its noisy labels
+    y_val: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -73,16 +75,19 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 4096, precision: str
 
 
 def evaluate(model: nn.Module, data: TrainData, precision: str = "fp32") -> dict[str, float | None]:
-    """Test loss/accuracy, train loss/accuracy on the noisy and the clean labels, memorization."""
+    """Test loss/accuracy, train loss/accuracy on the noisy and the clean labels, memorization, and
+    validation loss/accuracy when part of the training set is held out."""
+    val = predict(model, data.x_val, precision=precision) if data.x_val is not None else None
     return metrics_from_logits(predict(model, data.x_test, precision=precision),
-                               predict(model, data.x, precision=precision), data)
+                               predict(model, data.x, precision=precision), data, val)
 
 
-def metrics_from_logits(test_logits: torch.Tensor, train_logits: torch.Tensor, data: TrainData) -> dict[str, float | None]:
-    """The evaluation metrics of one network from its logits on the test and the training set."""
+def metrics_from_logits(test_logits: torch.Tensor, train_logits: torch.Tensor, data: TrainData,
+                        val_logits: torch.Tensor | None = None) -> dict[str, float | None]:
+    """The evaluation metrics of one network from its logits on the test, the training (and validation) set."""
     pred = train_logits.argmax(1)
     fitted = pred[data.corrupted] == data.y[data.corrupted]
-    return {
+    metrics = {
         "test_loss": float(F.cross_entropy(test_logits, data.y_test)),
         "test_acc": float((test_logits.argmax(1) == data.y_test).float().mean()),
         "train_loss": float(F.cross_entropy(train_logits, data.y)),
@@ -90,6 +95,24 @@ def metrics_from_logits(test_logits: torch.Tensor, train_logits: torch.Tensor, d
         "train_acc_clean": float((pred == data.y_clean).float().mean()),
         "memorized": float(fitted.float().mean()) if fitted.numel() else None,
     }
+    if val_logits is not None:
+        metrics["val_loss"] = float(F.cross_entropy(val_logits, data.y_val))
+        metrics["val_acc"] = float((val_logits.argmax(1) == data.y_val).float().mean())
+    return metrics
+
+
+def final_metrics(history: list[dict[str, Any]], last: dict[str, Any]) -> dict[str, Any]:
+    """A stage's final metrics: the last epoch's, the best test accuracy seen and, with a validation set,
+    the test accuracy at the epoch of best validation accuracy (early stopping as a practitioner can
+    do it; the earliest such epoch on ties)."""
+    final = dict(last)
+    evals = [h for h in history if "test_acc" in h]
+    final["test_acc_best"] = max(h["test_acc"] for h in evals) if evals else final.get("test_acc", float("nan"))
+    validated = [h for h in evals if "val_acc" in h]
+    if validated:
+        best = max(validated, key=lambda h: h["val_acc"])  # max keeps the first of equal values
+        final.update(val_acc_best=best["val_acc"], test_acc_at_best_val=best["test_acc"], epoch_at_best_val=best["epoch"])
+    return final
 
 
 def iters_per_epoch(n: int, batch_size: int) -> int:
@@ -101,7 +124,7 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           on_step: Callable[[int], None] | None = None,
           optimizer_state: dict[str, Any] | None = None, accel: Accel = Accel(), dist: Dist = SINGLE,
-          sparse: "SparsePolicy | None" = None) -> TrainResult:
+          sparse: "SparsePolicy | None" = None, objective: Objective = Objective()) -> TrainResult:
     """Train ``model`` in place under ``mask`` for ``cfg.epochs`` (or until ``stop_iteration``).
 
     ``order_key`` seeds the data order: the permutation of epoch e comes from generator(*order_key, e).
@@ -110,10 +133,11 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
     ``accel`` picks memory layout and compilation; ``cfg.precision`` the autocast precision.
     ``dist``: data-parallel over torchrun's processes (see :mod:`sparsedd.distributed`).
     ``sparse``: when to compute on the live units only (:mod:`sparsedd.training.sparse`).
+    ``objective``: what the loss adds to the cross-entropy (distance penalty, distillation).
     """
     saved = checkpoint.load() if checkpoint is not None else None  # checkpointers keep what they load
     execution = prepare_single(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, sparse=sparse,
-                               saved=saved, optimizer_state=optimizer_state)
+                               saved=saved, optimizer_state=optimizer_state, objective=objective)
     [result] = run_epochs(execution, cfg, [order_key], checkpoint=checkpoint, stop_iteration=stop_iteration,
                           on_epoch=None if on_epoch is None else lambda rows: on_epoch(rows[0]), on_step=on_step)
     execution.finish()
@@ -165,9 +189,7 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
     for i, r in enumerate(results):
         r.iterations = total_iters
         r.optimizer_state = ex.optimizer_state(i)
-        r.final = dict(r.history[-1]) if r.history else ex.evaluate()[i]
-        evals = [h["test_acc"] for h in r.history if "test_acc" in h]
-        r.final["test_acc_best"] = max(evals) if evals else r.final.get("test_acc", float("nan"))
+        r.final = final_metrics(r.history, r.history[-1] if r.history else ex.evaluate()[i])
     return results
 
 
