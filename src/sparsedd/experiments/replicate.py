@@ -42,7 +42,7 @@ class Replicate:
             cfg, run_id, data, store, options, progress)
         coarse = data.coarse_train.cpu() if data.coarse_train is not None else None
         self.noise = apply_noise(data.y_train.cpu(), data.num_classes, cfg.data.noise, cfg.data.noise_type,
-                                 cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name)
+                                 cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name, human=data.human_train)
         dev = data.x_train.device
         self.train_data = TrainData(data.x_train, self.noise.labels.to(dev), data.y_train, data.x_test, data.y_test,
                                     self.noise.corrupted.to(dev), augment=data.augment)
