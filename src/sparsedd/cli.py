@@ -68,6 +68,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    from .data.noise import HUMAN_NOISE
     from .results import load
 
     store = _store(args)
@@ -77,7 +78,9 @@ def cmd_ls(args) -> int:
         done = res.levels[res.levels["run_id"] == r["run_id"]] if len(res.levels) else res.levels
         per_seed = done.groupby("seed")["level"].nunique().min() if len(done) else 0
         cfg = r["config"]
-        summary = (f"{cfg['data']['name']} noise={cfg['data']['noise']} {cfg['model']['name']} "
+        # a human noise type has no rate: its name says which labels the run trained on
+        noise = cfg["data"]["noise_type"] if cfg["data"]["noise_type"] in HUMAN_NOISE else cfg["data"]["noise"]
+        summary = (f"{cfg['data']['name']} noise={noise} {cfg['model']['name']} "
                    f"{cfg['prune']['method']}/{cfg['prune']['scope']} {cfg['retrain']['mode']}")
         rows.append({"run": r["run_id"], "preset": r["preset"], "summary": summary, "status": r["status"],
                      "levels_done": int(per_seed), "levels": int(r["levels"]) + 1, "seeds": int(r["seeds"]),

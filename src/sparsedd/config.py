@@ -69,6 +69,24 @@ class DataConfig:
         _check(self.num_train >= 0, "data.num_train", ">= 0 (0: default)", self.num_train)
         _check(self.num_test >= 0, "data.num_test", ">= 0 (0: default)", self.num_test)
         _check(0.0 <= self.val_split < 1.0, "data.val_split", "in [0, 1)", self.val_split)
+        self._check_human_noise()
+
+    def _check_human_noise(self) -> None:
+        """The human noise types (CIFAR-N) are the labels of one data set's images, at no rate and no seed."""
+        from .data.noise import HUMAN_NOISE
+
+        if self.noise_type not in HUMAN_NOISE:
+            return
+        source = HUMAN_NOISE[self.noise_type][0]
+        if self.name != source:
+            raise SparseddError(f"data.noise_type = {self.noise_type!r} holds human labels of {source}'s "
+                                f"training images; it needs data.name = {source!r}, got {self.name!r}")
+        # they would split stage ids without changing a label, so they must stay unset (at their defaults)
+        for key in ("noise", "noise_seed"):
+            default = DataConfig.__dataclass_fields__[key].default
+            if getattr(self, key) != default:
+                raise SparseddError(f"data.{key} does not apply to data.noise_type = {self.noise_type!r} (the "
+                                    f"annotators chose the noisy labels); leave it unset (its default, {default})")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Label noise is not applied here: the caller applies :func:`sparsedd.data.noise.apply_noise`
 to ``y_train`` (the clean labels), never to the test set; for asymmetric noise it passes
-``dataset=ds.name`` and ``coarse=ds.coarse_train``. Augmentation is not applied here either:
-``Dataset.augment`` names the training augmentation (see :mod:`sparsedd.data.augment`).
+``dataset=ds.name`` and ``coarse=ds.coarse_train``, for the human noise types (CIFAR-10N / 100N)
+``human=ds.human_train``, the published labels loaded with the data set. Augmentation is not
+applied here either: ``Dataset.augment`` names the training augmentation (see :mod:`sparsedd.data.augment`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ class Dataset:
     num_classes: int
     coarse_train: torch.Tensor | None = None  # int64 superclass of each training example (CIFAR-100)
     augment: str = "none"  # the training augmentation: none or crop-flip
+    # the published human labels of the training examples by noise type (CIFAR-N), loaded only for those
+    # noise types; kept on the CPU, where label noise is applied
+    human_train: dict[str, torch.Tensor] | None = None
 
     def to(self, device: str | torch.device) -> "Dataset":
         coarse = None if self.coarse_train is None else self.coarse_train.to(device)
         return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
                        self.x_test.to(device), self.y_test.to(device), self.num_classes,
-                       coarse_train=coarse, augment=self.augment)
+                       coarse_train=coarse, augment=self.augment, human_train=self.human_train)
 
 
 def default_cache_dir() -> Path:
@@ -112,12 +116,16 @@ def _check_image_size(cfg: DataConfig) -> None:
 
 def load_dataset(cfg: DataConfig, *, data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
-    """The data set ``cfg.name`` with clean labels, on ``device``."""
+    """The data set ``cfg.name`` with clean labels, on ``device``; with the published human labels when
+    ``cfg.noise_type`` is one of :data:`sparsedd.data.noise.HUMAN_NOISE`."""
     spec = DATASETS[cfg.name]
     augment = standard_augment(cfg)
     _check_image_size(cfg)
     d = spec.load(cfg, data_dir=data_dir, cache_dir=cache_dir)
-    return Dataset(cfg.name, num_classes=spec.classes, augment=augment, **d).to(device)
+    human = None
+    if cfg.noise_type in HUMAN_NOISE:  # a file of their own, fetched only when a run needs it
+        human = cifarn.load_human_labels(cfg.name, d["y_train"], spec.classes, data_dir=data_dir, cache_dir=cache_dir)
+    return Dataset(cfg.name, num_classes=spec.classes, augment=augment, human_train=human, **d).to(device)
 
 
 # ----------------------------------------------------------------------------- shared by the loaders
@@ -158,7 +166,8 @@ def download_archive(urls: list[str], dest: Path, md5: str) -> Path:
 # ----------------------------------------------------------------------------- the data sets
 # imported last: the loaders import the helpers above
 
-from . import cifar, mnist, mnist1d, tinyimagenet  # noqa: E402
+from . import cifar, cifarn, mnist, mnist1d, tinyimagenet  # noqa: E402
+from .noise import HUMAN_NOISE  # noqa: E402
 
 
 def _load_mnist(cfg: DataConfig, *, data_dir: Folder, cache_dir: Folder) -> dict[str, torch.Tensor]:

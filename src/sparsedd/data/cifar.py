@@ -103,7 +103,7 @@ class _Unpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch") from None
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR data file") from None
 
 
 def _unpickle(data: bytes, where: str) -> dict:

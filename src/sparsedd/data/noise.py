@@ -12,7 +12,7 @@ from ..errors import SparseddError
 from ..registry import Registry
 from ..rng import generator
 
-# (labels to change in place, classes, rate, generator, coarse=, dataset=) -> the indices chosen
+# (labels to change in place, classes, rate, generator, coarse=, dataset=, human=) -> the indices chosen
 Flip = Callable[..., torch.Tensor]
 NOISE_TYPES: Registry[Flip] = Registry("noise type")
 
@@ -21,6 +21,17 @@ ASYMMETRIC = {
     # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
     "cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
     "mnist": {2: 7, 3: 8, 5: 6, 6: 5, 7: 1},
+}
+
+# human label noise (CIFAR-10N / CIFAR-100N, Wei et al., ICLR 2022): noise type -> (the data set whose
+# training images were re-annotated, the key of those labels in the published file; see data/cifarn.py)
+HUMAN_NOISE = {
+    "cifar10n-aggregate": ("cifar10", "aggre_label"),
+    "cifar10n-random1": ("cifar10", "random_label1"),
+    "cifar10n-random2": ("cifar10", "random_label2"),
+    "cifar10n-random3": ("cifar10", "random_label3"),
+    "cifar10n-worst": ("cifar10", "worse_label"),
+    "cifar100n": ("cifar100", "noisy_label"),
 }
 
 
@@ -33,9 +44,12 @@ class NoisyLabels:
 
 
 def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: str, seed: int, *,
-                coarse: torch.Tensor | None = None, dataset: str | None = None) -> NoisyLabels:
+                coarse: torch.Tensor | None = None, dataset: str | None = None,
+                human: dict[str, torch.Tensor] | None = None) -> NoisyLabels:
     """Noisy copies of ``clean`` (which is left as is) by the noise type registered as ``noise_type``
-    (random, symmetric, asymmetric, pairflip: see their functions below); deterministic given ``seed``."""
+    (random, symmetric, asymmetric, pairflip, and the human labels of :data:`HUMAN_NOISE`: see their
+    functions below); deterministic given ``seed``. ``human``: the published label sets of the
+    training examples by noise type (``Dataset.human_train``), which the human noise types take."""
     flip = NOISE_TYPES[noise_type]
     if not 0.0 <= rate <= 1.0:
         raise SparseddError(f"noise rate must be in [0, 1], got {rate!r}")
@@ -45,7 +59,8 @@ def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: 
     n = y.numel()
     if y.ndim != 1 or (n and not (0 <= int(y.min()) and int(y.max()) < num_classes)):
         raise SparseddError(f"labels must be a 1-D tensor of class indices in [0, {num_classes})")
-    chosen = flip(y, num_classes, rate, generator("label-noise", noise_type, seed), coarse=coarse, dataset=dataset)
+    chosen = flip(y, num_classes, rate, generator("label-noise", noise_type, seed), coarse=coarse, dataset=dataset,
+                  human=human)
     corrupted = torch.nonzero(y != clean.detach().cpu(), as_tuple=True)[0]
     return NoisyLabels(
         labels=y.to(clean.device), chosen=chosen.sort().values, corrupted=corrupted,
@@ -104,6 +119,40 @@ def pairflip(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator,
     chosen = torch.randperm(y.numel(), generator=g)[:_count(rate, y.numel())]
     y[chosen] = (y[chosen] + 1) % num_classes
     return chosen
+
+
+def _human(noise_type: str) -> Flip:
+    """The noise type that replaces the labels by the published human labels ``human[noise_type]``."""
+    source = HUMAN_NOISE[noise_type][0]
+
+    def flip(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, *, dataset: str | None = None,
+             human: dict[str, torch.Tensor] | None = None, **_: object) -> torch.Tensor:
+        # rate and g do not apply: the annotators decided which labels are wrong
+        if dataset != source:
+            raise SparseddError(f"data.noise_type = {noise_type!r} holds the human labels of {source}, not of "
+                                f"{dataset!r}; use data.name = {source}")
+        if human is None or noise_type not in human:
+            raise SparseddError(f"data.noise_type = {noise_type!r} needs the published human labels; load the "
+                                f"data set with data.noise_type = {noise_type!r} (they come with it)")
+        labels = human[noise_type].detach().to("cpu", torch.int64)
+        if labels.shape != y.shape:
+            raise SparseddError(f"the human labels of {noise_type} have shape {tuple(labels.shape)}, "
+                                f"the training labels {tuple(y.shape)}; load them with the same data.num_train")
+        changed = torch.nonzero(labels != y, as_tuple=True)[0]
+        y.copy_(labels)
+        return changed
+
+    flip.__doc__ = f"The {HUMAN_NOISE[noise_type][1]} labels of {source}'s training images (CIFAR-N)."
+    return flip
+
+
+for _name in HUMAN_NOISE:
+    NOISE_TYPES.register(_name, _human(_name))
+
+
+def describe(noise_type: str, rate: float) -> str:
+    """A run's label noise in words, for titles: '20% random noise', 'cifar10n-worst human labels'."""
+    return f"{noise_type} human labels" if noise_type in HUMAN_NOISE else f"{100 * rate:g}% {noise_type} noise"
 
 
 def _asymmetric_targets(dataset: str | None, num_classes: int, y: torch.Tensor,

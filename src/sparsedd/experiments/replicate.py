@@ -56,7 +56,7 @@ class Replicate:
             cfg, run_id, data, store, options, progress)
         coarse = data.coarse_train.cpu() if data.coarse_train is not None else None
         self.noise = apply_noise(data.y_train.cpu(), data.num_classes, cfg.data.noise, cfg.data.noise_type,
-                                 cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name)
+                                 cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name, human=data.human_train)
         self.train_data = training_view(data, self.noise.labels, self.noise.corrupted, cfg.data.val_split)
         self.input_shape = tuple(data.x_train.shape[1:])
         self._teachers: dict[str, torch.Tensor | nn.Module] = {}

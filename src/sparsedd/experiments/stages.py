@@ -40,9 +40,15 @@ def batch_key(stage_ids: list[str]) -> dict[str, Any]:
 
 
 def data_key(cfg: RunConfig) -> str:
-    """Runs whose data differ only in label noise share one data set in memory (and can batch)."""
+    """Runs whose data differ only in label noise share one data set in memory (and can batch). The human
+    noise types load their published labels with the data set, so they share one of their own."""
+    from ..data.noise import HUMAN_NOISE
+
     d = canonical_dict(cfg, full=True)["data"]
-    return stable_hash({k: v for k, v in d.items() if not k.startswith("noise")})
+    key = {k: v for k, v in d.items() if not k.startswith("noise")}
+    if cfg.data.noise_type in HUMAN_NOISE:
+        key["human_labels"] = True
+    return stable_hash(key)
 
 
 @dataclass

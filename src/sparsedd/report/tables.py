@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..data.noise import describe
 from .plots import summarize
 
 LEVEL_FIELDS = ("level", "sparsity", "test_acc", "test_acc_best", "train_acc_noisy", "train_acc_clean",
@@ -16,8 +17,9 @@ PERCENT = LEVEL_FIELDS[2:7]  # the fields shown as percentages
 
 def run_title(cfg: dict[str, Any], run_id: str) -> str:
     """What a run is, in one line (from its stored config)."""
-    return (f"{cfg['model']['name']} on {cfg['data']['name']}, {100 * cfg['data']['noise']:g}% "
-            f"{cfg['data']['noise_type']} noise, {cfg['prune']['method']} {cfg['prune']['scope']}, "
+    noise = describe(cfg["data"]["noise_type"], cfg["data"]["noise"])
+    return (f"{cfg['model']['name']} on {cfg['data']['name']}, {noise}, "
+            f"{cfg['prune']['method']} {cfg['prune']['scope']}, "
             f"{cfg['retrain']['mode']} (run {run_id})")
 
 
