@@ -50,6 +50,8 @@ def fig_curve(levels: pd.DataFrame, phases: dict[str, Any] | None, title: str):
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     shade_phases(ax, phases, float(levels["sparsity"].max()))
     _band(ax, levels, "test_acc", "test accuracy", "tab:blue")
+    if "test_acc_at_best_val" in levels and levels["test_acc_at_best_val"].notna().any():
+        _band(ax, levels, "test_acc_at_best_val", "at the best validation epoch", "tab:orange", ls=":")
     ax.axhline(100 * summarize(levels, "test_acc")["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
     ax.set_ylabel("test accuracy (%)")
     _band(ax2, levels, "train_acc_noisy", "train, noisy labels", "tab:red")
@@ -83,6 +85,8 @@ def fig_overlay(curves: list[tuple[str, pd.DataFrame]], title: str):
     all_s = pd.concat([c["sparsity"] for _, c in curves])
     for i, (label, levels) in enumerate(curves):
         _band(ax, levels, "test_acc", label, colors[i % len(colors)])
+        if "test_acc_at_best_val" in levels and levels["test_acc_at_best_val"].notna().any():  # early stopping
+            _band(ax, levels, "test_acc_at_best_val", f"{label}, at best validation", colors[i % len(colors)], ls=":")
     _xaxis(ax, all_s)
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
