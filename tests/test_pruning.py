@@ -103,3 +103,56 @@ def test_init_depends_only_on_seed():
     assert not torch.equal(sa["layers.0.weight"], sc["layers.0.weight"])
     assert torch.all(sa["layers.0.bias"] == 0)
     assert sa["layers.0.weight"].std().item() == pytest.approx(math.sqrt(2 / 40), rel=0.1)
+
+
+class TinyBatchNormNet(torch.nn.Module):
+    """conv -> batch norm -> relu -> pool -> linear: train and eval mode compute different outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def scores_of_one_batch(model, x, y, train_mode):
+    """|w * dL/dw| of the conv and fc weights on exactly (x, y), computed by hand on a copy."""
+    import copy
+
+    ref = copy.deepcopy(model).train(train_mode)
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    return {n: (p * p.grad).abs() for n, p in ref.named_parameters() if n in ("conv.weight", "fc.weight")}
+
+
+def test_paper_gradient_rule_scores_one_batch_in_train_mode():
+    torch.manual_seed(0)
+    model = TinyBatchNormNet().eval()
+    with torch.no_grad():  # running statistics far from the batch's, so train and eval mode differ
+        model.bn.running_mean.fill_(0.5)
+        model.bn.running_var.fill_(3.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(40, 3, 6, 6), torch.randint(0, 3, (40,))
+    mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in ("conv.weight", "fc.weight")}
+    sal = gradient_saliency(model, x, y, mask, batches=1, batch_size=16, generator=torch.Generator().manual_seed(3),
+                            train_mode=True)
+    first = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:16]  # the seeded batch
+    expected = scores_of_one_batch(model, x[first], y[first], train_mode=True)
+    assert all(torch.allclose(sal[n], expected[n], atol=1e-7) for n in mask)
+    in_eval = scores_of_one_batch(model, x[first], y[first], train_mode=False)
+    assert not torch.allclose(sal["conv.weight"], in_eval["conv.weight"], atol=1e-4)
+    # the model is left as it was: same mode, and batch norm's running statistics not updated
+    assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_multi_gradient_rule_sums_batches_in_eval_mode():
+    torch.manual_seed(0)
+    model = TinyBatchNormNet().eval()
+    x, y = torch.randn(40, 3, 6, 6), torch.randint(0, 3, (40,))
+    mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in ("conv.weight", "fc.weight")}
+    sal = gradient_saliency(model, x, y, mask, batches=2, batch_size=16, generator=torch.Generator().manual_seed(3))
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    parts = [scores_of_one_batch(model, x[b], y[b], train_mode=False) for b in (order[:16], order[16:32])]
+    assert all(torch.allclose(sal[n], parts[0][n] + parts[1][n], atol=1e-6) for n in mask)

@@ -30,6 +30,11 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_LAYERS = ("default", "all", "hidden", "conv")
+PRUNE_SCHEDULES = ("iterative", "oneshot")
+# how method = gradient measures |w * dL/dw|: multi sums prune.gradient_batches batches in eval mode;
+# paper is He et al.'s code: one (augmented) training batch with the model in train mode
+GRADIENT_RULES = ("multi", "paper")
+GRADIENT_BATCHES = 10  # prune.gradient_batches' default
 
 
 def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -124,7 +129,9 @@ class PruneConfig:
     fraction: float = 0.2  # of the remaining prunable weights removed per level
     levels: int = 24  # pruning rounds after the dense level 0 (not part of any stage id)
     layers: str = "default"  # which weights are prunable: the model's default, all, or hidden (not the output layer)
-    gradient_batches: int = 10  # batches whose |w * dL/dw| are summed, for method = gradient
+    gradient_batches: int = GRADIENT_BATCHES  # batches whose |w * dL/dw| are summed, for method = gradient, gradient_rule = multi
+    gradient_rule: str = "multi"  # method = gradient: multi, or paper (one batch, train mode)
+    schedule: str = "iterative"  # iterative: each level prunes the previous one; oneshot: the dense network
 
     def __post_init__(self) -> None:
         from .pruning import STRATEGIES
@@ -132,9 +139,19 @@ class PruneConfig:
         _choice("prune", "method", self.method, STRATEGIES.names())
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
         _choice("prune", "layers", self.layers, PRUNE_LAYERS)
+        _choice("prune", "gradient_rule", self.gradient_rule, GRADIENT_RULES)
+        _choice("prune", "schedule", self.schedule, PRUNE_SCHEDULES)
         _check(0 < self.fraction < 1, "prune.fraction", "in (0, 1)", self.fraction)
         _check(0 <= self.levels <= 200, "prune.levels", "in [0, 200]", self.levels)
         _check(self.gradient_batches >= 1, "prune.gradient_batches", ">= 1", self.gradient_batches)
+        if self.gradient_rule == "paper" and self.gradient_batches != GRADIENT_BATCHES:
+            raise SparseddError("prune.gradient_batches applies to prune.gradient_rule = 'multi' only (paper: one batch)")
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields the canonical form leaves out: the gradient rule matters to method = gradient only, so
+        the paper presets can name it without renaming their magnitude runs. (gradient_batches stays in
+        run ids as it always was, so that no existing id changes.)"""
+        return () if self.method == "gradient" else ("gradient_rule",)
 
     def round_key(self) -> dict[str, Any]:
         """What one pruning round depends on (everything but the number of levels)."""
@@ -143,6 +160,11 @@ class PruneConfig:
         if self.method != "gradient":
             d.pop("gradient_batches", None)
         return d
+
+    def level_fraction(self, level: int) -> float:
+        """The fraction of its parent's unpruned weights ``level`` removes: ``fraction`` when iterative;
+        one-shot prunes the dense network straight to density (1 - fraction) ** level."""
+        return self.fraction if self.schedule == "iterative" else 1.0 - (1.0 - self.fraction) ** level
 
 
 @dataclass(frozen=True)
@@ -213,9 +235,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def canonical_dict(cfg: Any, *, full: bool = False) -> dict[str, Any]:
-    """The config as plain JSON data; fields at their default are omitted unless ``full``."""
+    """The config as plain JSON data; fields at their default, or that the config's ``unused_fields``
+    names, are omitted unless ``full``."""
     out: dict[str, Any] = {}
+    unused = () if full else getattr(cfg, "unused_fields", tuple)()
     for f in fields(cfg):
+        if f.name in unused:
+            continue
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             sub = canonical_dict(value, full=full)

@@ -105,14 +105,21 @@ class Replicate:
         weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in mask}
         extra: dict[str, Any] = {"generator": generator(self.cfg.seed, "prune-random", level)}
         if cfg.method == "gradient":
-            device_mask = {n: m.to(self.options.device) for n, m in mask.items()}
-            sal = gradient_saliency(model, self.train_data.x, self.train_data.y, device_mask,
-                                    batches=cfg.gradient_batches, batch_size=self.cfg.train.batch_size,
-                                    generator=generator(self.cfg.seed, "prune-gradient", level))
-            extra["saliency"] = {n: v.cpu() for n, v in sal.items()}
+            extra["saliency"] = self.gradient_scores(level, model, mask)
         new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.fraction,
                                        scope=cfg.scope, **extra)
         return {n: m.to(self.options.device) for n, m in new.items()}
+
+    def gradient_scores(self, level: int, model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+        """|w * dL/dw| by ``prune.gradient_rule``: the paper's one augmented batch in train mode, or the
+        sum of ``prune.gradient_batches`` batches in eval mode (``pruning/gradient.py``)."""
+        cfg, paper = self.cfg.prune, self.cfg.prune.gradient_rule == "paper"
+        device_mask = {n: m.to(self.options.device) for n, m in mask.items()}
+        sal = gradient_saliency(model, self.train_data.x, self.train_data.y, device_mask,
+                                batches=1 if paper else cfg.gradient_batches, batch_size=self.cfg.train.batch_size,
+                                generator=generator(self.cfg.seed, "prune-gradient", level),
+                                train_mode=paper, augment=self.train_data.augment if paper else "none")
+        return {n: v.cpu() for n, v in sal.items()}
 
     def rewind_point(self, dense_id: str) -> dict[str, torch.Tensor]:
         """The dense run's weights at the rewind iteration, recomputed deterministically and cached.
