@@ -9,6 +9,8 @@ from sparsedd import config as c
 from sparsedd.cli import main
 from sparsedd.errors import SparseddError
 from sparsedd.experiments import ExecOptions, run
+from sparsedd.experiments.stages import level_key, parent_stage
+from sparsedd.pruning import density, magnitude, remaining, total
 from sparsedd.store import Store
 
 
@@ -72,3 +74,78 @@ def test_loop_scores_gradients_by_the_rule(tmp_path, tiny_sets, monkeypatch, rul
     monkeypatch.setattr(imp, "gradient_saliency", spy)
     do_run(tmp_path, tiny_sets + ["prune.method=gradient", f"prune.gradient_rule={rule}", "prune.levels=1"])
     assert [(kw["batches"], kw["train_mode"]) for kw in seen] == [(batches, train_mode)]
+
+
+# --- one-shot pruning
+
+
+def dense_weights_pruned_to(dense, level, scope="global"):
+    """The mask one-shot level ``level`` must have: the dense final weights ranked by magnitude, pruned
+    from a full mask straight to density 0.8 ** level."""
+    full = {n: torch.ones_like(m) for n, m in dense["mask"].items()}
+    return magnitude({n: dense["model"][n] for n in full}, full, fraction=1 - 0.8 ** level, scope=scope)
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_oneshot_level_L_is_the_dense_network_at_density_08_to_the_L(tmp_path, tiny_sets, scope):
+    cfg, store, rid = do_run(tmp_path, tiny_sets + ["prune.schedule=oneshot", "prune.levels=3", f"prune.scope={scope}"])
+    f = finals(store, rid)
+    dense, n = f[0], total(f[0]["mask"])
+    for level in (1, 2, 3):
+        assert same(f[level]["mask"], dense_weights_pruned_to(dense, level, scope))
+        if scope == "global":
+            assert remaining(f[level]["mask"]) == n - round((1 - 0.8 ** level) * n)
+        assert density(f[level]["mask"]) == pytest.approx(0.8 ** level, abs=2 / n if scope == "global" else 0.01)
+
+
+def test_oneshot_shares_level_1_with_iterative_then_ranks_the_dense_weights(tmp_path, tiny_sets):
+    store = Store(tmp_path / "runs")
+    stages = {}
+    for schedule in ("iterative", "oneshot"):
+        rid = run(c.load(sets=tiny_sets + [f"prune.schedule={schedule}"]), store, options=ExecOptions(progress=False))
+        stages[schedule] = [sid for (_, level), sid in sorted(store.index.run_stages(rid).items())]
+    it, one = stages["iterative"], stages["oneshot"]
+    assert it[:2] == one[:2] and it[2] != one[2]  # dense and level 1 are the same computation: one stage each
+    dense, level1 = store.final(it[0]), store.final(it[1])["mask"]
+    iterative2, oneshot2 = store.final(it[2])["mask"], store.final(one[2])["mask"]
+    # iterative level 2 ranks level 1's retrained weights within level 1's mask; one-shot ranks the dense ones
+    assert all(not (iterative2[n] & ~level1[n]).any() for n in level1)
+    assert same(oneshot2, dense_weights_pruned_to(dense, 2)) and not same(oneshot2, iterative2)
+    assert abs(remaining(oneshot2) - remaining(iterative2)) <= 1  # the same density, up to rounding
+
+
+def test_oneshot_level_ids_chain_the_dense_stage_not_the_previous_level():
+    it, one = c.load(), c.load(sets=["prune.schedule=oneshot"])
+    assert parent_stage(it, ["dense", "l1", "l2"]) == "l2" and parent_stage(one, ["dense", "l1", "l2"]) == "dense"
+    assert level_key(one, "dense", 1) == level_key(it, "dense", 1)
+    key = level_key(one, "dense", 3)
+    assert key["parent"] == "dense" and key["level"] == 3 and key["prune"]["schedule"] == "oneshot"
+    assert key != level_key(it, "dense", 3) and key != level_key(one, "dense", 2)
+    assert level_key(c.load(sets=["prune.schedule=oneshot", "prune.levels=5"]), "dense", 3) == key  # levels: no split
+    assert level_key(c.load(sets=["prune.schedule=oneshot", "retrain.mode=reinit"]), "dense", 3) != key
+    assert "schedule" not in c.canonical_dict(it).get("prune", {})  # iterative ids unchanged
+
+
+def test_oneshot_finetune_starts_from_the_dense_final_weights(tmp_path, tiny_sets, monkeypatch):
+    starts = []
+    real = imp.train
+
+    def spy(model, data, cfg, mask, **kw):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, data, cfg, mask, **kw)
+
+    monkeypatch.setattr(imp, "train", spy)
+    cfg, store, rid = do_run(tmp_path, tiny_sets + ["prune.schedule=oneshot", "retrain.mode=finetune"])
+    dense = finals(store, rid)[0]["model"]
+    assert len(starts) == 3 and same(starts[1], dense) and same(starts[2], dense)  # masked by training itself
+
+
+def test_bad_schedule_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
+    assert "unknown prune.schedule 'twice'; choose one of iterative, oneshot" in one_line_error(["prune.schedule=twice"])
+    assert main(["run", "--root", str(tmp_path / "runs"), "--set", "prune.schedule=twice"]) == 2
+    assert not (tmp_path / "runs").exists()
+    assert "prune.schedule" in capsys.readouterr().err

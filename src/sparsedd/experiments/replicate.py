@@ -51,6 +51,10 @@ class Replicate:
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.input_shape, self.data.num_classes, seed).to(self.options.device)
 
+    def full_mask(self, model: nn.Module) -> Mask:
+        """Nothing pruned yet, over the tensors this run prunes."""
+        return full_mask(model, model.prunable_names(self.cfg.prune.layers))
+
     def schedule(self, level: int) -> TrainConfig:
         return self.cfg.train if level == 0 else level_train_config(self.cfg)
 
@@ -75,17 +79,18 @@ class Replicate:
             self.store.save_init(sid, model.state_dict())
             self.store.save_labels(sid, self.noise.labels, self.noise.chosen, self.noise.corrupted,
                                    self.noise.effective_rate)
-        mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
+        mask = self.full_mask(model)
         return Job(sid, 0, model.state_dict(), mask, self.cfg.train, f"seed {self.cfg.seed} dense")
 
     def level_job(self, level: int, sid: str, parent: str, dense_id: str) -> Job:
-        """Prune the parent's final weights, then start from the weights the retraining mode picks."""
+        """Prune the parent's final weights (the previous level's, or the dense network's when one-shot),
+        then start from the weights the retraining mode picks ("previous" is the parent)."""
         prev = self.store.final(parent)
         model = self.new_model(0)
         model.load_state_dict(prev["model"])
-        # level 1 starts from this run's prunable layers, not the dense stage's mask: the dense stage
-        # is shared by runs that prune different layers (prune settings are not part of its id)
-        before = prev["mask"] if level > 1 else full_mask(model, model.prunable_names(self.cfg.prune.layers))
+        # pruning the dense network starts from this run's prunable layers, not the dense stage's mask:
+        # the dense stage is shared by runs that prune different layers (prune settings are not in its id)
+        before = self.full_mask(model) if parent == dense_id else prev["mask"]
         mask = self.prune(level, model, before)
         state = self.start_weights(level, prev["model"], dense_id)
         return Job(sid, level, state, mask, self.schedule(level), f"seed {self.cfg.seed} level {level}/{self.cfg.prune.levels}")
@@ -106,7 +111,7 @@ class Replicate:
         extra: dict[str, Any] = {"generator": generator(self.cfg.seed, "prune-random", level)}
         if cfg.method == "gradient":
             extra["saliency"] = self.gradient_scores(level, model, mask)
-        new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.fraction,
+        new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.level_fraction(level),
                                        scope=cfg.scope, **extra)
         return {n: m.to(self.options.device) for n, m in new.items()}
 
@@ -138,7 +143,7 @@ class Replicate:
             self.store.begin_stage(sid, rewind_key(dense_id, k))
             model = self.new_model(0)
             model.load_state_dict(init)
-            mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
+            mask = self.full_mask(model)
             train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k)
             self.store.save_rewind(sid, model.state_dict())
             self.store.finish_stage(sid, {"iteration": k})
