@@ -149,3 +149,41 @@ def test_bad_schedule_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
     assert main(["run", "--root", str(tmp_path / "runs"), "--set", "prune.schedule=twice"]) == 2
     assert not (tmp_path / "runs").exists()
     assert "prune.schedule" in capsys.readouterr().err
+
+
+# --- network slimming
+
+
+def test_slimming_validation():
+    assert "model 'mlp' has none; use resnet18, vgg16 or resnet101" in one_line_error(["prune.method=slimming"])
+    base = {"prune.method": "slimming", "data.name": "cifar10", "model.name": "vgg16"}
+    assert c.build(base).prune.method == "slimming"
+    with pytest.raises(SparseddError, match="prune.layers does not apply to prune.method = 'slimming'"):
+        c.build({**base, "prune.layers": "all"})
+
+
+def test_slimming_on_a_model_without_batch_norm_writes_nothing(tmp_path, capsys):
+    args = ["run", "--preset", "paper-mnist-lenet", "--root", str(tmp_path / "runs"), "--set", "prune.method=slimming"]
+    assert main(args) == 2
+    assert not (tmp_path / "runs").exists()
+    err = capsys.readouterr().err.strip()
+    assert "model 'lenet-300-100' has none" in err and "\n" not in err
+
+
+def test_vgg16_slimming_end_to_end(tmp_path):
+    from test_image_data import fake_cifar, write_archive
+    from test_image_e2e import isolated, run_pipeline  # noqa: F401  (the fixture keeps downloads off)
+
+    write_archive(tmp_path / "data" / "cifar10", 10, fake_cifar(10, per_batch=4, n_test=6))
+    levels = run_pipeline(tmp_path, tmp_path / "data", "paper-cifar10-vgg16", ["prune.method=slimming"])
+    assert [m["level"] for m, _ in levels] == [0, 1, 2]
+    for metrics, final in levels:
+        mask, model = final["mask"], final["model"]
+        assert len(mask) == 13 * 3 and not any(n.startswith("fc") for n in mask)  # BN weight, bias and conv per layer
+        channels = torch.cat([mask[f"layers.{i}.bn.weight"] for i in (0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16)])
+        assert channels.float().mean().item() == pytest.approx(0.8 ** metrics["level"], abs=1 / channels.numel())
+        for n, m in mask.items():
+            assert torch.all(model[n][~m] == 0)
+            if n.endswith("bn.weight"):  # the filters of a dead channel are masked
+                conv = mask[n.replace("bn.weight", "conv.weight")]
+                assert torch.equal(conv.flatten(1).any(1), m)

@@ -146,6 +146,9 @@ class PruneConfig:
         _check(self.gradient_batches >= 1, "prune.gradient_batches", ">= 1", self.gradient_batches)
         if self.gradient_rule == "paper" and self.gradient_batches != GRADIENT_BATCHES:
             raise SparseddError("prune.gradient_batches applies to prune.gradient_rule = 'multi' only (paper: one batch)")
+        if self.method == "slimming" and self.layers != "default":
+            raise SparseddError("prune.layers does not apply to prune.method = 'slimming', which masks every batch-norm "
+                                "channel and the conv filter feeding it; leave prune.layers at default")
 
     def unused_fields(self) -> tuple[str, ...]:
         """Fields the canonical form leaves out: the gradient rule matters to method = gradient only, so
@@ -203,6 +206,24 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", ">= 0", self.seed)
         _check(1 <= self.seeds <= 1000, "seeds", "in [1, 1000]", self.seeds)
+        if self.prune.method == "slimming":
+            self._check_batch_norm()
+
+    def _check_batch_norm(self) -> None:
+        """Slimming prunes batch-norm channels: a one-line error now, not after the dense network trained,
+        when the model has none (built on the meta device: no memory, no init)."""
+        import torch
+
+        from .data import DATASETS
+        from .models import MODELS
+        from .pruning import bn_convs
+
+        spec = DATASETS[self.data.name]
+        with torch.device("meta"):
+            model = MODELS[self.model.name](self.model, spec.input_shape(self.data.image_size), spec.classes)
+        if not bn_convs(model):
+            raise SparseddError(f"prune.method = 'slimming' prunes batch-norm channels and model {self.model.name!r} "
+                                f"has none; use resnet18, vgg16 or resnet101, or another prune.method")
 
     @property
     def run_id(self) -> str:

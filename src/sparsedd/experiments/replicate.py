@@ -19,7 +19,8 @@ from ..data import Dataset
 from ..data.noise import apply_noise
 from ..models import build_model
 from ..options import ExecOptions
-from ..pruning import Mask, density, full_mask, get_strategy, gradient_saliency, layer_sparsity, remaining
+from ..pruning import (Mask, bn_convs, density, full_mask, get_strategy, gradient_saliency, layer_sparsity,
+                       prunable_names, remaining)
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
@@ -52,8 +53,8 @@ class Replicate:
         return build_model(self.cfg.model, self.input_shape, self.data.num_classes, seed).to(self.options.device)
 
     def full_mask(self, model: nn.Module) -> Mask:
-        """Nothing pruned yet, over the tensors this run prunes."""
-        return full_mask(model, model.prunable_names(self.cfg.prune.layers))
+        """Nothing pruned yet, over the tensors this run's method prunes."""
+        return full_mask(model, prunable_names(model, self.cfg.prune.method, self.cfg.prune.layers))
 
     def schedule(self, level: int) -> TrainConfig:
         return self.cfg.train if level == 0 else level_train_config(self.cfg)
@@ -111,6 +112,8 @@ class Replicate:
         extra: dict[str, Any] = {"generator": generator(self.cfg.seed, "prune-random", level)}
         if cfg.method == "gradient":
             extra["saliency"] = self.gradient_scores(level, model, mask)
+        if cfg.method == "slimming":  # which conv feeds which batch norm: traced here, so the strategy stays pure
+            extra["bn_convs"] = bn_convs(model)
         new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.level_fraction(level),
                                        scope=cfg.scope, **extra)
         return {n: m.to(self.options.device) for n, m in new.items()}
