@@ -19,6 +19,7 @@ PINNED_RUNS = {
     "paper-cifar100-resnet18": "59007d459f2c3d2c",
     "paper-cifar10-vgg16": "5fe7d059161f6a98",
     "paper-tinyimagenet-resnet101": "06a85ea5075f3a05",
+    "paper-tinyimagenet-resnet101-oneshot": "3f8bc2d3694581ac",
 }
 
 

@@ -30,6 +30,11 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_LAYERS = ("default", "all", "hidden", "conv")
+PRUNE_SCHEDULES = ("iterative", "oneshot")
+# how method = gradient measures |w * dL/dw|: multi sums prune.gradient_batches batches in eval mode;
+# paper is He et al.'s code: one (augmented) training batch with the model in train mode
+GRADIENT_RULES = ("multi", "paper")
+GRADIENT_BATCHES = 10  # prune.gradient_batches' default
 
 
 def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -150,7 +155,9 @@ class PruneConfig:
     fraction: float = 0.2  # of the remaining prunable weights removed per level
     levels: int = 24  # pruning rounds after the dense level 0 (not part of any stage id)
     layers: str = "default"  # which weights are prunable: the model's default, all, or hidden (not the output layer)
-    gradient_batches: int = 10  # batches whose |w * dL/dw| are summed, for method = gradient
+    gradient_batches: int = GRADIENT_BATCHES  # batches whose |w * dL/dw| are summed, for method = gradient, gradient_rule = multi
+    gradient_rule: str = "multi"  # method = gradient: multi, or paper (one batch, train mode)
+    schedule: str = "iterative"  # iterative: each level prunes the previous one; oneshot: the dense network
 
     def __post_init__(self) -> None:
         from .pruning import STRATEGIES
@@ -158,9 +165,22 @@ class PruneConfig:
         _choice("prune", "method", self.method, STRATEGIES.names())
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
         _choice("prune", "layers", self.layers, PRUNE_LAYERS)
+        _choice("prune", "gradient_rule", self.gradient_rule, GRADIENT_RULES)
+        _choice("prune", "schedule", self.schedule, PRUNE_SCHEDULES)
         _check(0 < self.fraction < 1, "prune.fraction", "in (0, 1)", self.fraction)
         _check(0 <= self.levels <= 200, "prune.levels", "in [0, 200]", self.levels)
         _check(self.gradient_batches >= 1, "prune.gradient_batches", ">= 1", self.gradient_batches)
+        if self.gradient_rule == "paper" and self.gradient_batches != GRADIENT_BATCHES:
+            raise SparseddError("prune.gradient_batches applies to prune.gradient_rule = 'multi' only (paper: one batch)")
+        if self.method == "slimming" and self.layers != "default":
+            raise SparseddError("prune.layers does not apply to prune.method = 'slimming', which masks every batch-norm "
+                                "channel and the conv filter feeding it; leave prune.layers at default")
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields the canonical form leaves out: the gradient rule matters to method = gradient only, so
+        the paper presets can name it without renaming their magnitude runs. (gradient_batches stays in
+        run ids as it always was, so that no existing id changes.)"""
+        return () if self.method == "gradient" else ("gradient_rule",)
 
     def round_key(self) -> dict[str, Any]:
         """What one pruning round depends on (everything but the number of levels)."""
@@ -169,6 +189,11 @@ class PruneConfig:
         if self.method != "gradient":
             d.pop("gradient_batches", None)
         return d
+
+    def level_fraction(self, level: int) -> float:
+        """The fraction of its parent's unpruned weights ``level`` removes: ``fraction`` when iterative;
+        one-shot prunes the dense network straight to density (1 - fraction) ** level."""
+        return self.fraction if self.schedule == "iterative" else 1.0 - (1.0 - self.fraction) ** level
 
 
 @dataclass(frozen=True)
@@ -214,6 +239,24 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", ">= 0", self.seed)
         _check(1 <= self.seeds <= 1000, "seeds", "in [1, 1000]", self.seeds)
+        if self.prune.method == "slimming":
+            self._check_batch_norm()
+
+    def _check_batch_norm(self) -> None:
+        """Slimming prunes batch-norm channels: a one-line error now, not after the dense network trained,
+        when the model has none (built on the meta device: no memory, no init)."""
+        import torch
+
+        from .data import DATASETS
+        from .models import MODELS
+        from .pruning import bn_convs
+
+        spec = DATASETS[self.data.name]
+        with torch.device("meta"):
+            model = MODELS[self.model.name](self.model, spec.input_shape(self.data.image_size), spec.classes)
+        if not bn_convs(model):
+            raise SparseddError(f"prune.method = 'slimming' prunes batch-norm channels and model {self.model.name!r} "
+                                f"has none; use resnet18, vgg16 or resnet101, or another prune.method")
 
     @property
     def run_id(self) -> str:
@@ -246,9 +289,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def canonical_dict(cfg: Any, *, full: bool = False) -> dict[str, Any]:
-    """The config as plain JSON data; fields at their default are omitted unless ``full``."""
+    """The config as plain JSON data; fields at their default, or that the config's ``unused_fields``
+    names, are omitted unless ``full``."""
     out: dict[str, Any] = {}
+    unused = () if full else getattr(cfg, "unused_fields", tuple)()
     for f in fields(cfg):
+        if f.name in unused:
+            continue
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             sub = canonical_dict(value, full=full)

@@ -20,7 +20,8 @@ from ..data.noise import apply_noise
 from ..data.split import validation_split
 from ..models import build_model
 from ..options import ExecOptions
-from ..pruning import Mask, density, full_mask, get_strategy, gradient_saliency, layer_sparsity, remaining
+from ..pruning import (Mask, bn_convs, density, full_mask, get_strategy, gradient_saliency, layer_sparsity,
+                       prunable_names, remaining)
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
@@ -64,6 +65,10 @@ class Replicate:
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.input_shape, self.data.num_classes, seed).to(self.options.device)
 
+    def full_mask(self, model: nn.Module) -> Mask:
+        """Nothing pruned yet, over the tensors this run's method prunes."""
+        return full_mask(model, prunable_names(model, self.cfg.prune.method, self.cfg.prune.layers))
+
     def schedule(self, level: int) -> TrainConfig:
         return self.cfg.train if level == 0 else level_train_config(self.cfg)
 
@@ -88,17 +93,18 @@ class Replicate:
             self.store.save_init(sid, model.state_dict())
             self.store.save_labels(sid, self.noise.labels, self.noise.chosen, self.noise.corrupted,
                                    self.noise.effective_rate)
-        mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
+        mask = self.full_mask(model)
         return Job(sid, 0, model.state_dict(), mask, self.cfg.train, f"seed {self.cfg.seed} dense", sid)
 
     def level_job(self, level: int, sid: str, parent: str, dense_id: str) -> Job:
-        """Prune the parent's final weights, then start from the weights the retraining mode picks."""
+        """Prune the parent's final weights (the previous level's, or the dense network's when one-shot),
+        then start from the weights the retraining mode picks ("previous" is the parent)."""
         prev = self.store.final(parent)
         model = self.new_model(0)
         model.load_state_dict(prev["model"])
-        # level 1 starts from this run's prunable layers, not the dense stage's mask: the dense stage
-        # is shared by runs that prune different layers (prune settings are not part of its id)
-        before = prev["mask"] if level > 1 else full_mask(model, model.prunable_names(self.cfg.prune.layers))
+        # pruning the dense network starts from this run's prunable layers, not the dense stage's mask:
+        # the dense stage is shared by runs that prune different layers (prune settings are not in its id)
+        before = self.full_mask(model) if parent == dense_id else prev["mask"]
         mask = self.prune(level, model, before)
         state = self.start_weights(level, prev["model"], dense_id)
         return Job(sid, level, state, mask, self.schedule(level), f"seed {self.cfg.seed} level {level}/{self.cfg.prune.levels}",
@@ -119,14 +125,23 @@ class Replicate:
         weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in mask}
         extra: dict[str, Any] = {"generator": generator(self.cfg.seed, "prune-random", level)}
         if cfg.method == "gradient":
-            device_mask = {n: m.to(self.options.device) for n, m in mask.items()}
-            sal = gradient_saliency(model, self.train_data.x, self.train_data.y, device_mask,
-                                    batches=cfg.gradient_batches, batch_size=self.cfg.train.batch_size,
-                                    generator=generator(self.cfg.seed, "prune-gradient", level))
-            extra["saliency"] = {n: v.cpu() for n, v in sal.items()}
-        new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.fraction,
+            extra["saliency"] = self.gradient_scores(level, model, mask)
+        if cfg.method == "slimming":  # which conv feeds which batch norm: traced here, so the strategy stays pure
+            extra["bn_convs"] = bn_convs(model)
+        new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.level_fraction(level),
                                        scope=cfg.scope, **extra)
         return {n: m.to(self.options.device) for n, m in new.items()}
+
+    def gradient_scores(self, level: int, model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+        """|w * dL/dw| by ``prune.gradient_rule``: the paper's one augmented batch in train mode, or the
+        sum of ``prune.gradient_batches`` batches in eval mode (``pruning/gradient.py``)."""
+        cfg, paper = self.cfg.prune, self.cfg.prune.gradient_rule == "paper"
+        device_mask = {n: m.to(self.options.device) for n, m in mask.items()}
+        sal = gradient_saliency(model, self.train_data.x, self.train_data.y, device_mask,
+                                batches=1 if paper else cfg.gradient_batches, batch_size=self.cfg.train.batch_size,
+                                generator=generator(self.cfg.seed, "prune-gradient", level),
+                                train_mode=paper, augment=self.train_data.augment if paper else "none")
+        return {n: v.cpu() for n, v in sal.items()}
 
     def rewind_point(self, dense_id: str) -> dict[str, torch.Tensor]:
         """The dense run's weights at the rewind iteration, recomputed deterministically and cached.
@@ -145,7 +160,7 @@ class Replicate:
             self.store.begin_stage(sid, rewind_key(dense_id, k))
             model = self.new_model(0)
             model.load_state_dict(init)
-            mask = full_mask(model, model.prunable_names(self.cfg.prune.layers))
+            mask = self.full_mask(model)
             train(model, self.train_data, self.cfg.train, mask, order_key=(self.cfg.seed, "order"), stop_iteration=k,
                   objective=self.objective(0, dense_id))  # the dense run's own trajectory, penalty included
             self.store.save_rewind(sid, model.state_dict())

@@ -14,7 +14,7 @@ from ..store import Store
 from ..training.loop import iters_per_epoch
 from .replicate import Replicate
 from .retrain import RETRAIN_MODES
-from .stages import Job, data_key
+from .stages import Job, data_key, parent_stage
 
 
 def load_data(configs: list[RunConfig], options: ExecOptions) -> dict[str, Dataset]:
@@ -63,13 +63,14 @@ def claim_level(level: int, reps: list[Replicate], chains: list[list[str]], stor
     Locks are taken in the order of the stage ids, so processes never wait on each other in a
     cycle; a process that needs a stage another is computing waits, then finds it done.
     """
-    sids = [rep.stage(level, chain[-1] if chain else None)[0] for rep, chain in zip(reps, chains)]
+    parents = [parent_stage(rep.cfg, chain) if chain else None for rep, chain in zip(reps, chains)]
+    sids = [rep.stage(level, parent)[0] for rep, parent in zip(reps, parents)]
     with contextlib.ExitStack() as locks:
         for sid in sorted(set(sids)):
             locks.enter_context(store.lock(sid))
         todo, followers, claimed = [], [], set()
-        for rep, chain, sid in zip(reps, chains, sids):
-            parent, dense = (chain[-1], chain[0]) if chain else (None, None)
+        for rep, chain, parent, sid in zip(reps, chains, parents, sids):
+            dense = chain[0] if chain else None
             chain.append(sid)
             if sid in claimed:  # another replicate of this task computes it
                 followers.append((rep, sid))

@@ -3,7 +3,9 @@
 - ``dense``: data, model, training and seed; pruning and retraining settings are not in it, so every
   pruning method and retraining mode shares the dense network.
 - ``level``: the parent stage's id, the level, the pruning round's settings and the retraining
-  settings the mode uses; level L chains level L-1, so ``prune.levels`` can grow later.
+  settings the mode uses. The parent is the stage the level prunes (:func:`parent_stage`): iterative
+  level L chains level L-1, so ``prune.levels`` can grow later; a one-shot level prunes the dense
+  network, so it chains the dense stage and no other level (its ``prune`` has ``schedule = oneshot``).
 - ``rewind``: the dense stage and the iteration whose weights weight rewinding starts from.
 
 ``tests/test_config.py`` pins these ids: changing a key renames every stored result.
@@ -25,9 +27,18 @@ def dense_key(cfg: RunConfig) -> dict[str, Any]:
     return {"kind": "dense", "seed": cfg.seed, **{k: c.get(k, {}) for k in ("data", "model", "train")}}
 
 
+def parent_stage(cfg: RunConfig, chain: list[str]) -> str:
+    """The stage the next level prunes, given the replicate's stage ids so far (dense first): the
+    previous level's when iterative, the dense stage's when one-shot."""
+    return chain[0] if cfg.prune.schedule == "oneshot" else chain[-1]
+
+
 def level_key(cfg: RunConfig, parent: str, level: int) -> dict[str, Any]:
-    return {"kind": "level", "parent": parent, "level": level,
-            "prune": cfg.prune.round_key(), "retrain": cfg.retrain.relevant()}
+    """``parent``: the stage this level prunes (:func:`parent_stage`)."""
+    prune = cfg.prune.round_key()
+    if level == 1:  # one-shot level 1 is iterative level 1 (the dense network pruned by prune.fraction): one stage
+        prune.pop("schedule", None)
+    return {"kind": "level", "parent": parent, "level": level, "prune": prune, "retrain": cfg.retrain.relevant()}
 
 
 def rewind_key(dense_id: str, iteration: int) -> dict[str, Any]:
