@@ -13,7 +13,7 @@ from sparsedd.store import Store
 PINNED_RUNS = {
     "default": "44136fa355b3678a",
     "mnist1d-quick": "4af4bb2e0fbf5343",
-    "mnist-conv-quick": "ef73135dc4e24939",
+    "mnist-conv-quick": "44beff93f745fdda",
     "paper-mnist-lenet": "a392b0fc22ccb6ff",
     "paper-cifar10-resnet18": "560d0ac0b5cb0fc8",
     "paper-cifar100-resnet18": "59007d459f2c3d2c",
