@@ -203,16 +203,24 @@ def _ci(ci: list[float | None]) -> str:
     return "n/a" if None in ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
+def _part_label(part: dict[str, Any], shared: bool) -> str:
+    """A part's line: where it was measured (the setting, or the level and its sparsity), after its
+    measure when the parts of the claim measure different things."""
+    where = part.get("setting") or (f"level {part['level']}" + (f" ({100 * part['sparsity']:.2f}% sparse)"
+                                                                 if "sparsity" in part else "")
+                                    if "level" in part else "")
+    return "  " + (where if shared and where else f"{part['measure']}" + (f" ({where})" if where else ""))
+
+
 def rows_for_text(doc: dict[str, Any]) -> list[list[str]]:
     """claim, measure, value, CI, test, verdict: one line per claim, then one per part of multi-part claims."""
     lines = []
     for c in doc["claims"]:
         lines.append([str(c["claim"]), c["measure"], _fmt(c["value"]), _ci(c["ci"]), c["test"], c["verdict"]])
         if len(c["parts"]) > 1:
-            for p in c["parts"]:
-                where = ", ".join(f"{k} {v}" for k, v in p.items() if k in ("setting", "level"))
-                lines.append(["", f"  {p['measure']}" + (f" ({where})" if where else ""), _fmt(p["value"]),
-                              _ci(p["ci"]), p["test"], p["verdict"]])
+            shared = len({p["measure"] for p in c["parts"]}) == 1
+            lines += [["", _part_label(p, shared), _fmt(p["value"]), _ci(p["ci"]), p["test"], p["verdict"]]
+                      for p in c["parts"]]
     return lines
 
 

@@ -10,7 +10,8 @@ order), so a difference between two runs is taken per seed first.
 
 Verdict (the threshold never moves with the data): a test ``> c`` holds when the whole interval
 lies above c, does not hold when it lies below c, and is inconclusive when it contains c (or when
-fewer than two seeds give a value); ``< c`` mirrors it; ``within (a, b)`` holds when the interval
+fewer than three seeds give a value: two identical values would make a zero-width interval);
+``< c`` mirrors it; ``within (a, b)`` holds when the interval
 lies inside (a, b), does not hold when it lies entirely outside, inconclusive otherwise. A claim
 of several parts combines them: ``all`` holds when every part holds and does not hold when one
 part does not; ``any`` holds when one part holds and does not hold when every part does not.
@@ -34,6 +35,7 @@ CONFIDENCE = 0.95
 STRONG = 0.5  # |Spearman rho| from which a correlation counts as strong (Cohen's "large")
 TRAIN_FULL = 0.99  # train accuracy on the noisy labels below which the network no longer interpolates
 REINIT_LEVELS = 8  # the reinit analysis runs on at most this many pruned levels, evenly spaced
+MIN_SEEDS = 3  # fewer values than this: the interval is shown, the verdict is inconclusive
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -141,7 +143,8 @@ class Part:
 
     def __post_init__(self) -> None:
         self.value, self.lo, self.hi = t_interval(self.per_seed, self.confidence)
-        self.verdict = verdict(self.lo, self.hi, self.test, self.threshold)
+        n = sum(1 for v in self.per_seed if not math.isnan(v))
+        self.verdict = verdict(self.lo, self.hi, self.test, self.threshold) if n >= MIN_SEEDS else OPEN
 
     def test_text(self) -> str:
         if self.test == "within":
@@ -194,9 +197,10 @@ def _threshold(t: Any) -> Any:
 # --- what a claim reads -----------------------------------------------------------------------
 
 class Evidence(Protocol):
-    """Curves and analyses by run role (base, noise, method, retrain, data); see sparsedd.claims."""
+    """Curves and analyses by run role (base, noise, method, retrain, data, and ticket: the weight-rewind
+    run among base and retrain); sparsedd.claims.StoreEvidence reads them from the store."""
 
-    def curve(self, role: str) -> pd.DataFrame: ...  # rows per seed and level: sparsity, test_acc, train_acc_noisy, distance
+    def curve(self, role: str) -> pd.DataFrame: ...  # per seed and level: sparsity, test_acc, train_acc_noisy, distance
 
     def label(self, role: str) -> str: ...  # what sets the run apart, e.g. "data.noise=0.6"
 
@@ -236,6 +240,22 @@ def sweet_spot(curve: pd.DataFrame) -> pd.Series:
     """The best pruned level (largest test accuracy among levels >= 1) of one seed's curve."""
     pruned = curve[curve["level"] >= 1]
     return pruned.loc[pruned["test_acc"].idxmax()]
+
+
+def sweet_position(curve: pd.DataFrame) -> float:
+    """Where the sweet spot lies, in decades of density: the vertex of the parabola through the best
+    pruned level and its two neighbours (kept between them), so that the position is not rounded to
+    a level; the level itself when it is the last or the parabola does not open downwards."""
+    c = curve.sort_values("level").reset_index(drop=True)
+    w = int(sweet_spot(c).name)
+    x = [log_density(v) for v in c["sparsity"]]
+    if w + 1 >= len(c):
+        return x[w]
+    (x1, x2, x3), (a1, a2, a3) = x[w - 1:w + 2], c["test_acc"].iloc[w - 1:w + 2].tolist()
+    den = (x2 - x1) * (a2 - a3) - (x2 - x3) * (a2 - a1)
+    if den <= 0:
+        return x2
+    return min(max(x2 - 0.5 * ((x2 - x1) ** 2 * (a2 - a3) - (x2 - x3) ** 2 * (a2 - a1)) / den, x1), x3)
 
 
 def interpolation_threshold(curve: pd.DataFrame, full: float = TRAIN_FULL) -> float:
@@ -302,12 +322,11 @@ def claim1(ev: Evidence) -> Outcome:
        ("base", "noise"))
 def claim2(ev: Evidence) -> Outcome:
     lo, hi = ev.curve("base"), ev.curve("noise")
-    where = lambda g: log_density(sweet_spot(g)["sparsity"])  # noqa: E731
     gain = lambda g: 100 * (sweet_spot(g)["test_acc"] - g["test_acc"].iloc[0])  # noqa: E731
     pair = {"setting": f"{ev.label('noise')} against {ev.label('base')}"}
     return Outcome([
         Part("sweet-spot shift to higher sparsity with heavier noise (decades of density)",
-             paired(per_seed(hi, where), per_seed(lo, where)), ">", 0.0, where=pair),
+             paired(per_seed(hi, sweet_position), per_seed(lo, sweet_position)), ">", 0.0, where=pair),
         Part("sweet-spot gain over dense, heavier minus lighter noise (pp)",
              paired(per_seed(hi, gain), per_seed(lo, gain)), ">", 0.0, where=pair)])
 

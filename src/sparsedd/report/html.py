@@ -122,9 +122,9 @@ def _claims_section(w: _Writer, root: Path, run_ids: list[str]) -> None:
     for doc in stored(root, run_ids):
         w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds)")
         roles = ", ".join(f"{role} <code>{rid}</code>" for role, rid in doc["runs"].items())
-        w.p(f"Made by <code>sparsedd claims</code> over the runs {roles}; {html.escape(doc['interval'])}. A claim holds "
-            "when its interval lies on the tested side of the threshold, does not hold when it lies on the other "
-            "side, and is inconclusive when it contains the threshold (see docs/results/claims.md).")
+        w.p(f"Made by <code>sparsedd claims</code> over the runs {roles}; {html.escape(doc['interval'])}. "
+            "A claim holds when its interval lies on the tested side of the threshold, does not hold when it lies "
+            "on the other side, and is inconclusive when it contains the threshold (see docs/results/claims.md).")
         w.table(pd.DataFrame(rows_for_text(doc), columns=HEAD), f"claims-{doc['id']}", "One row per claim, "
                 "then its parts")
         w.p("<br>".join(html.escape(t) for t in texts(doc)))
