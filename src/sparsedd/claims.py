@@ -84,10 +84,14 @@ def select(only: list[int] | None) -> list[str]:
     return [n for n in names if int(n) in only]
 
 
+def _ticket(base: RunConfig) -> str:
+    """The role of the weight-rewind run, whose winning tickets claim 6 reads."""
+    return "base" if base.retrain.mode == "weight-rewind" else "retrain"
+
+
 def _roles(claims: list[str], base: RunConfig) -> list[str]:
-    """The run roles the claims read ("ticket" is base or retrain, whichever rewinds weights)."""
-    ticket = "base" if base.retrain.mode == "weight-rewind" else "retrain"
-    wanted = {ticket if r == "ticket" else r for n in claims for r in CLAIMS[n].roles}
+    """The run roles the claims read ("ticket" standing for base or retrain)."""
+    wanted = {_ticket(base) if r == "ticket" else r for n in claims for r in CLAIMS[n].roles}
     return [r for r in ROLES if r in wanted]
 
 
@@ -98,8 +102,8 @@ def build(preset: str | None, sets: list[str], seeds: int | None, only: list[int
     values = config_mod.parse_sets(sets)
     base = config_mod.load(preset, sets=sets, seeds=seeds)
     if base.seeds < 2:
-        raise SparseddError("claims need at least 2 seeds for an interval over seeds; give --seeds N (5 or more "
-                            "for intervals narrow enough to decide)")
+        raise SparseddError("claims need at least 2 seeds for an interval over seeds (3 for a verdict); give "
+                            "--seeds N (5 or more for intervals narrow enough to decide)")
     if base.prune.levels < 3:
         raise SparseddError("claims need prune.levels >= 3 (a dip, a rise and a collapse need levels to happen at)")
     runs: dict[str, SweepRun] = {}
@@ -108,9 +112,8 @@ def build(preset: str | None, sets: list[str], seeds: int | None, only: list[int
         cfg = config_mod.load(preset, values={**values, **axes}, seeds=base.seeds)
         runs[role] = SweepRun(i, preset, {**values, **axes}, base.seeds, axes, cfg)
     listed = list(runs.values())
-    ticket = "base" if base.retrain.mode == "weight-rewind" else "retrain"
-    if ticket in runs:
-        runs["ticket"] = runs[ticket]
+    if _ticket(base) in runs:
+        runs["ticket"] = runs[_ticket(base)]
     sweep = Sweep(f"claims-{preset}", f"sparsedd claims --preset {preset}", preset, base.seeds, 1, listed)
     return ClaimRuns(preset, base.seeds, list(sets), sweep, runs, claims)
 
@@ -174,7 +177,7 @@ def run_claims(preset: str | None, sets: list[str], seeds: int | None, root: str
         raise SparseddError(f"{len(result.failed)} of the claims' runs failed (run {first[0]}: {first[1]}); "
                             f"run the same command again to retry")
     store = Store(root)
-    options.apply_threads(runs.roles["base"].config.model.name)
+    options.apply_threads(runs.sweep.runs[0].config.model.name)
     doc = measure(StoreEvidence(store, runs, options), runs, progress)
     path = store.root / FOLDER / f"{doc['id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

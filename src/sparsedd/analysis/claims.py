@@ -273,7 +273,12 @@ def interpolation_threshold(curve: pd.DataFrame, full: float = TRAIN_FULL) -> fl
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    return float(pd.Series(list(x), dtype=float).corr(pd.Series(list(y), dtype=float), method="spearman"))
+    """Spearman's rho: Pearson's correlation of the ranks (ties averaged); NaN when either is constant."""
+    rx = pd.Series(list(x), dtype=float).rank().to_numpy()
+    ry = pd.Series(list(y), dtype=float).rank().to_numpy()
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def per_seed(curve: pd.DataFrame, fn: Callable[[pd.DataFrame], float]) -> dict[int, float]:
