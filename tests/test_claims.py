@@ -64,7 +64,7 @@ def test_curve_measures():
     assert C.dd_margin([0.5, 0.45, 0.4, 0.35]) == pytest.approx(-0.10)  # never above dense again
     assert C.log_density(0.99) == pytest.approx(2.0)
     assert C.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert C.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(10 * 9.5))  # tied ranks 3.5: Pearson of the ranks by hand
+    assert C.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(10 * 9.5))  # ties: ranks 3.5
     assert math.isnan(C.spearman([1, 2, 3], [4, 4, 4]))
     c = frame([[0.5] * 4], train=[[1.0, 1.0, 0.9, 0.5]])
     x1, x2 = C.log_density(0.5), C.log_density(0.75)
