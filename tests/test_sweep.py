@@ -145,6 +145,30 @@ def test_local_sweep_equals_one_by_one_shares_dense_and_resumes(tmp_path, capsys
     assert sorted((res.folder / "logs").iterdir()) == logs
 
 
+def test_inline_sweep_equals_one_by_one_and_fails_one_run_only(tmp_path, monkeypatch):
+    """The inline executor (tasks in this process) gives the local executor's results; a task that raises
+    fails its run, retried, without stopping the sweep."""
+    f = small(tmp_path, epochs=2)
+    opts = SweepOptions(executor="inline", report=False, execution=ExecOptions(sparse="off", batch="off",
+                                                                               progress=False))
+    res = run_sweep(str(f), tmp_path / "inline", opts)
+    assert len(res.complete) == 4 and not res.failed and not (res.folder / "logs").exists()
+    assert_same_results(Store(tmp_path / "inline"), one_by_one(tmp_path, f), f)
+    import sparsedd.sweep.worker as worker
+
+    calls = []
+
+    def broken(task):
+        calls.append(task)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(worker, "run_task", broken)
+    g = tmp_path / "other.toml"
+    g.write_text(SMALL.format(epochs=1).replace('"retrain.mode" = ["finetune", "weight-rewind"]', ""))
+    res = run_sweep(str(g), tmp_path / "inline", SweepOptions(executor="inline", retries=1, execution=opts.execution))
+    assert len(res.failed) == 2 and all("RuntimeError: boom" in e for e in res.failed.values())
+
+
 def test_failed_run_is_reported_retried_and_does_not_stop_the_others(tmp_path, monkeypatch):
     f = tmp_path / "s.toml"
     f.write_text(SMALL.format(epochs=2).replace('"retrain.mode" = ["finetune", "weight-rewind"]',

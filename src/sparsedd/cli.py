@@ -119,11 +119,12 @@ def _run_and_curve(args):
 
 
 def cmd_show(args) -> int:
-    from .report.tables import curve_markdown, curve_table, level_rows
+    from .report.tables import curve_markdown, curve_table, level_rows, mean_rows
 
     store, run_id, curve = _run_and_curve(args)
-    if args.format == "json":
-        print(json.dumps({"run": run_id, "config": store.run_config(run_id), "levels": level_rows(curve)}, indent=1))
+    if args.format == "json":  # levels: per seed (and level); mean: over the seeds, per level
+        print(json.dumps({"run": run_id, "config": store.run_config(run_id), "levels": level_rows(curve),
+                          "mean": mean_rows(curve)}, indent=1))
     elif args.format == "markdown":
         print(curve_markdown(curve))
     else:
@@ -247,6 +248,27 @@ def cmd_sweep(args) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_claims(args) -> int:
+    from rich.console import Console
+
+    from .claims import markdown, run_claims, table
+
+    options = _options(args)
+    console = Console(stderr=True)
+    doc, path = run_claims(args.preset, args.set, args.seeds, args.root, options, workers=args.workers,
+                           executor=args.executor, only=_int_list(args.only),
+                           progress=None if args.no_progress else console.log)
+    if args.format == "json":
+        print(json.dumps(doc, indent=1))
+    elif args.format == "markdown":
+        print(markdown(doc))
+    else:
+        Console().print(table(doc))
+        print(f"saved: {path}\nreport: sparsedd report {' '.join(dict.fromkeys(doc['runs'].values()))} "
+              f"--root {path.parent.parent} --out DIR")
+    return 0
+
+
 def _flags() -> dict[str, argparse.ArgumentParser]:
     """The flags several commands share, each declared once (argparse parents)."""
     def parent() -> argparse.ArgumentParser:
@@ -350,6 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-report", action="store_true", help="no overlaid report at the end")
     _format(sw, "json")
     sw.set_defaults(func=cmd_sweep)
+
+    cl = command("claims", "the paper's six claims measured over seeds: builds the runs and analyses they need "
+                           "from a preset (a sweep; finished stages reused), then one row per claim with a verdict",
+                 "root", "data", "threads", "set", "execution")
+    cl.add_argument("--preset", default=None, help=f"the base preset (default {config_mod.DEFAULT_PRESET}): "
+                                                   f"{', '.join(config_mod.presets())}")
+    cl.add_argument("--seeds", type=int, default=None, help="seeds per run (at least 2; default: the preset's)")
+    cl.add_argument("--only", default=None, metavar="N,N",
+                    help="measure these claims only (comma-separated numbers), building only the runs they read")
+    cl.add_argument("--workers", type=int, default=None, help="sweep tasks at once (default: the cores)")
+    cl.add_argument("--executor", choices=("local", "inline"), default="local",
+                    help="local: one process per sweep task (default); inline: every task in this process, one "
+                         "after the other (no start-up cost; for small configurations)")
+    _format(cl, "json", "markdown")
+    cl.set_defaults(func=cmd_claims)
 
     pl = command("plot", "plot accuracy against sparsity", "root")
     pl.add_argument("run", help="run id (or a unique prefix)")

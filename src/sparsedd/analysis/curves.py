@@ -24,21 +24,27 @@ def distance_table(store: Store, run_id: str) -> pd.DataFrame:
 
 
 def phases_table(store: Store, run_id: str, tol: float = 0.01) -> pd.DataFrame:
-    """The phases per seed and on the seed mean: one row per (seed, phase) with level, sparsity, accuracy."""
+    """The phases per seed and on the seed mean: one row per (seed, phase) with level, sparsity, accuracy.
+    The mean's rows also say in how many seeds the same phase was found within one level of it
+    (``seeds_agree``, of ``seeds``)."""
     from ..results import run_curve
 
     curve = run_curve(store, run_id)
     curves: list[tuple[Any, pd.DataFrame]] = [(int(s), g) for s, g in curve.groupby("seed")]
     curves.append(("mean", curve.groupby("level")[["sparsity", "test_acc", "train_acc_noisy"]].mean().reset_index()))
+    found = {seed: phases_mod.detect(g["sparsity"].tolist(), g["test_acc"].tolist(), g["train_acc_noisy"].tolist(),
+                                     tol=tol) for seed, g in curves if len(g) >= 3}
+    per_seed = [p for seed, p in found.items() if seed != "mean"]
     rows = []
-    for seed, g in curves:
-        if len(g) < 3:
-            continue
-        p = phases_mod.detect(g["sparsity"].tolist(), g["test_acc"].tolist(), g["train_acc_noisy"].tolist(), tol=tol)
+    for seed, p in found.items():
         for name in ("dense", "light_end", "critical", "sweet", "collapse", "train_leaves_full"):
             pt = getattr(p, name)
-            if pt is not None:
-                acc_kind = "train_acc_noisy" if name == "train_leaves_full" else "test_acc"
-                rows.append({"seed": seed, "found": p.found, "phase": name, "level": pt.level,
-                             "sparsity": pt.sparsity, "acc": pt.acc, "acc_of": acc_kind, "note": p.reason})
+            if pt is None:
+                continue
+            acc_kind = "train_acc_noisy" if name == "train_leaves_full" else "test_acc"
+            agree = (sum(1 for q in per_seed if getattr(q, name) is not None
+                         and abs(getattr(q, name).level - pt.level) <= 1) if seed == "mean" else None)
+            rows.append({"seed": seed, "found": p.found, "phase": name, "level": pt.level, "sparsity": pt.sparsity,
+                         "acc": pt.acc, "acc_of": acc_kind, "note": p.reason, "seeds_agree": agree,
+                         "seeds": len(per_seed)})
     return pd.DataFrame(rows)

@@ -115,6 +115,21 @@ def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
     return rows.sort_values(["seed", "level"]).reset_index(drop=True)
 
 
+def _claims_section(w: _Writer, root: Path, run_ids: list[str]) -> None:
+    """The claims computed by `sparsedd claims` over runs that are all among those shown."""
+    from ..claims import HEAD, rows_for_text, stored, texts
+
+    for doc in stored(root, run_ids):
+        w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds)")
+        roles = ", ".join(f"{role} <code>{rid}</code>" for role, rid in doc["runs"].items())
+        w.p(f"Made by <code>sparsedd claims</code> over the runs {roles}; {html.escape(doc['interval'])}. "
+            "A claim holds when its interval lies on the tested side of the threshold, does not hold when it lies "
+            "on the other side, and is inconclusive when it contains the threshold (see docs/results/claims.md).")
+        w.table(pd.DataFrame(rows_for_text(doc), columns=HEAD), f"claims-{doc['id']}", "One row per claim, "
+                "then its parts")
+        w.p("<br>".join(html.escape(t) for t in texts(doc)))
+
+
 def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:
     store = Store(root)
     run_ids = [resolve_run(store, r) for r in runs]
@@ -125,6 +140,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
     w.p("Made by <code>sparsedd report</code>. Accuracies are fractions of the test set (clean labels) and of the "
         "training set (noisy or true labels); sparsity counts the prunable weights removed. Bands span the seeds' "
         "minimum to maximum.")
+    _claims_section(w, store.root, run_ids)
     if len(run_ids) > 1:
         labels = _differences(configs)
         w.h("Runs overlaid")

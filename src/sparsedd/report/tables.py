@@ -40,6 +40,20 @@ def level_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def mean_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
+    """One JSON row per level: the mean over seeds of every level field, with ``seeds`` (how many) and,
+    with several seeds, the standard deviation of each as ``<field>_sd``; NaN as null."""
+    rows = []
+    for level, g in curve.groupby("level"):
+        row: dict[str, Any] = {"level": int(level), "seeds": int(g["seed"].nunique())}
+        for k in LEVEL_FIELDS[1:]:
+            row[k] = _num(float(g[k].mean()))
+            if len(g) > 1:
+                row[f"{k}_sd"] = _num(float(g[k].std(ddof=1)))
+        rows.append(row)
+    return rows
+
+
 def curve_table(run_id: str, curve: pd.DataFrame):
     """The curve as a rich table (mean over seeds)."""
     from rich.table import Table

@@ -32,7 +32,7 @@ from ..experiments.stages import data_key, dense_key
 from ..options import ExecOptions
 from ..store import Store, write_json
 from ..store.index import replay
-from .executors import LocalExecutor, RayExecutor, Task
+from .executors import InlineExecutor, LocalExecutor, RayExecutor, Task
 from .spec import Sweep, SweepRun, load_sweep, sweep_presets
 
 __all__ = ["Sweep", "SweepRun", "load_sweep", "sweep_presets", "run_sweep", "SweepOptions", "SweepResult"]
@@ -40,7 +40,7 @@ __all__ = ["Sweep", "SweepRun", "load_sweep", "sweep_presets", "run_sweep", "Swe
 
 @dataclass(frozen=True)
 class SweepOptions:
-    executor: str = "local"  # local | ray
+    executor: str = "local"  # local | ray | inline (this process, one task at a time)
     workers: int | None = None  # parallel tasks (local default: the cores; ray default: the cluster's CPUs)
     address: str | None = None  # ray: an existing cluster (default: start a local one)
     cpus_per_task: float = 1.0  # ray resource requests
@@ -198,8 +198,8 @@ def _cores() -> int:
 def run_sweep(source: str | Sweep, root: str | Path | None = None, options: SweepOptions = SweepOptions()
               ) -> SweepResult:
     sweep = source if isinstance(source, Sweep) else load_sweep(source)
-    if options.executor not in ("local", "ray"):
-        raise SparseddError(f"unknown executor {options.executor!r}; use local or ray")
+    if options.executor not in ("local", "ray", "inline"):
+        raise SparseddError(f"unknown executor {options.executor!r}; use local, ray or inline")
     if options.workers is not None and options.workers < 1:
         raise SparseddError("--workers must be >= 1")
     retries = sweep.retries if options.retries is None else options.retries
@@ -210,7 +210,10 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     folder.mkdir(parents=True, exist_ok=True)
     skipped = [r.run_id for r in sweep.runs if store.index.run_status(r.run_id) == "complete"]
     todo = [r for r in sweep.runs if r.run_id not in skipped]
-    if options.executor == "local":
+    if options.executor == "inline":
+        workers = 1
+        executor: Any = InlineExecutor(options.execution.threads or _cores())
+    elif options.executor == "local":
         workers = options.workers or _cores()
         executor: Any = LocalExecutor(folder, options.execution.threads or max(1, _cores() // workers))
     else:

@@ -1,6 +1,6 @@
-"""Where sweep tasks execute: local subprocesses, or Ray tasks on a cluster.
+"""Where sweep tasks execute: local subprocesses, Ray tasks on a cluster, or this process (inline).
 
-Both expose ``start(task)`` and ``poll() -> [(task, ok, error, result)]``; the driver in
+Each exposes ``start(task)`` and ``poll() -> [(task, ok, error, result)]``; the driver in
 :mod:`sparsedd.sweep` keeps up to ``workers`` tasks running, retries failures and shows progress.
 """
 
@@ -86,6 +86,34 @@ class LocalExecutor:
         for task, proc, _, _, log in self.running.values():
             proc.wait()
             log.close()
+
+
+class InlineExecutor:
+    """Each task in this process, one after the other: no start-up cost, no isolation (a crash ends the
+    sweep; its stages resume on the next call). For small sweeps and tests."""
+
+    name = "inline"
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.finished: list[tuple[Task, bool, str, dict[str, Any] | None]] = []
+
+    def start(self, task: Task) -> None:
+        from .worker import run_task
+
+        try:
+            self.finished.append((task, True, "", run_task(dict(task.spec, threads=self.threads))))
+        except SparseddError as e:
+            self.finished.append((task, False, str(e), None))
+        except Exception as e:  # noqa: BLE001 - reported to the driver, which retries or records it, as for a worker
+            self.finished.append((task, False, _last_line(f"{type(e).__name__}: {e}"), None))
+
+    def poll(self) -> list[tuple[Task, bool, str, dict[str, Any] | None]]:
+        out, self.finished = self.finished, []
+        return out
+
+    def close(self) -> None:
+        pass
 
 
 class RayExecutor:

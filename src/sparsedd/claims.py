@@ -1,0 +1,252 @@
+"""`sparsedd claims`: the runs and analyses the paper's six claims need, built from one preset as a
+sweep, then each claim measured over seeds (:mod:`sparsedd.analysis.claims`).
+
+Flow: the base configuration (preset, then ``--set``, then ``--seeds``) -> one run per *role*, each
+the base with one key changed (:data:`ROLES`) -> a :class:`~sparsedd.sweep.Sweep` built in code and
+run by :func:`~sparsedd.sweep.run_sweep` (finished stages are reused, so a second call trains
+nothing) -> the analyses the claims ask for, cached in the store as ``sparsedd analyze`` caches them
+-> one row per claim, saved as ``ROOT/claims/<sweep id>.json`` (the report shows it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import config as config_mod
+from .analysis.claims import CLAIMS, CONFIDENCE
+from .config import RunConfig, stable_hash
+from .errors import SparseddError
+from .options import ExecOptions
+from .store import Store, write_json
+from .sweep import Sweep, SweepOptions, SweepRun, run_sweep
+
+FOLDER = "claims"  # under the results root: <sweep id>.json per claims result
+
+
+def _heavier_noise(cfg: RunConfig) -> dict[str, Any]:
+    from .data.noise import HUMAN_NOISE
+
+    if cfg.data.noise_type in HUMAN_NOISE or cfg.data.noise > 0.8 + 1e-9:
+        raise SparseddError("claims vary the label noise rate: the base needs a drawn noise type "
+                            f"(not {cfg.data.noise_type}) and data.noise <= 0.8")
+    return {"data.noise": round(cfg.data.noise + 0.2, 6)}
+
+
+def _other_method(cfg: RunConfig) -> dict[str, Any]:
+    return {"prune.method": "random" if cfg.prune.method != "random" else "magnitude"}
+
+
+def _other_retrain(cfg: RunConfig) -> dict[str, Any]:
+    return {"retrain.mode": "lr-rewind" if cfg.retrain.mode == "weight-rewind" else "weight-rewind"}
+
+
+def _half_data(cfg: RunConfig) -> dict[str, Any]:
+    from .data import DATASETS
+
+    return {"data.num_train": (cfg.data.num_train or DATASETS[cfg.data.name].num_train) // 2}
+
+
+# role -> the keys it changes in the base configuration
+ROLES: dict[str, Callable[[RunConfig], dict[str, Any]]] = {
+    "base": lambda cfg: {},
+    "noise": _heavier_noise,  # claims 1, 2: 0.2 more label noise
+    "method": _other_method,  # claim 1: random pruning (magnitude when the base prunes at random)
+    "retrain": _other_retrain,  # claim 1: lr-rewind (weight-rewind when the base is not a lottery ticket run)
+    "data": _half_data,  # claim 3: half the training set, the less complex data
+}
+
+
+@dataclass
+class ClaimRuns:
+    preset: str
+    seeds: int
+    sets: list[str]
+    sweep: Sweep
+    roles: dict[str, SweepRun]  # including "ticket": the weight-rewind run (base or retrain)
+    claims: list[str]  # the claims measured (their numbers, as registered)
+
+    def label(self, role: str) -> str:
+        return self.roles[role].label
+
+
+def select(only: list[int] | None) -> list[str]:
+    names = list(CLAIMS.names())
+    if only is None:
+        return names
+    bad = [n for n in only if str(n) not in names]
+    if bad or not only:
+        raise SparseddError(f"--only takes claim numbers among {', '.join(names)}, got {only}")
+    return [n for n in names if int(n) in only]
+
+
+def _ticket(base: RunConfig) -> str:
+    """The role of the weight-rewind run, whose winning tickets claim 6 reads."""
+    return "base" if base.retrain.mode == "weight-rewind" else "retrain"
+
+
+def _roles(claims: list[str], base: RunConfig) -> list[str]:
+    """The run roles the claims read ("ticket" standing for base or retrain)."""
+    wanted = {_ticket(base) if r == "ticket" else r for n in claims for r in CLAIMS[n].roles}
+    return [r for r in ROLES if r in wanted]
+
+
+def build(preset: str | None, sets: list[str], seeds: int | None, only: list[int] | None = None) -> ClaimRuns:
+    """The claims' runs as a sweep; every configuration checked before anything runs."""
+    preset = preset or config_mod.DEFAULT_PRESET
+    claims = select(only)
+    values = config_mod.parse_sets(sets)
+    base = config_mod.load(preset, sets=sets, seeds=seeds)
+    if base.seeds < 2:
+        raise SparseddError("claims need at least 2 seeds for an interval over seeds (3 for a verdict); give "
+                            "--seeds N (5 or more for intervals narrow enough to decide)")
+    if base.prune.levels < 3:
+        raise SparseddError("claims need prune.levels >= 3 (a dip, a rise and a collapse need levels to happen at)")
+    runs: dict[str, SweepRun] = {}
+    for i, role in enumerate(_roles(claims, base)):
+        axes = ROLES[role](base)
+        cfg = config_mod.load(preset, values={**values, **axes}, seeds=base.seeds)
+        runs[role] = SweepRun(i, preset, {**values, **axes}, base.seeds, axes, cfg)
+    listed = list(runs.values())
+    if _ticket(base) in runs:
+        runs["ticket"] = runs[_ticket(base)]
+    sweep = Sweep(f"claims-{preset}", f"sparsedd claims --preset {preset}", preset, base.seeds, 1, listed)
+    return ClaimRuns(preset, base.seeds, list(sets), sweep, runs, claims)
+
+
+class StoreEvidence:
+    """What the claims read (:class:`sparsedd.analysis.claims.Evidence`), from the store; analyses are
+    computed on first use and cached as stages, like ``sparsedd analyze``."""
+
+    def __init__(self, store: Store, runs: ClaimRuns, options: ExecOptions):
+        self.store, self.runs, self.options = store, runs, options
+        self._analyzers: dict[str, Any] = {}
+
+    def curve(self, role: str) -> pd.DataFrame:
+        from .results import run_curve
+
+        return run_curve(self.store, self.runs.roles[role].run_id)
+
+    def label(self, role: str) -> str:
+        return self.runs.label(role)
+
+    def analysis(self, role: str, kind: str, settings: dict[str, Any], levels: list[int]) -> pd.DataFrame:
+        from .analysis.runner import Analyzer, parse_settings
+
+        run_id = self.runs.roles[role].run_id
+        if run_id not in self._analyzers:
+            self._analyzers[run_id] = Analyzer(self.store, run_id, self.options)
+        parsed = parse_settings(kind, [f"{k}={v}" for k, v in settings.items()])
+        return self._analyzers[run_id].run(kind, parsed, levels)
+
+
+def measure(evidence: Any, runs: ClaimRuns, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every registered claim measured on ``evidence``: the JSON document ``sparsedd claims`` prints."""
+    rows = []
+    for name in runs.claims:
+        claim = CLAIMS[name]
+        if progress:
+            progress(f"claim {name}")
+        row = claim.measure(evidence).row()
+        ids = list(dict.fromkeys(runs.roles[r].run_id for r in claim.roles))
+        rows.append({"claim": int(name), "text": claim.text, "measure": row["measure"], "value": row["value"],
+                     "ci": row["ci"], "threshold": row["threshold"], "verdict": row["verdict"], "runs": ids,
+                     "test": row["test"], "combine": row["combine"], "parts": row["parts"]})
+    return {"preset": runs.preset, "seeds": runs.seeds, "set": runs.sets,
+            "id": stable_hash([runs.sweep.sweep_id, runs.claims]),
+            "interval": f"two-sided {100 * CONFIDENCE:g}% Student t interval of the mean over seeds",
+            "sweep": runs.sweep.sweep_id,
+            "runs": {role: r.run_id for role, r in runs.roles.items()}, "claims": rows}
+
+
+def run_claims(preset: str | None, sets: list[str], seeds: int | None, root: str | Path | None,
+               options: ExecOptions, workers: int | None = None, executor: str = "local",
+               progress: Callable[[str], None] | None = None, only: list[int] | None = None
+               ) -> tuple[dict[str, Any], Path]:
+    """Build and run (or reuse) the claims' runs, measure the claims, save the result; returns it and its file
+    (named by the runs, so a subset of the claims over other runs does not overwrite it)."""
+    runs = build(preset, sets, seeds, only)
+    result = run_sweep(runs.sweep, root, SweepOptions(executor=executor, workers=workers, report=False,
+                                                                execution=options))
+    if result.failed:
+        first = next(iter(result.failed.items()))
+        raise SparseddError(f"{len(result.failed)} of the claims' runs failed (run {first[0]}: {first[1]}); "
+                            f"run the same command again to retry")
+    store = Store(root)
+    options.apply_threads(runs.sweep.runs[0].config.model.name)
+    doc = measure(StoreEvidence(store, runs, options), runs, progress)
+    path = store.root / FOLDER / f"{doc['id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, doc)
+    return doc, path
+
+
+def stored(root: str | Path, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The saved claims results whose runs are all among ``run_ids`` (for the report)."""
+    folder = Path(root) / FOLDER
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        doc = json.loads(path.read_text())
+        if set(doc.get("runs", {}).values()) <= set(run_ids):
+            out.append(doc)
+    return out
+
+
+# --- text forms -------------------------------------------------------------------------------
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _ci(ci: list[float | None]) -> str:
+    return "n/a" if None in ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _part_label(part: dict[str, Any], shared: bool) -> str:
+    """A part's line: where it was measured (the setting, or the level and its sparsity), after its
+    measure when the parts of the claim measure different things."""
+    where = part.get("setting") or (f"level {part['level']}" + (f" ({100 * part['sparsity']:.2f}% sparse)"
+                                                                 if "sparsity" in part else "")
+                                    if "level" in part else "")
+    return "  " + (where if shared and where else f"{part['measure']}" + (f" ({where})" if where else ""))
+
+
+def rows_for_text(doc: dict[str, Any]) -> list[list[str]]:
+    """claim, measure, value, CI, test, verdict: one line per claim, then one per part of multi-part claims."""
+    lines = []
+    for c in doc["claims"]:
+        lines.append([str(c["claim"]), c["measure"], _fmt(c["value"]), _ci(c["ci"]), c["test"], c["verdict"]])
+        if len(c["parts"]) > 1:
+            shared = len({p["measure"] for p in c["parts"]}) == 1
+            lines += [["", _part_label(p, shared), _fmt(p["value"]), _ci(p["ci"]), p["test"], p["verdict"]]
+                      for p in c["parts"]]
+    return lines
+
+
+HEAD = ["claim", "measure", "value", "CI", "test", "verdict"]
+
+
+def texts(doc: dict[str, Any]) -> list[str]:
+    """"N. claim text (runs)" for each claim."""
+    return [f"{c['claim']}. {c['text']} (runs {', '.join(c['runs'])})" for c in doc["claims"]]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|---:|---|---:|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows_for_text(doc)]
+    return "\n".join(lines + ["", f"{doc['interval']}; {doc['seeds']} seeds; preset {doc['preset']}.", ""] + texts(doc))
+
+
+def table(doc: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"claims: preset {doc['preset']}, {doc['seeds']} seeds", caption=doc["interval"])
+    for h in HEAD:
+        t.add_column(h, justify="right" if h in ("claim", "value") else "left")
+    for r in rows_for_text(doc):
+        t.add_row(*r)
+    return t

@@ -1,0 +1,301 @@
+"""`sparsedd claims`: the interval code against reference values, each claim's measure on synthetic
+curves with known answers, and the command end to end on a tiny preset."""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sparsedd.analysis import claims as C
+from sparsedd.cli import main
+
+# --- statistics -----------------------------------------------------------------------------------
+
+# Student t quantiles from a printed table (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
+T_TABLE = [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 9, 2.2622), (0.975, 29, 2.0452),
+           (0.975, 100, 1.9840), (0.995, 4, 4.6041), (0.99, 10, 2.7638), (0.95, 3, 2.3534), (0.90, 5, 1.4759)]
+
+
+@pytest.mark.parametrize("p, df, t", T_TABLE)
+def test_t_quantile_matches_the_table(p, df, t):
+    assert C.t_quantile(p, df) == pytest.approx(t, abs=6e-5)
+    assert C.t_quantile(1 - p, df) == pytest.approx(-t, abs=6e-5)
+    assert C.t_cdf(C.t_quantile(p, df), df) == pytest.approx(p, abs=1e-10)
+
+
+def test_t_cdf_closed_forms():
+    for t in (-3.0, -0.4, 0.0, 0.7, 5.0):  # df 1 is Cauchy, df 2 has a closed form
+        assert C.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+        assert C.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+
+
+def test_t_interval_by_hand():
+    mean, lo, hi = C.t_interval([1, 2, 3, 4, 5])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t_{0.975, 4} * sd / sqrt(n)
+    assert (mean, lo, hi) == pytest.approx((3.0, 3 - half, 3 + half), abs=1e-6)
+    assert C.t_interval([2.0, float("nan"), 4.0])[0] == 3.0  # NaN dropped
+    assert all(math.isnan(v) for v in C.t_interval([1.0])[1:])  # one value: no interval
+    assert C.Part("m", [1.0, 1.0], ">", 0).verdict == "inconclusive"  # a zero-width interval from two seeds
+    assert C.Part("m", [1.0, 1.0, 1.0], ">", 0).verdict == "holds"
+    _, lo99, hi99 = C.t_interval([1, 2, 3, 4, 5], 0.99)
+    assert lo99 < lo and hi99 > hi
+
+
+@pytest.mark.parametrize("lo, hi, test, thr, want", [
+    (0.1, 0.5, ">", 0, "holds"), (-0.5, -0.1, ">", 0, "does not hold"), (-0.1, 0.5, ">", 0, "inconclusive"),
+    (-0.9, -0.6, "<", -0.5, "holds"), (-0.4, 0.2, "<", -0.5, "does not hold"), (-0.7, -0.3, "<", -0.5, "inconclusive"),
+    (-0.2, 0.3, "within", (-0.5, 0.5), "holds"), (0.6, 0.9, "within", (-0.5, 0.5), "does not hold"),
+    (0.2, 0.7, "within", (-0.5, 0.5), "inconclusive"), (math.nan, math.nan, ">", 0, "inconclusive")])
+def test_verdict(lo, hi, test, thr, want):
+    assert C.verdict(lo, hi, test, thr) == want
+
+
+def test_combine():
+    h, f, o = C.HOLDS, C.FAILS, C.OPEN
+    assert [C.combine(v, "all") for v in ([h, h], [h, o], [h, f, o])] == [h, o, f]
+    assert [C.combine(v, "any") for v in ([f, h], [f, o], [f, f])] == [h, o, f]
+
+
+def test_curve_measures():
+    assert C.dd_margin([0.5, 0.45, 0.6, 0.4]) == pytest.approx(0.05)  # dip 5, rise 10 above dense, end 10 below
+    assert C.dd_margin([0.5, 0.45, 0.4, 0.35]) == pytest.approx(-0.10)  # never above dense again
+    assert C.log_density(0.99) == pytest.approx(2.0)
+    assert C.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert C.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(10 * 9.5))  # ties: ranks 3.5
+    assert math.isnan(C.spearman([1, 2, 3], [4, 4, 4]))
+    c = frame([[0.5] * 4], train=[[1.0, 1.0, 0.9, 0.5]])
+    x1, x2 = C.log_density(0.5), C.log_density(0.75)
+    assert C.interpolation_threshold(c) == pytest.approx(x1 + 0.1 * (x2 - x1))
+    assert math.isnan(C.interpolation_threshold(frame([[0.5] * 4])))
+    assert C.reinit_levels(pd.DataFrame({"level": range(4)})) == [1, 2, 3]
+    peak = frame([[0.5, 0.4, 0.6, 0.6, 0.3]])  # a flat top between levels 2 and 3: the vertex halfway
+    assert C.sweet_position(peak) == pytest.approx((C.log_density(0.75) + C.log_density(0.875)) / 2)
+    assert C.sweet_position(frame([[0.5, 0.4, 0.45, 0.6]])) == pytest.approx(C.log_density(0.875))  # last level
+    assert C.reinit_levels(pd.DataFrame({"level": range(25)})) == [1, 4, 8, 11, 14, 17, 21, 24]
+
+
+# --- synthetic evidence ---------------------------------------------------------------------------
+
+SEEDS = 6
+
+
+def frame(accs, train=None, distance=None, fraction=0.5):
+    """Per-seed curves (one list of test accuracies per seed) as the store's level rows."""
+    rows = []
+    for seed, acc in enumerate(accs):
+        for level, a in enumerate(acc):
+            rows.append({"seed": seed, "level": level, "sparsity": 1 - (1 - fraction) ** level, "test_acc": a,
+                         "train_acc_noisy": train[seed][level] if train else 1.0,
+                         "distance": distance[seed][level] if distance else float(level)})
+    return pd.DataFrame(rows)
+
+
+def jitter(values, seed):
+    """A small seed-dependent perturbation, so the seeds are not identical."""
+    return [v + 0.002 * ((seed * 7 + i) % 3 - 1) for i, v in enumerate(values)]
+
+
+def seeds_of(curve):
+    return frame([jitter(curve, s) for s in range(SEEDS)])
+
+
+class Fake:
+    def __init__(self, curves, analyses=None):
+        self.curves, self.analyses = curves, analyses or {}
+
+    def curve(self, role):
+        return self.curves[role]
+
+    def label(self, role):
+        return role
+
+    def analysis(self, role, kind, settings, levels):
+        df = self.analyses[(role, kind)]
+        return df[df["level"].isin(levels)].reset_index(drop=True)
+
+
+def mix(a: Fake, b: Fake) -> Fake:
+    """Seeds alternate between two scenarios: the answer is within the seeds' noise."""
+    def pick(x, y):
+        return pd.concat([x[x["seed"] % 2 == 0], y[y["seed"] % 2 == 1]]).sort_values(["seed", "level"])
+    return Fake({r: pick(a.curves[r], b.curves[r]) for r in a.curves},
+                {k: pick(a.analyses[k], b.analyses[k]) for k in a.analyses})
+
+
+DD = [0.50, 0.45, 0.60, 0.40]  # dip, rise above dense, collapse
+NO_DD = [0.50, 0.45, 0.40, 0.35]  # falls only
+
+
+def claim1(holds):
+    c = seeds_of(DD if holds else NO_DD)
+    return Fake({r: c for r in ("base", "noise", "method", "retrain")})
+
+
+LIGHT = [0.50, 0.45, 0.60, 0.55, 0.50, 0.30]  # sweet spot at level 2, +10
+HEAVY = [0.40, 0.35, 0.38, 0.55, 0.45, 0.30]  # sweet spot at level 3, +15
+
+
+def claim2(holds):
+    return Fake({"base": seeds_of(LIGHT if holds else HEAVY), "noise": seeds_of(HEAVY if holds else LIGHT)})
+
+
+def claim3(holds):
+    early, late = [1, 1, 0.9, 0.8, 0.7, 0.6], [1, 1, 1, 1, 0.9, 0.8]
+    full, half = (early, late) if holds else (late, early)
+    acc = [[0.5] * 6] * SEEDS
+    return Fake({"base": frame(acc, train=[jitter(full, s) for s in range(SEEDS)]),
+                 "data": frame(acc, train=[jitter(half, s) for s in range(SEEDS)])})
+
+
+def analysis_rows(levels, **columns):
+    return pd.DataFrame([{"seed": s, "level": lv, **{k: v + 0.002 * ((s + lv) % 3 - 1) for k, v in columns.items()}}
+                         for s in range(SEEDS) for lv in levels])
+
+
+def claim4(holds):
+    redense = analysis_rows([2], level_test_acc=0.60, test_acc=0.55 if holds else 0.65)
+    return Fake({"base": seeds_of(LIGHT)}, {("base", "redense"): redense})
+
+
+SEVEN = [0.50, 0.45, 0.60, 0.55, 0.52, 0.40, 0.30]
+
+
+def uncorrelated(acc):
+    """Values whose Spearman correlation with ``acc`` is exactly 0."""
+    for perm in itertools.permutations(range(len(acc))):
+        if C.spearman(acc, perm) == 0:
+            return [float(p) for p in perm]
+
+
+def claim5(holds):
+    accs = [jitter(SEVEN, s) for s in range(SEEDS)]
+    sign = -1 if holds else 1
+    base = frame(accs, distance=[[sign * a for a in acc] for acc in accs])
+    eig = uncorrelated(SEVEN) if holds else [10 * a for a in SEVEN]
+    sharp = pd.DataFrame([{"seed": s, "level": lv, "level_test_acc": accs[s][lv], "top_eigenvalue": eig[lv]}
+                          for s in range(SEEDS) for lv in range(7)])
+    return Fake({"base": base}, {("base", "sharpness"): sharp})
+
+
+def claim6(holds):
+    levels = [1, 2, 3]
+    rows = pd.concat([analysis_rows([lv], ticket_test_acc=0.5, reinit_test_acc=0.55 if holds and lv == 2 else 0.47)
+                      for lv in levels])
+    return Fake({"ticket": seeds_of(DD)}, {("ticket", "reinit"): rows})
+
+
+SCENARIOS = {"1": claim1, "2": claim2, "3": claim3, "4": claim4, "5": claim5, "6": claim6}
+
+
+@pytest.mark.parametrize("number", sorted(SCENARIOS))
+def test_each_claim_on_synthetic_curves(number):
+    claim, make = C.CLAIMS[number], SCENARIOS[number]
+    holds, fails = claim.measure(make(True)).row(), claim.measure(make(False)).row()
+    noisy = claim.measure(mix(make(True), make(False))).row()
+    assert holds["verdict"] == "holds", holds
+    assert fails["verdict"] == "does not hold", fails
+    assert noisy["verdict"] == "inconclusive", noisy
+    assert holds["ci"][0] <= holds["value"] <= holds["ci"][1]
+    assert all(len(p["per_seed"]) == SEEDS for p in holds["parts"])
+
+
+def test_claim_values_are_the_known_answers():
+    r1 = C.CLAIMS["1"].measure(claim1(True)).row()
+    assert r1["value"] == pytest.approx(5.0, abs=0.3) and len(r1["parts"]) == 4  # 5 points of margin, 4 settings
+    r2 = C.CLAIMS["2"].measure(claim2(True)).row()
+    step = C.log_density(0.5)  # one level
+    assert 0.5 * step < r2["value"] < 1.5 * step  # one level further, give or take the parabola's refinement
+    assert r2["parts"][1]["value"] == pytest.approx(5.0, abs=0.5)  # gain 15 against 10 points
+    r6 = C.CLAIMS["6"].measure(claim6(True)).row()
+    assert r6["value"] == pytest.approx(5.0, abs=0.3) and r6["parts"][1]["confidence"] == pytest.approx(1 - 0.05 / 3)
+    assert r6["ci"] == [max(p["ci"][0] for p in r6["parts"]), max(p["ci"][1] for p in r6["parts"])]
+
+
+# --- the command end to end -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def claims_root(tmp_path_factory):
+    from conftest import TINY
+
+    root = tmp_path_factory.mktemp("claims")
+    sets = TINY + ["prune.levels=3", "train.batch_size=120"]
+    args = ["claims", "--root", str(root), "--seeds", "2", "--no-progress", "--executor", "inline", "--batch", "off",
+            "--sparse", "off",
+            "--format", "json"] + [a for s in sets for a in ("--set", s)]
+    return root, args
+
+
+def test_claims_command_end_to_end(claims_root, capsys):
+    root, args = claims_root
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["preset"] == "mnist1d-quick" and doc["seeds"] == 2
+    assert [c["claim"] for c in doc["claims"]] == [1, 2, 3, 4, 5, 6]
+    runs = set(doc["runs"].values())
+    assert len(runs) == 5 and (root / "claims" / f"{doc['id']}.json").exists()
+    for c in doc["claims"]:
+        assert {"claim", "text", "measure", "value", "ci", "threshold", "verdict", "runs"} <= set(c)
+        assert c["verdict"] in ("holds", "does not hold", "inconclusive") and len(c["ci"]) == 2
+        assert set(c["runs"]) <= runs and c["runs"]
+        for p in c["parts"]:
+            assert len(p["per_seed"]) == 2
+    # a second call trains nothing and gives the same answer
+    stages = sorted(p.name for p in (root / "stages").iterdir())
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    assert sorted(p.name for p in (root / "stages").iterdir()) == stages
+    md_args = [a if a != "json" else "markdown" for a in args]
+    assert main(md_args) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("| claim | measure |") and "Student t" in md
+    # a subset of the claims reads a subset of the runs, and is saved beside the whole
+    assert main(args + ["--only", "4,5"]) == 0
+    part = json.loads(capsys.readouterr().out)
+    assert [c["claim"] for c in part["claims"]] == [4, 5] and set(part["runs"]) == {"base", "ticket"}
+    assert part["claims"] == doc["claims"][3:5] and len(list((root / "claims").glob("*.json"))) == 2
+
+
+def test_report_show_and_phases_after_claims(claims_root, capsys, tmp_path):
+    root, args = claims_root
+    if not (root / "claims").exists():
+        assert main(args) == 0
+        capsys.readouterr()
+    doc = max((json.loads(p.read_text()) for p in (root / "claims").glob("*.json")), key=lambda d: len(d["claims"]))
+    base = doc["runs"]["base"]
+    assert main(["show", base, "--root", str(root), "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert len(shown["levels"]) == 8 and {r["seed"] for r in shown["levels"]} == {0, 1}  # unchanged: per seed
+    assert [r["level"] for r in shown["mean"]] == [0, 1, 2, 3] and shown["mean"][0]["seeds"] == 2
+    per_seed = [r["test_acc"] for r in shown["levels"] if r["level"] == 2]
+    assert shown["mean"][2]["test_acc"] == pytest.approx(sum(per_seed) / 2)
+    assert shown["mean"][2]["test_acc_sd"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+    assert main(["analyze", base, "phases", "--root", str(root), "--format", "json", "--no-progress"]) == 0
+    phases = json.loads(capsys.readouterr().out)
+    mean = [r for r in phases if r["seed"] == "mean"]
+    assert mean and all(0 <= r["seeds_agree"] <= r["seeds"] == 2 for r in mean)
+    assert all(r["seeds_agree"] is None for r in phases if r["seed"] != "mean")
+    out = tmp_path / "report"
+    assert main(["report", *dict.fromkeys(doc["runs"].values()), "--root", str(root), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "Claims (preset mnist1d-quick, 2 seeds)" in page and (out / "tables" / f"claims-{doc['id']}.csv").exists()
+    assert main(["report", base, "--root", str(root), "--out", str(tmp_path / "one")]) == 0
+    only_base = [d for d in map(json.loads, map(Path.read_text, (root / "claims").glob("*.json")))
+                 if set(d["runs"].values()) == {base}]  # the whole claims need runs not shown; --only 4,5 does not
+    assert (tmp_path / "one" / "index.html").read_text().count("Claims (") == len(only_base)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--seeds", "1"], "at least 2 seeds"),
+    (["--set", "prune.levels=2"], "prune.levels >= 3"),
+    (["--set", "data.noise=0.9"], "data.noise <= 0.8"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--only", "7"], "--only takes claim numbers"),
+])
+def test_claims_bad_input(tmp_path, capsys, extra, words):
+    assert main(["claims", "--root", str(tmp_path), "--seeds", "2", "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "stages").exists()
