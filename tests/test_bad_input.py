@@ -324,3 +324,28 @@ def test_random_malformed_configs_and_sweeps(finished, never_runs, tmp_path, cap
         res = subprocess.run([sys.executable, "-m", "sparsedd.cli", *args, "--root", str(root)], capture_output=True,
                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_the_model_check_refuses_misfits_only():
+    """A model built on the meta device: a real shape mismatch is refused; a forward that reads values
+    (which meta tensors cannot) is not taken for one."""
+    from sparsedd.config import ModelConfig
+    from sparsedd.models import MLP, MODELS, check_takes
+
+    class Reads(MLP):
+        def forward(self, x):
+            assert x.sum().item() == x.sum().item()  # data-dependent: fails on meta tensors
+            return super().forward(x)
+
+    class Wrong(MLP):  # its builder checks nothing, its first layer expects 41 features
+        pass
+
+    MODELS.register("reads", lambda cfg, shape, classes: Reads(40, (8,), classes))
+    MODELS.register("wrong", lambda cfg, shape, classes: Wrong(41, (8,), classes))
+    try:
+        check_takes(ModelConfig("reads"), (40,), 10, "default")
+        with pytest.raises(SparseddError, match=r"wrong cannot take inputs of shape \[40\]"):
+            check_takes(ModelConfig("wrong"), (40,), 10, "default")
+    finally:
+        MODELS.unregister("reads")
+        MODELS.unregister("wrong")
