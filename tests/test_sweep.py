@@ -376,6 +376,10 @@ def test_every_execution_option_reaches_the_sweep_tasks(tmp_path, monkeypatch):
             pass
 
     monkeypatch.setattr(sweep_mod, "LocalExecutor", Recording)
+    import torch  # --device is checked against this machine's devices: two GPUs, as far as the check knows
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     flags = ["--device", "cuda:1", "--data-dir", str(tmp_path / "data"), "--threads", "3", "--batch", "off",
              "--sparse", "on", "--channels-last", "--compile", "--checkpoint-every", "7", "--checkpoint-epoch", "0",
              "--no-progress"]

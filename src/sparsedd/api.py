@@ -11,6 +11,7 @@ Bad input raises :class:`sparsedd.errors.SparseddError` with the CLI's one-line 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +44,25 @@ def run(preset: str | None = None, *, config: str | Path | None = None, override
     """
     from . import config as config_mod
     from .experiments import run as run_experiment
-    from .store import Store
 
     cfg = config_mod.load(preset, config, seeds=seeds, values=dict(overrides or {}))
     opts = options(**execution)
     opts.apply_threads(cfg.model.name)
-    store = Store(root)
+    store = _store(root, writable=True)
     run_id = run_experiment(cfg, store, preset=preset if preset or config else config_mod.DEFAULT_PRESET,
                             options=opts)
-    return load(store.root).only([run_id])
+    results = load(store.root).only([run_id])
+    if results.runs["status"].iloc[0] == "diverged":  # a result, not an error: said as the CLI says it
+        warnings.warn(f"run {run_id} diverged: {results.runs['error'].iloc[0]}", stacklevel=2)
+    return results
+
+
+def _store(root: str | Path | None, writable: bool = False):
+    """The store at ``root`` once it is known to be a folder (as the CLI's ``--root``)."""
+    from .inputs import folder
+    from .store import Store, default_root
+
+    return Store(folder(root if root is not None else default_root(), "root", writable=writable))
 
 
 def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: dict[str, Any] | None = None,
@@ -60,12 +71,11 @@ def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: di
     row per seed and level, or the run-level table of ``distance`` and ``phases``; cached in the store."""
     from .analysis.runner import Analyzer, parse_settings
     from .results import resolve_run
-    from .store import Store
 
     parsed = parse_settings(kind, [f"{k}={v}" for k, v in (settings or {}).items()])
-    store = Store(root)
-    run_id = resolve_run(store, run)
     opts = options(**execution)
+    store = _store(root)
+    run_id = resolve_run(store, run)
     analyzer = Analyzer(store, run_id, opts)
     opts.apply_threads(analyzer.cfg.model.name)
     return analyzer.run(kind, parsed, levels, seeds)

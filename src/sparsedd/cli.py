@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,20 +21,47 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _store(args):
-    from .store import Store
+def _integer(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi] (argparse's own int takes 10^30 threads)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {config_mod.brief(text)}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {config_mod.brief(value)}")
+        return value
+    return parse
 
-    return Store(args.root)
+
+def _amount(text: str) -> float:
+    """An argparse type: a finite number >= 0 (argparse's own float takes nan and inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {config_mod.brief(text)}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
 
 
-def _options(args, cfg=None, **changes):
-    """The one execution-options object of a command, from the flags it has; torch's threads set from it."""
+def _store(args, writable: bool = False):
+    """The results store of ``--root``, once it is known to be a folder (writable, for the commands that write)."""
+    from .inputs import folder
+    from .store import Store, default_root
+
+    return Store(folder(args.root if args.root is not None else default_root(), "--root", writable=writable))
+
+
+def _options(args, cfg=None, here: bool = True, **changes):
+    """The one execution-options object of a command, from the flags it has; torch's threads set from it.
+    ``here``: the device is this machine's (not a Ray cluster's), so it is checked against its devices."""
     from .options import ExecOptions, resolve_device
 
     flags = {"data_dir": "data_dir", "threads": "threads", "sparse": "sparse", "channels_last": "channels_last",
              "compile": "compile", "checkpoint_every_s": "checkpoint_every", "checkpoint_epoch_s": "checkpoint_epoch"}
     values = {field: getattr(args, flag) for field, flag in flags.items() if hasattr(args, flag)}
-    values["device"] = resolve_device(getattr(args, "device", "auto"))
+    values["device"] = resolve_device(getattr(args, "device", "auto"), here=here)
     values["progress"] = not getattr(args, "no_progress", False)
     if hasattr(args, "batch"):
         values["batch"] = "off" if args.no_batch else args.batch
@@ -54,21 +82,33 @@ def cmd_run(args) -> int:
     cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
     preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
     options = _options(args, cfg)
+    root = _store(args, writable=True).root
     dist, device = from_env(options.device)
     options = options.replace(dist=dist, device=device, progress=options.progress and dist.main)
-    store = Store(args.root, readonly=not dist.main)
+    store = Store(root, readonly=not dist.main)
     console = Console(stderr=False, quiet=not dist.main)
-    console.print(f"run {cfg.run_id} ({preset or args.config}) -> {store.root}"
-                  + (f" on {dist.world} processes" if dist.active else ""))
+    line = f"run {cfg.run_id} ({preset or args.config}) -> {store.root}"
+    line += f" on {dist.world} processes" if dist.active else ""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)  # paths as given: no markup, no wrapping
     run_id = run(cfg, store, preset=preset, options=options)
     if dist.main:
         console.print(curve_table(run_id, run_curve(store, run_id)))
         console.print(f"run id: {run_id}")
+        _note_divergence(store, run_id)
     return 0
+
+
+def _note_divergence(store, run_id: str) -> None:
+    """One line on stderr where the run diverged (its status says so too; the exit code stays 0: a
+    diverged run is a result, e.g. of a learning rate too high)."""
+    row = next((r for r in store.index.run_rows() if r["run_id"] == run_id), None)
+    if row is not None and row["status"] == "diverged":
+        print(f"sparsedd: note: run {run_id} diverged: {row['error']}", file=sys.stderr)
 
 
 def cmd_ls(args) -> int:
     from .data.noise import HUMAN_NOISE
+    from .report.tables import json_safe
     from .results import load
 
     store = _store(args)
@@ -77,19 +117,16 @@ def cmd_ls(args) -> int:
     for _, r in res.runs.iterrows():
         done = res.levels[res.levels["run_id"] == r["run_id"]] if len(res.levels) else res.levels
         per_seed = done.groupby("seed")["level"].nunique().min() if len(done) else 0
-        cfg = r["config"]
-        # a human noise type has no rate: its name says which labels the run trained on
-        noise = cfg["data"]["noise_type"] if cfg["data"]["noise_type"] in HUMAN_NOISE else cfg["data"]["noise"]
-        summary = (f"{cfg['data']['name']} noise={noise} {cfg['model']['name']} "
-                   f"{cfg['prune']['method']}/{cfg['prune']['scope']} {cfg['retrain']['mode']}")
-        rows.append({"run": r["run_id"], "preset": r["preset"], "summary": summary, "status": r["status"],
-                     "levels_done": int(per_seed), "levels": int(r["levels"]) + 1, "seeds": int(r["seeds"]),
-                     "error": r["error"]})
+        rows.append({"run": r["run_id"], "preset": r["preset"], "summary": _summary(r["config"], HUMAN_NOISE),
+                     "status": r["status"], "levels_done": int(per_seed), "levels": int(r["levels"]) + 1,
+                     "seeds": int(r["seeds"]), "error": r["error"]})
+    rows = json_safe(rows)  # valid JSON always: a run started from --config alone has no preset (null, not NaN)
     if args.format == "json":
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1, allow_nan=False))
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     if not rows:
         print(f"no runs in {store.root}")
@@ -98,11 +135,22 @@ def cmd_ls(args) -> int:
     table.add_column("run", no_wrap=True)
     for col in ("preset", "summary", "status", "levels done", "seeds"):
         table.add_column(col)
-    for r in rows:
-        table.add_row(r["run"], r["preset"] or "", r["summary"], r["status"], f"{r['levels_done']}/{r['levels']}",
-                      str(r["seeds"]))
+    for r in rows:  # cells from the store are Text: no rich markup in them is interpreted
+        table.add_row(r["run"], *(Text(str(r[k] or "")) for k in ("preset", "summary", "status")),
+                      f"{r['levels_done']}/{r['levels']}", str(r["seeds"]))
     Console().print(table)
     return 0
+
+
+def _summary(cfg: dict, human_noise) -> str:
+    """A run in a few words, from its stored config (a config that lacks a key reads '?')."""
+    try:
+        # a human noise type has no rate: its name says which labels the run trained on
+        noise = cfg["data"]["noise_type"] if cfg["data"]["noise_type"] in human_noise else cfg["data"]["noise"]
+        return (f"{cfg['data']['name']} noise={noise} {cfg['model']['name']} "
+                f"{cfg['prune']['method']}/{cfg['prune']['scope']} {cfg['retrain']['mode']}")
+    except (KeyError, TypeError):
+        return "?"
 
 
 def _run_and_curve(args):
@@ -119,27 +167,34 @@ def _run_and_curve(args):
 
 
 def cmd_show(args) -> int:
-    from .report.tables import curve_markdown, curve_table, level_rows, mean_rows
+    from .report.tables import curve_markdown, curve_table, json_safe, level_rows, mean_rows
+    from .results import run_config
 
     store, run_id, curve = _run_and_curve(args)
     if args.format == "json":  # levels: per seed (and level); mean: over the seeds, per level
-        print(json.dumps({"run": run_id, "config": store.run_config(run_id), "levels": level_rows(curve),
-                          "mean": mean_rows(curve)}, indent=1))
-    elif args.format == "markdown":
+        doc = {"run": run_id, "config": run_config(store, run_id), "levels": level_rows(curve), "mean": mean_rows(curve)}
+        print(json.dumps(json_safe(doc), indent=1, allow_nan=False))
+        return 0
+    if args.format == "markdown":
         print(curve_markdown(curve))
     else:
         from rich.console import Console
 
         Console().print(curve_table(run_id, curve))
+    _note_divergence(store, run_id)
     return 0
 
 
 def cmd_plot(args) -> int:
-    from .report.plots import plot_curve
+    from .inputs import output_file
+    from .report.plots import IMAGE_TYPES, plot_curve
     from .report.tables import run_title
+    from .results import run_config
 
+    if args.out is not None:  # before anything is read or written
+        output_file(args.out, "--out", IMAGE_TYPES)
     store, run_id, curve = _run_and_curve(args)
-    out = plot_curve(curve, args.out or f"{run_id}.png", run_title(store.run_config(run_id), run_id))
+    out = plot_curve(curve, args.out or f"{run_id}.png", run_title(run_config(store, run_id), run_id))
     print(out)
     return 0
 
@@ -160,10 +215,10 @@ def cmd_analyze(args) -> int:
     from .results import resolve_run
 
     settings = parse_settings(args.kind, args.set)
+    options = _options(args, progress=False)  # the device checked before the store is touched
     store = _store(args)
     run_id = resolve_run(store, args.run)
     console = Console(stderr=True)
-    options = _options(args, progress=False)
     analyzer = Analyzer(store, run_id, options)
     options.apply_threads(analyzer.cfg.model.name)  # the default depends on the run's model
     table = analyzer.run(args.kind, settings, _int_list(args.levels), _int_list(args.seeds),
@@ -185,6 +240,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.out is not None:
+        from .inputs import output_file
+
+        output_file(args.out, "--out", ("json",))
     options = _options(args)
     if args.preset is None:  # the reference benchmark
         return _bench_suite(args, options)
@@ -205,8 +264,10 @@ def _bench_suite(args, options) -> int:
 
     if args.set or args.channels_last or args.compile:
         raise SparseddError("--set, --channels-last and --compile apply to `bench --preset NAME` only")
-    if args.rounds is not None and args.rounds < 1 or args.steps is not None and args.steps < 2:
-        raise SparseddError("--rounds must be >= 1 and --steps >= 2")
+    rounds_ok = args.rounds is None or 1 <= args.rounds <= 1000
+    steps_ok = args.steps is None or 2 <= args.steps <= 100_000
+    if not (rounds_ok and steps_ok):
+        raise SparseddError("--rounds must be in [1, 1000] and --steps in [2, 100000]")
     result = run_suite(quick=args.quick, device=options.device, data_dir=options.data_dir, rounds=args.rounds,
                        steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.out:
@@ -231,7 +292,9 @@ def cmd_sweep(args) -> int:
         device = None  # --device as given; auto: what this machine has
     else:  # auto: the workers' devices are not this machine's; without GPUs asked for, the CPU
         device = "cpu"
-    options = _options(args) if device is None else _options(args, device=device)
+    here = args.executor == "local"  # a Ray cluster's devices are its workers', not this machine's
+    options = _options(args, here=here) if device is None else _options(args, here=here, device=device)
+    _store(args, writable=True)  # --root checked before the sweep writes its record there
     opts = SweepOptions(executor=args.executor, workers=args.workers, address=args.address,
                         cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, retries=args.retries,
                         report=not args.no_report, execution=options)
@@ -271,6 +334,8 @@ def cmd_claims(args) -> int:
 
 def _flags() -> dict[str, argparse.ArgumentParser]:
     """The flags several commands share, each declared once (argparse parents)."""
+    from .options import MAX_THREADS
+
     def parent() -> argparse.ArgumentParser:
         return argparse.ArgumentParser(add_help=False)
 
@@ -279,7 +344,7 @@ def _flags() -> dict[str, argparse.ArgumentParser]:
     data.add_argument("--data-dir", default=None, help="folder holding the data sets (e.g. DIR/mnist/)")
     data.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     data.add_argument("--no-progress", action="store_true", help="no progress display")
-    threads.add_argument("--threads", type=int, default=0, metavar="N",
+    threads.add_argument("--threads", type=_integer(0, MAX_THREADS), default=0, metavar="N",
                          help="torch CPU threads (default: 1 for the fully connected models on CPU, else torch's choice)")
     sets.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     e = execution
@@ -292,9 +357,9 @@ def _flags() -> dict[str, argparse.ArgumentParser]:
     e.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
                    help="compute sparse fully connected levels on their live units with sparse kernels: auto (below "
                         "the density where that is faster, measured once per machine), on, off (default auto)")
-    e.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+    e.add_argument("--checkpoint-every", type=_amount, default=60.0, metavar="S",
                    help="checkpoint inside an epoch every S seconds (default 60)")
-    e.add_argument("--checkpoint-epoch", type=float, default=1.0, metavar="S",
+    e.add_argument("--checkpoint-epoch", type=_amount, default=1.0, metavar="S",
                    help="checkpoint at an epoch's end if S seconds passed since the last (0: every epoch)")
     return {"root": root, "data": data, "threads": threads, "set": sets, "execution": execution}
 
@@ -365,9 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local: one process per task, as many at once as cores (default); ray: Ray tasks")
     sw.add_argument("--workers", type=int, default=None, help="tasks at once (default: the cores / the cluster's CPUs)")
     sw.add_argument("--address", default=None, help="ray: address of a running cluster (default: start a local one)")
-    sw.add_argument("--cpus-per-task", type=float, default=1.0, help="ray: CPUs each task asks for (default 1)")
-    sw.add_argument("--gpus-per-task", type=float, default=0.0, help="ray: GPUs each task asks for (default 0)")
-    sw.add_argument("--retries", type=int, default=None, help="tries again after a failure (default: the file's, else 1)")
+    sw.add_argument("--cpus-per-task", type=_amount, default=1.0, help="ray: CPUs each task asks for (default 1)")
+    sw.add_argument("--gpus-per-task", type=_amount, default=0.0, help="ray: GPUs each task asks for (default 0)")
+    sw.add_argument("--retries", type=_integer(0, 100), default=None,
+                    help="tries again after a failure (default: the file's, else 1)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     sw.add_argument("--no-report", action="store_true", help="no overlaid report at the end")
     _format(sw, "json")

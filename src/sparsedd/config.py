@@ -12,8 +12,11 @@ from TOML and ``--set`` are read together.)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
@@ -36,6 +39,19 @@ PRUNE_SCHEDULES = ("iterative", "oneshot")
 GRADIENT_RULES = ("multi", "paper")
 GRADIENT_BATCHES = 10  # prune.gradient_batches' default
 
+# Bounds beyond the range checks: what the machinery can hold (SQLite and torch take 64-bit integers;
+# an infinite float passes every range check and makes a "complete" run of NaN) and sane maxima, past
+# which a value is a typo that would never finish (10^20 epochs) or never fit in memory.
+INT64_MAX = 2**63 - 1
+MAX_SEED = 2**62  # seed + seeds - 1 stays a 64-bit integer
+MAX_EPOCHS = 100_000  # train.epochs, retrain.finetune_epochs, train.milestones
+MAX_BATCH = 2**20  # train.batch_size
+MAX_EXAMPLES = 10_000_000  # data.num_train, num_test (100x Tiny ImageNet; MNIST-1D generates what is asked)
+MAX_WIDTH = 65_536  # model.hidden widths (one 65536 x 65536 layer: 4.3 billion weights)
+MAX_LAYERS = 64  # model.hidden layers
+MAX_CHANNELS = 4096  # model.width (the conv nets' later stages have 8x as many)
+MAX_GRADIENT_BATCHES = 100_000  # prune.gradient_batches
+
 
 def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
@@ -47,6 +63,30 @@ def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> No
 def _check(cond: bool, key: str, what: str, value: Any) -> None:
     if not cond:
         raise SparseddError(f"{key} must be {what}, got {value!r}")
+
+
+def check_number(key: str, value: Any) -> None:
+    """A number the machinery can hold: an int in 64 bits, a finite float (booleans and the rest pass)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise SparseddError(f"{key} must fit in 64 bits (at most {INT64_MAX}), got {brief(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SparseddError(f"{key} must be a finite number, got {value!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_numbers(section: Any, prefix: str) -> None:
+    """:func:`check_number` on every field of a config section, list items included (for sections built
+    directly in Python, which skip :func:`coerce`)."""
+    for name, typ in _hints(type(section)).items():
+        value = getattr(section, name)
+        for v in (value if typing.get_origin(typ) is tuple and isinstance(value, tuple) else (value,)):
+            check_number(prefix + name, v)
 
 
 @dataclass(frozen=True)
@@ -65,14 +105,17 @@ class DataConfig:
         from .data import DATASETS
         from .data.noise import NOISE_TYPES
 
+        _check_numbers(self, "data.")
         _choice("data", "name", self.name, DATASETS.names())
         _choice("data", "augment", self.augment, ("default", "none", "crop-flip"))
         _check(self.image_size in (0, 32, 64), "data.image_size", "0, 32 or 64", self.image_size)
         _choice("data", "noise_type", self.noise_type, NOISE_TYPES.names())
         _check(0.0 <= self.noise <= 1.0, "data.noise", "in [0, 1]", self.noise)
-        _check(self.noise_seed >= 0, "data.noise_seed", ">= 0", self.noise_seed)
-        _check(self.num_train >= 0, "data.num_train", ">= 0 (0: default)", self.num_train)
-        _check(self.num_test >= 0, "data.num_test", ">= 0 (0: default)", self.num_test)
+        _check(0 <= self.noise_seed <= MAX_SEED, "data.noise_seed", "in [0, 2^62]", self.noise_seed)
+        _check(0 <= self.num_train <= MAX_EXAMPLES, "data.num_train", f"in [0, {MAX_EXAMPLES}] (0: default)",
+               self.num_train)
+        _check(0 <= self.num_test <= MAX_EXAMPLES, "data.num_test", f"in [0, {MAX_EXAMPLES}] (0: default)",
+               self.num_test)
         _check(0.0 <= self.val_split < 1.0, "data.val_split", "in [0, 1)", self.val_split)
         self._check_human_noise()
 
@@ -103,9 +146,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from .models import MODELS
 
+        _check_numbers(self, "model.")
         _choice("model", "name", self.name, MODELS.names())
-        _check(all(h > 0 for h in self.hidden), "model.hidden", "positive widths", self.hidden)
-        _check(self.width >= 0, "model.width", ">= 0 (0: the model's own)", self.width)
+        _check(all(0 < h <= MAX_WIDTH for h in self.hidden), "model.hidden", f"widths in [1, {MAX_WIDTH}]", self.hidden)
+        _check(len(self.hidden) <= MAX_LAYERS, "model.hidden", f"at most {MAX_LAYERS} widths", self.hidden)
+        _check(0 <= self.width <= MAX_CHANNELS, "model.width", f"in [0, {MAX_CHANNELS}] (0: the model's own)",
+               self.width)
         if self.hidden and self.name != "mlp":
             raise SparseddError(f"model.hidden applies to the mlp only, not {self.name!r}")
         if self.width and self.name in ("mlp", "lenet-300-100"):
@@ -130,19 +176,21 @@ class TrainConfig:
     distance_penalty: float = 0.0  # lambda: lambda * ||w - w_init||^2 over the unpruned weights added to the loss
 
     def __post_init__(self) -> None:
+        _check_numbers(self, "train.")
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         _choice("train", "precision", self.precision, ("fp32", "bf16"))
         _choice("train", "schedule", self.schedule, SCHEDULES)
         _check(self.lr > 0, "train.lr", "> 0", self.lr)
         _check(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
         _check(self.weight_decay >= 0, "train.weight_decay", ">= 0", self.weight_decay)
-        _check(self.batch_size >= 1, "train.batch_size", ">= 1", self.batch_size)
-        _check(self.epochs >= 1, "train.epochs", ">= 1", self.epochs)
-        _check(all(m > 0 for m in self.milestones), "train.milestones", "positive epochs", self.milestones)
+        _check(1 <= self.batch_size <= MAX_BATCH, "train.batch_size", f"in [1, {MAX_BATCH}]", self.batch_size)
+        _check(1 <= self.epochs <= MAX_EPOCHS, "train.epochs", f"in [1, {MAX_EPOCHS}]", self.epochs)
+        _check(all(0 < m <= MAX_EPOCHS for m in self.milestones), "train.milestones", f"epochs in [1, {MAX_EPOCHS}]",
+               self.milestones)
         _check(list(self.milestones) == sorted(self.milestones), "train.milestones", "increasing", self.milestones)
         _check(0 < self.gamma <= 1, "train.gamma", "in (0, 1]", self.gamma)
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", "in [0, epochs]", self.warmup_epochs)
-        _check(self.eval_every >= 1, "train.eval_every", ">= 1", self.eval_every)
+        _check(self.eval_every >= 1, "train.eval_every", ">= 1", self.eval_every)  # past epochs: at the end only
         _check(self.distance_penalty >= 0, "train.distance_penalty", ">= 0 (0: none)", self.distance_penalty)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise SparseddError("train.nesterov needs train.optimizer = 'sgd' and train.momentum > 0")
@@ -162,6 +210,7 @@ class PruneConfig:
     def __post_init__(self) -> None:
         from .pruning import STRATEGIES
 
+        _check_numbers(self, "prune.")
         _choice("prune", "method", self.method, STRATEGIES.names())
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
         _choice("prune", "layers", self.layers, PRUNE_LAYERS)
@@ -169,7 +218,8 @@ class PruneConfig:
         _choice("prune", "schedule", self.schedule, PRUNE_SCHEDULES)
         _check(0 < self.fraction < 1, "prune.fraction", "in (0, 1)", self.fraction)
         _check(0 <= self.levels <= 200, "prune.levels", "in [0, 200]", self.levels)
-        _check(self.gradient_batches >= 1, "prune.gradient_batches", ">= 1", self.gradient_batches)
+        _check(1 <= self.gradient_batches <= MAX_GRADIENT_BATCHES, "prune.gradient_batches",
+               f"in [1, {MAX_GRADIENT_BATCHES}]", self.gradient_batches)
         if self.gradient_rule == "paper" and self.gradient_batches != GRADIENT_BATCHES:
             raise SparseddError("prune.gradient_batches applies to prune.gradient_rule = 'multi' only (paper: one batch)")
         if self.method == "slimming" and self.layers != "default":
@@ -208,10 +258,12 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         from .experiments.retrain import RETRAIN_MODES
 
+        _check_numbers(self, "retrain.")
         _choice("retrain", "mode", self.mode, RETRAIN_MODES.names())
         _check(self.rewind_iteration >= 0, "retrain.rewind_iteration", ">= 0", self.rewind_iteration)
         _check(self.finetune_lr > 0, "retrain.finetune_lr", "> 0", self.finetune_lr)
-        _check(self.finetune_epochs >= 0, "retrain.finetune_epochs", ">= 0 (0: train.epochs)", self.finetune_epochs)
+        _check(0 <= self.finetune_epochs <= MAX_EPOCHS, "retrain.finetune_epochs",
+               f"in [0, {MAX_EPOCHS}] (0: train.epochs)", self.finetune_epochs)
         _check(0.0 <= self.distill_alpha <= 1.0, "retrain.distill_alpha", "in [0, 1] (0: none)", self.distill_alpha)
         _check(self.distill_temperature > 0, "retrain.distill_temperature", "> 0", self.distill_temperature)
 
@@ -237,7 +289,8 @@ class RunConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "seed", ">= 0", self.seed)
+        _check_numbers(self, "")
+        _check(0 <= self.seed <= MAX_SEED, "seed", "in [0, 2^62]", self.seed)
         _check(1 <= self.seeds <= 1000, "seeds", "in [1, 1000]", self.seeds)
         if self.prune.method == "slimming":
             self._check_batch_norm()
@@ -316,6 +369,13 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
 
 
+def is_id(text: Any) -> bool:
+    """Whether ``text`` is a run or stage id as :func:`stable_hash` makes them (16 hex digits). Ids read
+    from a store are checked with it before they name a file or enter a page: the store may come from
+    elsewhere, and its index may hold anything."""
+    return isinstance(text, str) and re.fullmatch(r"[0-9a-f]{16}", text) is not None
+
+
 # ----------------------------------------------------------------------------- parsing
 
 _SECTIONS = {f.name: f for f in fields(RunConfig)}
@@ -325,7 +385,8 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def valid_keys() -> list[str]:
+@functools.cache
+def valid_keys() -> tuple[str, ...]:
     keys = []
     for name, f in _SECTIONS.items():
         hints = _field_types(RunConfig)
@@ -333,7 +394,17 @@ def valid_keys() -> list[str]:
             keys += [f"{name}.{g.name}" for g in fields(hints[name])]
         else:
             keys.append(name)
-    return keys
+    return tuple(keys)
+
+
+def brief(value: Any) -> str:
+    """A value for a message: its repr, cut where it is long (a 10,000-digit number fits no line, and
+    Python refuses to print an int of more than 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def coerce(key: str, value: Any, typ: Any) -> Any:
@@ -344,7 +415,7 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
             text = value.strip().strip("[]()")
             value = [v for v in (p.strip() for p in text.split(",")) if v]
         if not isinstance(value, (list, tuple)):
-            raise SparseddError(f"{key} must be a list, got {value!r}")
+            raise SparseddError(f"{key} must be a list, got {brief(value)}")
         (inner, _ellipsis) = typing.get_args(typ)
         return tuple(coerce(key, v, inner) for v in value)
     if typ is bool:
@@ -352,28 +423,32 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise SparseddError(f"{key} must be true or false, got {value!r}")
+        raise SparseddError(f"{key} must be true or false, got {brief(value)}")
     if typ is int:
         if isinstance(value, bool):
-            raise SparseddError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
+            raise SparseddError(f"{key} must be an integer, got {brief(value)}")
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value))
-        except ValueError:
-            raise SparseddError(f"{key} must be an integer, got {value!r}") from None
+            value = int(value)
+        if not isinstance(value, int):
+            try:
+                value = int(str(value))
+            except ValueError:  # also a string of more than 4300 digits
+                raise SparseddError(f"{key} must be an integer, got {brief(value)}") from None
+        check_number(key, value)
+        return value
     if typ is float:
         if isinstance(value, bool):
-            raise SparseddError(f"{key} must be a number, got {value!r}")
+            raise SparseddError(f"{key} must be a number, got {brief(value)}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise SparseddError(f"{key} must be a number, got {value!r}") from None
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):  # overflow: an int beyond any float
+            raise SparseddError(f"{key} must be a finite number, got {brief(value)}") from None
+        check_number(key, number)
+        return number
     if typ is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise SparseddError(f"{key} must be a string, got {value!r}")
+            raise SparseddError(f"{key} must be a string, got {brief(value)}")
+        check_number(key, value)
         return str(value)
     raise TypeError(f"unsupported field type {typ} for {key}")
 
@@ -390,21 +465,31 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def typed(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys to values of their fields' types (no range checks yet); a one-line error for an unknown
+    key or a value of the wrong type."""
+    hints = _field_types(RunConfig)
+    allowed = valid_keys()
+    out = {}
+    for key, value in flat.items():
+        if key not in allowed:
+            raise SparseddError(f"unknown config key {brief(key)}; valid keys: {', '.join(sorted(allowed))}")
+        sec, _, name = key.rpartition(".")
+        out[key] = coerce(key, value, _field_types(hints[sec])[name] if sec else hints[key])
+    return out
+
+
 def build(flat: dict[str, Any]) -> RunConfig:
     """A RunConfig from dotted keys (``train.lr``) to values (TOML values or strings)."""
     hints = _field_types(RunConfig)
     top: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {}
-    allowed = set(valid_keys())
-    for key, value in flat.items():
-        if key not in allowed:
-            raise SparseddError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(allowed))}")
+    for key, value in typed(flat).items():
         if "." in key:
             sec, name = key.split(".", 1)
-            typ = _field_types(hints[sec])[name]
-            sections.setdefault(sec, {})[name] = coerce(key, value, typ)
+            sections.setdefault(sec, {})[name] = value
         else:
-            top[key] = coerce(key, value, hints[key])
+            top[key] = value
     for sec, values in sections.items():
         top[sec] = hints[sec](**values)
     return RunConfig(**top)
@@ -420,6 +505,21 @@ def _read_toml(text: str, where: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SparseddError(f"malformed TOML in {where}: {e}; fix the file and run again") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise SparseddError(f"malformed TOML in {where}: nested too deep; fix the file and run again") from None
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a TOML file; one that cannot be read or is not UTF-8 (as TOML must be) is a one-line error."""
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "not found"
+        raise SparseddError(f"{what} {path} {problem}; give the path of a TOML file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SparseddError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise SparseddError(f"cannot read {what} {path} ({e.strerror or e})") from None
 
 
 def preset_values(name: str) -> dict[str, Any]:
@@ -431,9 +531,7 @@ def preset_values(name: str) -> dict[str, Any]:
 
 def file_values(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise SparseddError(f"config file {str(p)!r} not found; give the path of a TOML file")
-    return flatten(_read_toml(p.read_text(), str(p)))
+    return flatten(_read_toml(read_text_file(p, "config file"), str(p)))
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -453,17 +551,14 @@ def load(preset: str | None = None, config_file: str | Path | None = None,
          sets: list[str] | None = None, seeds: int | None = None, values: dict[str, Any] | None = None) -> RunConfig:
     """Preset, then TOML file, then typed ``values`` (dotted keys, as a sweep gives them), then
     --set overrides, then --seeds; with none of them, the demo."""
-    flat: dict[str, Any] = {}
     if preset is None and config_file is None:
         preset = DEFAULT_PRESET
-    if preset is not None:
-        flat.update(preset_values(preset))
-    if config_file is not None:
-        flat.update(file_values(config_file))
-    flat.update(values or {})
-    flat.update(parse_sets(sets or []))
-    if seeds is not None:
-        flat["seeds"] = seeds
+    layers = [preset_values(preset) if preset is not None else {},
+              file_values(config_file) if config_file is not None else {},
+              values or {}, parse_sets(sets or []), {"seeds": seeds} if seeds is not None else {}]
+    flat: dict[str, Any] = {}
+    for layer in layers:  # each checked for keys and types, also where a later one overrides it
+        flat.update(typed(layer))
     return build(flat)
 
 

@@ -4,6 +4,7 @@ into every stage, analysis and sweep task. None of it enters a stage id."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from .distributed import SINGLE, Dist
 from .errors import SparseddError
 
 CHOICES = {"batch": ("auto", "on", "off"), "sparse": ("auto", "on", "off")}
+MAX_THREADS = 4096  # torch's CPU threads; more is a typo, and torch.set_num_threads fails on a C int overflow
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,10 @@ class ExecOptions:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SparseddError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.threads < 0:
-            raise SparseddError(f"--threads must be >= 1 (0: the default), got {self.threads}")
-        if self.checkpoint_every_s < 0 or self.checkpoint_epoch_s < 0:
-            raise SparseddError("--checkpoint-every and --checkpoint-epoch must be >= 0 seconds")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise SparseddError(f"--threads must be in [1, {MAX_THREADS}] (0: the default), got {self.threads}")
+        if not all(0 <= s < math.inf for s in (self.checkpoint_every_s, self.checkpoint_epoch_s)):  # NaN fails too
+            raise SparseddError("--checkpoint-every and --checkpoint-epoch must be finite numbers of seconds >= 0")
 
     @property
     def accel(self):
@@ -74,10 +76,13 @@ class ExecOptions:
             torch.set_num_threads(threads)
 
 
-def resolve_device(name: str) -> str:
-    """``auto``: cuda when this machine has it, else cpu."""
+def resolve_device(name: str, *, here: bool = True) -> str:
+    """``auto``: cuda when this machine has it, else cpu; any other name checked (:func:`sparsedd.inputs.device`),
+    with ``here`` against this machine's devices."""
+    from .inputs import device
+
     if name != "auto":
-        return name
+        return device(name, here=here)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

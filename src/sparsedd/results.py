@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from .config import is_id
 from .errors import SparseddError
 from .store import Store
+from .store.index import EPOCH_COLUMNS, LEVEL_COLUMNS
 
 
 @dataclass
@@ -34,19 +37,65 @@ class Results:
 
 
 def load(root: str | Path | None = None) -> Results:
+    """Every run of a store. Metrics are floats, NaN where the index holds NULL (``memorized`` without label
+    noise, a diverged run's losses); rows whose run id is not an id (16 hex digits) are left out."""
     index = Store(root).index
     runs = pd.DataFrame(index.run_rows(),
                         columns=["run_id", "config", "preset", "seeds", "levels", "status", "error", "created", "updated"])
-    levels = pd.DataFrame(index.level_rows())
-    epochs = pd.DataFrame(index.epoch_rows())
+    levels = _numeric(_frame(index.level_rows(), ["run_id", "seed", "stage_id", "level", *LEVEL_COLUMNS,
+                                                  "layer_sparsity"]), LEVEL_COLUMNS)
+    epochs = _numeric(_frame(index.epoch_rows(), ["run_id", "seed", "level", "stage_id", "epoch", *EPOCH_COLUMNS]),
+                      EPOCH_COLUMNS)
     analyses = pd.DataFrame(index.analysis_rows(),
                             columns=["run_id", "seed", "level", "analysis_id", "target", "kind", "settings", "result"])
-    return Results(runs, levels, epochs, analyses)
+    return Results(*(_valid_ids(df) for df in (runs, levels, epochs, analyses)))
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """The rows; with their columns where there are none, so a run's rows are selected without a special case."""
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def _numeric(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Metric columns as floats: a column NULL in every row would otherwise hold None objects, and SQLite
+    keeps whatever a foreign index put in a REAL column."""
+    for column in columns:
+        if column in df:
+            df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+    return df
+
+
+def _valid_ids(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose run id is an id: a damaged or foreign index may hold others, which would otherwise
+    name files and enter pages."""
+    if "run_id" not in df or not len(df):
+        return df
+    return df[df["run_id"].map(is_id)].reset_index(drop=True)
+
+
+def run_config(store: Store, run_id: str) -> dict[str, Any]:
+    """The run's full config as registered: its ``config.json``, else the index's copy (both are written
+    when the run is registered), else a one-line error."""
+    try:
+        cfg = store.run_config(run_id)
+    except (OSError, ValueError, KeyError, TypeError):  # missing, truncated or not the expected shape
+        cfg = None
+    if not isinstance(cfg, dict):
+        try:
+            cfg = next((r["config"] for r in store.index.run_rows() if r["run_id"] == run_id), None)
+        except ValueError:  # the index's copy is not JSON either
+            cfg = None
+    if not isinstance(cfg, dict):
+        raise SparseddError(f"run {run_id} has no readable configuration (neither {store.run_dir(run_id)}/config.json "
+                            f"nor its index row); run it again with `sparsedd run` to record it")
+    return cfg
 
 
 def resolve_run(store: Store, run: str) -> str:
-    """A full run id from an id or a unique prefix of one."""
-    matches = [i for i in store.index.run_ids() if i.startswith(run)]
+    """A full run id from an id or a unique prefix of one (only ids of 16 hex digits are considered)."""
+    if not run:
+        raise SparseddError("give a run id or a prefix of one; `sparsedd ls` lists the runs")
+    matches = [i for i in store.index.run_ids() if is_id(i) and i.startswith(run)]
     if len(matches) == 1:
         return matches[0]
     if not matches:

@@ -22,6 +22,7 @@ from ..experiments.distance import correct_distances, learning_distance
 from ..experiments.replicate import Replicate
 from ..experiments.retrain import level_train_config
 from ..registry import Registry
+from ..results import run_config
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import train
@@ -44,6 +45,12 @@ class Analysis:
 
 ANALYSES: Registry[Analysis] = Registry("analysis")  # registered below the Analyzer
 
+# sane maxima of the settings (numbers past these are typos that would never finish); the settings'
+# numbers are 64-bit integers and finite floats, as config.coerce makes them
+MAX_POINTS = 100_001  # landscape points
+MAX_ITERATIONS = 100_000  # sharpness power iterations and trace samples
+MAX_INITS = 1000  # reinit inits per level
+
 
 @dataclass(frozen=True)
 class RedenseSettings:
@@ -54,6 +61,8 @@ class RedenseSettings:
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr < 0:
             raise SparseddError("redense: epochs and lr must be >= 0 (0: the run's value)")
+        if self.epochs > config_mod.MAX_EPOCHS:
+            raise SparseddError(f"redense: epochs must be at most {config_mod.MAX_EPOCHS}")
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,8 @@ class LandscapeSettings:
     all_weights: bool = False  # by default the direction is zero on pruned weights
 
     def __post_init__(self) -> None:
-        if self.points < 3 or self.radius <= 0:
-            raise SparseddError("landscape: points must be >= 3 and radius > 0")
+        if not 3 <= self.points <= MAX_POINTS or self.radius <= 0:
+            raise SparseddError(f"landscape: points must be in [3, {MAX_POINTS}] and radius > 0")
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,9 @@ class SharpnessSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.iters < 1 or self.trace_samples < 1 or self.subsample < 0:
-            raise SparseddError("sharpness: iters and trace_samples must be >= 1, subsample >= 0")
+        counts = (self.iters, self.trace_samples)
+        if not all(1 <= n <= MAX_ITERATIONS for n in counts) or self.subsample < 0:
+            raise SparseddError(f"sharpness: iters and trace_samples must be in [1, {MAX_ITERATIONS}], subsample >= 0")
 
 
 @dataclass(frozen=True)
@@ -97,8 +107,8 @@ class ReinitSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.inits < 1:
-            raise SparseddError("reinit: inits must be >= 1")
+        if not 1 <= self.inits <= MAX_INITS:
+            raise SparseddError(f"reinit: inits must be in [1, {MAX_INITS}]")
 
 
 @dataclass(frozen=True)
@@ -131,8 +141,12 @@ class Analyzer:
         self.store, self.run_id = store, run_id
         self.options = options or ExecOptions(progress=False)
         correct_distances(store)
-        self.cfg: RunConfig = config_mod.from_dict(store.run_config(run_id))
+        self.cfg: RunConfig = config_mod.from_dict(run_config(store, run_id))
         self.links = store.index.run_stages(run_id)
+        bad = [sid for sid in self.links.values() if not config_mod.is_id(sid)]
+        if bad:  # stage ids name the folders read and written: a damaged or foreign index must not choose them
+            raise SparseddError(f"the index of {store.root} links run {run_id} to {config_mod.brief(bad[0])}, which is "
+                                f"not a stage id; the index is damaged")
         self._data = None
         self._reps: dict[int, Replicate] = {}
 

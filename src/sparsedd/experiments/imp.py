@@ -53,11 +53,21 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, options
     chains: list[list[str]] = [[] for _ in reps]  # each replicate's stage ids so far, level by level
     last = 0 if dense_only else max(cfg.prune.levels for cfg, _ in items)
     recorded = [] if dense_only else list(dict.fromkeys(cfg.run_id for cfg, _ in items))
-    with run_status(store, recorded), progress.running():
+    with run_status(store, recorded, lambda run_id: divergence(reps, run_id)), progress.running():
         for level in range(last + 1):  # level by level across seeds and runs, so levels can batch
-            active = [i for i, r in enumerate(reps) if dense_only or r.cfg.prune.levels >= level]
+            active = [i for i, r in enumerate(reps) if (dense_only or r.cfg.prune.levels >= level) and not r.diverged]
             run_level(level, [reps[i] for i in active], [chains[i] for i in active], store, opts, progress)
     return [cfg.run_id for cfg, _ in items]
+
+
+def divergence(reps: list[Replicate], run_id: str) -> str | None:
+    """Where a run's training diverged, as the note its status carries, or None where it did not."""
+    where = [f"seed {r.cfg.seed} at level {r.diverged[0]}, epoch {r.diverged[1]}"
+             for r in reps if r.run_id == run_id and r.diverged]
+    if not where:
+        return None
+    return (f"training loss not finite ({'; '.join(where)}); training stopped there and no later level was "
+            f"computed; try a lower learning rate (train.lr, retrain.finetune_lr)")
 
 
 def run_level(level: int, reps: list[Replicate], chains: list[list[str]], store: Store, options: ExecOptions,

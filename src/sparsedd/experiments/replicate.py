@@ -61,6 +61,7 @@ class Replicate:
         self.train_data = training_view(data, self.noise.labels, self.noise.corrupted, cfg.data.val_split)
         self.input_shape = tuple(data.x_train.shape[1:])
         self._teachers: dict[str, torch.Tensor | nn.Module] = {}
+        self.diverged: tuple[int, int] | None = None  # (level, epoch) where training diverged; the chain ends there
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.input_shape, self.data.num_classes, seed).to(self.options.device)
@@ -221,6 +222,7 @@ class Replicate:
         self.store.index.record_level(job.sid, job.level, metrics)
         self.store.finish_stage(job.sid, {"metrics": metrics, "history": result.history})
         self._link(job.level, job.sid)
+        self._note_divergence(job.level, metrics)
 
     def train_and_record(self, job: Job) -> None:
         t0 = time.time()
@@ -235,6 +237,13 @@ class Replicate:
         self.store.index.record_level(sid, level, info["metrics"])
         self._link(level, sid)
         self.progress.skip(self.schedule(level).epochs)
+        self._note_divergence(level, info["metrics"])
+
+    def _note_divergence(self, level: int, metrics: dict[str, Any]) -> None:
+        """A stage that diverged ends the seed's chain: its weights are not finite, so no later level can
+        be pruned from them (the stage is still done: computing it again diverges again)."""
+        if metrics.get("diverged"):
+            self.diverged = (level, int(metrics.get("diverged_epoch", 0)))
 
     def _link(self, level: int, sid: str) -> None:
         if self.run_id is not None:

@@ -4,11 +4,12 @@ in id order, stages two replicates share computed once, and the run's status kep
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..config import RunConfig
 from ..data import Dataset, load_dataset
 from ..errors import SparseddError
+from ..models import check_takes
 from ..options import ExecOptions
 from ..store import Store
 from ..training.loop import iters_per_epoch
@@ -29,7 +30,9 @@ def load_data(configs: list[RunConfig], options: ExecOptions) -> dict[str, Datas
 
 
 def check_fits(cfg: RunConfig, data: Dataset) -> None:
-    """Checks that need the data's size."""
+    """Checks that need the data: the model takes its inputs (and has the weights prune.layers names), and
+    the rewind point lies within dense training. Made before the run is registered."""
+    check_takes(cfg.model, tuple(data.x_train.shape[1:]), data.num_classes, cfg.prune.layers)
     if RETRAIN_MODES[cfg.retrain.mode].start == "rewind":
         total = cfg.train.epochs * iters_per_epoch(data.x_train.shape[0], cfg.train.batch_size)
         if cfg.retrain.rewind_iteration > total:
@@ -38,8 +41,10 @@ def check_fits(cfg: RunConfig, data: Dataset) -> None:
 
 
 @contextlib.contextmanager
-def run_status(store: Store, run_ids: list[str]) -> Iterator[None]:
-    """Mark the runs complete when the block ends, partial when interrupted, failed on an error."""
+def run_status(store: Store, run_ids: list[str], diverged: Callable[[str], str | None] = lambda run_id: None
+               ) -> Iterator[None]:
+    """Mark the runs complete when the block ends (diverged, with ``diverged(run_id)`` as the note, where
+    a seed's training diverged), partial when interrupted, failed on an error."""
     try:
         yield
     except KeyboardInterrupt:
@@ -51,7 +56,8 @@ def run_status(store: Store, run_ids: list[str]) -> Iterator[None]:
             store.index.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     for run_id in run_ids:
-        store.index.set_status(run_id, "complete")
+        note = diverged(run_id)
+        store.index.set_status(run_id, "diverged" if note else "complete", note)
 
 
 @contextlib.contextmanager

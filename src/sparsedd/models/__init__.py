@@ -3,6 +3,7 @@ selects, or a one-line error for a value the model does not support."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -28,6 +29,24 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
     reset_parameters(model, seed)
     return model
+
+
+@functools.lru_cache(maxsize=64)
+def check_takes(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, layers: str) -> None:
+    """A one-line error unless the model takes inputs of ``input_shape`` and has the weights ``layers``
+    (``prune.layers``) selects. The model is built and run once on the meta device (no memory, no init),
+    so a run is checked in milliseconds, before it is registered; each combination once per process."""
+    with torch.device("meta"):
+        model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)  # the builder's own checks
+        model.prunable_names(layers)
+        try:
+            model(torch.empty(2, *input_shape))
+        except (RuntimeError, NotImplementedError) as e:  # a shape mismatch the builder did not foresee
+            if "meta" in str(e).lower():  # an operation meta tensors lack (a model reading values): not a misfit
+                return
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SparseddError(f"{cfg.name} cannot take inputs of shape {list(input_shape)} ({reason}); "
+                                f"choose another model.name or data set") from None
 
 
 @MODELS.register("lenet-300-100")

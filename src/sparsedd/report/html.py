@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,12 @@ import pandas as pd
 
 from ..analysis.curves import distance_table, phases_table
 from ..experiments.distance import correct_distances
-from ..results import load, resolve_run
+from ..errors import SparseddError
+from ..inputs import folder
+from ..results import load, resolve_run, run_config
 from ..store import Store
 from . import figures as F
+from .plots import plain
 from .tables import run_title
 
 FIGURED_ANALYSES = (  # the per-level analyses with a figure
@@ -64,14 +68,27 @@ def _differences(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {r: ", ".join(f"{k}={f.get(k)}" for k in differ) or r for r, f in flats.items()}
 
 
+def _file_name(name: str) -> str:
+    """A figure's or table's file name, which is built from run ids: only ids checked as hex reach here,
+    and this refuses anything else (a '../' from a foreign index would write outside --out)."""
+    if not re.fullmatch(r"[0-9a-z][0-9a-z_-]*", name):
+        raise ValueError(f"not a safe file name: {name!r}")
+    return name
+
+
 class _Writer:
     def __init__(self, out: Path):
         self.out = out
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        (out / "tables").mkdir(parents=True, exist_ok=True)
+        try:
+            (out / "figures").mkdir(parents=True, exist_ok=True)
+            (out / "tables").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SparseddError(f"--out {out}: cannot create the report's folders ({e.strerror or e}); "
+                                f"give a writable folder") from None
         self.parts: list[str] = []
 
     def figure(self, fig, name: str, caption: str) -> None:
+        name = _file_name(name)
         for ext in ("png", "pdf"):
             fig.savefig(self.out / "figures" / f"{name}.{ext}", dpi=110)
         plt.close(fig)
@@ -79,6 +96,7 @@ class _Writer:
                           f'<figcaption>{html.escape(caption)} (<a href="figures/{name}.pdf">PDF</a>)</figcaption></figure>')
 
     def table(self, df: pd.DataFrame, name: str, caption: str, show: bool = True) -> None:
+        name = _file_name(name)
         df.to_csv(self.out / "tables" / f"{name}.csv", index=False)
         if show:
             self.parts.append(f"<p>{html.escape(caption)} (<a href=\"tables/{name}.csv\">CSV</a>)</p>" +
@@ -131,12 +149,15 @@ def _claims_section(w: _Writer, root: Path, run_ids: list[str]) -> None:
 
 
 def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:
+    """The report of ``runs`` in ``out``. Everything read from the store is escaped in the page (the
+    store may come from elsewhere), and file names are built from run ids checked as hex."""
+    out = folder(out, "--out", writable=True)  # before anything is read or written
     store = Store(root)
     run_ids = [resolve_run(store, r) for r in runs]
     correct_distances(store)
     res = load(store.root)
-    w = _Writer(Path(out))
-    configs = {r: store.run_config(r) for r in run_ids}
+    configs = {r: run_config(store, r) for r in run_ids}
+    w = _Writer(out)
     w.p("Made by <code>sparsedd report</code>. Accuracies are fractions of the test set (clean labels) and of the "
         "training set (noisy or true labels); sparsity counts the prunable weights removed. Bands span the seeds' "
         "minimum to maximum.")
@@ -144,15 +165,15 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
     if len(run_ids) > 1:
         labels = _differences(configs)
         w.h("Runs overlaid")
-        w.p("<br>".join(f"<code>{r}</code>: {html.escape(labels[r])}" for r in run_ids))
-        curves = [(labels[r], res.levels[res.levels["run_id"] == r]) for r in run_ids]
+        w.p("<br>".join(f"<code>{html.escape(r)}</code>: {html.escape(labels[r])}" for r in run_ids))
+        curves = [(plain(labels[r]), res.levels[res.levels["run_id"] == r]) for r in run_ids]
         w.figure(F.fig_overlay([c for c in curves if len(c[1])], "test accuracy against sparsity"), "overlay",
                  "Test accuracy of every run (mean over seeds), labelled by the settings in which they differ.")
     for r in run_ids:
         cfg = configs[r]
         levels = res.levels[res.levels["run_id"] == r]
-        title = run_title(cfg, r)
-        w.h(title)
+        w.h(run_title(cfg, r))
+        title = plain(run_title(cfg, r))  # for the figures
         if not len(levels):
             w.p("No finished level yet.")
             continue

@@ -11,6 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+
+IMAGE_TYPES = tuple(FigureCanvasBase.get_supported_filetypes())  # the suffixes savefig can write
+
+
+def plain(text: str) -> str:
+    """Text for a figure as it is: matplotlib reads $...$ as math, and a title or label from a store may hold '$'."""
+    return text.replace("$", r"\$")
 
 
 def sparsity_axis(sparsity: np.ndarray) -> np.ndarray:
@@ -65,7 +73,7 @@ def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(plain(title), fontsize=10)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import pandas as pd
@@ -16,26 +17,46 @@ PERCENT = LEVEL_FIELDS[2:7]  # the fields shown as percentages
 
 
 def run_title(cfg: dict[str, Any], run_id: str) -> str:
-    """What a run is, in one line (from its stored config)."""
-    noise = describe(cfg["data"]["noise_type"], cfg["data"]["noise"])
-    return (f"{cfg['model']['name']} on {cfg['data']['name']}, {noise}, "
-            f"{cfg['prune']['method']} {cfg['prune']['scope']}, "
-            f"{cfg['retrain']['mode']} (run {run_id})")
+    """What a run is, in one line (from its stored config, which a foreign store may leave incomplete)."""
+    try:
+        noise = describe(cfg["data"]["noise_type"], cfg["data"]["noise"])
+        return (f"{cfg['model']['name']} on {cfg['data']['name']}, {noise}, "
+                f"{cfg['prune']['method']} {cfg['prune']['scope']}, "
+                f"{cfg['retrain']['mode']} (run {run_id})")
+    except (KeyError, TypeError, ValueError):
+        return f"run {run_id} (its stored configuration is incomplete)"
 
 
-def _num(v: Any) -> Any:
-    return None if isinstance(v, float) and math.isnan(v) else v
+def json_value(v: Any) -> Any:
+    """A scalar as strict JSON holds it: a metric that is NULL (``memorized`` without label noise) or not
+    finite (a diverged run) is null, numpy numbers are Python numbers."""
+    if v is None or isinstance(v, (str, bool)):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every value made strict JSON (:func:`json_value`), through dicts and lists."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return json_value(obj)
 
 
 def level_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
-    """One JSON row per level (and seed, when there are several); NaN as null."""
+    """One JSON row per level (and seed, when there are several); NULL and non-finite values as null."""
     multi = curve["seed"].nunique() > 1
     rows = []
     for _, r in curve.iterrows():
         row = {"level": int(r["level"])}
         if multi:
             row["seed"] = int(r["seed"])
-        row.update({k: _num(float(r[k])) for k in LEVEL_FIELDS if k != "level"})
+        row.update({k: json_value(r[k]) for k in LEVEL_FIELDS if k != "level"})
         rows.append(row)
     return rows
 
@@ -47,11 +68,17 @@ def mean_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
     for level, g in curve.groupby("level"):
         row: dict[str, Any] = {"level": int(level), "seeds": int(g["seed"].nunique())}
         for k in LEVEL_FIELDS[1:]:
-            row[k] = _num(float(g[k].mean()))
+            row[k] = json_value(g[k].mean())
             if len(g) > 1:
-                row[f"{k}_sd"] = _num(float(g[k].std(ddof=1)))
+                row[f"{k}_sd"] = json_value(g[k].std(ddof=1))
         rows.append(row)
     return rows
+
+
+def _cell(v: Any, scale: float = 1.0) -> str:
+    """A table cell: the value scaled to two decimals, or '-' where it is NULL or not finite."""
+    v = json_value(v)
+    return "-" if v is None else f"{scale * v:.2f}"
 
 
 def curve_table(run_id: str, curve: pd.DataFrame):
@@ -62,13 +89,14 @@ def curve_table(run_id: str, curve: pd.DataFrame):
     table = Table(title=f"run {run_id}" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
                   caption="% of: sparsity: prunable weights removed; test, best: final and best test accuracy; "
                           "train, clean: train accuracy on the noisy and the true labels; "
-                          "memo: corrupted examples fitted; dist: ||w - w_init||")
+                          "memo: corrupted examples fitted; dist: ||w - w_init||; "
+                          "-: none (memo without label noise) or not finite (a diverged run)")
     for col in ("level", "sparsity", "test", "best", "train", "clean", "memo", "dist"):
         table.add_column(col, justify="right")
     cols = {c: summarize(curve, c) for c in LEVEL_FIELDS[2:]}
     for i, level in enumerate(cols["test_acc"]["level"]):
-        table.add_row(str(int(level)), f"{100 * cols['test_acc']['sparsity'][i]:.2f}",
-                      *(f"{100 * cols[c]['mean'][i]:.2f}" for c in PERCENT), f"{cols['distance']['mean'][i]:.2f}")
+        table.add_row(str(int(level)), _cell(cols['test_acc']['sparsity'][i], 100),
+                      *(_cell(cols[c]['mean'][i], 100) for c in PERCENT), _cell(cols['distance']['mean'][i]))
     return table
 
 
@@ -81,11 +109,13 @@ def curve_markdown(curve: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
 
     def pct(c, i):
-        m = f"{100 * cols[c]['mean'][i]:.2f}"
-        return m + (f" ({100 * cols[c]['lo'][i]:.1f}-{100 * cols[c]['hi'][i]:.1f})" if multi else "")
+        m = _cell(cols[c]['mean'][i], 100)
+        if not multi or m == "-":
+            return m
+        return m + f" ({100 * cols[c]['lo'][i]:.1f}-{100 * cols[c]['hi'][i]:.1f})"
 
     for i, level in enumerate(cols["test_acc"]["level"]):
-        row = [str(int(level)), f"{100 * cols['test_acc']['sparsity'][i]:.2f}",
-               *(pct(c, i) for c in PERCENT), f"{cols['distance']['mean'][i]:.2f}"]
+        row = [str(int(level)), _cell(cols['test_acc']['sparsity'][i], 100),
+               *(pct(c, i) for c in PERCENT), _cell(cols['distance']['mean'][i])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

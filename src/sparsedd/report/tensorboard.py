@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..results import load
+from .tables import json_value
 
 LEVEL_TAGS = ("test_acc", "test_acc_best", "train_acc_noisy", "train_acc_clean", "memorized", "distance", "sparsity")
 EPOCH_TAGS = ("test_acc", "test_loss", "train_acc_noisy", "train_acc_clean", "train_loss_running")
@@ -16,6 +17,14 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _scalar(writer, tag: str, value, step: int) -> None:
+    """One point, left out where the metric is NULL (``memorized`` without label noise) or not finite
+    (a diverged run): a gap in the curve, not a crash or a fake value."""
+    value = json_value(value)
+    if value is not None:
+        writer.add_scalar(tag, value, step)
 
 
 def write_tensorboard(root: str | Path | None, run_ids: list[str], out: str | Path) -> list[Path]:
@@ -32,10 +41,9 @@ def write_tensorboard(root: str | Path | None, run_ids: list[str], out: str | Pa
             with SummaryWriter(log_dir=str(folder)) as w:
                 for _, r in lv.iterrows():
                     for tag in LEVEL_TAGS:
-                        w.add_scalar(f"levels/{tag}", float(r[tag]), int(r["level"]))
+                        _scalar(w, f"levels/{tag}", r.get(tag), int(r["level"]))
                 for _, r in (epochs[epochs["seed"] == seed] if len(epochs) else epochs).iterrows():
                     for tag in EPOCH_TAGS:
-                        if r.get(tag) is not None and r[tag] == r[tag]:
-                            w.add_scalar(f"level_{int(r['level']):02d}/{tag}", float(r[tag]), int(r["epoch"]))
+                        _scalar(w, f"level_{int(r['level']):02d}/{tag}", r.get(tag), int(r["epoch"]))
             folders.append(folder)
     return folders

@@ -35,6 +35,10 @@ from ..store.index import replay
 from .executors import InlineExecutor, LocalExecutor, RayExecutor, Task
 from .spec import Sweep, SweepRun, load_sweep, sweep_presets
 
+# a run with one of these statuses is done: a diverged run diverges again (its stages are stored)
+FINISHED = ("complete", "diverged")
+MAX_WORKERS = 4096  # processes or Ray tasks at once
+
 __all__ = ["Sweep", "SweepRun", "load_sweep", "sweep_presets", "run_sweep", "SweepOptions", "SweepResult"]
 
 
@@ -117,7 +121,7 @@ class _Display:
         self.console = Console(stderr=True)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[info]}"), console=self.console, disable=not enabled)
-        self.task = self.bar.add_task(f"sweep {name}", total=total, info="")
+        self.task = self.bar.add_task(f"sweep {escape(name)}", total=total, info="")  # a file name is no markup
         self.offset = 0  # runs and dense stages finished in earlier phases
         self.phase_start = time.time()
 
@@ -202,13 +206,15 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
         raise SparseddError(f"unknown executor {options.executor!r}; use local, ray or inline")
     if options.workers is not None and options.workers < 1:
         raise SparseddError("--workers must be >= 1")
+    if options.workers is not None and options.workers > MAX_WORKERS:
+        raise SparseddError(f"--workers must be at most {MAX_WORKERS}, got {options.workers}")
     retries = sweep.retries if options.retries is None else options.retries
     if retries < 0:
         raise SparseddError("--retries must be >= 0")
     store = Store(root)
     folder = store.root / "sweeps" / sweep.sweep_id
     folder.mkdir(parents=True, exist_ok=True)
-    skipped = [r.run_id for r in sweep.runs if store.index.run_status(r.run_id) == "complete"]
+    skipped = [r.run_id for r in sweep.runs if store.index.run_status(r.run_id) in FINISHED]
     todo = [r for r in sweep.runs if r.run_id not in skipped]
     if options.executor == "inline":
         workers = 1
@@ -233,7 +239,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     runs = _run_tasks(todo, base, workers)
     failed: dict[str, str] = {}
     with _Display(options.execution.progress, len(dense) + len(todo), sweep.name) as display:
-        display.event(f"sweep {sweep.name} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
+        display.event(f"sweep {escape(sweep.name)} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
                       f"complete; {len(dense)} dense stages to compute first; executor {options.executor}, "
                       f"{workers} workers")
         try:
@@ -246,7 +252,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     for task, error in run_failed.values():
         for run_id in task.run_ids:
             failed[run_id] = error
-            if store.index.run_status(run_id) != "complete":  # it may have failed before (or without) recording itself
+            if store.index.run_status(run_id) not in FINISHED:  # it may have failed before (or without) recording
                 r = by_id[run_id]
                 store.register_run(run_id, canonical_dict(r.config, full=True), r.preset, r.config.seeds,
                                    r.config.prune.levels)

@@ -18,6 +18,7 @@ anywhere stops the sweep before anything runs.
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +30,8 @@ from ..config import RunConfig, stable_hash
 from ..errors import SparseddError
 
 TOP_KEYS = ("preset", "seeds", "retries", "base", "grid", "zip")
+MAX_RUNS = 10_000  # a grid past this is a typo (and would take minutes just to check)
+MAX_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,8 @@ def _text(v: Any) -> str:
 
 def _read(source: str) -> tuple[str, str, dict[str, Any]]:
     path = Path(source)
-    if path.is_file():
-        name, text = path.stem, path.read_text()
+    if path.exists():
+        name, text = path.stem, config_mod.read_text_file(path, "sweep file")
     elif source in sweep_presets():
         name = source
         text = resources.files("sparsedd").joinpath("presets", "sweeps", f"{source}.toml").read_text()
@@ -89,6 +92,8 @@ def _read(source: str) -> tuple[str, str, dict[str, Any]]:
         return name, str(path) if path.is_file() else f"sweep preset {source}", tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SparseddError(f"sweep file {source}: not valid TOML ({e})") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise SparseddError(f"sweep file {source}: not valid TOML (nested too deep)") from None
 
 
 def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -96,6 +101,16 @@ def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SparseddError(f"{where}: [{key}] must be a table of dotted config keys")
     return config_mod.flatten(value)
+
+
+def _check_model(cfg: RunConfig) -> None:
+    """The run's model takes its data set's inputs (known without loading the data), so a sweep stops
+    before anything runs rather than failing that run in a worker."""
+    from ..data import DATASETS
+    from ..models import check_takes
+
+    spec = DATASETS[cfg.data.name]
+    check_takes(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes, cfg.prune.layers)
 
 
 def load_sweep(source: str) -> Sweep:
@@ -109,17 +124,20 @@ def load_sweep(source: str) -> Sweep:
         raise SparseddError(f"{where}: preset must be a preset name")
     seeds = doc.get("seeds")
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise SparseddError(f"{where}: seeds must be an integer >= 1, got {seeds!r}")
+        raise SparseddError(f"{where}: seeds must be an integer >= 1, got {config_mod.brief(seeds)}")
     retries = doc.get("retries", 1)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise SparseddError(f"{where}: retries must be an integer >= 0, got {retries!r}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES:
+        raise SparseddError(f"{where}: retries must be an integer in [0, {MAX_RETRIES}], "
+                            f"got {config_mod.brief(retries)}")
     base, grid, zipped = _table(doc, "base", where), _table(doc, "grid", where), _table(doc, "zip", where)
     for kind, axes in (("grid", grid), ("zip", zipped)):
         for k, v in axes.items():
             if not isinstance(v, list):
-                raise SparseddError(f"{where}: {kind} axis {k!r} must be a list of values, got {v!r}")
+                raise SparseddError(f"{where}: {kind} axis {k!r} must be a list of values, got {config_mod.brief(v)}")
             if not v:
                 raise SparseddError(f"{where}: {kind} axis {k!r} is empty; give at least one value")
+    if seeds is not None and "seeds" in {*base, *grid, *zipped}:
+        raise SparseddError(f"{where}: seeds is given at the top and as a config key; keep one")
     both = sorted(set(grid) & set(zipped))
     if both:
         raise SparseddError(f"{where}: {both[0]!r} is both a grid and a zip axis; use one")
@@ -127,6 +145,9 @@ def load_sweep(source: str) -> Sweep:
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{k} has {n}" for k, n in lengths.items())
         raise SparseddError(f"{where}: the zip lists must have equal lengths ({shown})")
+    count = math.prod(len(v) for v in grid.values()) * (len(next(iter(zipped.values()))) if zipped else 1)
+    if count > MAX_RUNS:
+        raise SparseddError(f"{where}: the axes make {count} runs; a sweep has at most {MAX_RUNS}")
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     grid_rows = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
     runs: list[SweepRun] = []
@@ -138,6 +159,7 @@ def load_sweep(source: str) -> Sweep:
             label = " ".join(f"{k}={_text(v)}" for k, v in axes.items()) or "base"
             try:
                 cfg = config_mod.load(preset, values=values, seeds=seeds)
+                _check_model(cfg)
             except SparseddError as e:
                 raise SparseddError(f"{where}, run {len(runs) + 1} ({label}): {e}") from None
             if cfg.run_id in seen:

@@ -149,7 +149,12 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
                on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
                on_step: Callable[[int], None] | None = None) -> list[TrainResult]:
     """The epoch loop every trainer shares: restore, then per step the learning rate and a masked
-    step, per epoch the running metrics, an evaluation and a checkpoint when due; one result per network."""
+    step, per epoch the running metrics, an evaluation and a checkpoint when due; one result per network.
+
+    A network whose running training loss is not finite at an epoch's end has diverged: it is evaluated,
+    its history ends with that epoch and its final metrics say ``diverged`` (its later epochs are not
+    recorded; training stops once every network has diverged). The check reads the epoch's loss, which
+    the running metrics bring to the host anyway, so the steps stay free of host synchronizations."""
     ex, k = execution, execution.k
     ipe = iters_per_epoch(ex.n, cfg.batch_size)
     total_iters = cfg.epochs * ipe
@@ -160,9 +165,12 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
     step_hits = torch.zeros(k, ipe, device=ex.device, dtype=torch.long)
     results = [TrainResult() for _ in range(k)]
     start_epoch, start_step = _restore(checkpoint, ex, step_loss, step_hits, results)
+    stopped = [diverged(r.history) for r in results]  # a checkpoint may hold a network that diverged
     ex.module.train()
     ex.apply_masks()
     for epoch in range(start_epoch, cfg.epochs):
+        if all(stopped):
+            break
         order = torch.stack([torch.randperm(ex.n, generator=generator(*key, epoch)) for key in order_keys])
         order = order.to(ex.device)
         for step in range(start_step if epoch == start_epoch else 0, ipe):
@@ -179,27 +187,39 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
                 on_step(1)
             if checkpoint is not None and step + 1 < ipe and checkpoint.due(end_of_epoch=False):
                 checkpoint.save(_snapshot(ex, epoch, step + 1, step_loss, step_hits, results))
-        rows = _epoch_rows(ex, cfg, epoch, ipe, step_loss, step_hits)
-        for r, row in zip(results, rows):
-            r.history.append(row)
+        rows = _epoch_rows(ex, cfg, epoch, ipe, step_loss, step_hits, stopped)
+        for i, (r, row) in enumerate(zip(results, rows)):
+            if not stopped[i]:
+                r.history.append(row)
+                stopped[i] = diverged(r.history)
         if on_epoch is not None:
             on_epoch(rows)
-        if checkpoint is not None and epoch + 1 < cfg.epochs and checkpoint.due(end_of_epoch=True):
+        if checkpoint is not None and epoch + 1 < cfg.epochs and not all(stopped) and checkpoint.due(end_of_epoch=True):
             checkpoint.save(_snapshot(ex, epoch + 1, 0, step_loss, step_hits, results))
     for i, r in enumerate(results):
-        r.iterations = total_iters
+        r.iterations = total_iters if not stopped[i] else r.history[-1]["epoch"] * ipe
         r.optimizer_state = ex.optimizer_state(i)
         r.final = final_metrics(r.history, r.history[-1] if r.history else ex.evaluate()[i])
+        if stopped[i]:
+            r.final.update(diverged=True, diverged_epoch=r.history[-1]["epoch"])
     return results
 
 
+def diverged(history: list[dict[str, Any]]) -> bool:
+    """Whether a network's history ends in an epoch whose running training loss is not finite."""
+    return bool(history) and not math.isfinite(history[-1]["train_loss_running"])
+
+
 def _epoch_rows(ex: Execution, cfg: TrainConfig, epoch: int, ipe: int, step_loss: torch.Tensor,
-                step_hits: torch.Tensor) -> list[dict[str, Any]]:
-    """Each network's row of this epoch: running train metrics, and the evaluation when it is due."""
-    last = epoch + 1 == cfg.epochs
-    evals = ex.evaluate() if last or (epoch + 1) % cfg.eval_every == 0 else [{}] * ex.k
+                step_hits: torch.Tensor, stopped: list[bool]) -> list[dict[str, Any]]:
+    """Each network's row of this epoch: running train metrics, and the evaluation when it is due or a
+    network still training has just diverged (its last row then holds its final evaluation)."""
+    losses = [float(step_loss[i].sum()) / ex.n for i in range(ex.k)]
+    diverging = any(not s and not math.isfinite(v) for s, v in zip(stopped, losses))
+    due = epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0 or diverging
+    evals = ex.evaluate() if due else [{}] * ex.k
     lr = lr_at(cfg, (epoch + 1) * ipe - 1, ipe)
-    return [{"epoch": epoch + 1, "lr": lr, "train_loss_running": float(step_loss[i].sum()) / ex.n,
+    return [{"epoch": epoch + 1, "lr": lr, "train_loss_running": losses[i],
              "train_acc_running": float(step_hits[i].sum()) / ex.n, **evals[i]} for i in range(ex.k)]
 
 
