@@ -10,7 +10,7 @@ import pandas as pd
 
 from .config import is_id
 from .errors import SparseddError
-from .store import Store
+from .store import DamagedFile, Store
 from .store.index import EPOCH_COLUMNS, LEVEL_COLUMNS
 
 
@@ -78,7 +78,7 @@ def run_config(store: Store, run_id: str) -> dict[str, Any]:
     when the run is registered), else a one-line error."""
     try:
         cfg = store.run_config(run_id)
-    except (OSError, ValueError, KeyError, TypeError):  # missing, truncated or not the expected shape
+    except (OSError, ValueError, KeyError, TypeError, DamagedFile):  # missing, damaged or not the expected shape
         cfg = None
     if not isinstance(cfg, dict):
         try:

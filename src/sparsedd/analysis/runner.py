@@ -177,7 +177,7 @@ class Analyzer:
     def cached(self, kind: str, target: str, settings: Any, compute: Callable[[], dict]) -> dict:
         key = {"kind": f"analysis-{kind}", "target": target, "settings": canonical_dict(settings)}
         sid = self.store.stage_id(key)
-        if not self.store.is_done(sid):
+        if not self.store.check_done(sid):  # not yet, or damaged: computed (again)
             self.store.begin_stage(sid, key)
             result = compute()
             self.store.finish_stage(sid, {"result": result})
