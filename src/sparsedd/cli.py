@@ -129,7 +129,9 @@ def cmd_ls(args) -> int:
     from rich.text import Text
 
     if not rows:
-        print(f"no runs in {store.root}")
+        folders = store.run_folders()
+        print(f"no runs in {store.root}" + (f"'s index, but {len(folders)} in its run folders: `sparsedd doctor --root "
+                                            f"{store.root} --repair` rebuilds the index" if folders else ""))
         return 0
     table = Table()
     table.add_column("run", no_wrap=True)
@@ -236,6 +238,18 @@ def cmd_report(args) -> int:
 
     path = write_report(args.root, args.runs, args.out)
     print(path)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import describe, examine, repair
+
+    store = _store(args)
+    found = examine(store)
+    print("\n".join(describe(store, found)))
+    if not args.repair:
+        return 0 if found.healthy else 1
+    print("\n".join(repair(store, found)))
     return 0
 
 
@@ -453,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "after the other (no start-up cost; for small configurations)")
     _format(cl, "json", "markdown")
     cl.set_defaults(func=cmd_claims)
+
+    dr = command("doctor", "check every stage and the index of a store; --repair sets damaged stages aside "
+                           "(computed again when next needed) and rebuilds the index from the stage folders", "root")
+    dr.add_argument("--repair", action="store_true", help="repair what the check finds")
+    dr.set_defaults(func=cmd_doctor)
 
     pl = command("plot", "plot accuracy against sparsity", "root")
     pl.add_argument("run", help="run id (or a unique prefix)")

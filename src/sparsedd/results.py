@@ -99,6 +99,9 @@ def resolve_run(store: Store, run: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
+        if any(is_id(i) and i.startswith(run) for i in store.run_folders()):  # registered, the index lost it
+            raise SparseddError(f"run {run!r} has a folder in {store.root} but is not in its index; "
+                                f"`sparsedd doctor --root {store.root} --repair` rebuilds the index")
         raise SparseddError(f"no run {run!r} in {store.root}; `sparsedd ls --root {store.root}` lists the runs")
     raise SparseddError(f"run prefix {run!r} is ambiguous ({len(matches)} runs); give more characters")
 
