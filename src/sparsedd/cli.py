@@ -7,13 +7,37 @@ does read together; the shared flags are declared once, in :func:`_flags`.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import config as config_mod
 from .errors import SparseddError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by `timeout`, SLURM, container runtimes), handled as Ctrl-C is: a run keeps its
+    checkpoints and is marked partial, a sweep stops its workers first; exit code 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
@@ -489,10 +513,14 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except SparseddError as e:
         print(f"sparsedd: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("sparsedd: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("sparsedd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
