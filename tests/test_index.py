@@ -313,3 +313,11 @@ def test_doctor_writes_a_damaged_run_config_anew_from_the_index(root, capsys):
     assert code == 0 and f"run {COMPLETE.run_id}: config.json written anew from the index" in out
     assert json.loads(config.read_text()) == json.loads(before)
     assert cli(capsys, "doctor", "--root", str(root))[0] == 0
+
+
+@pytest.mark.parametrize("schedule", ["iterative", "oneshot"])
+def test_the_chain_doctor_recomputes_is_the_one_runs_link(tmp_path, schedule):
+    cfg = config_mod.load(None, None, TINY + ["train.epochs=1", f"prune.schedule={schedule}"], 2)
+    store = Store(tmp_path)
+    run(cfg, store, options=OPTIONS)
+    assert store.index.run_stages(cfg.run_id) == stage_chain(cfg)
