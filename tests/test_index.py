@@ -208,12 +208,17 @@ def test_doctor_repairs_damaged_stages_and_the_next_run_computes_them_again(root
     sid = stage_chain(COMPLETE)[(0, 2)]
     final = root / "stages" / sid / "final.pt"
     final.write_bytes(final.read_bytes()[:100])
+    level3 = stage_chain(PARTIAL)[(0, 3)]
+    checkpoint = root / "stages" / level3 / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-1000])
     code, out, _ = cli(capsys, "doctor", "--root", str(root))
     assert code == 1
     assert f"  damaged   {sid}  level 2            final.pt is damaged (truncated: 100 of its" in out
+    assert f"  damaged   {level3}  level 3            checkpoint.pt is damaged (truncated:" in out
     code, out, _ = cli(capsys, "doctor", "--root", str(root), "--repair")
     assert code == 0 and f"stage {sid} (level 2): set aside final.pt.damaged; the next run that needs it" in out
-    assert not Store(root).is_done(sid)
+    assert f"stage {level3} (level 3): set aside checkpoint.pt.damaged" in out
+    assert not Store(root).is_done(sid) and not checkpoint.exists()
     assert [r["levels_done"] for r in json.loads(cli(capsys, "ls", "--root", str(root), "--format", "json")[1])] == [2, 2]
     assert cli(capsys, "run", *[a for s in TINY for a in ("--set", s)], "--root", str(root), "--no-progress")[0] == 0
     assert Store(root).is_done(sid) and cli(capsys, "doctor", "--root", str(root))[0] == 0
@@ -321,3 +326,14 @@ def test_the_chain_doctor_recomputes_is_the_one_runs_link(tmp_path, schedule):
     store = Store(tmp_path)
     run(cfg, store, options=OPTIONS)
     assert store.index.run_stages(cfg.run_id) == stage_chain(cfg)
+
+
+def test_a_rebuilt_index_keeps_a_diverged_run_diverged(tmp_path, capsys):
+    root = tmp_path / "store"
+    sets = [a for s in TINY + ["train.lr=10000", "train.momentum=0.9"] for a in ("--set", s)]
+    assert cli(capsys, "run", *sets, "--root", str(root), "--no-progress")[0] == 0
+    before = load(root).runs[["run_id", "status", "error"]].to_dict("records")
+    assert before[0]["status"] == "diverged" and "training loss not finite (seed 0 at level 0" in before[0]["error"]
+    (root / "index.sqlite").unlink()
+    assert cli(capsys, "doctor", "--root", str(root), "--repair")[0] == 0
+    assert load(root).runs[["run_id", "status", "error"]].to_dict("records") == before

@@ -8,8 +8,9 @@ The stage folders are the source of truth and hold everything the index does:
   (:func:`sparsedd.experiments.stages.stage_chain`), each seed's as far as its stages are done;
 - the metrics: each done stage's ``done.json`` (a level's metrics and epochs, an analysis's result).
 
-A rebuilt run is complete when all its stages are done, partial otherwise; what only the old index
-knew (a failed run's error, its created time, a damaged config.json) is kept where it can be read.
+A rebuilt run is complete when all its stages are done (diverged when a seed's training diverged,
+which ends its chain), partial otherwise; what only the old index knew (a failed run's error, its
+created time, a damaged config.json) is kept where it can be read.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 
 from . import config as config_mod
 from .errors import SparseddError
+from .experiments.imp import divergence_note
 from .experiments.stages import stage_chain
 from .store import DamagedFile, Store, write_json
-from .store.files import verify
 from .store.index import Index
 from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG
 
@@ -87,7 +88,7 @@ def _examine_stage(store: Store, sid: str, used: set[str], holder: str | None) -
     what = _label(key)
     if holder:  # its files change under us: looked at once it is free
         return Finding(BUSY, sid, what, f"being computed by {holder} now")
-    problems = store.stage_problems(sid)
+    problems = store.stage_problems(sid, checkpoints=True)
     if problems:
         return Finding(DAMAGED, sid, what, "; ".join(problems))
     d = store.stage_dir(sid)
@@ -114,8 +115,7 @@ def _label(key: dict[str, Any] | None) -> str:
 
 
 def _interrupted(d: Path) -> str:
-    if (d / CHECKPOINT).exists():
-        verify(d / CHECKPOINT)  # a damaged one is among the stage's problems already
+    if (d / CHECKPOINT).exists():  # sound: a damaged one is among the stage's problems
         return "interrupted; resumes from its checkpoint when a run needs it"
     return "started, nothing saved yet; starts over when a run needs it"
 
@@ -133,15 +133,34 @@ def _used(key: dict[str, Any], sid: str, used: set[str]) -> bool:
     return True
 
 
-def _done_links(store: Store, run_id: str, chain: dict[tuple[int, int], str]) -> list[tuple[str, int, int, str]]:
-    """The run's stages each seed has done, from level 0 up to its first stage not done."""
-    links, stopped = [], set()
-    for (seed, level), sid in sorted(chain.items()):
-        if seed in stopped or not store.is_done(sid):
-            stopped.add(seed)
-            continue
-        links.append((run_id, seed, level, sid))
-    return links
+@dataclass
+class RunState:
+    """What the stage folders say of a run: its links, whether every seed finished, where seeds diverged."""
+
+    links: list[tuple[str, int, int, str]]
+    finished: bool
+    diverged: list[tuple[int, int, int]]  # (seed, level, epoch)
+
+
+def _run_state(store: Store, run_id: str, chain: dict[tuple[int, int], str]) -> RunState:
+    """Each seed's done stages from level 0 up to its first stage not done, or to the one where its
+    training diverged (which ends the seed's chain: no later level is computed)."""
+    links, diverged, finished = [], [], 0
+    seeds = sorted({seed for seed, _ in chain})
+    for seed in seeds:
+        for level in sorted(level for s, level in chain if s == seed):
+            sid = chain[(seed, level)]
+            if not store.is_done(sid):
+                break
+            links.append((run_id, seed, level, sid))
+            metrics = store.done_info(sid).get("metrics", {})
+            if metrics.get("diverged"):
+                diverged.append((seed, level, int(metrics.get("diverged_epoch", 0))))
+                finished += 1
+                break
+        else:
+            finished += 1
+    return RunState(links, finished == len(seeds), diverged)
 
 
 def _folder_contents(store: Store, chains: dict[str, dict[tuple[int, int], str]]) -> dict[str, set]:
@@ -231,13 +250,12 @@ def rebuild_index(store: Store, old: dict[str, dict[str, Any]]) -> dict[str, Any
             cfg = config_mod.from_dict(record["config"])
         except (SparseddError, KeyError, TypeError, ValueError):  # reported; not in the new index
             continue
-        chain = stage_chain(cfg)
-        links = _done_links(store, run_id, chain)
-        for link in links:
+        state = _run_state(store, run_id, stage_chain(cfg))
+        for link in state.links:
             fresh.link(*link)
-        _restore_run(fresh, store, run_id, record, cfg, len(links) == len(chain), old.get(run_id))
+        _restore_run(fresh, store, run_id, record, cfg, state, old.get(run_id))
         counts["runs"] += 1
-        counts["links"] += len(links)
+        counts["links"] += len(state.links)
     for sid in store.stage_ids():
         if store.is_done(sid):  # the damaged ones are not (any more): set aside before the rebuild
             table = _restore_stage(fresh, store, sid)
@@ -248,12 +266,13 @@ def rebuild_index(store: Store, old: dict[str, dict[str, Any]]) -> dict[str, Any
 
 
 def _restore_run(index: Index, store: Store, run_id: str, record: dict[str, Any], cfg: config_mod.RunConfig,
-                 complete: bool, old: dict[str, Any] | None) -> None:
+                 state: RunState, old: dict[str, Any] | None) -> None:
     created = os.stat(store.run_dir(run_id) / RUN_CONFIG).st_mtime
-    status, error = ("complete", None) if complete else ("partial", None)
+    note = divergence_note(state.diverged)
+    status, error = ("partial", None) if not state.finished else ("diverged", note) if note else ("complete", None)
     if old is not None:
         created = old["created"] or created
-        if not complete and old["status"] == "failed":
+        if not state.finished and old["status"] == "failed":
             status, error = "failed", old["error"]
     index.restore_run(run_id, record["config"], record.get("preset"), cfg.seeds, cfg.prune.levels, status, error,
                       created, created if old is None else old["updated"] or created)

@@ -37,6 +37,7 @@ from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, 
 # the files of a stage that are read once it is done (a batch's result too), and those every stage of a
 # kind has (a damaged batch.json only sends the stage to train again: Store.batch_of)
 STAGE_FILES = (STAGE_KEY, DONE, FINAL, INIT, LABELS, REWIND, BATCH_RESULT)
+CHECKPOINTS = (CHECKPOINT, CHECKPOINT_BEFORE)
 REQUIRED = {"dense": (FINAL, INIT, LABELS), "level": (FINAL,), "rewind": (REWIND,), "analysis-redense": (FINAL,)}
 
 StateDict = dict[str, torch.Tensor]
@@ -82,11 +83,12 @@ class Store:
                "set aside and the stage is computed again")
         return False
 
-    def stage_problems(self, stage_id: str) -> list[str]:
-        """What is wrong with the stage's files, one item per file (empty when nothing is): a file whose
-        checksum does not match, a file without one that cannot be what it claims, a file missing."""
+    def stage_problems(self, stage_id: str, checkpoints: bool = False) -> list[str]:
+        """What is wrong with the stage's files (and its checkpoints), one item per file (empty when nothing
+        is): a file whose checksum does not match, a file without one that cannot be what it claims, a
+        file a done stage must have missing."""
         d = self.stage_dir(stage_id)
-        damaged = dict(self._damaged(d))
+        damaged = dict(self._damaged(d, STAGE_FILES + (CHECKPOINTS if checkpoints else ())))
         problems = [f"{name} is damaged ({why})" for name, why in damaged.items()]
         if self.is_done(stage_id) and STAGE_KEY not in damaged and (d / STAGE_KEY).exists():
             kind = self.stage_key(stage_id).get("kind")
@@ -94,9 +96,9 @@ class Store:
         return problems
 
     @staticmethod
-    def _damaged(d: Path) -> list[tuple[str, str]]:
+    def _damaged(d: Path, names: tuple[str, ...]) -> list[tuple[str, str]]:
         out = []
-        for name in STAGE_FILES:
+        for name in names:
             path = d / name
             if not path.exists():
                 continue
@@ -110,9 +112,10 @@ class Store:
         return out
 
     def reopen_stage(self, stage_id: str) -> list[str]:
-        """Make a done stage not done, its damaged files set aside as ``NAME.damaged``; returns their names."""
+        """Make a stage not done, its damaged files (checkpoints too) set aside as ``NAME.damaged``;
+        returns their names."""
         d = self.stage_dir(stage_id)
-        damaged = [name for name, _ in self._damaged(d)]
+        damaged = [name for name, _ in self._damaged(d, STAGE_FILES + CHECKPOINTS)]
         for name in damaged:
             set_aside(d / name)
         remove(d / DONE)
@@ -136,7 +139,7 @@ class Store:
 
     def _drop_checkpoints(self, stage_id: str) -> None:
         if not self.readonly:
-            for name in (CHECKPOINT, CHECKPOINT_BEFORE):
+            for name in CHECKPOINTS:
                 remove(self.stage_dir(stage_id) / name)
 
     def done_info(self, stage_id: str) -> dict[str, Any]:

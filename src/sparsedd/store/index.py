@@ -86,9 +86,9 @@ class IndexDamaged(SparseddError):
 
 
 class Index:
-    """Writes are one ``BEGIN IMMEDIATE`` transaction each, in WAL mode; reads open the file read-only
-    and create nothing, so a store on read-only media can be read. A lock held by another process
-    is waited for (:class:`.waiting.Waiter`), a damaged file is a one-line error that names its repair."""
+    """Writes are one ``BEGIN IMMEDIATE`` transaction each, in WAL mode; reads write nothing and create
+    no table, so a store on read-only media can be read. A lock held by another process is waited for
+    (:class:`.waiting.Waiter`), a damaged file is a one-line error that names its repair."""
 
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
