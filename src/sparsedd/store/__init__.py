@@ -69,12 +69,12 @@ class Store:
     def check_done(self, stage_id: str) -> bool:
         """Whether the stage is done with every file as it was written. A done stage with a damaged or
         missing file is reopened (the damaged files set aside, ``done.json`` removed) and said so: its
-        inputs are known, so the caller computes it again."""
+        inputs are known, so the caller computes it again. The caller holds the stage's lock."""
         if not self.is_done(stage_id):
             return False
         problems = self.stage_problems(stage_id)
         if not problems:
-            self._drop_checkpoints(stage_id)  # left by a kill between done.json and their removal
+            self._tidy(stage_id)  # what a kill after done.json left: checkpoints, a checksum's temporary file
             return True
         if self.readonly:  # a non-zero rank: rank 0 reopens it, and every rank computes it again
             return False
@@ -127,20 +127,25 @@ class Store:
             return d
         if not (d / STAGE_KEY).exists():
             write_json(d / STAGE_KEY, key)
-        for stale in d.glob(".*.tmp"):  # left by a write that was killed; never read
-            stale.unlink(missing_ok=True)
+        self._tidy(stage_id)
         return d
 
     def finish_stage(self, stage_id: str, done: dict[str, Any]) -> None:
         if self.readonly:
             return
         write_json(self.stage_dir(stage_id) / DONE, done)
-        self._drop_checkpoints(stage_id)
+        self._tidy(stage_id)
 
-    def _drop_checkpoints(self, stage_id: str) -> None:
-        if not self.readonly:
+    def _tidy(self, stage_id: str) -> None:
+        """Remove the temporary files of killed writes (never read), and a done stage's checkpoints."""
+        if self.readonly:
+            return
+        d = self.stage_dir(stage_id)
+        for stale in d.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        if self.is_done(stage_id):
             for name in CHECKPOINTS:
-                remove(self.stage_dir(stage_id) / name)
+                remove(d / name)
 
     def done_info(self, stage_id: str) -> dict[str, Any]:
         return read_json(self.stage_dir(stage_id) / DONE)
