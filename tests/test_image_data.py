@@ -492,6 +492,20 @@ def test_tinyimagenet_cache_and_32px(tmp_path, tiny_files, monkeypatch):
         tin.load_tinyimagenet(data_dir=tmp_path, cache_dir=tmp_path / "c", image_size=48)
 
 
+def test_tinyimagenet_damaged_cache_is_decoded_again(tmp_path, tiny_files, capsys):
+    write_tiny_zip(tmp_path / "tinyimagenet", tiny_files)
+    first = tin.load_tinyimagenet(data_dir=tmp_path, cache_dir=tmp_path / "c")
+    (path,) = (tmp_path / "c" / "tinyimagenet").glob("*.pt")
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 64] = bytes(b ^ 0xFF for b in raw[middle:middle + 64])  # in the pixels
+    path.write_bytes(bytes(raw))
+    capsys.readouterr()
+    again = tin.load_tinyimagenet(data_dir=tmp_path, cache_dir=tmp_path / "c")
+    assert f"the decoded Tiny ImageNet cache {path} is damaged (its checksum does not match" in capsys.readouterr().err
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
 def test_tinyimagenet_changed_folder_is_decoded_again(tmp_path, tiny_files):
     root = write_tiny_folder(tmp_path / "tinyimagenet", tiny_files)
     first = tin.load_tinyimagenet(data_dir=tmp_path, cache_dir=tmp_path / "c")

@@ -7,13 +7,37 @@ does read together; the shared flags are declared once, in :func:`_flags`.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import config as config_mod
 from .errors import SparseddError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by `timeout`, SLURM, container runtimes), handled as Ctrl-C is: a run keeps its
+    checkpoints and is marked partial, a sweep stops its workers first; exit code 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
@@ -129,7 +153,9 @@ def cmd_ls(args) -> int:
     from rich.text import Text
 
     if not rows:
-        print(f"no runs in {store.root}")
+        folders = store.run_folders()
+        print(f"no runs in {store.root}" + (f"'s index, but {len(folders)} in its run folders: `sparsedd doctor --root "
+                                            f"{store.root} --repair` rebuilds the index" if folders else ""))
         return 0
     table = Table()
     table.add_column("run", no_wrap=True)
@@ -236,6 +262,18 @@ def cmd_report(args) -> int:
 
     path = write_report(args.root, args.runs, args.out)
     print(path)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import describe, examine, repair
+
+    store = _store(args)
+    found = examine(store)
+    print("\n".join(describe(store, found)))
+    if not args.repair:
+        return 0 if found.healthy else 1
+    print("\n".join(repair(store, found)))
     return 0
 
 
@@ -454,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     _format(cl, "json", "markdown")
     cl.set_defaults(func=cmd_claims)
 
+    dr = command("doctor", "check every stage and the index of a store; --repair sets damaged stages aside "
+                           "(computed again when next needed) and rebuilds the index from the stage folders", "root")
+    dr.add_argument("--repair", action="store_true", help="repair what the check finds")
+    dr.set_defaults(func=cmd_doctor)
+
     pl = command("plot", "plot accuracy against sparsity", "root")
     pl.add_argument("run", help="run id (or a unique prefix)")
     pl.add_argument("--out", default=None, help="output PNG (default: RUN.png)")
@@ -470,10 +513,14 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except SparseddError as e:
         print(f"sparsedd: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("sparsedd: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("sparsedd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .config import is_id
 from .errors import SparseddError
-from .store import Store
+from .store import DamagedFile, Store
 from .store.index import EPOCH_COLUMNS, LEVEL_COLUMNS
 
 
@@ -78,7 +78,7 @@ def run_config(store: Store, run_id: str) -> dict[str, Any]:
     when the run is registered), else a one-line error."""
     try:
         cfg = store.run_config(run_id)
-    except (OSError, ValueError, KeyError, TypeError):  # missing, truncated or not the expected shape
+    except (OSError, ValueError, KeyError, TypeError, DamagedFile):  # missing, damaged or not the expected shape
         cfg = None
     if not isinstance(cfg, dict):
         try:
@@ -99,6 +99,9 @@ def resolve_run(store: Store, run: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
+        if any(is_id(i) and i.startswith(run) for i in store.run_folders()):  # registered, the index lost it
+            raise SparseddError(f"run {run!r} has a folder in {store.root} but is not in its index; "
+                                f"`sparsedd doctor --root {store.root} --repair` rebuilds the index")
         raise SparseddError(f"no run {run!r} in {store.root}; `sparsedd ls --root {store.root}` lists the runs")
     raise SparseddError(f"run prefix {run!r} is ambiguous ({len(matches)} runs); give more characters")
 

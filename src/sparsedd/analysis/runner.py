@@ -177,14 +177,14 @@ class Analyzer:
     def cached(self, kind: str, target: str, settings: Any, compute: Callable[[], dict]) -> dict:
         key = {"kind": f"analysis-{kind}", "target": target, "settings": canonical_dict(settings)}
         sid = self.store.stage_id(key)
-        if not self.store.is_done(sid):
-            self.store.begin_stage(sid, key)
-            result = compute()
-            self.store.finish_stage(sid, {"result": result})
-            self.store.index.record_analysis(sid, target, kind, key["settings"], result)
-        else:
-            result = self.store.done_info(sid)["result"]
-            self.store.index.record_analysis(sid, target, kind, key["settings"], result)
+        with self.store.lock(sid):  # the same analysis asked by two processes is computed once
+            if not self.store.check_done(sid):  # not yet, or damaged: computed (again)
+                self.store.begin_stage(sid, key)
+                result = compute()
+                self.store.finish_stage(sid, {"result": result})
+            else:
+                result = self.store.done_info(sid)["result"]
+        self.store.index.record_analysis(sid, target, kind, key["settings"], result)
         return result
 
     def redense(self, seed: int, level: int, sid: str, s: RedenseSettings) -> dict:

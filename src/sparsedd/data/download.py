@@ -9,6 +9,7 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 from ..errors import SparseddError
 
@@ -91,6 +92,21 @@ def download(urls: list[str], dest: Path, md5_uncompressed: str, *, raw: bool = 
         f"could not download {dest.name} from any mirror ({'; '.join(failures)}); "
         f"put the file in {dest.parent} by hand (or point SPARSEDD_DATA at a folder holding it) and run again"
     )
+
+
+def read_cache(path: Path, what: str, remedy: str) -> Any:
+    """What :func:`write_cache` cached at ``path``, verified against its checksum; None when there is
+    nothing there, and when the file is damaged, which is said with what happens instead."""
+    from ..errors import notice
+    from ..store.files import DamagedFile, load_tensors
+
+    if not path.exists():
+        return None
+    try:
+        return load_tensors(path)
+    except DamagedFile as e:
+        notice(f"the {what} cache {e.path} is damaged ({e.why}); {remedy}")
+        return None
 
 
 def write_cache(path: Path, tensors: dict, what: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import default_cache_dir
-from .download import write_cache
+from .download import read_cache, write_cache
 
 NUM_CLASSES = 10
 NUM_TRAIN, NUM_TEST = 4000, 1000
@@ -57,11 +57,13 @@ def _generate(num_train: int, num_test: int, args: Any) -> dict[str, torch.Tenso
 
 
 def _read_cache(path: Path, num_train: int, num_test: int) -> dict[str, torch.Tensor] | None:
+    d = read_cache(path, "MNIST-1D", "generating the data again")
+    if d is None:
+        return None
     try:
-        d = torch.load(path, weights_only=True)
         ok = d["x_train"].shape == (num_train, 40) and d["x_test"].shape == (num_test, 40)
         return d if ok and len(d["y_train"]) == num_train and len(d["y_test"]) == num_test else None
-    except Exception:  # missing, truncated or foreign file: regenerate
+    except Exception:  # missing or foreign file: regenerate
         return None
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SparseddError
-from .download import write_cache
+from .download import read_cache, write_cache
 from . import candidates, check_size, default_cache_dir, download_archive, verify_file
 
 FILE = "tiny-imagenet-200.zip"
@@ -192,13 +192,15 @@ def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _read_cache(path: Path, size: int) -> dict[str, torch.Tensor] | None:
+    d = read_cache(path, "decoded Tiny ImageNet", "decoding the images again")
+    if d is None:
+        return None
     try:
-        d = torch.load(path, weights_only=True)
         ok = d["version"] == CACHE_VERSION and all(
             d[k].dtype == torch.uint8 and d[k].shape[1:] == (3, size, size) for k in ("x_train", "x_test")
         ) and d["y_train"].shape == (len(d["x_train"]),) and d["y_test"].shape == (len(d["x_test"]),)
         return d if ok else None
-    except Exception:  # noqa: BLE001 - missing, truncated or foreign file: decode again
+    except Exception:  # noqa: BLE001 - missing or foreign file: decode again
         return None
 
 

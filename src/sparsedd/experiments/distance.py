@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..store import Store
+from ..store import DamagedFile, Store
 
 # batch-norm running statistics: state, not weights (every buffer of the registered models is one of
 # these; tests/test_image_models.py checks it, so the saved state alone tells parameters apart)
@@ -37,11 +37,18 @@ def correct_distances(store: Store) -> int:
         with store.lock("migration-" + CORRECTION):  # one process corrects; the others find it done
             if CORRECTION in store.migrated():
                 return 0
-            changed = sum(_correct(store, sid) for sid in store.stage_ids() if store.is_done(sid))
+            changed = sum(_correct_sound(store, sid) for sid in store.stage_ids() if store.is_done(sid))
             store.mark_migrated(CORRECTION)
     except OSError:  # a store on read-only media or of another user: read as it is
         return 0
     return changed
+
+
+def _correct_sound(store: Store, sid: str) -> bool:
+    try:
+        return _correct(store, sid)
+    except DamagedFile:  # left as it is: computed again, with the right distance, when next needed
+        return False
 
 
 def _correct(store: Store, sid: str) -> bool:

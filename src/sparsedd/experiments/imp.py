@@ -62,11 +62,15 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, options
 
 def divergence(reps: list[Replicate], run_id: str) -> str | None:
     """Where a run's training diverged, as the note its status carries, or None where it did not."""
-    where = [f"seed {r.cfg.seed} at level {r.diverged[0]}, epoch {r.diverged[1]}"
-             for r in reps if r.run_id == run_id and r.diverged]
+    return divergence_note([(r.cfg.seed, *r.diverged) for r in reps if r.run_id == run_id and r.diverged])
+
+
+def divergence_note(where: list[tuple[int, int, int]]) -> str | None:
+    """The note of a run whose training diverged at these (seed, level, epoch); None for none."""
     if not where:
         return None
-    return (f"training loss not finite ({'; '.join(where)}); training stopped there and no later level was "
+    places = "; ".join(f"seed {seed} at level {level}, epoch {epoch}" for seed, level, epoch in where)
+    return (f"training loss not finite ({places}); training stopped there and no later level was "
             f"computed; try a lower learning rate (train.lr, retrain.finetune_lr)")
 
 

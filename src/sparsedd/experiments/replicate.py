@@ -81,7 +81,7 @@ class Replicate:
     # --- a stage's job (None when the stage is done); the caller holds the stage's lock
     def prepare(self, level: int, parent: str | None, dense_id: str | None) -> tuple[str, Job | None]:
         sid, key = self.stage(level, parent)
-        if self.store.is_done(sid):
+        if self.store.check_done(sid):  # a done stage with a damaged file is computed again
             self.adopt(level, sid)
             return sid, None
         self.store.begin_stage(sid, key)
@@ -156,7 +156,7 @@ class Replicate:
             return init
         sid = self.store.stage_id(rewind_key(dense_id, k))
         with self.store.lock(sid):
-            if self.store.is_done(sid):
+            if self.store.check_done(sid):
                 return self.store.rewind(sid)
             self.store.begin_stage(sid, rewind_key(dense_id, k))
             model = self.new_model(0)

@@ -41,6 +41,19 @@ def level_key(cfg: RunConfig, parent: str, level: int) -> dict[str, Any]:
     return {"kind": "level", "parent": parent, "level": level, "prune": prune, "retrain": cfg.retrain.relevant()}
 
 
+def stage_chain(cfg: RunConfig) -> dict[tuple[int, int], str]:
+    """Every stage id of a run by (seed, level), as the run computes them level by level
+    (:meth:`Replicate.stage` with :func:`parent_stage`): what ``sparsedd doctor`` links a run to."""
+    ids: dict[tuple[int, int], str] = {}
+    for seed in cfg.seed_list():
+        one = cfg.with_seed(seed)
+        chain = [stable_hash(dense_key(one))]
+        for level in range(1, cfg.prune.levels + 1):
+            chain.append(stable_hash(level_key(one, parent_stage(one, chain), level)))
+        ids.update({(seed, level): sid for level, sid in enumerate(chain)})
+    return ids
+
+
 def rewind_key(dense_id: str, iteration: int) -> dict[str, Any]:
     return {"kind": "rewind", "dense": dense_id, "iteration": iteration}
 

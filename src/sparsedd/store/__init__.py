@@ -8,8 +8,10 @@ Layout under the root (the names are in :mod:`.paths`)::
     stages/<id>/final.pt      weights and mask at the end
     stages/<id>/done.json     metrics; written last, so its presence means "complete"
     runs/<id>/config.json     the run's full config
+    .../NAME.sha256           beside every file: its checksum, verified on every read (:mod:`.files`)
 
-A stage is skipped when its done.json exists; the index rows are upserted, so replaying them is harmless.
+A stage is skipped when its done.json exists and its files are as written (:meth:`Store.check_done`);
+a damaged one is computed again. The index rows are upserted, so replaying them is harmless.
 Other packages read and write these files only through :class:`Store`'s methods.
 """
 
@@ -24,10 +26,19 @@ from typing import Any, Iterator
 import torch
 
 from ..config import stable_hash
-from .files import FileCheckpointer, load_tensors, read_json, save_tensors, write_json
+from ..errors import notice
+from . import waiting
+from .files import (DamagedFile, FileCheckpointer, load_tensors, read_json, readable_structure, remove, save_tensors,
+                    set_aside, verify, write_json)
 from .index import Index
-from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, DONE, FINAL, INDEX, INIT, LABELS, LOCKS, MIGRATIONS, REWIND,
-                    RUN_CONFIG, RUNS, STAGE_KEY, STAGES)
+from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, DONE, FINAL, INDEX, INIT, LABELS, LOCKS,
+                    MIGRATIONS, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES)
+
+# the files of a stage that are read once it is done (a batch's result too), and those every stage of a
+# kind has (a damaged batch.json only sends the stage to train again: Store.batch_of)
+STAGE_FILES = (STAGE_KEY, DONE, FINAL, INIT, LABELS, REWIND, BATCH_RESULT)
+CHECKPOINTS = (CHECKPOINT, CHECKPOINT_BEFORE)
+REQUIRED = {"dense": (FINAL, INIT, LABELS), "level": (FINAL,), "rewind": (REWIND,), "analysis-redense": (FINAL,)}
 
 StateDict = dict[str, torch.Tensor]
 
@@ -55,21 +66,86 @@ class Store:
     def is_done(self, stage_id: str) -> bool:
         return (self.stage_dir(stage_id) / DONE).exists()
 
+    def check_done(self, stage_id: str) -> bool:
+        """Whether the stage is done with every file as it was written. A done stage with a damaged or
+        missing file is reopened (the damaged files set aside, ``done.json`` removed) and said so: its
+        inputs are known, so the caller computes it again. The caller holds the stage's lock."""
+        if not self.is_done(stage_id):
+            return False
+        problems = self.stage_problems(stage_id)
+        if not problems:
+            self._tidy(stage_id)  # what a kill after done.json left: checkpoints, a checksum's temporary file
+            return True
+        if self.readonly:  # a non-zero rank: rank 0 reopens it, and every rank computes it again
+            return False
+        self.reopen_stage(stage_id)
+        notice(f"stage {self.stage_dir(stage_id)} was complete but {'; '.join(problems)}: the damaged files are "
+               "set aside and the stage is computed again")
+        return False
+
+    def stage_problems(self, stage_id: str, checkpoints: bool = False) -> list[str]:
+        """What is wrong with the stage's files (and its checkpoints), one item per file (empty when nothing
+        is): a file whose checksum does not match, a file without one that cannot be what it claims, a
+        file a done stage must have missing."""
+        d = self.stage_dir(stage_id)
+        damaged = dict(self._damaged(d, STAGE_FILES + (CHECKPOINTS if checkpoints else ())))
+        problems = [f"{name} is damaged ({why})" for name, why in damaged.items()]
+        if self.is_done(stage_id) and STAGE_KEY not in damaged and (d / STAGE_KEY).exists():
+            kind = self.stage_key(stage_id).get("kind")
+            problems += [f"{name} is missing" for name in REQUIRED.get(kind, ()) if not (d / name).exists()]
+        return problems
+
+    @staticmethod
+    def _damaged(d: Path, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        out = []
+        for name in names:
+            path = d / name
+            if not path.exists():
+                continue
+            try:
+                verify(path)
+                why = readable_structure(path)
+            except DamagedFile as e:
+                why = e.why
+            if why:
+                out.append((name, why))
+        return out
+
+    def reopen_stage(self, stage_id: str) -> list[str]:
+        """Make a stage not done, its damaged files (checkpoints too) set aside as ``NAME.damaged``;
+        returns their names."""
+        d = self.stage_dir(stage_id)
+        damaged = [name for name, _ in self._damaged(d, STAGE_FILES + CHECKPOINTS)]
+        for name in damaged:
+            set_aside(d / name)
+        remove(d / DONE)
+        return damaged
+
     def begin_stage(self, stage_id: str, key: dict[str, Any]) -> Path:
         d = self.stage_dir(stage_id)
         if self.readonly:
             return d
         if not (d / STAGE_KEY).exists():
             write_json(d / STAGE_KEY, key)
-        for stale in d.glob(".*.tmp"):  # left by a write that was killed; never read
-            stale.unlink(missing_ok=True)
+        self._tidy(stage_id)
         return d
 
     def finish_stage(self, stage_id: str, done: dict[str, Any]) -> None:
         if self.readonly:
             return
         write_json(self.stage_dir(stage_id) / DONE, done)
-        (self.stage_dir(stage_id) / CHECKPOINT).unlink(missing_ok=True)
+        self._tidy(stage_id)
+
+    def _tidy(self, stage_id: str) -> None:
+        """Remove the temporary files of killed writes (never read), and a done stage's checkpoints."""
+        if self.readonly:
+            return
+        d = self.stage_dir(stage_id)
+        for stale in d.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        if self.is_done(stage_id):
+            for name in CHECKPOINTS:
+                remove(d / name)
 
     def done_info(self, stage_id: str) -> dict[str, Any]:
         return read_json(self.stage_dir(stage_id) / DONE)
@@ -93,7 +169,8 @@ class Store:
             write_json(self.root / MIGRATIONS, {"applied": sorted({*self.migrated(), name})})
 
     def checkpointer(self, stage_id: str, every_s: float = 60.0, epoch_every_s: float = 1.0) -> FileCheckpointer:
-        return FileCheckpointer(self.stage_dir(stage_id) / CHECKPOINT, every_s, epoch_every_s, self.readonly)
+        d = self.stage_dir(stage_id)
+        return FileCheckpointer(d / CHECKPOINT, every_s, epoch_every_s, self.readonly, previous=d / CHECKPOINT_BEFORE)
 
     def _save(self, stage_id: str, name: str, obj: Any) -> None:
         if self.readonly:
@@ -101,7 +178,11 @@ class Store:
         save_tensors(self.stage_dir(stage_id) / name, obj)
 
     def _load(self, stage_id: str, name: str) -> Any:
-        return load_tensors(self.stage_dir(stage_id) / name)
+        try:
+            return load_tensors(self.stage_dir(stage_id) / name)
+        except DamagedFile as e:
+            raise DamagedFile(e.path, e.why, f"`sparsedd doctor --root {self.root} --repair` sets the stage aside, and "
+                                             "the next `sparsedd run` that needs it computes it again") from None
 
     # --- the files of a stage
     def save_final(self, stage_id: str, model: StateDict, mask: StateDict | None = None, optim: Any = None) -> None:
@@ -147,7 +228,7 @@ class Store:
 
     def batch_of(self, stage_id: str) -> str | None:
         pointer = self.stage_dir(stage_id) / BATCH_POINTER
-        return read_json(pointer)["batch"] if pointer.exists() else None
+        return self._recomputable(pointer, lambda: read_json(pointer)["batch"], "the stage is trained again")
 
     def save_batch_result(self, batch_id: str, outcomes: dict[str, dict[str, Any]]) -> None:
         """Every member stage's outcome (weights, history, final metrics, optimizer state, seconds) by stage id."""
@@ -156,26 +237,45 @@ class Store:
     def batch_result(self, batch_id: str) -> dict[str, dict[str, Any]] | None:
         """What :meth:`save_batch_result` saved; None while the batch has not finished."""
         path = self.stage_dir(batch_id) / BATCH_RESULT
-        return load_tensors(path) if path.exists() else None
+        return self._recomputable(path, lambda: load_tensors(path), "the batch is trained again")
+
+    def _recomputable(self, path: Path, read, then: str) -> Any:
+        """``read()`` of a file that is only a shortcut (what was computed can be computed again): None
+        when it is missing, and when it is damaged, which is then set aside and said so."""
+        if not path.exists():
+            return None
+        try:
+            return read()
+        except DamagedFile as e:
+            aside = "" if self.readonly else f"; set aside as {set_aside(path).name}"
+            notice(f"{e.path} is damaged ({e.why}){aside}: {then}")
+            return None
 
     @contextlib.contextmanager
     def lock(self, stage_id: str) -> Iterator[None]:
         """Hold the stage's lock: another process wanting the same stage waits, then finds it done.
 
         An advisory ``flock`` on ``locks/STAGE.lock``; the kernel drops it when its process dies,
-        so a killed worker never leaves a stage locked.
+        so a killed worker never leaves a stage locked. A wait is reported on the terminal and given up
+        after ``SPARSEDD_LOCK_TIMEOUT`` seconds (:mod:`.waiting`).
         """
         if self.readonly:
             yield
             return
         path = self.root / LOCKS / f"{stage_id}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with open(path, "a+") as f:
+            waiting.acquire(f, f"stage {stage_id} ({self.stage_dir(stage_id)})")
             try:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def locked_stages(self) -> dict[str, str]:
+        """The stages (and other locks) another process holds now, with who holds each."""
+        folder = self.root / LOCKS
+        held = {p.stem: waiting.held_by(p) for p in sorted(folder.glob("*.lock"))} if folder.is_dir() else {}
+        return {name: who for name, who in held.items() if who}
 
     # --- runs
     def run_dir(self, run_id: str) -> Path:
@@ -189,8 +289,20 @@ class Store:
 
     def run_config(self, run_id: str) -> dict[str, Any]:
         """The run's full config as registered (what ``config.from_dict`` reads)."""
-        return read_json(self.run_dir(run_id) / RUN_CONFIG)["config"]
+        return self.run_record(run_id)["config"]
+
+    def run_record(self, run_id: str) -> dict[str, Any]:
+        """``{"config": ..., "preset": ...}`` as registered."""
+        try:
+            return read_json(self.run_dir(run_id) / RUN_CONFIG)
+        except DamagedFile as e:
+            raise DamagedFile(e.path, e.why, "run the run's `sparsedd run` command again: it writes it anew") from None
+
+    def run_folders(self) -> list[str]:
+        """The ids of the runs registered in the run folders (the index may lack some), sorted."""
+        folder = self.root / RUNS
+        return sorted(p.parent.name for p in folder.glob(f"*/{RUN_CONFIG}")) if folder.is_dir() else []
 
 
-__all__ = ["Store", "FileCheckpointer", "Index", "default_root", "read_json", "write_json",
+__all__ = ["Store", "FileCheckpointer", "Index", "DamagedFile", "default_root", "read_json", "write_json",
            "save_tensors", "load_tensors"]

@@ -1,18 +1,43 @@
-"""Atomic file writes (write a temporary file, fsync, rename) and safe checkpoint loading."""
+"""Atomic file writes (write a temporary file, fsync, rename), checksums, and safe checkpoint loading.
+
+Every file written here gets its checksum beside it, ``NAME.sha256`` (the SHA-256 and the size of
+its bytes, as JSON), and every read verifies it: a byte flip or a truncation is a
+:class:`DamagedFile` that names the file, never a silently wrong result. The checksum is removed
+before its file is replaced and recorded after the new file is in place, so a checksum that exists
+always describes its file. A file without one (written before checksums existed, or by a write
+killed between the two renames) is read unverified, and is never called damaged for that.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import SparseddError, notice
+from .paths import CHECKSUM, DAMAGED
 
-def _atomic_write(path: Path, write) -> None:
+_CHUNK = 1 << 20
+
+
+class DamagedFile(SparseddError):
+    """A file whose bytes are not those written: changed, truncated or unreadable."""
+
+    def __init__(self, path: Path, why: str, advice: str = ""):
+        self.path, self.why = Path(path), why
+        super().__init__(f"{path} is damaged ({why})" + (f"; {advice}" if advice else ""))
+
+
+def _temporary(path: Path, write) -> Path:
+    """A temporary file beside ``path`` holding what ``write`` wrote, on disk (fsynced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -20,38 +45,156 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
 
 
+def _atomic_write(path: Path, write) -> None:
+    tmp = _temporary(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- checksums
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM)
+
+
+def checksum_of(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+
+
+def _recorded(path: Path) -> dict[str, Any] | None:
+    """The checksum recorded for ``path``; None when there is none (or it cannot be read: the file
+    itself may be fine, so it is read unverified rather than called damaged)."""
+    try:
+        rec = json.loads(checksum_path(path).read_bytes())
+        return rec if isinstance(rec.get("sha256"), str) and isinstance(rec.get("bytes"), int) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _record(path: Path, checksum: dict[str, Any]) -> None:
+    data = json.dumps(checksum).encode()
+    _atomic_write(checksum_path(path), lambda f: f.write(data))
+
+
+def verify(path: Path) -> None:
+    """Raise :class:`DamagedFile` if ``path``'s bytes differ from those recorded when it was written."""
+    rec = _recorded(path)
+    if rec is None:
+        return
+    size = path.stat().st_size
+    if size < rec["bytes"]:
+        raise DamagedFile(path, f"truncated: {size} of its {rec['bytes']} bytes")
+    if size != rec["bytes"] or checksum_of(path)["sha256"] != rec["sha256"]:
+        raise DamagedFile(path, "its checksum does not match: the bytes changed after it was written")
+
+
+def _checked_write(path: Path, write, previous: Path | None = None) -> None:
+    """Write atomically and record the checksum; ``previous``: keep the file being replaced there."""
+    tmp = _temporary(path, write)
+    try:
+        checksum = checksum_of(tmp)  # of the bytes on disk
+        if previous is not None and path.exists():
+            _move(path, previous)
+        checksum_path(path).unlink(missing_ok=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _record(path, checksum)
+
+
+def _move(path: Path, dest: Path) -> None:
+    """Rename a file with its checksum; each checksum leaves before its file does and follows after."""
+    rec = _recorded(path)
+    checksum_path(dest).unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+    os.replace(path, dest)
+    if rec is not None:
+        _record(dest, rec)
+
+
+def remove(path: Path) -> None:
+    """Delete a file and its checksum."""
+    checksum_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to ``NAME.damaged`` (kept to look at, never read); returns the new path."""
+    aside = path.with_name(path.name + DAMAGED)
+    checksum_path(path).unlink(missing_ok=True)
+    os.replace(path, aside)
+    return aside
+
+
+# --- JSON and tensors
 def write_json(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    _atomic_write(path, lambda f: f.write(data))
+    _checked_write(path, lambda f: f.write(data))
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    verify(path)
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as e:  # a truncated file, or bytes that are not UTF-8
+        raise DamagedFile(path, f"not valid JSON: {e}") from None
 
 
-def save_tensors(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
+def save_tensors(path: Path, obj: Any, previous: Path | None = None) -> None:
+    _checked_write(path, lambda f: torch.save(obj, f), previous)
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> Any:
-    return torch.load(path, map_location=device, weights_only=True)
+    verify(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        # torch reads a zip archive: a cut one fails as a "zip archive" RuntimeError, or an OSError near its end
+        why = " ".join(str(e).split())[:200]  # torch's messages span lines
+        raise DamagedFile(path, f"not a readable torch file: {why}") from None
+
+
+def readable_structure(path: Path) -> str | None:
+    """Why a file without a recorded checksum cannot be what it claims (truncated JSON, a torch file
+    without its zip directory); None when nothing is visibly wrong."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_bytes())
+        elif path.suffix == ".pt" and not zipfile.is_zipfile(path):
+            return "not a readable torch file (truncated?)"
+    except ValueError as e:
+        return f"not valid JSON: {e}"
+    return None
 
 
 class FileCheckpointer:
-    """Checkpoints of one training stage in one file.
+    """Checkpoints of one training stage in one file, the one before it kept beside it.
 
     Saves at the end of an epoch when ``epoch_every_s`` seconds have passed since the last save
-    (0: every epoch) and inside an epoch when ``every_s`` have (for long epochs).
+    (0: every epoch) and inside an epoch when ``every_s`` have (for long epochs). A damaged
+    checkpoint is set aside and the previous one used, or none (the stage starts over): both
+    resume exactly, only later or earlier.
     """
 
-    def __init__(self, path: Path, every_s: float = 60.0, epoch_every_s: float = 1.0, readonly: bool = False):
+    def __init__(self, path: Path, every_s: float = 60.0, epoch_every_s: float = 1.0, readonly: bool = False,
+                 previous: Path | None = None):
         self.path = Path(path)
+        self.previous = Path(previous) if previous is not None else None
         self.readonly = readonly
         self.every_s = every_s
         self.epoch_every_s = epoch_every_s
@@ -60,9 +203,34 @@ class FileCheckpointer:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state; read from disk once, then kept until the next save."""
-        if self._loaded is None and self.path.exists():
-            self._loaded = load_tensors(self.path)
+        if self._loaded is None:
+            self._loaded = self._read_good()
         return self._loaded
+
+    def _read_good(self) -> dict[str, Any] | None:
+        damaged, state = [], None
+        for path in (self.path, self.previous):
+            if path is None or not path.exists():
+                continue
+            try:
+                state = load_tensors(path)
+                break
+            except DamagedFile as e:
+                damaged.append(e)
+        for e in damaged:  # then the state, if any, is the previous checkpoint's
+            then = "the stage resumes from the previous checkpoint" if state is not None else \
+                "the stage starts again from its beginning"
+            notice(f"checkpoint {e.path} is damaged ({e.why}); {self._set_aside(e.path)}{then}")
+        return state
+
+    def _set_aside(self, path: Path) -> str:
+        """Set a damaged checkpoint aside (rank 0 does it for every process); says where it went."""
+        if self.readonly:
+            return ""
+        try:
+            return f"set aside as {set_aside(path).name}; "
+        except OSError:
+            return ""
 
     def due(self, end_of_epoch: bool) -> bool:
         if self.readonly:
@@ -72,10 +240,12 @@ class FileCheckpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         self._loaded = None
-        save_tensors(self.path, state)
+        save_tensors(self.path, state, previous=self.previous)
         self._last = time.monotonic()
 
     def clear(self) -> None:
         self._loaded = None
         if not self.readonly:
-            self.path.unlink(missing_ok=True)
+            for path in (self.path, self.previous):
+                if path is not None:
+                    remove(path)

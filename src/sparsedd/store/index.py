@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+from ..errors import SparseddError
+from .waiting import INDEX_TIMEOUT, Waiter
 
 EPOCH_COLUMNS = ("lr", "train_loss_running", "train_acc_running", "test_loss", "test_acc", "train_loss",
                  "train_acc_noisy", "train_acc_clean", "memorized", "val_loss", "val_acc")
@@ -32,6 +36,14 @@ CREATE TABLE IF NOT EXISTS epochs (
 """
 
 
+TABLES = ("runs", "run_stages", "levels", "analyses", "epochs")
+
+
+def _with_columns(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    """The row with every metric column (NULL where the index predates one and has not been written since)."""
+    return {**row, **{c: None for c in columns if c not in row}}
+
+
 def _add_new_columns(con: sqlite3.Connection) -> None:
     """Metric columns added since an index was created (its rows keep NULL there)."""
     for table, columns in (("levels", LEVEL_COLUMNS), ("epochs", EPOCH_COLUMNS)):
@@ -45,38 +57,112 @@ def _add_new_columns(con: sqlite3.Connection) -> None:
                         raise
 
 
+# what SQLite's error names say about the index (Python 3.11 gives them; older ones fall back on the text)
+_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
+_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+_UNUSABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_PERM")
+BUSY_SLICE_S = 1.0  # SQLite's own busy wait; longer waits are ours (reported, given up after a timeout)
+
+
+def _error_kind(e: sqlite3.DatabaseError) -> str:
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e)
+    if name.startswith(_BUSY) or "locked" in text or "busy" in text:
+        return "busy"
+    if name.startswith(_DAMAGED) or "malformed" in text or "not a database" in text:
+        return "damaged"
+    if name.startswith(_UNUSABLE) or "unable to open" in text or "readonly" in text:
+        return "unusable"
+    return "other"
+
+
+class IndexDamaged(SparseddError):
+    """The index file is not a readable SQLite database (truncated, overwritten, half-copied)."""
+
+    def __init__(self, path: Path, why: str):
+        self.why = why
+        super().__init__(f"the index {path} is damaged ({why}); rebuild it from the stage folders: "
+                         f"sparsedd doctor --root {path.parent} --repair")
+
+
 class Index:
+    """Writes are one ``BEGIN IMMEDIATE`` transaction each, in WAL mode; reads write nothing and create
+    no table, so a store on read-only media can be read. A lock held by another process is waited for
+    (:class:`.waiting.Waiter`), a damaged file is a one-line error that names its repair."""
+
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly  # a non-zero rank of a distributed run: rank 0 writes
 
-    def connect(self) -> sqlite3.Connection:
+    def _open_write(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA busy_timeout=60000")
-        con.executescript(SCHEMA)
-        _add_new_columns(con)
+        con = sqlite3.connect(self.path, timeout=BUSY_SLICE_S, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+            _add_new_columns(con)
+        except BaseException:
+            con.close()
+            raise
         return con
 
-    def _write(self, sql: str, rows: list[tuple]) -> None:
-        """One transaction; many processes may write at once (WAL, a busy timeout, then retries)."""
-        if self.readonly:
-            return
-        for attempt in range(8):
+    def _open_read(self) -> sqlite3.Connection:
+        """A connection that only reads: where the index can be written, a plain one (SQLite's WAL files
+        come and go with it, where a read-only one would leave them behind); where it cannot, read-only,
+        or as an immutable file where even the WAL files cannot be made (read-only media: nothing can
+        change it there while it is read). No table is created, nothing written."""
+        if os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK):
+            return sqlite3.connect(self.path, timeout=BUSY_SLICE_S, isolation_level=None)
+        uri = self.path.resolve().as_uri()
+        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_SLICE_S, isolation_level=None)
+        try:
+            con.execute("SELECT COUNT(*) FROM sqlite_master")  # opens the file and its WAL now
+            return con
+        except sqlite3.OperationalError as e:
+            con.close()
+            if _error_kind(e) != "unusable":
+                raise
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+
+    def _run(self, op, write: bool) -> Any:
+        """``op(connection)``, waiting while another process holds the index's lock; SQLite's errors
+        about the file (damaged, locked too long, not writable) as one-line errors."""
+        waiter = None
+        while True:
             try:
-                con = self.connect()
+                con = self._open_write() if write else self._open_read()
                 try:
-                    with con:
-                        con.execute("BEGIN IMMEDIATE")
-                        con.executemany(sql, rows)
-                    return
+                    return op(con)
                 finally:
                     con.close()
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e) or attempt == 7:
-                    raise
-                time.sleep(0.05 * 2 ** attempt)
+            except sqlite3.DatabaseError as e:
+                kind = _error_kind(e)
+                if kind == "busy":
+                    waiter = waiter or Waiter(f"the index {self.path}", INDEX_TIMEOUT,
+                                              "stop the process holding it (`fuser` names it)")
+                    waiter.pause()
+                    continue
+                raise self._user_error(e, kind, write) from None
+
+    def _user_error(self, e: sqlite3.DatabaseError, kind: str, write: bool) -> Exception:
+        what = " ".join(str(e).split())
+        if kind == "damaged":
+            return IndexDamaged(self.path, what)
+        if kind == "unusable":
+            return SparseddError(f"cannot {'write' if write else 'read'} the index {self.path} ({what})")
+        return e
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """One transaction; many processes may write at once (WAL; a busy one waits)."""
+        if self.readonly:
+            return
+
+        def transaction(con: sqlite3.Connection) -> None:
+            with con:
+                con.execute("BEGIN IMMEDIATE")
+                con.executemany(sql, rows)
+
+        self._run(transaction, write=True)
 
     def upsert_run(self, run_id: str, config: dict[str, Any], preset: str | None, seeds: int, levels: int) -> None:
         now = time.time()
@@ -110,16 +196,21 @@ class Index:
         self._write("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?)",
                     [(analysis_id, target, kind, json.dumps(settings, sort_keys=True), json.dumps(result))])
 
-    # --- reads; an index not written yet reads as empty
+    # --- reads; an index not written yet reads as empty, and so does one whose tables are missing
     def _query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        con = self.connect()
-        con.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in con.execute(sql, params).fetchall()]
-        finally:
-            con.close()
+
+        def rows(con: sqlite3.Connection) -> list[dict[str, Any]]:
+            con.row_factory = sqlite3.Row
+            try:
+                return [dict(r) for r in con.execute(sql, params).fetchall()]
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):  # an empty file (SQLite's empty database)
+                    return []
+                raise
+
+        return self._run(rows, write=False)
 
     def run_ids(self) -> list[str]:
         return [r["run_id"] for r in self._query("SELECT run_id FROM runs")]
@@ -143,12 +234,46 @@ class Index:
         """One row per run, seed and level: its metrics, with the layer sparsities as a dict."""
         rows = self._query("SELECT rs.run_id, rs.seed, l.* FROM run_stages rs JOIN levels l ON l.stage_id = rs.stage_id "
                            "ORDER BY rs.run_id, rs.seed, rs.level")
-        return [{**r, "layer_sparsity": json.loads(r["layer_sparsity"])} for r in rows]
+        return [{**_with_columns(r, LEVEL_COLUMNS), "layer_sparsity": json.loads(r["layer_sparsity"])} for r in rows]
 
     def epoch_rows(self) -> list[dict[str, Any]]:
-        """One row per run, seed, level and epoch."""
-        return self._query("SELECT rs.run_id, rs.seed, rs.level, e.* FROM run_stages rs "
+        """One row per run, seed, level and epoch (an index read, not written, by this version may lack
+        the newest columns: they read as NULL, as they would once added)."""
+        rows = self._query("SELECT rs.run_id, rs.seed, rs.level, e.* FROM run_stages rs "
                            "JOIN epochs e ON e.stage_id = rs.stage_id ORDER BY rs.run_id, rs.seed, rs.level, e.epoch")
+        return [_with_columns(r, EPOCH_COLUMNS) for r in rows]
+
+    def contents(self) -> dict[str, set]:
+        """What the index holds, to compare with what the stage folders say (``sparsedd doctor``)."""
+        return {"runs": {r["run_id"] for r in self._query("SELECT run_id FROM runs")},
+                "links": {(r["run_id"], r["seed"], r["level"], r["stage_id"])
+                          for r in self._query("SELECT * FROM run_stages")},
+                "levels": {r["stage_id"] for r in self._query("SELECT stage_id FROM levels")},
+                "analyses": {r["analysis_id"] for r in self._query("SELECT analysis_id FROM analyses")}}
+
+    def problem(self) -> str | None:
+        """Why the index cannot be read as it is (missing, damaged, tables missing); None when it can."""
+        if not self.path.exists():
+            return "missing"
+
+        def check(con: sqlite3.Connection) -> str | None:
+            result = con.execute("PRAGMA integrity_check").fetchone()[0]
+            if result != "ok":
+                return f"damaged (integrity check: {' '.join(result.split())})"
+            have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = [t for t in TABLES if t not in have]
+            return f"tables missing: {', '.join(missing)}" if missing else None
+
+        try:
+            return self._run(check, write=False)
+        except IndexDamaged as e:
+            return f"damaged ({e.why})"
+
+    # --- rebuilding from the stage folders (sparsedd doctor --repair): a run's row as it was
+    def restore_run(self, run_id: str, config: dict[str, Any], preset: str | None, seeds: int, levels: int, status: str,
+                    error: str | None, created: float, updated: float) -> None:
+        self._write("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, json.dumps(config, sort_keys=True), preset, seeds, levels, status, error, created, updated)])
 
     def analysis_rows(self) -> list[dict[str, Any]]:
         """One row per run, seed, level and cached analysis, with its settings and result as dicts."""

@@ -15,6 +15,7 @@ MIGRATIONS = "migrations.json"  # the one-time corrections already applied to th
 # in a stage folder
 STAGE_KEY = "stage.json"  # what the stage is (its id is this key's hash)
 CHECKPOINT = "checkpoint.pt"  # while it trains
+CHECKPOINT_BEFORE = "checkpoint.prev.pt"  # the checkpoint before it, used when the last one is damaged
 FINAL = "final.pt"  # weights at the end (a level's also its mask and optimizer state)
 DONE = "done.json"  # written last: its presence means the stage is complete
 INIT = "init.pt"  # the dense stage's initial weights
@@ -25,3 +26,7 @@ BATCH_RESULT = "result.pt"  # in a batch's folder: every member stage's outcome
 
 # in a run folder
 RUN_CONFIG = "config.json"
+
+# beside any file written by store/files.py (stage files, run configs, data caches)
+CHECKSUM = ".sha256"  # NAME.sha256: {"sha256": ..., "bytes": ...} of NAME as written
+DAMAGED = ".damaged"  # NAME.damaged: a damaged file set aside (never read again)

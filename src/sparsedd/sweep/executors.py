@@ -28,6 +28,9 @@ class Task:
     errors: list[str] = field(default_factory=list)
 
 
+STOP_WAIT_S = 10.0  # how long a terminated worker may take to exit before it is killed
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "no output"
@@ -81,11 +84,18 @@ class LocalExecutor:
         return out
 
     def close(self) -> None:
+        """Stop the running workers: SIGTERM, then SIGKILL for any still there after ``STOP_WAIT_S``.
+        Their stages keep their checkpoints (a rerun resumes them)."""
         for task, proc, *_ in self.running.values():
             proc.terminate()
         for task, proc, _, _, log in self.running.values():
-            proc.wait()
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             log.close()
+        self.running.clear()
 
 
 class InlineExecutor:

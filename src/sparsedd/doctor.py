@@ -1,0 +1,312 @@
+"""`sparsedd doctor`: check every stage and the index of a store; with ``--repair``, set the damaged
+stages aside (the next run that needs one computes it again) and rebuild the index.
+
+The stage folders are the source of truth and hold everything the index does:
+
+- the runs: ``runs/<id>/config.json`` (config and preset; created at that file's time);
+- which stages a run has: the chain of stage ids recomputed from its config
+  (:func:`sparsedd.experiments.stages.stage_chain`), each seed's as far as its stages are done;
+- the metrics: each done stage's ``done.json`` (a level's metrics and epochs, an analysis's result).
+
+A rebuilt run is complete when all its stages are done (diverged when a seed's training diverged,
+which ends its chain), partial otherwise; what only the old index knew (a failed run's error, its
+created time, a damaged config.json) is kept where it can be read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from .errors import SparseddError
+from .experiments.imp import divergence_note
+from .experiments.stages import stage_chain
+from .store import DamagedFile, Store, write_json
+from .store.index import Index
+from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG
+
+# states of a stage worth a line; a complete, sound and used stage gets none
+DAMAGED, PARTIAL, ORPHANED, BUSY = "damaged", "partial", "orphaned", "busy"
+
+
+@dataclass
+class Finding:
+    state: str
+    stage: str
+    what: str  # "dense", "level 3", "analysis-redense", ...
+    detail: str
+
+
+@dataclass
+class Examination:
+    stages: int = 0
+    complete: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    chains: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict)  # run -> (seed, level) -> stage
+    bad_runs: dict[str, str] = field(default_factory=dict)  # run -> why its config cannot be read
+    index_problem: str | None = None
+    index_lacks: dict[str, int] = field(default_factory=dict)  # what the folders have and the index does not
+
+    def count(self, state: str) -> int:
+        return sum(f.state == state for f in self.findings)
+
+    @property
+    def healthy(self) -> bool:
+        return (not self.count(DAMAGED) and not self.bad_runs and self.index_problem is None
+                and not any(self.index_lacks.values()))
+
+
+def examine(store: Store) -> Examination:
+    if not any((store.root / name).exists() for name in ("stages", "runs", INDEX)):
+        raise SparseddError(f"no store at {store.root} (no stages/, runs/ or {INDEX} there); give its --root")
+    ex = Examination()
+    for run_id in store.run_folders():
+        try:
+            ex.chains[run_id] = stage_chain(config_mod.from_dict(store.run_config(run_id)))
+        except (SparseddError, KeyError, TypeError, ValueError) as e:  # damaged, or settings this version lacks
+            ex.bad_runs[run_id] = str(e)
+    used = {sid for chain in ex.chains.values() for sid in chain.values()}
+    busy = store.locked_stages() if os.access(store.root, os.W_OK) else {}
+    for sid in store.stage_ids():
+        ex.stages += 1
+        finding = _examine_stage(store, sid, used, busy.get(sid))
+        ex.complete += store.is_done(sid) and (finding is None or finding.state == ORPHANED)
+        if finding is not None:
+            ex.findings.append(finding)
+    ex.index_problem = store.index.problem()
+    if ex.index_problem is None:
+        have, want = store.index.contents(), _folder_contents(store, ex.chains)
+        ex.index_lacks = {k: len(want[k] - have[k]) for k in want}
+    return ex
+
+
+def _examine_stage(store: Store, sid: str, used: set[str], holder: str | None) -> Finding | None:
+    key = _key(store, sid)
+    what = _label(key)
+    if holder:  # its files change under us: looked at once it is free
+        return Finding(BUSY, sid, what, f"being computed by {holder} now")
+    problems = store.stage_problems(sid, checkpoints=True)
+    if problems:
+        return Finding(DAMAGED, sid, what, "; ".join(problems))
+    d = store.stage_dir(sid)
+    if key is not None and key.get("kind") == "batch":
+        return None if (d / BATCH_RESULT).exists() else Finding(PARTIAL, sid, what, _interrupted(d))
+    if not store.is_done(sid):
+        return Finding(PARTIAL, sid, what, _interrupted(d))
+    if key is not None and not _used(key, sid, used):
+        return Finding(ORPHANED, sid, what, "complete, but no run uses it (kept: a run may need it again)")
+    return None
+
+
+def _key(store: Store, sid: str) -> dict[str, Any] | None:
+    try:
+        return store.stage_key(sid)
+    except (OSError, DamagedFile):  # reported with the stage's problems
+        return None
+
+
+def _label(key: dict[str, Any] | None) -> str:
+    if key is None:
+        return "?"
+    return f"level {key['level']}" if key.get("kind") == "level" else str(key.get("kind"))
+
+
+def _interrupted(d: Path) -> str:
+    if (d / CHECKPOINT).exists():  # sound: a damaged one is among the stage's problems
+        return "interrupted; resumes from its checkpoint when a run needs it"
+    return "started, nothing saved yet; starts over when a run needs it"
+
+
+def _used(key: dict[str, Any], sid: str, used: set[str]) -> bool:
+    kind = str(key.get("kind"))
+    if kind in ("dense", "level"):
+        return sid in used
+    if kind == "rewind":
+        return key.get("dense") in used
+    if kind.startswith("analysis-"):
+        return key.get("target") in used
+    if kind == "batch":
+        return any(s in used for s in key.get("stages", ()))
+    return True
+
+
+@dataclass
+class RunState:
+    """What the stage folders say of a run: its links, whether every seed finished, where seeds diverged."""
+
+    links: list[tuple[str, int, int, str]]
+    finished: bool
+    diverged: list[tuple[int, int, int]]  # (seed, level, epoch)
+
+
+def _run_state(store: Store, run_id: str, chain: dict[tuple[int, int], str]) -> RunState:
+    """Each seed's done stages from level 0 up to its first stage not done, or to the one where its
+    training diverged (which ends the seed's chain: no later level is computed)."""
+    links, diverged, finished = [], [], 0
+    seeds = sorted({seed for seed, _ in chain})
+    for seed in seeds:
+        for level in sorted(level for s, level in chain if s == seed):
+            sid = chain[(seed, level)]
+            if not store.is_done(sid):
+                break
+            links.append((run_id, seed, level, sid))
+            metrics = store.done_info(sid).get("metrics", {})
+            if metrics.get("diverged"):
+                diverged.append((seed, level, int(metrics.get("diverged_epoch", 0))))
+                finished += 1
+                break
+        else:
+            finished += 1
+    return RunState(links, finished == len(seeds), diverged)
+
+
+def _folder_contents(store: Store, chains: dict[str, dict[tuple[int, int], str]]) -> dict[str, set]:
+    """What the index should hold according to the folders (links aside: a run links a stage another
+    run finished only once it gets there, so an index may lack those and be right)."""
+    done = {sid: _key(store, sid) for sid in store.stage_ids() if store.is_done(sid)}
+    return {"runs": set(chains),
+            "levels": {sid for sid, key in done.items() if key and key.get("kind") in ("dense", "level")},
+            "analyses": {sid for sid, key in done.items() if key and str(key.get("kind")).startswith("analysis-")}}
+
+
+# --- the report
+def describe(store: Store, ex: Examination) -> list[str]:
+    counts = [f"{ex.complete} complete"] + [f"{ex.count(s)} {s}" for s in (PARTIAL, DAMAGED, BUSY) if ex.count(s)]
+    unused = f"; {ex.count(ORPHANED)} of the complete ones used by no run" if ex.count(ORPHANED) else ""
+    lines = [f"store {store.root}: {ex.stages} stages ({', '.join(counts)}{unused}), "
+             f"{len(ex.chains) + len(ex.bad_runs)} runs"]
+    lines += [f"  {f.state:<9} {f.stage}  {f.what:<18} {f.detail}" for f in ex.findings]
+    lines += [f"  run {run_id}: its {RUN_CONFIG} cannot be read ({why})" for run_id, why in ex.bad_runs.items()]
+    if ex.index_problem is not None:
+        lines.append(f"index: {ex.index_problem}")
+    elif any(ex.index_lacks.values()):
+        lacks = ", ".join(f"{n} {k}" for k, n in ex.index_lacks.items() if n)
+        lines.append(f"index: out of date; lacks what the stage folders hold ({lacks})")
+    else:
+        lines.append("index: ok")
+    if not ex.healthy:
+        lines.append(f"to repair: sparsedd doctor --root {store.root} --repair (damaged stages are set aside and "
+                     "computed again by the next run that needs them; the index is rebuilt from the stage folders)")
+    return lines
+
+
+# --- the repair
+def repair(store: Store, ex: Examination) -> list[str]:
+    """Set the damaged stages aside and rebuild the index; returns what was done, a line each."""
+    busy = store.locked_stages()
+    if busy:
+        name, who = next(iter(busy.items()))
+        raise SparseddError(f"{len(busy)} stages are being computed now ({name} by {who}); repair when no "
+                            f"sparsedd process uses {store.root}")
+    lines = []
+    for f in ex.findings:
+        if f.state == DAMAGED:
+            names = store.reopen_stage(f.stage)
+            lines.append(f"stage {f.stage} ({f.what}): set aside {', '.join(n + '.damaged' for n in names) or 'nothing'}"
+                         "; the next run that needs it computes it again")
+    old = _old_runs(store)
+    lines += _restore_configs(store, ex, old)
+    counts = rebuild_index(store, old)
+    lines.append(f"index rebuilt from the stage folders: {counts['runs']} runs, {counts['links']} links, "
+                 f"{counts['levels']} stages' metrics, {counts['analyses']} analyses"
+                 + (f" (the old one is kept as {INDEX}.old)" if counts["old_kept"] else ""))
+    return lines
+
+
+def _old_runs(store: Store) -> dict[str, dict[str, Any]]:
+    """The old index's runs where it can be read (what only it knows survives the rebuild)."""
+    if store.index.problem() is not None:
+        return {}
+    return {r["run_id"]: r for r in store.index.run_rows()}
+
+
+def _restore_configs(store: Store, ex: Examination, old: dict[str, dict[str, Any]]) -> list[str]:
+    """Rewrite a run's unreadable config.json from the old index, which holds the same config."""
+    lines = []
+    for run_id in list(ex.bad_runs):
+        if run_id not in old:
+            lines.append(f"run {run_id}: its {RUN_CONFIG} cannot be read and the index does not have it; "
+                         "run its `sparsedd run` command again to register it anew")
+            continue
+        write_json(store.run_dir(run_id) / RUN_CONFIG, {"config": old[run_id]["config"], "preset": old[run_id]["preset"]})
+        ex.chains[run_id] = stage_chain(config_mod.from_dict(old[run_id]["config"]))
+        del ex.bad_runs[run_id]
+        lines.append(f"run {run_id}: {RUN_CONFIG} written anew from the index")
+    return lines
+
+
+def rebuild_index(store: Store, old: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write a new index from the stage folders beside the old one, then put it in its place."""
+    path = store.root / INDEX
+    fresh = Index(path.with_name(INDEX + ".rebuilding"))
+    _remove_database(fresh.path)
+    counts = {"runs": 0, "links": 0, "levels": 0, "analyses": 0}
+    for run_id in store.run_folders():
+        try:
+            record = store.run_record(run_id)
+            cfg = config_mod.from_dict(record["config"])
+        except (SparseddError, KeyError, TypeError, ValueError):  # reported; not in the new index
+            continue
+        state = _run_state(store, run_id, stage_chain(cfg))
+        for link in state.links:
+            fresh.link(*link)
+        _restore_run(fresh, store, run_id, record, cfg, state, old.get(run_id))
+        counts["runs"] += 1
+        counts["links"] += len(state.links)
+    for sid in store.stage_ids():
+        if store.is_done(sid):  # the damaged ones are not (any more): set aside before the rebuild
+            table = _restore_stage(fresh, store, sid)
+            if table is not None:
+                counts[table] += 1
+    counts["old_kept"] = _swap_database(path, fresh.path)
+    return counts
+
+
+def _restore_run(index: Index, store: Store, run_id: str, record: dict[str, Any], cfg: config_mod.RunConfig,
+                 state: RunState, old: dict[str, Any] | None) -> None:
+    created = os.stat(store.run_dir(run_id) / RUN_CONFIG).st_mtime
+    note = divergence_note(state.diverged)
+    status, error = ("partial", None) if not state.finished else ("diverged", note) if note else ("complete", None)
+    if old is not None:
+        created = old["created"] or created
+        if not state.finished and old["status"] == "failed":
+            status, error = "failed", old["error"]
+    index.restore_run(run_id, record["config"], record.get("preset"), cfg.seeds, cfg.prune.levels, status, error,
+                      created, created if old is None else old["updated"] or created)
+
+
+def _restore_stage(index: Index, store: Store, sid: str) -> str | None:
+    """A done stage's rows: a dense or level stage's metrics and epochs, an analysis's result."""
+    key, info = store.stage_key(sid), store.done_info(sid)
+    kind = str(key.get("kind"))
+    if kind in ("dense", "level"):
+        index.record_epochs(sid, info.get("history", []))
+        index.record_level(sid, key.get("level", 0), info["metrics"])
+        return "levels"
+    if kind.startswith("analysis-"):
+        index.record_analysis(sid, key["target"], kind.removeprefix("analysis-"), key["settings"], info["result"])
+        return "analyses"
+    return None
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _swap_database(path: Path, fresh: Path) -> bool:
+    """Put ``fresh`` in the place of ``path``, the old database (with its WAL files) kept as ``.old``."""
+    aside = path.with_name(path.name + ".old")
+    kept = path.exists()
+    if kept:
+        _remove_database(aside)
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    for suffix in ("-wal", "-shm"):  # nothing is left in them once its connections closed
+        Path(f"{fresh}{suffix}").unlink(missing_ok=True)
+    os.replace(fresh, path)
+    return kept

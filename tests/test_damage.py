@@ -1,0 +1,217 @@
+"""Issue 13, point 2: damaged files (real byte flips and truncations) are found by their checksums and
+never give a wrong "complete" result: a damaged checkpoint is set aside and the stage resumes from the
+previous one or starts over, a damaged file of a finished stage makes the stage be computed again, a
+damaged data cache is generated again; each says so in one line naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparsedd.experiments.progress as progress
+from conftest import TINY
+from sparsedd import config as config_mod
+from sparsedd.cli import main
+from sparsedd.data import DataConfig, load_dataset
+from sparsedd.experiments import ExecOptions, run
+from sparsedd.experiments.stages import stage_chain
+from sparsedd.store import DamagedFile, Store
+from sparsedd.store.files import load_tensors, read_json, save_tensors, write_json
+
+EPOCHS = 6
+SETS = [s for s in TINY if not s.startswith(("train.epochs", "prune.levels"))] + [f"train.epochs={EPOCHS}"]
+OPTIONS = ExecOptions(progress=False, batch="off", sparse="off", checkpoint_epoch_s=0)
+
+
+def config(levels: int = 2):
+    return config_mod.load(None, None, SETS + [f"prune.levels={levels}"], 1)
+
+
+def flip(path: Path) -> None:
+    """64 bytes in the middle of the file inverted (as the issue's test did)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def finals(store: Store, cfg) -> dict:
+    return {key: store.final(sid) for key, sid in stage_chain(cfg).items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        for name, tensor in a[key]["model"].items():
+            assert torch.equal(tensor, b[key]["model"][name]), (key, name)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Store:
+    """The uninterrupted, undamaged run."""
+    store = Store(tmp_path_factory.mktemp("reference"))
+    run(config(), store, options=OPTIONS)
+    return store
+
+
+# --- the files themselves ----------------------------------------------------------------------------
+
+
+def test_a_flipped_or_truncated_file_is_damaged_one_without_checksum_is_read_as_it_is(tmp_path):
+    path = tmp_path / "w.pt"
+    save_tensors(path, {"w": torch.arange(1000.0)})
+    assert json.loads((tmp_path / "w.pt.sha256").read_text())["bytes"] == path.stat().st_size
+    flip(path)
+    with pytest.raises(DamagedFile, match="checksum does not match") as e:
+        load_tensors(path)
+    assert str(path) in str(e.value) and len(str(e.value).splitlines()) == 1
+    save_tensors(path, {"w": torch.arange(1000.0)})
+    size = path.stat().st_size
+    truncate(path)
+    with pytest.raises(DamagedFile, match=f"truncated: {size // 2} of its {size} bytes"):
+        load_tensors(path)
+    # written before checksums existed: unverified but accepted, whatever its bytes
+    save_tensors(path, {"w": torch.arange(1000.0)})
+    (tmp_path / "w.pt.sha256").unlink()
+    torch.save({"w": torch.zeros(3)}, path)
+    assert torch.equal(load_tensors(path)["w"], torch.zeros(3))
+    # ... unless it is not a torch file at all (cut anywhere)
+    whole = path.read_bytes()
+    for size in (len(whole) // 2, len(whole) - 10):
+        path.write_bytes(whole[:size])
+        with pytest.raises(DamagedFile, match="not a readable torch file"):
+            load_tensors(path)
+    write_json(tmp_path / "d.json", {"a": 1})
+    truncate(tmp_path / "d.json")
+    with pytest.raises(DamagedFile, match="truncated"):
+        read_json(tmp_path / "d.json")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def epochs_trained(monkeypatch):
+    """Counts the epochs trained; ``stop_at[0]``: raise KeyboardInterrupt at that epoch (1-based, over
+    the whole run), as an interruption after that epoch's checkpoint was written."""
+    count, stop_at = [0], [None]
+    real = progress.Progress.epoch
+
+    def epoch(self, metrics, advance_total=1):
+        count[0] += 1
+        if count[0] == stop_at[0]:
+            raise KeyboardInterrupt
+        real(self, metrics, advance_total)
+
+    monkeypatch.setattr(progress.Progress, "epoch", epoch)
+    return count, stop_at
+
+
+@pytest.mark.parametrize("damaged", [["checkpoint.pt"], ["checkpoint.pt", "checkpoint.prev.pt"]])
+def test_a_damaged_checkpoint_is_set_aside_and_the_stage_resumes_exactly(tmp_path, reference, epochs_trained, capsys,
+                                                                         damaged):
+    count, stop_at = epochs_trained
+    store = Store(tmp_path)
+    stop_at[0] = EPOCHS + 4  # level 1, its 4th epoch: checkpoints after epochs 3 (last) and 2 (previous)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(), store, options=OPTIONS)
+    (ckpt,) = tmp_path.glob("stages/*/checkpoint.pt")
+    for name in damaged:
+        flip(ckpt.with_name(name))
+    count[0], stop_at[0] = 0, None
+    capsys.readouterr()
+    run(config(), store, options=OPTIONS)
+    err = capsys.readouterr().err
+    for name in damaged:
+        assert f"checkpoint {ckpt.with_name(name)} is damaged (its checksum does not match" in err
+        assert ckpt.with_name(name + ".damaged").exists()
+    if len(damaged) == 1:  # from the previous checkpoint (after epoch 2), then level 2 whole
+        assert "resumes from the previous checkpoint" in err and count[0] == (EPOCHS - 2) + EPOCHS
+    else:  # from the start of level 1
+        assert "starts again from its beginning" in err and count[0] == 2 * EPOCHS
+    assert_same_weights(finals(store, config()), finals(reference, config()))
+    assert store.index.run_status(config().run_id) == "complete"
+    assert not list(tmp_path.glob("stages/*/checkpoint*.pt"))
+
+
+# --- finished stages -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level, name, damage", [
+    (1, "final.pt", flip),  # the issue's case: it silently changed the next level
+    (1, "final.pt", truncate),  # a raw PytorchStreamReader traceback before
+    (0, "done.json", truncate),  # a raw JSONDecodeError before
+    (0, "labels.pt", flip),
+    (0, "init.pt", truncate),
+])
+def test_a_damaged_file_of_a_finished_stage_makes_it_computed_again(tmp_path, reference, capsys, level, name, damage):
+    store = Store(tmp_path)
+    run(config(levels=1), store, options=OPTIONS)
+    sid = stage_chain(config())[(0, level)]
+    damage(store.stage_dir(sid) / name)
+    capsys.readouterr()
+    run(config(levels=2), store, options=OPTIONS)  # the next level reads it
+    err = capsys.readouterr().err
+    assert f"stage {store.stage_dir(sid)} was complete but {name} is damaged" in err
+    assert "computed again" in err and len(err.splitlines()) == 1
+    assert (store.stage_dir(sid) / f"{name}.damaged").exists()
+    assert_same_weights(finals(store, config()), finals(reference, config()))
+    got, want = store.done_info(sid)["metrics"], reference.done_info(sid)["metrics"]
+    assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+
+
+def test_reading_a_damaged_stage_is_one_line_naming_the_file_and_the_repair(tmp_path, reference, capsys):
+    root = tmp_path / "store"
+    shutil.copytree(reference.root, root)
+    sid = stage_chain(config())[(0, 1)]
+    flip(root / "stages" / sid / "final.pt")
+    run_id = config().run_id
+    run_config = root / "runs" / run_id / "config.json"
+    capsys.readouterr()
+    assert main(["analyze", run_id, "landscape", "--root", str(root), "--levels", "1", "--set", "points=3",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{root}/stages/{sid}/final.pt is damaged (its checksum does not match" in err
+    assert f"sparsedd doctor --root {root} --repair" in err
+    assert main(["show", run_id, "--root", str(root), "--format", "json"]) == 0  # the index still reads
+    flip(run_config)  # read from the index's copy instead
+    capsys.readouterr()
+    assert main(["show", run_id, "--root", str(root), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["train"]["epochs"] == EPOCHS
+
+
+def test_a_damaged_batch_result_is_trained_again(tmp_path, capsys):
+    store = Store(tmp_path)
+    store.point_to_batch("a", "batch")
+    store.save_batch_result("batch", {"a": {"model": {"w": torch.ones(200)}, "seconds": 1.0}})
+    flip(store.stage_dir("batch") / "result.pt")
+    assert store.batch_result("batch") is None
+    assert "result.pt is damaged" in capsys.readouterr().err
+    assert (store.stage_dir("batch") / "result.pt.damaged").exists() and not (store.stage_dir("batch") / "result.pt").exists()
+    (store.stage_dir("a") / "batch.json").write_text('{"bat')  # truncated: the stage trains on its own
+    assert store.batch_of("a") is None
+
+
+# --- data caches ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", [flip, truncate])
+def test_a_damaged_mnist1d_cache_is_generated_again(tmp_path, capsys, damage):
+    cfg = DataConfig(name="mnist1d", num_train=200, num_test=50)
+    first = load_dataset(cfg, cache_dir=tmp_path)
+    (path,) = (tmp_path / "mnist1d").glob("*.pt")
+    damage(path)
+    capsys.readouterr()
+    again = load_dataset(cfg, cache_dir=tmp_path)  # the issue: 0.112 test accuracy instead of 0.3385
+    assert f"the MNIST-1D cache {path} is damaged" in capsys.readouterr().err
+    assert torch.equal(again.x_train, first.x_train) and torch.equal(again.y_test, first.y_test)
+    assert torch.equal(load_tensors(path)["x_train"], first.x_train)  # written anew, with its checksum

@@ -1,0 +1,84 @@
+"""Issue 13, point 5: SIGTERM (what `timeout`, SLURM and container runtimes send) is handled as Ctrl-C
+is: a sweep driver stops its workers before it exits (none is left running), a run keeps its
+checkpoints and is marked partial; both exit with code 143 and one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import TINY
+
+LONG = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=500"]  # never ends by itself
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (an exited child its parent has not waited for)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"ended before {what}: {proc.communicate()}"
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} after {timeout} s")
+
+
+def test_sigterm_to_a_sweep_driver_stops_its_workers(tmp_path):
+    sweep = tmp_path / "sweep.toml"
+    base = "\n".join(f'"{k}" = {v}' for k, v in (s.split("=", 1) for s in LONG if not s.startswith("data.noise")))
+    sweep.write_text(f'seeds = 1\n[base]\n{base}\n[grid]\n"data.noise" = [0.2, 0.4]\n')
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "sparsedd.cli", "sweep", str(sweep), "--root", str(root), "--workers", "2",
+           "--no-progress", "--no-report", "--checkpoint-epoch", "0"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        def two_training_workers():
+            pids = [int(p.read_text()) for p in root.glob("sweeps/*/pids/*.pid")]
+            training = len(list(root.glob("stages/*/checkpoint.pt"))) == 2
+            return pids if len(pids) == 2 and training and all(map(alive, pids)) else None
+
+        workers = wait_for(two_training_workers, driver, "two workers training (the two dense stages)")
+        driver.send_signal(signal.SIGTERM)
+        out, err = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "sparsedd: terminated (SIGTERM); run the same command again to resume"
+    assert "Traceback" not in err
+    assert not [pid for pid in workers if alive(pid)]  # before: still computing, under PID 1
+    assert len(list(root.glob("stages/*/checkpoint.pt"))) == 2  # what they computed is kept for the rerun
+
+
+def test_sigterm_to_a_run_keeps_its_checkpoint_and_marks_it_partial(tmp_path):
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "sparsedd.cli", "run", "--root", str(root), "--no-progress", "--checkpoint-epoch", "0",
+           *[a for s in LONG for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: list(root.glob("stages/*/checkpoint.pt")), proc, "checkpoint")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert err.strip().splitlines() == ["sparsedd: terminated (SIGTERM); run the same command again to resume"]
+    assert list(root.glob("stages/*/checkpoint.pt"))
+    con = sqlite3.connect(root / "index.sqlite")
+    assert con.execute("SELECT status, error FROM runs").fetchall() == [("partial", "interrupted")]
+    con.close()
+    assert json.loads((next(root.glob("runs/*/config.json"))).read_text())["config"]["train"]["epochs"] == 500
