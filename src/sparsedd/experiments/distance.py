@@ -52,14 +52,14 @@ def _correct_sound(store: Store, sid: str) -> bool:
 
 
 def _correct(store: Store, sid: str) -> bool:
-    kind = store.stage_key(sid).get("kind")
+    key = store.stage_key(sid)
+    kind = key.get("kind")
     if kind not in ("dense", "level", "analysis-redense"):
         return False
     state = store.final(sid)["model"]
     if not any(k.endswith(BUFFERS) for k in state):
         return False
     info = store.done_info(sid)
-    key = store.stage_key(sid)
     if kind == "analysis-redense":
         distance = learning_distance(state, store.init(_dense_of(store, key["target"])))
         if distance == info["result"]["distance"]:
