@@ -6,6 +6,7 @@ damaged data cache is generated again; each says so in one line naming the file.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -93,6 +94,30 @@ def test_a_flipped_or_truncated_file_is_damaged_one_without_checksum_is_read_as_
     truncate(tmp_path / "d.json")
     with pytest.raises(DamagedFile, match="truncated"):
         read_json(tmp_path / "d.json")
+
+
+def test_a_save_interrupted_anywhere_leaves_the_current_checkpoint_under_its_name(tmp_path, monkeypatch):
+    """The CI failure this fixes: a worker stopped by SIGTERM in the middle of a save had renamed its
+    checkpoint to the previous one's name and not yet put the new one in place."""
+    import sparsedd.store.files as files
+
+    path, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    save_tensors(path, {"epoch": torch.tensor(1)}, previous=previous)
+    real = os.replace
+
+    def killed_before_the_new_file_is_in_place(src, dst):
+        if Path(dst) == path:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", killed_before_the_new_file_is_in_place)
+    with pytest.raises(KeyboardInterrupt):
+        save_tensors(path, {"epoch": torch.tensor(2)}, previous=previous)
+    monkeypatch.undo()
+    assert load_tensors(path)["epoch"] == 1 and load_tensors(previous)["epoch"] == 1
+    assert not list(tmp_path.glob(".*tmp"))
+    save_tensors(path, {"epoch": torch.tensor(3)}, previous=previous)
+    assert load_tensors(path)["epoch"] == 3 and load_tensors(previous)["epoch"] == 1  # a copy, not the same file
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
@@ -215,3 +240,20 @@ def test_a_damaged_mnist1d_cache_is_generated_again(tmp_path, capsys, damage):
     assert f"the MNIST-1D cache {path} is damaged" in capsys.readouterr().err
     assert torch.equal(again.x_train, first.x_train) and torch.equal(again.y_test, first.y_test)
     assert torch.equal(load_tensors(path)["x_train"], first.x_train)  # written anew, with its checksum
+
+
+def test_an_mnist1d_cache_from_before_checksums_is_generated_again_not_read_unverified(tmp_path, capsys):
+    cfg = DataConfig(name="mnist1d", num_train=200, num_test=50)
+    first = load_dataset(cfg, cache_dir=tmp_path)
+    (path,) = (tmp_path / "mnist1d").glob("*.pt")
+    (tmp_path / "mnist1d" / (path.name + ".sha256")).unlink()
+    old = torch.load(path, weights_only=True)
+    torch.save({**old, "x_train": torch.zeros_like(old["x_train"])}, path)  # wrong, and nothing can tell
+    capsys.readouterr()
+    again = load_dataset(cfg, cache_dir=tmp_path)
+    assert f"the MNIST-1D cache {path} has no checksum (an older version wrote it); generating the data again" \
+        in capsys.readouterr().err
+    assert torch.equal(again.x_train, first.x_train)
+    assert torch.equal(load_tensors(path)["x_train"], first.x_train)  # written anew, with its checksum
+    load_dataset(cfg, cache_dir=tmp_path)
+    assert "cache" not in capsys.readouterr().err  # read, verified, from then on

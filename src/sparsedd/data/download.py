@@ -94,13 +94,18 @@ def download(urls: list[str], dest: Path, md5_uncompressed: str, *, raw: bool = 
     )
 
 
-def read_cache(path: Path, what: str, remedy: str) -> Any:
+def read_cache(path: Path, what: str, remedy: str, unverified_ok: bool = True) -> Any:
     """What :func:`write_cache` cached at ``path``, verified against its checksum; None when there is
-    nothing there, and when the file is damaged, which is said with what happens instead."""
+    nothing there, and when the file is damaged, which is said with what happens instead.
+    ``unverified_ok=False``: a cache without a checksum (written before checksums existed) is not
+    read either (for data that is cheap to make again, so that every cache read is a verified one)."""
     from ..errors import notice
-    from ..store.files import DamagedFile, load_tensors
+    from ..store.files import DamagedFile, checksum_path, load_tensors
 
     if not path.exists():
+        return None
+    if not unverified_ok and not checksum_path(path).exists():
+        notice(f"the {what} cache {path} has no checksum (an older version wrote it); {remedy}")
         return None
     try:
         return load_tensors(path)

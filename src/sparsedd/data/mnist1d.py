@@ -57,7 +57,7 @@ def _generate(num_train: int, num_test: int, args: Any) -> dict[str, torch.Tenso
 
 
 def _read_cache(path: Path, num_train: int, num_test: int) -> dict[str, torch.Tensor] | None:
-    d = read_cache(path, "MNIST-1D", "generating the data again")
+    d = read_cache(path, "MNIST-1D", "generating the data again", unverified_ok=False)
     if d is None:
         return None
     try:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import time
 import zipfile
@@ -106,7 +107,7 @@ def _checked_write(path: Path, write, previous: Path | None = None) -> None:
     try:
         checksum = checksum_of(tmp)  # of the bytes on disk
         if previous is not None and path.exists():
-            _move(path, previous)
+            _keep_copy(path, previous)
         checksum_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
@@ -115,12 +116,21 @@ def _checked_write(path: Path, write, previous: Path | None = None) -> None:
     _record(path, checksum)
 
 
-def _move(path: Path, dest: Path) -> None:
-    """Rename a file with its checksum; each checksum leaves before its file does and follows after."""
+def _keep_copy(path: Path, dest: Path) -> None:
+    """Make ``dest`` a second name of ``path``'s bytes (a hard link), with its checksum.
+
+    A link, not a rename: ``path`` keeps existing while it is replaced, so a process killed in the
+    middle of a save (SIGTERM to a sweep's workers) always leaves the current file under its name.
+    """
     rec = _recorded(path)
     checksum_path(dest).unlink(missing_ok=True)
-    checksum_path(path).unlink(missing_ok=True)
-    os.replace(path, dest)
+    link = dest.with_name(f".{dest.name}.{os.getpid()}.link.tmp")  # *.tmp: a kill's leftover is cleaned up
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(path, link)
+    os.replace(link, dest)
     if rec is not None:
         _record(dest, rec)
 
