@@ -97,7 +97,10 @@ from sparsedd.results import load
 root, out, run_id = sys.argv[1:4]
 codes = [main(["ls", "--root", root, "--format", "json"]), main(["show", run_id, "--root", root]),
          main(["plot", run_id, "--root", root, "--out", out + "/curve.png"]),
-         main(["report", run_id, "--root", root, "--out", out + "/report"])]
+         main(["report", run_id, "--root", root, "--out", out + "/report"]),
+         main(["analyze", run_id, "landscape", "--root", root, "--levels", "1", "--set", "points=3", "--no-progress"]),
+         main(["analyze", run_id, "landscape", "--root", root, "--levels", "2", "--set", "points=3", "--no-progress"]),
+         main(["run", "--root", root, "--no-progress", *sys.argv[4:]])]
 print("RESULT", json.dumps({"codes": codes, "levels": len(load(root).levels)}))
 """
 
@@ -133,17 +136,21 @@ def read_only(made, tmp_path):
         os.chmod(p, 0o755)
 
 
-def test_a_read_only_store_is_listed_shown_plotted_reported_and_loaded_creating_nothing(read_only):
+def test_a_read_only_store_is_listed_shown_plotted_reported_loaded_and_analyzed_creating_nothing(read_only):
     root, out = read_only
     assert not list(root.glob("index.sqlite-*"))  # no WAL files, and SQLite cannot make them there
     before = snapshot(root)
     how = {"preexec_fn": bound_by_permissions} if os.geteuid() == 0 else {}
     probe = subprocess.run([sys.executable, "-c", f"open({str(root / 'probe')!r}, 'w')"], capture_output=True, **how)
     assert b"PermissionError" in probe.stderr  # the store really cannot be written
-    res = subprocess.run([sys.executable, "-c", READER, str(root), str(out), COMPLETE.run_id],
+    tiny = [a for s in TINY for a in ("--set", s)]
+    res = subprocess.run([sys.executable, "-c", READER, str(root), str(out), COMPLETE.run_id, *tiny],
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, MPLCONFIGDIR=str(out)), **how)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.split("RESULT ")[-1]) == {"codes": [0, 0, 0, 0], "levels": 3 + 3}  # levels 0..2 each
+    # the stored analysis is shown; one not stored, and a run, cannot be computed there: one line each
+    assert json.loads(res.stdout.split("RESULT ")[-1]) == {"codes": [0, 0, 0, 0, 0, 2, 2], "levels": 3 + 3}
+    assert "landscape analysis is not in it; copy the store to a writable folder" in res.stderr
+    assert f"--root {root} cannot be written ({root} is not writable); give a writable folder" in res.stderr
     assert (out / "curve.png").stat().st_size > 0 and (out / "report" / "index.html").exists()
     assert snapshot(root) == before and "Traceback" not in res.stderr
 
@@ -162,6 +169,25 @@ def test_a_damaged_index_is_one_line_that_names_the_repair(root, capsys, damage,
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert f"the index {root}/index.sqlite is damaged ({why}); rebuild it from the stage folders: " \
                f"sparsedd doctor --root {root} --repair" in err
+
+
+def test_a_cell_that_is_not_json_is_a_damaged_index_that_doctor_repairs(root, capsys):
+    import sqlite3
+
+    before = views(root, capsys)
+    con = sqlite3.connect(root / "index.sqlite")
+    con.execute("UPDATE runs SET config = 'garbage' WHERE run_id = ?", (COMPLETE.run_id,))
+    con.commit()
+    con.close()
+    for argv in (["ls"], ["show", COMPLETE.run_id]):
+        code, out, err = cli(capsys, *argv, "--root", str(root))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"the index {root}/index.sqlite is damaged (a config cell is not JSON" in err
+        assert f"sparsedd doctor --root {root} --repair" in err
+    code, out, _ = cli(capsys, "doctor", "--root", str(root))
+    assert code == 1 and "index: damaged (a config cell is not JSON: Expecting value: line 1 column 1 (char 0))" in out
+    assert cli(capsys, "doctor", "--root", str(root), "--repair")[0] == 0
+    assert views(root, capsys) == before
 
 
 # --- sparsedd doctor -------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ stage id, the settings), so asking again with the same settings reads the cached
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -177,6 +178,8 @@ class Analyzer:
     def cached(self, kind: str, target: str, settings: Any, compute: Callable[[], dict]) -> dict:
         key = {"kind": f"analysis-{kind}", "target": target, "settings": canonical_dict(settings)}
         sid = self.store.stage_id(key)
+        if not os.access(self.store.root, os.W_OK | os.X_OK):  # a store on read-only media, or not ours
+            return self._stored_result(kind, sid)
         with self.store.lock(sid):  # the same analysis asked by two processes is computed once
             if not self.store.check_done(sid):  # not yet, or damaged: computed (again)
                 self.store.begin_stage(sid, key)
@@ -186,6 +189,14 @@ class Analyzer:
                 result = self.store.done_info(sid)["result"]
         self.store.index.record_analysis(sid, target, kind, key["settings"], result)
         return result
+
+    def _stored_result(self, kind: str, sid: str) -> dict:
+        """An analysis already computed, read from a store that cannot be written; one that is not there
+        (or is damaged) cannot be computed there: a one-line error that says what to do."""
+        if self.store.is_done(sid) and not self.store.stage_problems(sid):
+            return self.store.done_info(sid)["result"]
+        raise SparseddError(f"--root {self.store.root} cannot be written, and this {kind} analysis is not in it; "
+                            "copy the store to a writable folder and analyze it there")
 
     def redense(self, seed: int, level: int, sid: str, s: RedenseSettings) -> dict:
         def compute() -> dict:

@@ -85,6 +85,15 @@ class IndexDamaged(SparseddError):
                          f"sparsedd doctor --root {path.parent} --repair")
 
 
+def _decoded(path: Path, row: dict[str, Any], *columns: str) -> dict[str, Any]:
+    """``row`` with its JSON columns decoded; a cell that is not JSON (an index edited or written over by
+    something else) is a damaged index, with its repair, never a traceback."""
+    try:
+        return {**row, **{c: json.loads(row[c]) for c in columns}}
+    except (TypeError, ValueError) as e:
+        raise IndexDamaged(path, f"a {columns[0] if len(columns) == 1 else 'JSON'} cell is not JSON: {e}") from None
+
+
 class Index:
     """Writes are one ``BEGIN IMMEDIATE`` transaction each, in WAL mode; reads write nothing and create
     no table, so a store on read-only media can be read. A lock held by another process is waited for
@@ -228,13 +237,13 @@ class Index:
 
     def run_rows(self) -> list[dict[str, Any]]:
         """One row per run, oldest first, with its config as a dict."""
-        return [{**r, "config": json.loads(r["config"])} for r in self._query("SELECT * FROM runs ORDER BY created")]
+        return [_decoded(self.path, r, "config") for r in self._query("SELECT * FROM runs ORDER BY created")]
 
     def level_rows(self) -> list[dict[str, Any]]:
         """One row per run, seed and level: its metrics, with the layer sparsities as a dict."""
         rows = self._query("SELECT rs.run_id, rs.seed, l.* FROM run_stages rs JOIN levels l ON l.stage_id = rs.stage_id "
                            "ORDER BY rs.run_id, rs.seed, rs.level")
-        return [{**_with_columns(r, LEVEL_COLUMNS), "layer_sparsity": json.loads(r["layer_sparsity"])} for r in rows]
+        return [_decoded(self.path, _with_columns(r, LEVEL_COLUMNS), "layer_sparsity") for r in rows]
 
     def epoch_rows(self) -> list[dict[str, Any]]:
         """One row per run, seed, level and epoch (an index read, not written, by this version may lack
@@ -265,7 +274,10 @@ class Index:
             return f"tables missing: {', '.join(missing)}" if missing else None
 
         try:
-            return self._run(check, write=False)
+            problem = self._run(check, write=False)
+            if problem is None:  # every JSON cell decodes
+                self.run_rows(), self.level_rows(), self.analysis_rows()
+            return problem
         except IndexDamaged as e:
             return f"damaged ({e.why})"
 
@@ -279,7 +291,7 @@ class Index:
         """One row per run, seed, level and cached analysis, with its settings and result as dicts."""
         rows = self._query("SELECT rs.run_id, rs.seed, rs.level, a.* FROM run_stages rs "
                            "JOIN analyses a ON a.target = rs.stage_id ORDER BY rs.run_id, a.kind, rs.seed, rs.level")
-        return [{**r, "settings": json.loads(r["settings"]), "result": json.loads(r["result"])} for r in rows]
+        return [_decoded(self.path, r, "settings", "result") for r in rows]
 
 
 class BufferedIndex:
