@@ -223,6 +223,7 @@ class Replicate:
         self.store.finish_stage(job.sid, {"metrics": metrics, "history": result.history})
         self._link(job.level, job.sid)
         self._note_divergence(job.level, metrics)
+        self.progress.finished(job.name, metrics, seconds)
 
     def train_and_record(self, job: Job) -> None:
         t0 = time.time()

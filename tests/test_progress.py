@@ -1,0 +1,50 @@
+"""Issue 12, point 5: progress is visible without a terminal (a log, a batch job, a GPU node): one line
+per finished stage with its result, its time and the run's, so a log shows where the time goes."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+from conftest import TINY
+from sparsedd.experiments.progress import Progress
+
+LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] seed (\d) (dense|level (\d)/2): sparsity (\d+\.\d\d)%, test \d+\.\d\d%, \d+s; "
+                  r"epochs (\d+)/(\d+), elapsed \d+s(, eta \d+s)?$")
+
+
+def test_lines_say_each_stage_its_time_and_what_is_left():
+    out = io.StringIO()
+    p = Progress(True, total_epochs=6, mode="lines", out=out)
+    for _ in range(2):
+        p.epoch({"test_acc": 0.5})
+    p.finished("seed 0 dense", {"sparsity": 0.0, "test_acc": 0.5}, 3.2)
+    p.skip(2)  # a stage done before
+    for _ in range(2):
+        p.epoch({})
+    p.finished("seed 0 level 2/2", {"sparsity": 0.36, "test_acc": 0.625}, 62)
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("] seed 0 dense: sparsity 0.00%, test 50.00%, 3s; epochs 2/6, elapsed 0s, eta 0s")
+    assert second.endswith("] seed 0 level 2/2: sparsity 36.00%, test 62.50%, 1m02s; epochs 6/6, elapsed 0s")
+    quiet = io.StringIO()
+    for mode in ("off", "bar"):
+        Progress(True, 6, mode=mode, out=quiet).finished("seed 0 dense", {"test_acc": 0.5}, 1.0)
+    assert quiet.getvalue() == ""
+
+
+def test_a_run_without_a_terminal_logs_a_line_per_stage_and_no_progress_silences_it(tmp_path):
+    args = [sys.executable, "-m", "sparsedd.cli", "run", "--root", str(tmp_path), "--seeds", "2",
+            *[a for s in TINY for a in ("--set", s)]]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)  # stderr is a pipe, not a terminal
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("[")]
+    assert len(lines) == 2 * 3, res.stderr  # 2 seeds x (dense + levels 1, 2)
+    matches = [LINE.match(line) for line in lines]
+    assert all(matches), lines
+    total = {m.group(6) for m in matches}
+    assert len(total) == 1 and matches[-1].group(5) == total.pop()  # the last line: every epoch done
+    quiet = [a if a != str(tmp_path) else str(tmp_path / "quiet") for a in args]  # trained again, silently
+    again = subprocess.run(quiet + ["--no-progress"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and not [line for line in again.stderr.splitlines() if line.startswith("[")]
