@@ -381,11 +381,11 @@ def test_every_execution_option_reaches_the_sweep_tasks(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     flags = ["--device", "cuda:1", "--data-dir", str(tmp_path / "data"), "--threads", "3", "--batch", "off",
-             "--sparse", "on", "--channels-last", "--compile", "--checkpoint-every", "7", "--checkpoint-epoch", "0",
+             "--sparse", "on", "--channels-last", "--compile", "--capture", "on", "--checkpoint-every", "7", "--checkpoint-epoch", "0",
              "--no-progress"]
     assert main(["sweep", str(small(tmp_path)), "--root", str(tmp_path / "root"), "--no-report", *flags]) == 0
     expected = ExecOptions(device="cuda:1", data_dir=str(tmp_path / "data"), threads=3, batch="off", sparse="on",
-                           channels_last=True, compile=True, checkpoint_every_s=7.0, checkpoint_epoch_s=0.0,
+                           channels_last=True, compile=True, capture="on", checkpoint_every_s=7.0, checkpoint_epoch_s=0.0,
                            progress=False)
     defaults = ExecOptions()
     changed = [f.name for f in dataclasses.fields(ExecOptions) if getattr(expected, f.name) != getattr(defaults, f.name)]

@@ -83,7 +83,7 @@ def _options(args, cfg=None, here: bool = True, **changes):
     from .options import ExecOptions, resolve_device
 
     flags = {"data_dir": "data_dir", "threads": "threads", "sparse": "sparse", "channels_last": "channels_last",
-             "compile": "compile", "checkpoint_every_s": "checkpoint_every", "checkpoint_epoch_s": "checkpoint_epoch"}
+             "compile": "compile", "capture": "capture", "checkpoint_every_s": "checkpoint_every", "checkpoint_epoch_s": "checkpoint_epoch"}
     values = {field: getattr(args, flag) for field, flag in flags.items() if hasattr(args, flag)}
     values["device"] = resolve_device(getattr(args, "device", "auto"), here=here)
     values["progress"] = not getattr(args, "no_progress", False)
@@ -388,6 +388,9 @@ def _flags() -> dict[str, argparse.ArgumentParser]:
     e = execution
     e.add_argument("--channels-last", action="store_true", help="NHWC memory order for image models (GPU speed)")
     e.add_argument("--compile", action="store_true", help="torch.compile the model (GPU speed; slow to start)")
+    e.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
+                   help="replay each training step as a CUDA graph (GPU speed): on, off, or auto (off until "
+                        "benchmarks/gpu_check.py has compared it with eager training on a GPU; default auto)")
     e.add_argument("--batch", choices=("auto", "on", "off"), default="auto",
                    help="train the seeds of a level together as one batched computation (fully connected models): "
                         "auto (where that is faster on this machine, measured once), on, off (default auto)")

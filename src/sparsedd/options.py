@@ -11,7 +11,7 @@ from typing import Any
 from .distributed import SINGLE, Dist
 from .errors import SparseddError
 
-CHOICES = {"batch": ("auto", "on", "off"), "sparse": ("auto", "on", "off")}
+CHOICES = {"batch": ("auto", "on", "off"), "sparse": ("auto", "on", "off"), "capture": ("auto", "on", "off")}
 MAX_THREADS = 4096  # torch's CPU threads; more is a typo, and torch.set_num_threads fails on a C int overflow
 
 
@@ -25,6 +25,9 @@ class ExecOptions:
     sparse: str = "auto"  # compact execution of sparse fully connected levels: auto (measured crossover), on, off
     channels_last: bool = False  # NHWC memory order for image models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the model
+    # training steps replayed as CUDA graphs (sparsedd.training.captured): auto is off until a GPU check
+    # has compared captured with eager training (benchmarks/gpu_check.py); on: where nothing rules it out
+    capture: str = "auto"
     checkpoint_every_s: float = 60.0  # inside long epochs
     checkpoint_epoch_s: float = 1.0  # at epoch ends, at most this often (0: every epoch)
     dist: Dist = field(default=SINGLE, compare=False)  # data-parallel processes (torchrun); never sent to a task
@@ -42,7 +45,7 @@ class ExecOptions:
     def accel(self):
         from .training.execution import Accel
 
-        return Accel(channels_last=self.channels_last, compile=self.compile)
+        return Accel(channels_last=self.channels_last, compile=self.compile, capture=self.capture)
 
     @property
     def sparse_policy(self):

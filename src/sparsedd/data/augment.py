@@ -22,6 +22,30 @@ from ..errors import SparseddError
 AUGMENTATIONS = ("none", "crop-flip")
 
 
+def crop_flip_draws(b: int, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The random draws of :func:`crop_flip` for ``b`` images, as one CPU tensor [3, B]: row offsets,
+    column offsets, flip bits (a captured training step copies them into a static tensor)."""
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)  # rows, then columns
+    flips = torch.randint(0, 2, (b,), generator=generator)
+    return torch.cat([offsets, flips[None]])
+
+
+def crop_flip_apply(x: torch.Tensor, draws: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """The crops and flips that ``draws`` [3, B] (:func:`crop_flip_draws`) say, computed on ``x``'s
+    device with no value read back to the host."""
+    b, c, h, w = x.shape
+    dev = x.device
+    draws = draws.to(dev)
+    dy, dx, flips = draws[0], draws[1], draws[2].bool()
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    rows = dy[:, None] + torch.arange(h, device=dev)  # [B, H]: rows of the padded image
+    cols = dx[:, None] + torch.arange(w, device=dev)  # [B, W]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    # gather rows, then columns: [B, C, H, W+2p] then [B, C, H, W]
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
 def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """Random crops of the zero-padded images, each flipped left-right with probability 1/2.
 
@@ -31,18 +55,7 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> 
         raise ValueError(f"crop_flip expects images [B, C, H, W], got shape {tuple(x.shape)}")
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
-    b, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)  # rows, then columns
-    flips = torch.randint(0, 2, (b,), generator=generator).bool()
-    dev = x.device
-    dy, dx, flips = offsets[0].to(dev), offsets[1].to(dev), flips.to(dev)
-    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
-    rows = dy[:, None] + torch.arange(h, device=dev)  # [B, H]: rows of the padded image
-    cols = dx[:, None] + torch.arange(w, device=dev)  # [B, W]
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    # gather rows, then columns: [B, C, H, W+2p] then [B, C, H, W]
-    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
-    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+    return crop_flip_apply(x, crop_flip_draws(x.shape[0], generator, padding), padding)
 
 
 def augment_batch(kind: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -124,6 +124,10 @@ class StackedExecution:
     def apply_masks(self) -> None:
         multiply_(self.masked, self.mask_f)
 
+    def set_lr(self, value: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = value
+
     def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of every network on its own examples ``idx`` [K, B]: summed losses and hits [K]."""
         out = self.module(self.x[idx])  # [K, B, C]

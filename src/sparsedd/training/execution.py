@@ -22,6 +22,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.augment import augment_batch
 from ..distributed import SINGLE, Dist
+from ..errors import notice
 from ..rng import generator
 from .optim import build_optimizer
 
@@ -36,11 +37,14 @@ class Accel:
 
     channels_last: bool = False  # 4-D inputs and conv weights in NHWC memory order
     compile: bool = False  # torch.compile the model's forward
+    capture: str = "auto"  # replay the training step as a CUDA graph: auto, on, off (sparsedd.training.captured)
 
 
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast of the forward pass, or a no-op for fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 autocast of the forward pass, or a no-op for fp32. Without autocast's cache of cast weights,
+    which a captured step (CUDA graph) cannot hold; each weight is cast once per forward pass anyway."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                          cache_enabled=False)
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Execution(Protocol):
     single: bool  # checkpoints in the one-network layout (history a list, not a list per network)
 
     def apply_masks(self) -> None: ...
+    def set_lr(self, value: float) -> None: ...
     def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]: ...
     def evaluate(self) -> list[dict[str, float | None]]: ...
     def optimizer_state(self, k: int) -> dict[str, Any]: ...
@@ -153,6 +158,10 @@ class SingleExecution:
     def apply_masks(self) -> None:
         multiply_(self.masked, self.mask_f)
 
+    def set_lr(self, value: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = value
+
     def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the examples ``idx`` [1, B]; returns the summed loss and hits (on the device)."""
         idx = idx[0]
@@ -161,6 +170,12 @@ class SingleExecution:
         xb, yb = self.data.x[idx], self.data.y[idx]
         if self.data.augment != "none":
             xb = augment_batch(self.data.augment, xb, generator(*self.order_key, "augment", epoch, step))
+        return self.train_on(xb, yb, idx, global_n)
+
+    def train_on(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
+                 global_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The optimizer step on a gathered (and augmented) batch: the examples ``idx`` of a global batch
+        of ``global_n``; the summed loss and hits, on the device."""
         if self.accel.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(self.cfg.precision, xb.device):
@@ -210,6 +225,16 @@ def prepare_single(model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: 
     """The execution of one network's stage; a checkpoint's layout (``saved``) wins over the sparse policy.
     With a penalty or distillation the network computes dense-masked (the compact layout has no anchor or teacher)."""
     kernel = None if objective.active else _sparse_kernel(model, mask, cfg, sparse, accel, dist, saved)
+    device = data.x.device
+    from .captured import CapturedExecution, capture_choice
+
+    captured, note = capture_choice(accel.capture, device, cfg, compact=kernel is not None, compile=accel.compile,
+                                    distributed=dist.active)
+    if note:
+        notice(note)
+    if captured:
+        return CapturedExecution(model, data, cfg, mask, order_key=order_key, capture=True,
+                                 optimizer_state=optimizer_state, objective=objective, accel=accel)
     return SingleExecution(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, kernel=kernel,
                            optimizer_state=optimizer_state, objective=objective)
 

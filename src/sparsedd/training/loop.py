@@ -179,8 +179,7 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
                 for r in results:
                     r.iterations = it
                 return results
-            for group in ex.opt.param_groups:
-                group["lr"] = lr_at(cfg, it, ipe)
+            ex.set_lr(lr_at(cfg, it, ipe))
             step_loss[:, step], step_hits[:, step] = ex.step(order[:, step * cfg.batch_size:(step + 1) * cfg.batch_size],
                                                              epoch, step)
             if on_step is not None:

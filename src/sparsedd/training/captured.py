@@ -1,0 +1,151 @@
+"""Captured training steps: a stage's training step recorded once as a CUDA graph and replayed.
+
+On a GPU the small models' steps are bound by kernel launches and Python, not by arithmetic
+(issue 12: LeNet-300-100 at 1.05 ms per eager step against 0.125 ms captured). A CUDA graph replays
+the whole step (gather the batch, augment it, forward, loss, backward, mask the gradients,
+optimizer step, mask the weights, keep the loss and hits) as one launch.
+
+A graph replays the same kernels on the same memory, so everything that changes from step to step
+is a *static* device tensor that the host refills before each replay, without waiting for the
+device: the batch's example indices, the augmentation's random draws (drawn on the CPU from the
+same keyed generators as the eager step, so both see the same crops) and the learning rate (a
+tensor the optimizer reads, so a schedule never forces a new capture). The step reads nothing back
+to the host.
+
+Where capture is not possible (a CPU, a failed capture) the same static step runs eagerly: the
+tests check on the CPU that it equals :class:`~.execution.SingleExecution`'s step bit for bit,
+which is what the GPU replays. ``benchmarks/gpu_check.py`` checks the replay against the eager
+step on a GPU and times both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..config import TrainConfig
+from ..data.augment import crop_flip_apply, crop_flip_draws
+from ..errors import notice
+from ..rng import generator
+from .execution import Accel, Objective, SingleExecution
+
+if TYPE_CHECKING:
+    from .loop import TrainData
+
+# ``--capture auto`` captures only once a GPU check has shown captured training equal to eager training
+# (benchmarks/gpu_check.py); until then a user asks for it with ``--capture on``
+AUTO_CAPTURES = False
+WARMUP_STEPS = 3  # eager steps before the capture (cuDNN picks its kernels, the optimizer makes its state)
+PADDING = 4  # of crop-flip
+
+
+class CapturedExecution(SingleExecution):
+    """One dense-masked network whose full-batch steps replay a CUDA graph (``capture``), or run the
+    graph's static step eagerly (no ``capture``). The last, smaller batch of an epoch runs eagerly."""
+
+    def __init__(self, model, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *, order_key: tuple,
+                 capture: bool, optimizer_state: dict[str, Any] | None = None, objective: Objective = Objective(),
+                 accel: Accel = Accel()):
+        from ..distributed import SINGLE
+
+        super().__init__(model, data, cfg, mask, order_key=order_key, accel=accel, dist=SINGLE, kernel=None,
+                         optimizer_state=optimizer_state, objective=objective)
+        self.capture, self.graph, self.warm = capture, None, 0
+        self.lr = torch.tensor(float(cfg.lr), device=self.device)
+        self.lr_value = float(cfg.lr)  # the same, as the number the schedule gave (the tensor holds it in fp32)
+        self.batch = cfg.batch_size
+        self.idx = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self.draws = torch.zeros(3, self.batch, dtype=torch.long, device=self.device)
+        self.loss = torch.zeros((), device=self.device)
+        self.hits = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def set_lr(self, value: float) -> None:
+        for group in self.opt.param_groups:  # a restored optimizer state brings its own lr: ours again
+            group["lr"] = self.lr
+        self.lr.fill_(value)
+        self.lr_value = value
+
+    def optimizer_state(self, k: int) -> dict[str, Any]:
+        """As the eager execution saves it: the learning rate a number, not our device tensor."""
+        state = self.opt.state_dict()
+        groups = [{**g, "lr": self.lr_value} for g in state["param_groups"]]
+        return {**state, "param_groups": groups}
+
+    def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx[0]
+        if idx.shape[0] != self.batch:  # the epoch's last, smaller batch
+            return self._eager(idx, epoch, step)
+        self.idx.copy_(idx, non_blocking=True)
+        if self.data.augment != "none":
+            draws = crop_flip_draws(self.batch, generator(*self.order_key, "augment", epoch, step), PADDING)
+            self.draws.copy_(draws, non_blocking=True)
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.capture and self.warm >= WARMUP_STEPS:
+            self._capture_and_replay()
+        else:
+            self.warm += 1
+            self._warm_step()
+        return self.loss, self.hits
+
+    def _warm_step(self) -> None:
+        """An eager step before the capture; on a GPU on a side stream, as PyTorch asks of the steps
+        before a capture (what they leave behind, e.g. autograd's state, is then not in the graph)."""
+        if not self.capture:
+            self._static_step()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._static_step()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _eager(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, yb = self.data.x[idx], self.data.y[idx]
+        if self.data.augment != "none":
+            draws = crop_flip_draws(idx.shape[0], generator(*self.order_key, "augment", epoch, step), PADDING)
+            xb = crop_flip_apply(xb, draws, PADDING)
+        return self.train_on(xb, yb, idx, idx.shape[0])
+
+    def _static_step(self) -> None:
+        """The step the graph holds: reads only the static inputs, writes the static outputs."""
+        xb, yb = self.data.x[self.idx], self.data.y[self.idx]
+        if self.data.augment != "none":
+            xb = crop_flip_apply(xb, self.draws, PADDING)
+        loss, hits = self.train_on(xb, yb, self.idx, self.batch)
+        self.loss.copy_(loss)
+        self.hits.copy_(hits)
+
+    def _capture_and_replay(self) -> None:
+        """Record the static step (warm-up steps ran eagerly before) and replay it for this step; a capture
+        that fails (out of memory, an operation a graph cannot hold) leaves the stage eager, said once."""
+        graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)  # the gradients are then allocated in the graph's pool
+        try:
+            with torch.cuda.graph(graph):
+                self._static_step()
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            self.capture = False
+            why = " ".join(str(e).split())[:160]
+            notice(f"could not capture the training step as a CUDA graph ({why}); this stage trains eagerly")
+            self._static_step()
+            return
+        self.graph = graph
+        graph.replay()
+
+
+def capture_choice(setting: str, device: torch.device, cfg: TrainConfig, *, compact: bool, compile: bool,
+                   distributed: bool) -> tuple[bool, str | None]:
+    """Whether a stage's steps are captured (``--capture auto|on|off``), and why not where ``on`` asked
+    for it (a note for the user). ``auto`` captures on CUDA where nothing rules it out."""
+    if setting == "off" or (setting == "auto" and not AUTO_CAPTURES):
+        return False, None
+    why = ("capture needs a CUDA device" if device.type != "cuda" else
+           "compact execution computes on the live units" if compact else
+           "torch.compile captures by itself" if compile else
+           "data-parallel training syncs across processes" if distributed else
+           "only SGD's fused step takes its learning rate as a device tensor" if cfg.optimizer != "sgd" else None)
+    if why is None:
+        return True, None
+    return False, (f"--capture on: {why}; training eagerly" if setting == "on" else None)

@@ -1,0 +1,120 @@
+"""Issue 12, point 1 on the CPU: the static step a CUDA graph replays (sparsedd.training.captured),
+run eagerly, equals the eager execution's step bit for bit (with augmentation, batch norm, the
+distance penalty, the epoch's smaller last batch, a schedule and a resume), and the choice of
+capture says why it cannot capture where it was asked to. The replay itself needs a GPU:
+benchmarks/gpu_check.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsedd.config import ModelConfig, TrainConfig
+from sparsedd.models import build_model
+from sparsedd.pruning import full_mask, random
+from sparsedd.store import FileCheckpointer
+from sparsedd.training import TrainData
+from sparsedd.training.captured import CapturedExecution, capture_choice
+from sparsedd.training.execution import Objective, prepare_single
+from sparsedd.training.loop import run_epochs
+
+CFG = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, epochs=3, batch_size=16,
+                  schedule="cosine", eval_every=1)
+
+
+def setting(kind: str):
+    g = torch.Generator().manual_seed(0)
+    if kind == "mlp":
+        x, classes, model_cfg, augment = torch.randn(70, 12, generator=g), 4, ModelConfig("mlp", (16, 16)), "none"
+    else:  # a conv net with batch norm on augmented images
+        x, classes, model_cfg, augment = torch.randn(70, 3, 16, 16, generator=g), 3, ModelConfig(kind, width=4), "crop-flip"
+    y = torch.randint(0, classes, (70,), generator=g)  # 70 = 4 x 16 + 6: a smaller last batch
+    data = TrainData(x, y, y, x[:20], y[:20], torch.arange(0), augment=augment)
+    model = build_model(model_cfg, tuple(x.shape[1:]), classes, seed=0)
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    mask = random(w, full_mask(model, model.prunable_names("all")), fraction=0.5, scope="layer",
+                  generator=torch.Generator().manual_seed(1))
+    return model, data, mask
+
+
+def trained(kind: str, captured: bool, objective: Objective = Objective(), checkpoint=None):
+    model, data, mask = setting(kind)
+    if captured:
+        ex = CapturedExecution(model, data, CFG, mask, order_key=(0, "order"), capture=False, objective=objective)
+    else:
+        ex = prepare_single(model, data, CFG, mask, order_key=(0, "order"), objective=objective)
+    [result] = run_epochs(ex, CFG, [(0, "order")], checkpoint=checkpoint)
+    return model.state_dict(), result
+
+
+@pytest.mark.parametrize("kind", ["mlp", "vgg16", "resnet18"])
+def test_the_static_step_run_eagerly_equals_the_eager_step(kind):
+    want, want_res = trained(kind, captured=False)
+    got, got_res = trained(kind, captured=True)
+    for name, value in want.items():
+        assert torch.equal(value, got[name]), name  # batch-norm statistics and step counters too
+    assert got_res.history == want_res.history and got_res.final == want_res.final
+    assert got_res.optimizer_state["param_groups"] == want_res.optimizer_state["param_groups"]  # lr a number
+
+
+def test_the_static_step_equals_the_eager_one_with_the_distance_penalty():
+    model, _, _ = setting("mlp")
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    objective = Objective(anchor=anchor, penalty=0.01)
+    want, _ = trained("mlp", captured=False, objective=objective)
+    got, _ = trained("mlp", captured=True, objective=objective)
+    assert all(torch.equal(v, got[n]) for n, v in want.items())
+    plain, _ = trained("mlp", captured=True)
+    assert not all(torch.equal(v, plain[n]) for n, v in want.items())  # the penalty did act
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _Dying(FileCheckpointer):
+    def save(self, state):
+        super().save(state)
+        if state["epoch"] == 1 and state["step"] == 2:
+            raise _Interrupt
+
+
+def test_a_resumed_captured_stage_ends_as_an_uninterrupted_one(tmp_path):
+    want, want_res = trained("vgg16", captured=False)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(_Interrupt):
+        trained("vgg16", captured=True, checkpoint=_Dying(path, every_s=0, epoch_every_s=0))
+    got, got_res = trained("vgg16", captured=True, checkpoint=FileCheckpointer(path, 1e9, 1e9))
+    assert all(torch.equal(v, got[n]) for n, v in want.items())
+    assert got_res.history == want_res.history
+
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+@pytest.mark.parametrize("setting_, device, cfg, flags, expected", [
+    ("on", CUDA, CFG, {}, (True, None)),
+    ("auto", CUDA, CFG, {}, (False, None)),  # until a GPU check has compared it with eager training
+    ("off", CUDA, CFG, {}, (False, None)),
+    ("auto", CPU, CFG, {}, (False, None)),
+    ("on", CPU, CFG, {}, (False, "--capture on: capture needs a CUDA device; training eagerly")),
+    ("on", CUDA, CFG, {"compact": True},
+     (False, "--capture on: compact execution computes on the live units; training eagerly")),
+    ("on", CUDA, CFG, {"compile": True}, (False, "--capture on: torch.compile captures by itself; training eagerly")),
+    ("on", CUDA, CFG, {"distributed": True},
+     (False, "--capture on: data-parallel training syncs across processes; training eagerly")),
+    ("on", CUDA, TrainConfig(optimizer="adam"), {},
+     (False, "--capture on: only SGD's fused step takes its learning rate as a device tensor; training eagerly")),
+])
+def test_capture_is_chosen_where_nothing_rules_it_out(setting_, device, cfg, flags, expected):
+    args = {"compact": False, "compile": False, "distributed": False, **flags}
+    assert capture_choice(setting_, device, cfg, **args) == expected
+
+
+def test_capture_on_without_a_gpu_trains_eagerly_and_says_so(capsys):
+    from sparsedd.training.execution import Accel, SingleExecution
+
+    model, data, mask = setting("mlp")
+    ex = prepare_single(model, data, CFG, mask, order_key=(0,), accel=Accel(capture="on"))
+    assert type(ex) is SingleExecution
+    assert capsys.readouterr().err == "sparsedd: --capture on: capture needs a CUDA device; training eagerly\n"
