@@ -72,6 +72,7 @@ def main() -> int:
         diffs.append(max_diff(m.state_dict(), finals[k]))
     out["batched_vs_single_max_weight_diff"] = diffs
     out["captured"] = captured_checks(x, y, dev)
+    out["side_by_side"] = side_by_side_times(dev)
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:
@@ -133,6 +134,27 @@ def captured_checks(x: torch.Tensor, y: torch.Tensor, dev: torch.device, n_image
                      "eager_epoch_s": eager_s, "captured_epoch_s": captured_s, "speedup": eager_s / captured_s,
                      "ok": runs["on"]["captured"] and diff < tol}
         print(name, json.dumps({k: v for k, v in out[name].items()}), file=sys.stderr, flush=True)
+    return out
+
+
+def side_by_side_times(dev: torch.device, n_images: int = 4096) -> dict:
+    """Seconds per model-step of ResNet-18s (CIFAR-shaped, batch 128) trained one by one and side by
+    side (sparsedd.training.together, each on its own CUDA stream), for K = 2, 3, 4, eager fp32 and
+    captured bf16 with channels-last. Equality with one-by-one training is a CPU test."""
+    from sparsedd.training.together import measure_together
+
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(n_images, 3, 32, 32, generator=g).to(dev)
+    ys = torch.randint(0, 10, (n_images,), generator=g).to(dev)
+    data = TrainData(xs, ys, ys, xs[:512], ys[:512], torch.arange(0, device=dev), augment="crop-flip")
+    out = {}
+    for name, precision, accel in (("fp32_eager", "fp32", Accel()),
+                                   ("bf16_channels_last_captured", "bf16", Accel(channels_last=True, capture="on"))):
+        cfg = TrainConfig(lr=0.05, momentum=0.9, batch_size=128, epochs=1, eval_every=10 ** 6, precision=precision)
+        make = lambda: build_model(ModelConfig("resnet18"), (3, 32, 32), 10, seed=0).to(dev)  # noqa: E731
+        for k in (2, 3, 4):
+            out[f"{name}_k{k}"] = measure_together(make, data, cfg, k, accel, steps=20)
+            print(name, k, json.dumps(out[f"{name}_k{k}"]), file=sys.stderr, flush=True)
     return out
 
 

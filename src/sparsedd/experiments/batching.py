@@ -17,11 +17,14 @@ from ..options import ExecOptions
 from ..store import Store
 from ..training import TrainResult
 from ..training.batched import batchable, batching_pays, max_models, train_batched
+from ..training.together import together_pays
+from ..training.together import train_together as train_side_by_side
 from .progress import Progress
 from .replicate import Replicate
 from .stages import Job, batch_key
 
 Pair = tuple[Replicate, Job]
+MAX_SIDE_BY_SIDE = 4  # conv nets trained side by side (issue 12 asks for K = 1..4)
 
 
 def train_level(pairs: list[Pair], store: Store, options: ExecOptions,
@@ -66,10 +69,8 @@ def train_together(group: list[Pair], store: Store, options: ExecOptions,
     ckpt = store.checkpointer(bid, options.checkpoint_every_s, options.checkpoint_epoch_s)
     progress.start_stage(f"seeds {', '.join(str(r.cfg.seed) for r in reps)} level {jobs[0].level} (batched)",
                          jobs[0].train_cfg.epochs)
-    finals, results = train_batched([j.state for j in jobs], [r.train_data for r in reps], jobs[0].train_cfg,
-                                    [j.mask for j in jobs], order_keys=[(r.cfg.seed, "order") for r in reps],
-                                    device=options.device, checkpoint=ckpt,
-                                    on_epoch=lambda rows: progress.epoch(rows[0], advance_total=len(rows)))
+    finals, results = _train_group(reps, jobs, options, ckpt,
+                                   on_epoch=lambda rows: progress.epoch(rows[0], advance_total=len(rows)))
     seconds = (time.time() - t0) / len(jobs)
     store.save_batch_result(bid, {j.sid: {"model": f, "history": r.history, "final": r.final,
                                          "optim": r.optimizer_state, "seconds": seconds}
@@ -78,6 +79,22 @@ def train_together(group: list[Pair], store: Store, options: ExecOptions,
     saved = store.batch_result(bid)
     for rep, job in group:
         record_from_batch(rep, job, saved[job.sid])
+
+
+def _train_group(reps: list[Replicate], jobs: list[Job], options: ExecOptions, ckpt,
+                 on_epoch) -> tuple[list[dict[str, Any]], list[TrainResult]]:
+    """The K networks' final states and results: stacked into one network (fully connected models), or
+    side by side, each its own execution (conv nets; :mod:`sparsedd.training.together`)."""
+    cfg, masks, keys = jobs[0].train_cfg, [j.mask for j in jobs], [(r.cfg.seed, "order") for r in reps]
+    if batchable(reps[0].new_model(0)):
+        return train_batched([j.state for j in jobs], [r.train_data for r in reps], cfg, masks, order_keys=keys,
+                             device=options.device, checkpoint=ckpt, on_epoch=on_epoch)
+    models = [rep.new_model(0) for rep in reps]
+    for model, job in zip(models, jobs):
+        model.load_state_dict(job.state)
+    results = train_side_by_side(models, [r.train_data for r in reps], cfg, masks, order_keys=keys,
+                                 accel=options.accel, checkpoint=ckpt, on_epoch=on_epoch)
+    return [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in models], results
 
 
 def record_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
@@ -97,8 +114,9 @@ def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pai
     alone = []
     for rep, job in pairs:
         model = rep.new_model(0)
-        if (rep.train_data.augment != "none" or job.train_cfg.precision != "fp32" or rep.objective_active(job)
-                or not batchable(model) or runs_compact(model, job, options)):
+        stacked_only = rep.train_data.augment != "none" or job.train_cfg.precision != "fp32" or \
+            runs_compact(model, job, options)  # what the stacked fully connected computation cannot do
+        if rep.objective_active(job) or (batchable(model) and stacked_only):
             alone.append((rep, job))
             continue
         key = (id(rep.data), rep.cfg.model, job.train_cfg, tuple(sorted(job.mask)))
@@ -107,14 +125,27 @@ def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pai
     groups = []
     for key, members in classes.items():
         model = models[key]
-        bs = members[0][1].train_cfg.batch_size
-        k = min(len(members), max_models(model, bs, options.device))
-        if k < 2 or (options.batch == "auto" and not batching_pays(model, bs, k)):
+        k = _group_size(model, members, options)
+        if k < 2:
             alone += members
             continue
         groups += [members[i:i + k] for i in range(0, len(members), k)]
     alone += [g[0] for g in groups if len(g) == 1]
     return [g for g in groups if len(g) > 1], alone
+
+
+def _group_size(model: nn.Module, members: list[Pair], options: ExecOptions) -> int:
+    """How many of these jobs train together (1: alone): as many as fit, where that pays (``--batch auto``:
+    measured once per machine; conv nets side by side only on a GPU, where their steps can overlap)."""
+    rep, job = members[0]
+    bs = job.train_cfg.batch_size
+    if batchable(model):
+        k = min(len(members), max_models(model, bs, options.device))
+        return k if k >= 2 and (options.batch == "on" or batching_pays(model, bs, k)) else 1
+    k = min(len(members), MAX_SIDE_BY_SIDE)
+    if options.batch == "on":
+        return k
+    return k if together_pays(lambda: rep.new_model(0), rep.train_data, job.train_cfg, k, options.accel) else 1
 
 
 def runs_compact(model: nn.Module, job: Job, options: ExecOptions) -> bool:
