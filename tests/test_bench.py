@@ -23,7 +23,20 @@ def test_bench_real_data_when_present(capsys):
     assert not row["synthetic_data"] and row["steps_per_epoch"] == 5 and row["precision"] == "bf16"
 
 
+def test_bench_side_by_side_columns_and_the_capture_option(capsys):
+    assert main(["bench", "--preset", "paper-cifar10-vgg16", "--set", "train.batch_size=2", "--set", "model.width=2",
+                 "--batches", "3", "--warmup", "1", "--ks", "2,3", "--capture", "on", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    row = json.loads(captured.out)
+    assert row["capture"] == "on" and "capture needs a CUDA device; training eagerly" in captured.err
+    for k in (1, 2, 3):
+        assert row[f"k{k}_s_per_model_epoch"] > 0
+
+
 def test_bench_bad_input(capsys):
     assert main(["bench", "--preset", "nope"]) == 2
     assert "unknown preset" in capsys.readouterr().err
     assert main(["bench", "--preset", "mnist1d-quick", "--batches", "0"]) == 2
+    assert main(["bench", "--preset", "mnist1d-quick", "--ks", "0"]) == 2
+    assert main(["bench", "--ks", "2"]) == 2  # the reference benchmark has no side-by-side column
+    assert "--ks apply to `bench --preset NAME` only" in capsys.readouterr().err

@@ -288,7 +288,7 @@ def cmd_bench(args) -> int:
     from .bench.preset import bench_preset
 
     row = bench_preset(args.preset, sets=args.set, device=options.device, batches=args.batches,
-                       warmup=args.warmup, data_dir=options.data_dir, accel=options.accel)
+                       warmup=args.warmup, data_dir=options.data_dir, accel=options.accel, ks=_int_list(args.ks) or [])
     if args.format == "json":
         print(json.dumps(row, indent=1))
         return 0
@@ -300,8 +300,8 @@ def cmd_bench(args) -> int:
 def _bench_suite(args, options) -> int:
     from .bench.suite import format_table, run_suite
 
-    if args.set or args.channels_last or args.compile:
-        raise SparseddError("--set, --channels-last and --compile apply to `bench --preset NAME` only")
+    if args.set or args.channels_last or args.compile or args.capture != "auto" or args.ks:
+        raise SparseddError("--set, --channels-last, --compile, --capture and --ks apply to `bench --preset NAME` only")
     rounds_ok = args.rounds is None or 1 <= args.rounds <= 1000
     steps_ok = args.steps is None or 2 <= args.steps <= 100_000
     if not (rounds_ok and steps_ok):
@@ -459,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--warmup", type=int, default=2, help="steps run before timing (default 2)")
     bn.add_argument("--channels-last", action="store_true")
     bn.add_argument("--compile", action="store_true")
+    bn.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
+                    help="with --preset: replay the training step as a CUDA graph (on a GPU)")
+    bn.add_argument("--ks", default="", metavar="K,K",
+                    help="with --preset: also seconds per model-epoch of K networks trained side by side (e.g. 2,3,4)")
     _format(bn, "json")
     bn.set_defaults(func=cmd_bench)
 

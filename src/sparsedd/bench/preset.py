@@ -32,10 +32,14 @@ def _data(cfg, data_dir, device, n: int) -> tuple[Dataset | None, tuple, int, in
 
 
 def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: str = "cpu", batches: int = 10,
-                 warmup: int = 2, data_dir: str | None = None, accel: Accel = Accel()) -> dict[str, Any]:
-    """Time ``batches`` training steps (after ``warmup``) and as many evaluation batches."""
+                 warmup: int = 2, data_dir: str | None = None, accel: Accel = Accel(),
+                 ks: list[int] | None = None) -> dict[str, Any]:
+    """Time ``batches`` training steps (after ``warmup``) and as many evaluation batches; with ``ks``,
+    also the seconds per model-epoch of K networks trained side by side (:mod:`sparsedd.training.together`)."""
     if batches < 1 or warmup < 0:
         raise SparseddError("--batches must be >= 1 and --warmup >= 0")
+    if any(not 1 <= k <= 64 for k in ks or []):
+        raise SparseddError(f"--ks takes network counts in [1, 64], got {','.join(map(str, ks))}")
     cfg = config_mod.load(preset, sets=sets)
     dev = torch.device(device)
     bs = cfg.train.batch_size
@@ -77,13 +81,26 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
     sync(dev)
     eval_batch_s = (time.perf_counter() - t0) / batches * (EVAL_BATCH / xe.shape[0])
     ipe = iters_per_epoch(n_train, bs)
+    side_by_side = {}
+    for k in ks or []:
+        from ..training.together import measure_together
+
+        def make():
+            return build_model(cfg.model, shape, classes, seed=0).to(dev)
+
+        cfg_k = dataclasses.replace(one_epoch, eval_every=10 ** 6)
+        warm = min(2, warmup + batches - 1)  # what the data's steps allow: warm + timed <= warmup + batches
+        measured = measure_together(make, data, cfg_k, k, accel, steps=warmup + batches - warm, warmup=warm)
+        side_by_side[f"k{k}_s_per_model_epoch"] = measured["together_s"] * ipe
+        side_by_side.setdefault("k1_s_per_model_epoch", measured["single_s"] * ipe)
     evals_per_epoch = (n_train + n_test) / EVAL_BATCH  # the evaluation reads the training and the test set
     return {
         "preset": preset, "model": cfg.model.name, "data": cfg.data.name, "synthetic_data": real is None,
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "precision": cfg.train.precision,
-        "channels_last": accel.channels_last, "compile": accel.compile,
+        "channels_last": accel.channels_last, "compile": accel.compile, "capture": accel.capture,
         "parameters": sum(p.numel() for p in model.parameters()), "batch_size": bs, "batches_timed": batches,
         "train_s_per_step": step_s, "steps_per_epoch": ipe, "train_s_per_epoch": step_s * ipe,
         "eval_s_per_epoch": eval_batch_s * evals_per_epoch, "train_examples": n_train, "test_examples": n_test,
+        **side_by_side,
     }

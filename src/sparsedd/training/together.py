@@ -112,8 +112,9 @@ def train_together(models: list[nn.Module], datas: list[TrainData], cfg: TrainCo
 
 
 def measure_together(make_model: Callable[[], nn.Module], data: TrainData, cfg: TrainConfig, k: int,
-                     accel: Accel = Accel(), steps: int = 10) -> dict[str, Any]:
-    """Seconds per model-step of ``k`` networks trained one by one and together (on ``data``'s device)."""
+                     accel: Accel = Accel(), steps: int = 10, warmup: int = 4) -> dict[str, Any]:
+    """Seconds per model-step of ``k`` networks trained one by one and together (on ``data``'s device):
+    ``warmup`` steps (captures included), then ``warmup + steps`` steps timed from the start."""
     from ..pruning import full_mask
 
     models = [make_model() for _ in range(k)]
@@ -121,12 +122,12 @@ def measure_together(make_model: Callable[[], nn.Module], data: TrainData, cfg: 
     sync = torch.cuda.synchronize if data.x.is_cuda else (lambda: None)
 
     def timed(fn) -> float:
-        fn(4)  # warm-up (and captures)
+        fn(warmup)  # cuDNN's choices, the allocator's pools
         sync()
         t0 = time.perf_counter()
-        fn(steps + 4)
+        fn(steps + warmup)
         sync()
-        return (time.perf_counter() - t0) / (steps + 4) / k
+        return (time.perf_counter() - t0) / (steps + warmup) / k
 
     def alone(s):
         for i, (m, mk) in enumerate(zip(models, masks)):
