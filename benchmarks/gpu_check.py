@@ -124,13 +124,16 @@ def captured_checks(x: torch.Tensor, y: torch.Tensor, dev: torch.device, n_image
                           precision=precision)
         model_cfg = ModelConfig("mlp", (300, 100)) if model_name == "mlp" else ModelConfig(model_name)
         runs = {}
-        for capture in ("off", "on"):
+        for capture in ("off", "on", "again"):  # "again": the captured run repeated (same seed, same GPU)
             model = build_model(model_cfg, tuple(xs.shape[1:]), 10, seed=0).to(dev)
             mask = full_mask(model, model.prunable_names("all"))
-            runs[capture] = timed_training(model, data, cfg, mask, Accel(channels_last=channels_last, capture=capture))
+            accel = Accel(channels_last=channels_last, capture="on" if capture == "again" else capture)
+            runs[capture] = timed_training(model, data, cfg, mask, accel)
         diff = max_diff(runs["off"]["state"], runs["on"]["state"])
+        repeat = max_diff(runs["on"]["state"], runs["again"]["state"])
         eager_s, captured_s = runs["off"]["epoch_s"][-1], runs["on"]["epoch_s"][-1]
         out[name] = {"max_weight_diff": diff, "tolerance": tol, "captured": runs["on"]["captured"],
+                     "repeat_max_weight_diff": repeat,  # 0: the same seed on the same GPU gives the same run
                      "eager_epoch_s": eager_s, "captured_epoch_s": captured_s, "speedup": eager_s / captured_s,
                      "ok": runs["on"]["captured"] and diff < tol}
         print(name, json.dumps({k: v for k, v in out[name].items()}), file=sys.stderr, flush=True)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 12 in one run (about 3-5 minutes on one H100/H200), for a machine with a
+# CUDA build of torch: captured vs eager training (weights, repeatability, seconds per epoch), conv
+# nets side by side for K = 2..4, compact and batched MLP equality, then the preset bench rows.
+# Results go to $OUT (default gpu-check/); paste the figures into docs/performance.md with the card's name.
+#
+#   OUT=/tmp/out DATA_DIR=../shared/data bash scripts/gpu-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-check}
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+DATA=${DATA_DIR:+--data-dir $DATA_DIR}
+"$PYTHON" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' | tee "$OUT/device.txt"
+"$PYTHON" benchmarks/gpu_check.py $DATA --out "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
+for capture in off on; do
+  "$PYTHON" -m sparsedd.cli bench --preset paper-cifar10-resnet18 --device cuda --batches 30 --warmup 5 \
+    --set train.precision=bf16 --channels-last --capture $capture --ks 2,3,4 --format json \
+    > "$OUT/bench-resnet18-bf16-cl-capture-$capture.json"
+done
+"$PYTHON" -m sparsedd.cli bench --preset paper-mnist-lenet --device cuda --batches 100 --warmup 10 --capture on \
+  $DATA --format json > "$OUT/bench-lenet-capture-on.json"
+echo "done: $OUT"
