@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY
 
 LONG = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=500"]  # never ends by itself
@@ -37,13 +39,16 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 240)
     raise AssertionError(f"no {what} after {timeout} s")
 
 
-def test_sigterm_to_a_sweep_driver_stops_its_workers(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_sigterm_to_a_sweep_driver_stops_its_workers(tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray")
     sweep = tmp_path / "sweep.toml"
     base = "\n".join(f'"{k}" = {v}' for k, v in (s.split("=", 1) for s in LONG if not s.startswith("data.noise")))
     sweep.write_text(f'seeds = 1\n[base]\n{base}\n[grid]\n"data.noise" = [0.2, 0.4]\n')
     root = tmp_path / "root"
     cmd = [sys.executable, "-m", "sparsedd.cli", "sweep", str(sweep), "--root", str(root), "--workers", "2",
-           "--no-progress", "--no-report", "--checkpoint-epoch", "0"]
+           "--executor", executor, "--no-progress", "--no-report", "--checkpoint-epoch", "0"]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:

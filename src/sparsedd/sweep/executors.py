@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,10 +142,15 @@ class RayExecutor:
             raise SparseddError("the ray executor needs Ray: pip install 'sparsedd[ray]' (or ray)") from None
         self.ray = ray
         if not ray.is_initialized():
+            ours = signal.getsignal(signal.SIGTERM)
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:  # a local cluster of this machine
                 ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            # Ray's core worker puts its own SIGTERM handler in place (it aborts the process with a stack
+            # dump); ours stops the sweep's tasks and keeps what they computed, as after Ctrl-C
+            if callable(ours) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, ours)
         from .worker import run_task
 
         self.work_dir = work_dir
