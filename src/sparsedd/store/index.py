@@ -237,7 +237,12 @@ class Index:
 
     def run_rows(self) -> list[dict[str, Any]]:
         """One row per run, oldest first, with its config as a dict."""
-        return [_decoded(self.path, r, "config") for r in self._query("SELECT * FROM runs ORDER BY created")]
+        rows = [_decoded(self.path, r, "config") for r in self._query("SELECT * FROM runs ORDER BY created")]
+        for r in rows:
+            if not isinstance(r["config"], dict):  # JSON, but not a configuration's
+                raise IndexDamaged(self.path, f"run {r['run_id']}'s config cell holds {type(r['config']).__name__}, "
+                                              "not a configuration")
+        return rows
 
     def level_rows(self) -> list[dict[str, Any]]:
         """One row per run, seed and level: its metrics, with the layer sparsities as a dict."""
