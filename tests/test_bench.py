@@ -25,7 +25,7 @@ def test_bench_real_data_when_present(capsys):
 
 def test_bench_side_by_side_columns_and_the_capture_option(capsys):
     assert main(["bench", "--preset", "paper-cifar10-vgg16", "--set", "train.batch_size=2", "--set", "model.width=2",
-                 "--batches", "3", "--warmup", "1", "--ks", "2,3", "--capture", "on", "--format", "json"]) == 0
+                 "--batches", "3", "--warmup", "4", "--ks", "2,3", "--capture", "on", "--format", "json"]) == 0
     captured = capsys.readouterr()
     row = json.loads(captured.out)
     assert row["capture"] == "on" and "capture needs a CUDA device; training eagerly" in captured.err
@@ -38,5 +38,7 @@ def test_bench_bad_input(capsys):
     assert "unknown preset" in capsys.readouterr().err
     assert main(["bench", "--preset", "mnist1d-quick", "--batches", "0"]) == 2
     assert main(["bench", "--preset", "mnist1d-quick", "--ks", "0"]) == 2
+    assert main(["bench", "--preset", "mnist1d-quick", "--capture", "on", "--warmup", "2"]) == 2
+    assert "--capture on needs --warmup 4 or more" in capsys.readouterr().err
     assert main(["bench", "--ks", "2"]) == 2  # the reference benchmark has no side-by-side column
     assert "--ks apply to `bench --preset NAME` only" in capsys.readouterr().err

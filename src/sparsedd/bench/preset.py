@@ -16,6 +16,7 @@ from ..models import build_model
 from ..pruning import full_mask
 from ..training import TrainData, train
 from ..training.loop import Accel, iters_per_epoch, predict
+from ..training.captured import WARMUP_STEPS
 from ..training.measured import sync
 
 EVAL_BATCH = 4096  # as in sparsedd.training.loop.predict
@@ -38,6 +39,9 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
     also the seconds per model-epoch of K networks trained side by side (:mod:`sparsedd.training.together`)."""
     if batches < 1 or warmup < 0:
         raise SparseddError("--batches must be >= 1 and --warmup >= 0")
+    if accel.capture == "on" and warmup < WARMUP_STEPS + 1:  # time the replays, not the capture
+        raise SparseddError(f"--capture on needs --warmup {WARMUP_STEPS + 1} or more (the steps before and at the "
+                            "capture are not replays)")
     if any(not 1 <= k <= 64 for k in ks or []):
         raise SparseddError(f"--ks takes network counts in [1, 64], got {','.join(map(str, ks))}")
     cfg = config_mod.load(preset, sets=sets)

@@ -28,7 +28,7 @@ from ..config import TrainConfig
 from ..data.augment import crop_flip_apply, crop_flip_draws
 from ..errors import notice
 from ..rng import generator
-from .execution import Accel, Objective, SingleExecution
+from .execution import Accel, Objective, SingleExecution, fp32
 
 if TYPE_CHECKING:
     from .loop import TrainData
@@ -53,7 +53,7 @@ class CapturedExecution(SingleExecution):
                          optimizer_state=optimizer_state, objective=objective)
         self.capture, self.graph, self.warm = capture, None, 0
         self.lr = torch.tensor(float(cfg.lr), device=self.device)
-        self.lr_value = float(cfg.lr)  # the same, as the number the schedule gave (the tensor holds it in fp32)
+        self.lr_value = fp32(cfg.lr)  # the same as a number, as the eager execution keeps it
         self.batch = cfg.batch_size
         self.idx = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.draws = torch.zeros(3, self.batch, dtype=torch.long, device=self.device)
@@ -64,10 +64,10 @@ class CapturedExecution(SingleExecution):
         for group in self.opt.param_groups:  # a restored optimizer state brings its own lr: ours again
             group["lr"] = self.lr
         self.lr.fill_(value)
-        self.lr_value = value
+        self.lr_value = fp32(value)
 
     def optimizer_state(self, k: int) -> dict[str, Any]:
-        """As the eager execution saves it: the learning rate a number, not our device tensor."""
+        """As the eager execution saves it: the learning rate a number (float32-rounded), not our device tensor."""
         state = self.opt.state_dict()
         groups = [{**g, "lr": self.lr_value} for g in state["param_groups"]]
         return {**state, "param_groups": groups}

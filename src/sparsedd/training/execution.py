@@ -102,6 +102,12 @@ class Execution(Protocol):
     def extra_state(self) -> dict[str, Any]: ...
 
 
+def fp32(value: float) -> float:
+    """``value`` rounded to float32. CUDA's fused SGD reads a tensor learning rate as float32 and a number
+    as float64: eager steps take the rounded number so that eager and captured training (a tensor) agree."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
 def masked_pairs(params: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> tuple[list, list]:
     """(parameters, float masks) of the masked parameters; an all-ones mask changes nothing, so it is skipped."""
     partial = [n for n in mask if not bool(mask[n].all())]
@@ -159,6 +165,8 @@ class SingleExecution:
         multiply_(self.masked, self.mask_f)
 
     def set_lr(self, value: float) -> None:
+        if self.cfg.optimizer == "sgd":  # as a captured step's learning-rate tensor holds it (fused SGD on a CPU
+            value = fp32(value)  # rounds it so anyway: no change there; Adam, which is never captured, is left alone)
         for group in self.opt.param_groups:
             group["lr"] = value
 

@@ -35,6 +35,8 @@ class Optimizers:
         return {"parts": [o.state_dict() for o in self.parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["parts"]) != len(self.parts):
+            raise ValueError(f"a state of {len(state['parts'])} optimizers for {len(self.parts)} networks")
         for o, s in zip(self.parts, state["parts"]):
             o.load_state_dict(s)
 
@@ -45,6 +47,8 @@ class TogetherExecution:
     single = False
 
     def __init__(self, parts: list[SingleExecution]):
+        if len({p.n for p in parts}) != 1:
+            raise ValueError("networks trained side by side need training sets of one size (one epoch's steps)")
         self.parts, self.k, self.n = parts, len(parts), parts[0].n
         self.device = parts[0].device
         self.module = nn.ModuleList([p.module for p in parts])
@@ -149,8 +153,23 @@ def together_pays(make_model: Callable[[], nn.Module], data: TrainData, cfg: Tra
         return False
     from .measured import cached, machine_key
 
+    from .loop import iters_per_epoch
+
+    total = cfg.epochs * iters_per_epoch(data.n, cfg.batch_size)
+    if total < 3:  # too short to measure, and too short to matter
+        return False
     model = make_model()
     key = machine_key(data.x.device, "together-v1", type(model).__name__, sum(p.numel() for p in model.parameters()),
                       tuple(data.x.shape[1:]), f"b{cfg.batch_size}", f"k{k}", cfg.precision, accel.capture,
                       accel.channels_last)
-    return bool(cached("together", key, lambda: measure_together(make_model, data, cfg, k, accel), cache_dir)["pays"])
+    warmup = min(4, total // 3)
+    steps = min(10, total - 2 * warmup)  # the timed run repeats the warm-up steps: warmup + steps <= total
+
+    def measure() -> dict[str, Any]:
+        try:
+            return measure_together(make_model, data, cfg, k, accel, steps=steps, warmup=warmup)
+        except torch.cuda.OutOfMemoryError:  # K of them do not fit: they train one by one
+            torch.cuda.empty_cache()
+            return {"pays": False, "out_of_memory": True}
+
+    return bool(cached("together", key, measure, cache_dir)["pays"])
