@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from test_training import _DyingCheckpointer, _Interrupt
 from sparsedd.config import ModelConfig, TrainConfig
 from sparsedd.models import build_model
 from sparsedd.pruning import full_mask, random
@@ -68,22 +69,11 @@ def test_the_static_step_equals_the_eager_one_with_the_distance_penalty():
     assert not all(torch.equal(v, plain[n]) for n, v in want.items())  # the penalty did act
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _Dying(FileCheckpointer):
-    def save(self, state):
-        super().save(state)
-        if state["epoch"] == 1 and state["step"] == 2:
-            raise _Interrupt
-
-
 def test_a_resumed_captured_stage_ends_as_an_uninterrupted_one(tmp_path):
     want, want_res = trained("vgg16", captured=False)
     path = tmp_path / "ckpt.pt"
-    with pytest.raises(_Interrupt):
-        trained("vgg16", captured=True, checkpoint=_Dying(path, every_s=0, epoch_every_s=0))
+    with pytest.raises(_Interrupt):  # 5 steps per epoch, a save after each: the 7th is at epoch 1, step 2
+        trained("vgg16", captured=True, checkpoint=_DyingCheckpointer(path, 7))
     got, got_res = trained("vgg16", captured=True, checkpoint=FileCheckpointer(path, 1e9, 1e9))
     assert all(torch.equal(v, got[n]) for n, v in want.items())
     assert got_res.history == want_res.history

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from test_training import _DyingCheckpointer, _Interrupt
 from sparsedd.config import ModelConfig, TrainConfig
 from sparsedd.models import build_model
 from sparsedd.pruning import full_mask, random
@@ -51,25 +52,14 @@ def _same_state(a, b) -> bool:
         torch.equal(a["state"][i]["momentum_buffer"], b["state"][i]["momentum_buffer"]) for i in a["state"])
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _Dying(FileCheckpointer):
-    def save(self, state):
-        super().save(state)
-        if state["epoch"] == 1 and state["step"] == 1:
-            raise _Interrupt
-
-
 def test_a_resumed_together_computation_ends_as_an_uninterrupted_one(tmp_path):
     ref, views, masks = setting("resnet18")
     want = train_together(ref, views, CFG, masks, order_keys=[(k, "order") for k in range(K)])
     path = tmp_path / "ckpt.pt"
     models, views, masks = setting("resnet18")
-    with pytest.raises(_Interrupt):
+    with pytest.raises(_Interrupt):  # 3 steps per epoch, a save after each: the 4th is at epoch 1, step 1
         train_together(models, views, CFG, masks, order_keys=[(k, "order") for k in range(K)],
-                       checkpoint=_Dying(path, every_s=0, epoch_every_s=0))
+                       checkpoint=_DyingCheckpointer(path, 4))
     models, views, masks = setting("resnet18")
     got = train_together(models, views, CFG, masks, order_keys=[(k, "order") for k in range(K)],
                          checkpoint=FileCheckpointer(path, 1e9, 1e9))
