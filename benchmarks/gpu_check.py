@@ -25,6 +25,7 @@ from sparsedd.training import TrainData, train
 from sparsedd.training.captured import CapturedExecution
 from sparsedd.training.execution import Accel, prepare_single
 from sparsedd.training.loop import run_epochs
+from sparsedd.training.measured import sync
 from sparsedd.training.batched import train_batched
 from sparsedd.training.sparse import CompactMLP, SparsePolicy
 
@@ -90,13 +91,12 @@ def timed_training(model, data: TrainData, cfg: TrainConfig, mask: dict, accel: 
     steps were captured."""
     ex = prepare_single(model, data, cfg, mask, order_key=(0, "o"), accel=accel)
     marks = [time.perf_counter()]
-    sync = torch.cuda.synchronize if data.x.is_cuda else (lambda: None)
 
     def on_epoch(rows):
-        sync()
+        sync(data.x.device)
         marks.append(time.perf_counter())
 
-    sync()
+    sync(data.x.device)
     marks[0] = time.perf_counter()
     run_epochs(ex, cfg, [(0, "o")], on_epoch=on_epoch)
     ex.finish()

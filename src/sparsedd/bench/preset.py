@@ -18,6 +18,7 @@ from ..training import TrainData, train
 from ..training.loop import Accel, iters_per_epoch, predict
 from ..training.captured import WARMUP_STEPS
 from ..training.measured import sync
+from ..training.together import measure_together
 
 EVAL_BATCH = 4096  # as in sparsedd.training.loop.predict
 
@@ -86,14 +87,13 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
     eval_batch_s = (time.perf_counter() - t0) / batches * (EVAL_BATCH / xe.shape[0])
     ipe = iters_per_epoch(n_train, bs)
     side_by_side = {}
+    cfg_k = dataclasses.replace(one_epoch, eval_every=10 ** 6)
+    warm = min(2, warmup + batches - 1)  # what the data's steps allow: warm + timed <= warmup + batches
+
+    def make():
+        return build_model(cfg.model, shape, classes, seed=0).to(dev)
+
     for k in ks or []:
-        from ..training.together import measure_together
-
-        def make():
-            return build_model(cfg.model, shape, classes, seed=0).to(dev)
-
-        cfg_k = dataclasses.replace(one_epoch, eval_every=10 ** 6)
-        warm = min(2, warmup + batches - 1)  # what the data's steps allow: warm + timed <= warmup + batches
         measured = measure_together(make, data, cfg_k, k, accel, steps=warmup + batches - warm, warmup=warm)
         side_by_side[f"k{k}_s_per_model_epoch"] = measured["together_s"] * ipe
         side_by_side.setdefault("k1_s_per_model_epoch", measured["single_s"] * ipe)

@@ -73,10 +73,9 @@ class CapturedExecution(SingleExecution):
         return {**state, "param_groups": groups}
 
     def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = idx[0]
-        if idx.shape[0] != self.batch:  # the epoch's last, smaller batch
-            return self._eager(idx, epoch, step)
-        self.idx.copy_(idx, non_blocking=True)
+        if idx.shape[1] != self.batch:  # the epoch's last, smaller batch: the eager step
+            return super().step(idx, epoch, step)
+        self.idx.copy_(idx[0], non_blocking=True)
         if self.data.augment != "none":
             draws = crop_flip_draws(self.batch, generator(*self.order_key, "augment", epoch, step), PADDING)
             self.draws.copy_(draws, non_blocking=True)
@@ -100,13 +99,6 @@ class CapturedExecution(SingleExecution):
         with torch.cuda.stream(side):
             self._static_step()
         torch.cuda.current_stream().wait_stream(side)
-
-    def _eager(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xb, yb = self.data.x[idx], self.data.y[idx]
-        if self.data.augment != "none":
-            draws = crop_flip_draws(idx.shape[0], generator(*self.order_key, "augment", epoch, step), PADDING)
-            xb = crop_flip_apply(xb, draws, PADDING)
-        return self.train_on(xb, yb, idx, idx.shape[0])
 
     def _static_step(self) -> None:
         """The step the graph holds: reads only the static inputs, writes the static outputs."""

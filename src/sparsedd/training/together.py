@@ -22,7 +22,8 @@ from torch import nn
 
 from ..config import TrainConfig
 from .execution import Accel, SingleExecution, prepare_single
-from .loop import Checkpointer, TrainData, TrainResult, run_epochs
+from .loop import Checkpointer, TrainData, TrainResult, iters_per_epoch, run_epochs
+from .measured import cached, machine_key, sync
 
 
 class Optimizers:
@@ -123,14 +124,13 @@ def measure_together(make_model: Callable[[], nn.Module], data: TrainData, cfg: 
 
     models = [make_model() for _ in range(k)]
     masks = [full_mask(m, m.prunable_names("all")) for m in models]
-    sync = torch.cuda.synchronize if data.x.is_cuda else (lambda: None)
 
     def timed(fn) -> float:
         fn(warmup)  # cuDNN's choices, the allocator's pools
-        sync()
+        sync(data.x.device)
         t0 = time.perf_counter()
         fn(steps + warmup)
-        sync()
+        sync(data.x.device)
         return (time.perf_counter() - t0) / (steps + warmup) / k
 
     def alone(s):
@@ -151,10 +151,6 @@ def together_pays(make_model: Callable[[], nn.Module], data: TrainData, cfg: Tra
     CPU (the same steps in turn), measured once per machine and setting on a GPU."""
     if not data.x.is_cuda:
         return False
-    from .measured import cached, machine_key
-
-    from .loop import iters_per_epoch
-
     total = cfg.epochs * iters_per_epoch(data.n, cfg.batch_size)
     if total < 3:  # too short to measure, and too short to matter
         return False
