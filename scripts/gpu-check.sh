@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 12 in one run (about 3-5 minutes on one H100/H200), for a machine with a
-# CUDA build of torch: captured vs eager training (weights, repeatability, seconds per epoch), conv
-# nets side by side for K = 2..4, compact and batched MLP equality, then the preset bench rows.
+# The GPU checks of issue 12 in one run (about 4-6 minutes on one H100/H200), for a machine with a
+# CUDA build of torch: captured vs eager training (weights, repeatability, seconds per epoch; one LeNet,
+# 8 stacked, ResNet-18), conv nets side by side against one by one and timed for K = 2..4, compact and
+# batched MLP equality, then the preset bench rows (with the captured ceiling) and the LeNet/MLP suite
+# with its captured columns. Its CPU smoke test: tests/test_gpu_check.py.
 # Results go to $OUT (default gpu-check/); paste the figures into docs/performance.md with the card's name.
 #
 #   OUT=/tmp/out DATA_DIR=../shared/data bash scripts/gpu-check.sh
@@ -21,4 +23,5 @@ for capture in off on; do
 done
 "$PYTHON" -m sparsedd.cli bench --preset paper-mnist-lenet --device cuda --batches 100 --warmup 10 --capture on \
   $DATA --format json > "$OUT/bench-lenet-capture-on.json"
+"$PYTHON" -m sparsedd.cli bench --device cuda --rounds 1 $DATA --out "$OUT/bench-suite.json" | tee "$OUT/bench-suite.txt"
 echo "done: $OUT"

@@ -15,6 +15,34 @@ def test_bench_synthetic_image_data(capsys):
     assert row["synthetic_data"] and row["model"] == "vgg16" and row["parameters"] == 14728266
     assert row["steps_per_epoch"] == 25000 and row["train_s_per_step"] > 0 and row["eval_s_per_epoch"] > 0
     assert row["train_s_per_epoch"] == row["train_s_per_step"] * 25000 and row["channels_last"]
+    # the ceiling: the bare step on one batch, eager on a CPU (captured as a CUDA graph on a GPU)
+    assert row["ceiling"] == "eager" and row["ceiling_s_per_step"] > 0
+    assert row["ceiling_s_per_epoch"] == row["ceiling_s_per_step"] * 25000
+    assert row["train_over_ceiling"] == row["train_s_per_step"] / row["ceiling_s_per_step"]
+
+
+def test_the_ceiling_trains_the_bare_step():
+    import torch
+
+    from sparsedd.bench.preset import ceiling_step_s
+    from sparsedd.config import ModelConfig, TrainConfig
+    from sparsedd.models import build_model
+    from sparsedd.training.execution import Accel
+
+    model = build_model(ModelConfig("mlp", (8,)), (6,), 3, seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
+    seconds, how = ceiling_step_s(model, x, y, TrainConfig(lr=0.1), Accel(), steps=3, warmup=1)
+    assert seconds > 0 and how == "eager"
+    ref = build_model(ModelConfig("mlp", (8,)), (6,), 3, seed=0)  # 4 plain SGD steps on the same batch
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for _ in range(4):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        opt.step()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, dict(ref.named_parameters())[n], atol=1e-6) and not torch.equal(p, before[n])
 
 
 def test_bench_real_data_when_present(capsys):

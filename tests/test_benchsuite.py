@@ -28,6 +28,23 @@ def test_bench_suite_table_and_bad_input(capsys):
     assert main(["bench", "--quick", "--rounds", "1"]) == 0  # synthetic MNIST-shaped data without --data-dir
     text = capsys.readouterr().out
     assert "(a) reference" in text and "targets:" in text and "(e) LeNet curve" in text
+    assert "captured as CUDA graphs" not in text  # no GPU: no captured columns unless asked for
     assert main(["bench", "--quick", "--steps", "1"]) == 2
     assert "--steps" in capsys.readouterr().err
     assert main(["bench", "--set", "train.lr=1"]) == 2
+
+
+def test_bench_suite_captured_columns_where_asked(capsys):
+    # on a CPU the graph's static step runs eagerly (said once per training): the columns' code path, no meaning
+    assert main(["bench", "--quick", "--rounds", "1", "--capture", "on", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert "capture needs a CUDA device; training eagerly" in captured.err and r["meta"]["captured"]
+    for key in ("lenet", "mnist1d_mlp"):
+        m = r[key]
+        assert m["captured_s"]["single"] > 0 and set(m["captured_s"]["batched"]) == {"8", "32"}
+        assert m["captured_speedup_over_eager"]["single"] == m["single_s"] / m["captured_s"]["single"]
+        assert m["ratios_to_reference"]["captured"]["batched"]["8"] == m["reference_s"] / m["captured_s"]["batched"]["8"]
+    from sparsedd.bench.suite import format_table
+
+    assert "captured as CUDA graphs (no GPU: eager):" in format_table(r)

@@ -108,3 +108,52 @@ def test_capture_on_without_a_gpu_trains_eagerly_and_says_so(capsys):
     ex = prepare_single(model, data, CFG, mask, order_key=(0,), accel=Accel(capture="on"))
     assert type(ex) is SingleExecution
     assert capsys.readouterr().err == "sparsedd: --capture on: capture needs a CUDA device; training eagerly\n"
+
+
+# --- K stacked fully connected networks (sparsedd.training.batched), the LeNet/MLP path -------------
+
+def stacked_trained(captured: bool, checkpoint=None, cfg: TrainConfig = CFG):
+    from test_batched import setup
+    from sparsedd.training.batched import StackedExecution
+    from sparsedd.training.captured import CapturedStackedExecution
+
+    datas, states, masks, _ = setup(K=3, n=70)  # 70 = 4 x 16 + 6: a smaller last batch
+    args = (states, datas, cfg, masks, torch.device("cpu"))
+    ex = CapturedStackedExecution(*args, capture=False) if captured else StackedExecution(*args)
+    results = run_epochs(ex, cfg, [(k, "order") for k in range(3)], checkpoint=checkpoint)
+    return ex.states(), results
+
+
+def test_the_stacked_static_step_run_eagerly_equals_the_stacked_step():
+    want, want_res = stacked_trained(captured=False)
+    got, got_res = stacked_trained(captured=True)
+    for k in range(3):
+        assert all(torch.equal(v, got[k][n]) for n, v in want[k].items()), k
+        assert got_res[k].history == want_res[k].history and got_res[k].final == want_res[k].final
+        assert got_res[k].optimizer_state["param_groups"] == want_res[k].optimizer_state["param_groups"]
+        lr = got_res[k].optimizer_state["param_groups"][0]["lr"]
+        assert type(lr) is float and lr == want_res[k].optimizer_state["param_groups"][0]["lr"]
+
+
+def test_a_resumed_captured_stacked_stage_ends_as_an_uninterrupted_one(tmp_path):
+    want, want_res = stacked_trained(captured=False)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(_Interrupt):  # 5 steps per epoch, a save after each: the 7th is at epoch 1, step 2
+        stacked_trained(captured=True, checkpoint=_DyingCheckpointer(path, 7))
+    got, got_res = stacked_trained(captured=True, checkpoint=FileCheckpointer(path, 1e9, 1e9))
+    for k in range(3):
+        assert all(torch.equal(v, got[k][n]) for n, v in want[k].items()), k
+        assert got_res[k].history == want_res[k].history
+
+
+def test_capture_on_for_batched_networks_without_a_gpu_trains_eagerly_and_says_so(capsys):
+    from test_batched import setup
+    from sparsedd.training.batched import train_batched
+    from sparsedd.training.execution import Accel
+
+    datas, states, masks, _ = setup(K=2, n=40)
+    want, _ = train_batched(states, datas, CFG, masks, order_keys=[(k, "order") for k in range(2)])
+    got, _ = train_batched(states, datas, CFG, masks, order_keys=[(k, "order") for k in range(2)],
+                           accel=Accel(capture="on"))
+    assert all(torch.equal(v, got[k][n]) for k in range(2) for n, v in want[k].items())
+    assert capsys.readouterr().err == "sparsedd: --capture on: capture needs a CUDA device; training eagerly\n"

@@ -300,14 +300,15 @@ def cmd_bench(args) -> int:
 def _bench_suite(args, options) -> int:
     from .bench.suite import format_table, run_suite
 
-    if args.set or args.channels_last or args.compile or args.capture != "auto" or args.ks:
-        raise SparseddError("--set, --channels-last, --compile, --capture and --ks apply to `bench --preset NAME` only")
+    if args.set or args.channels_last or args.compile or args.ks:
+        raise SparseddError("--set, --channels-last, --compile and --ks apply to `bench --preset NAME` only")
     rounds_ok = args.rounds is None or 1 <= args.rounds <= 1000
     steps_ok = args.steps is None or 2 <= args.steps <= 100_000
     if not (rounds_ok and steps_ok):
         raise SparseddError("--rounds must be in [1, 1000] and --steps in [2, 100000]")
     result = run_suite(quick=args.quick, device=options.device, data_dir=options.data_dir, rounds=args.rounds,
-                       steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+                       capture=args.capture)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
@@ -460,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--channels-last", action="store_true")
     bn.add_argument("--compile", action="store_true")
     bn.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
-                    help="with --preset: replay the training step as a CUDA graph (on a GPU)")
+                    help="with --preset: replay the training step as a CUDA graph (on a GPU); without: the "
+                         "captured columns, on a GPU (auto), never (off) or also on a CPU, run eagerly (on)")
     bn.add_argument("--ks", default="", metavar="K,K",
                     help="with --preset: also seconds per model-epoch of K networks trained side by side (e.g. 2,3,4)")
     _format(bn, "json")

@@ -1,5 +1,7 @@
 """`sparsedd bench --preset NAME`: seconds per training epoch and per evaluation for a preset's model
-and data shape, measured on a few batches (synthetic data of the right shape when the data set is absent)."""
+and data shape, measured on a few batches (synthetic data of the right shape when the data set is absent),
+beside a ceiling: the same model's bare step on one fixed batch (no data handling, masks or metrics),
+captured as a CUDA graph on a GPU."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .. import config as config_mod
 from ..data import DATASETS, Dataset, load_dataset
@@ -16,8 +19,10 @@ from ..models import build_model
 from ..pruning import full_mask
 from ..training import TrainData, train
 from ..training.loop import Accel, iters_per_epoch, predict
-from ..training.captured import WARMUP_STEPS
+from ..training.captured import WARMUP_STEPS, StepGraph
+from ..training.execution import autocast
 from ..training.measured import sync
+from ..training.optim import build_optimizer
 from ..training.together import measure_together
 
 EVAL_BATCH = 4096  # as in sparsedd.training.loop.predict
@@ -31,6 +36,36 @@ def _data(cfg, data_dir, device, n: int) -> tuple[Dataset | None, tuple, int, in
     except SparseddError:  # absent: a synthetic stand-in of the registered shape
         return (None, spec.input_shape(cfg.data.image_size), spec.classes, cfg.data.num_train or spec.num_train,
                 cfg.data.num_test or spec.num_test)
+
+
+def ceiling_step_s(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg, accel: Accel, *, steps: int,
+                   warmup: int) -> tuple[float, str]:
+    """Seconds per step of ``model``'s bare training step on the one batch ``xb``, ``yb`` (forward, loss,
+    backward, the optimizer's step; no gather, augmentation, masks or metrics), and how it ran: captured
+    as a CUDA graph on a GPU, eager elsewhere. What the project's own step could approach."""
+    dev = xb.device
+    if accel.channels_last and xb.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    opt = build_optimizer(model.parameters(), cfg)
+    model.train()
+
+    def bare_step() -> None:
+        with autocast(cfg.precision, dev):
+            loss = F.cross_entropy(model(xb).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    graph = StepGraph(bare_step, dev.type == "cuda", lambda: opt.zero_grad(set_to_none=True))
+    for _ in range(max(warmup, WARMUP_STEPS + 1 if graph.capture else 1)):
+        graph()
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):  # no sync per step: the ceiling is the device's rate, not the host's
+        graph()
+    sync(dev)
+    return (time.perf_counter() - t0) / steps, "captured" if graph.graph is not None else "eager"
 
 
 def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: str = "cpu", batches: int = 10,
@@ -97,6 +132,7 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
         measured = measure_together(make, data, cfg_k, k, accel, steps=warmup + batches - warm, warmup=warm)
         side_by_side[f"k{k}_s_per_model_epoch"] = measured["together_s"] * ipe
         side_by_side.setdefault("k1_s_per_model_epoch", measured["single_s"] * ipe)
+    ceiling_s, ceiling_how = ceiling_step_s(make(), x[:bs], y[:bs], cfg.train, accel, steps=batches, warmup=warmup)
     evals_per_epoch = (n_train + n_test) / EVAL_BATCH  # the evaluation reads the training and the test set
     return {
         "preset": preset, "model": cfg.model.name, "data": cfg.data.name, "synthetic_data": real is None,
@@ -106,5 +142,7 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
         "parameters": sum(p.numel() for p in model.parameters()), "batch_size": bs, "batches_timed": batches,
         "train_s_per_step": step_s, "steps_per_epoch": ipe, "train_s_per_epoch": step_s * ipe,
         "eval_s_per_epoch": eval_batch_s * evals_per_epoch, "train_examples": n_train, "test_examples": n_test,
+        "ceiling_s_per_step": ceiling_s, "ceiling_s_per_epoch": ceiling_s * ipe, "ceiling": ceiling_how,
+        "train_over_ceiling": step_s / ceiling_s,
         **side_by_side,
     }

@@ -8,6 +8,9 @@ data with LeNet-300-100 and on MNIST-1D with the demo MLP (batch 128, SGD lr 0.1
 (b) ``single``: :func:`sparsedd.training.train` at full density;
 (c) ``batched``: :func:`sparsedd.training.batched.train_batched` with K = 8 and 32 (per model);
 (d) ``sparse``: our trainer at 98.8% sparsity (the automatic policy picks compact execution);
+(b') and (c') ``captured``: (b) and (c) with every full-batch step replayed as a CUDA graph
+    (:mod:`sparsedd.training.captured`; on a GPU only, unless ``--capture on`` asks for them on a CPU,
+    where the graph's static step runs eagerly);
 (e) ``curve`` (LeNet): the 25 levels of the paper's MNIST curve, density 0.8^L, L = 0..24: the sum of
     our per-epoch time at each level's density against 25 times (a).
 
@@ -35,6 +38,8 @@ from ..models.mlp import MLP
 from ..pruning import density, full_mask, magnitude
 from ..training import TrainData, train
 from ..training.batched import train_batched
+from ..training.captured import WARMUP_STEPS
+from ..training.execution import Accel
 from ..training.measured import sync
 from ..training.sparse import CompactMLP, SparsePolicy
 
@@ -119,16 +124,19 @@ def _cfg(n: int, steps: int) -> TrainConfig:
                        eval_every=10 ** 6)
 
 
-def ours_steps(model: MLP, mask, data: TrainData, steps: int, timer: _Timer, sparse: SparsePolicy) -> None:
+def ours_steps(model: MLP, mask, data: TrainData, steps: int, timer: _Timer, sparse: SparsePolicy,
+               accel: Accel = Accel(capture="off")) -> None:
     timer.start()
-    train(model, data, _cfg(data.n, steps), mask, order_key=(0, "bench"), stop_iteration=steps, on_step=timer, sparse=sparse)
+    train(model, data, _cfg(data.n, steps), mask, order_key=(0, "bench"), stop_iteration=steps, on_step=timer,
+          sparse=sparse, accel=accel)
 
 
-def batched_steps(states, masks, data: TrainData, steps: int, timer: _Timer) -> None:
+def batched_steps(states, masks, data: TrainData, steps: int, timer: _Timer,
+                  accel: Accel = Accel(capture="off")) -> None:
     K = len(states)
     timer.start()
     train_batched(states, [data] * K, _cfg(data.n, steps), masks, order_keys=[(k, "bench") for k in range(K)],
-                  device=data.x.device, stop_iteration=steps, on_step=timer)
+                  device=data.x.device, stop_iteration=steps, on_step=timer, accel=accel)
 
 
 def _magnitude_masks(model: MLP, data: TrainData, densities: list[float], warm_steps: int) -> list[dict]:
@@ -151,7 +159,7 @@ def _model(widths: tuple[int, ...], seed: int, device: torch.device) -> MLP:
 
 def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, ...], *, steps: int, warmup: int,
                 rounds: int, ks: tuple[int, ...], curve: bool, device: torch.device,
-                progress: Callable[[str], None]) -> dict[str, Any]:
+                progress: Callable[[str], None], captured: bool = False) -> dict[str, Any]:
     n = x.shape[0]
     ipe = math.ceil(n / BATCH)
     data = TrainData.clean(x, y, BATCH)
@@ -167,10 +175,13 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
     total = warmup + steps
     samples: dict[str, list[float]] = {}
 
-    def measure(key: str, fn: Callable[[_Timer], None], per: int = 1) -> None:
-        timer = _Timer(device, warmup)
+    def measure(key: str, fn: Callable[[_Timer], None], per: int = 1, warm: int = warmup) -> None:
+        timer = _Timer(device, warm)
         fn(timer)
         samples.setdefault(key, []).append(timer.per_step() / per * ipe)
+
+    on = Accel(capture="on")
+    cap_warm = max(warmup, WARMUP_STEPS + 1)  # the steps before and at the capture are not replays
 
     for r in range(rounds):
         progress(f"{name}: round {r + 1}/{rounds}")
@@ -181,6 +192,14 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
             states = [_model(widths, i, device).state_dict() for i in range(k)]
             measure(f"batched_{k}", lambda t: batched_steps(states, [full] * k, data, total, t), per=k)
         measure("sparse", lambda t: ours_steps(_model(widths, 0, device), sparse_mask, data, total, t, policy))
+        if captured:
+            off = SparsePolicy("off")
+            measure("captured_single", lambda t: ours_steps(_model(widths, 0, device), full, data, cap_warm + steps, t,
+                                                            off, on), warm=cap_warm)
+            for k in ks:
+                states = [_model(widths, i, device).state_dict() for i in range(k)]
+                measure(f"captured_batched_{k}", lambda t: batched_steps(states, [full] * k, data, cap_warm + steps, t,
+                                                                         on), per=k, warm=cap_warm)
         for L, m in enumerate(level_masks):
             measure(f"level_{L}", lambda t: ours_steps(_model(widths, 0, device), m, data, total, t, policy))
 
@@ -202,6 +221,15 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
                              "kernels": structure.kernels},
         "train_examples": n, "steps_per_epoch": ipe, "parameters": sum(p.numel() for p in base.parameters()),
     }
+    if captured:  # (b') and (c'): ratios against (a) and against their eager counterparts (b) and (c)
+        cap = {"single": med["captured_single"], "batched": {str(k): med[f"captured_batched_{k}"] for k in ks}}
+        out["captured_s"] = cap
+        out["ratios_to_reference"]["captured"] = {
+            "single": med["reference"] / cap["single"],
+            "batched": {str(k): med["reference"] / v for k, v in cap["batched"].items()}}
+        out["captured_speedup_over_eager"] = {
+            "single": med["single"] / cap["single"],
+            "batched": {str(k): med[f"batched_{k}"] / v for k, v in cap["batched"].items()}}
     if curve:
         from ..training.batched import batching_pays
 
@@ -230,9 +258,12 @@ def _mnist_like(data_dir: str | None, n: int, device: torch.device) -> tuple[tor
 
 
 def run_suite(*, quick: bool = False, device: str = "cpu", data_dir: str | None = None, rounds: int | None = None,
-              steps: int | None = None, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """The whole benchmark; ``quick`` makes every size tiny (for the test suite: no meaning in the times)."""
+              steps: int | None = None, progress: Callable[[str], None] = lambda _: None,
+              capture: str = "auto") -> dict[str, Any]:
+    """The whole benchmark; ``quick`` makes every size tiny (for the test suite: no meaning in the times).
+    ``capture``: the captured columns (b') and (c') on a GPU (auto), never (off), or also on a CPU (on)."""
     dev = torch.device(device)
+    captured = capture == "on" or (capture == "auto" and dev.type == "cuda")
     rounds = rounds or (1 if quick else 3)
     steps = steps or (2 if quick else 60)
     warmup = 1 if quick else 5
@@ -242,9 +273,10 @@ def run_suite(*, quick: bool = False, device: str = "cpu", data_dir: str | None 
     d1 = load_dataset(DataConfig(name="mnist1d", num_train=n_1d or 8000, num_test=BATCH if quick else 4000),
                       data_dir=data_dir, device=dev)
     lenet = bench_model("lenet", x, y, (784, 300, 100, 10), steps=steps, warmup=warmup, rounds=rounds, ks=ks,
-                        curve=True, device=dev, progress=progress)
+                        curve=True, device=dev, progress=progress, captured=captured)
     mlp = bench_model("mnist1d_mlp", d1.x_train, d1.y_train, (d1.x_train.shape[1], 256, 256, 10), steps=steps,
-                      warmup=warmup, rounds=rounds, ks=ks, curve=False, device=dev, progress=progress)
+                      warmup=warmup, rounds=rounds, ks=ks, curve=False, device=dev, progress=progress,
+                      captured=captured)
     ours = sum(level["s"] for level in lenet["levels"])
     ours_5 = sum(level["s_per_model_5_seeds"] for level in lenet["levels"])
     reference = LEVELS * lenet["reference_s"]
@@ -254,7 +286,8 @@ def run_suite(*, quick: bool = False, device: str = "cpu", data_dir: str | None 
                   "ours_5_seeds_s_per_model": ours_5, "speedup_5_seeds": reference / ours_5},
         "meta": {"quick": quick, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
                  "rounds": rounds, "steps_timed": steps, "warmup_steps": warmup, "mnist_real_data": real,
-                 "batch_size": BATCH, "lr": LR},
+                 "batch_size": BATCH, "lr": LR, "captured": captured,
+                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"},
     }
 
 
@@ -279,6 +312,15 @@ def format_table(r: dict[str, Any]) -> str:
         lines.append(f"{key:>14} " + " ".join(f"{v:>{w}.4g}" for v, w in zip(vals, (14, 12, 10, 10, 10))))
         ratios = [m["reference_s"] / v for v in vals]
         lines.append(f"{'x vs (a)':>14} " + " ".join(f"{v:>{w}.2f}" for v, w in zip(ratios, (14, 12, 10, 10, 10))))
+    if r["meta"].get("captured"):
+        lines += ["", f"captured as CUDA graphs{'' if r['meta']['device'].startswith('cuda') else ' (no GPU: eager)'}:",
+                  f"{'':>14} {'(b) single':>12} {'(c) K=8':>10} {'(c) K=32':>10}   x vs eager (b), (c)"]
+        for key in ("lenet", "mnist1d_mlp"):
+            cap, fast = r[key]["captured_s"], r[key]["captured_speedup_over_eager"]
+            vals = [cap["single"], cap["batched"]["8"], cap["batched"]["32"]]
+            gains = [fast["single"], fast["batched"]["8"], fast["batched"]["32"]]
+            lines.append(f"{key:>14} " + " ".join(f"{v:>{w}.4g}" for v, w in zip(vals, (12, 10, 10)))
+                         + "   " + " ".join(f"{g:.2f}" for g in gains))
     c = r["curve"]
     lines += ["", f"(e) LeNet curve, 25 levels: reference {c['reference_s']:.4g} s, ours {c['ours_s']:.4g} s, "
                   f"{c['speedup']:.2f}x; with the paper's 5 seeds (batched where that pays) "

@@ -88,7 +88,7 @@ def _train_group(reps: list[Replicate], jobs: list[Job], options: ExecOptions, c
     cfg, masks, keys = jobs[0].train_cfg, [j.mask for j in jobs], [(r.cfg.seed, "order") for r in reps]
     if batchable(reps[0].new_model(0)):
         return train_batched([j.state for j in jobs], [r.train_data for r in reps], cfg, masks, order_keys=keys,
-                             device=options.device, checkpoint=ckpt, on_epoch=on_epoch)
+                             device=options.device, checkpoint=ckpt, on_epoch=on_epoch, accel=options.accel)
     models = [rep.new_model(0) for rep in reps]
     for model, job in zip(models, jobs):
         model.load_state_dict(job.state)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..errors import notice
 from ..models.mlp import MLP
-from .execution import multiply_
+from .execution import Accel, fp32, multiply_
 from .loop import Checkpointer, TrainData, TrainResult, metrics_from_logits, run_epochs
 from .measured import cached, machine_key, sync
 from .optim import build_optimizer
@@ -120,11 +121,14 @@ class StackedExecution:
         self.ys = torch.stack([d.y for d in datas]).to(device)
         self.rows = torch.arange(self.k, device=device).unsqueeze(1)
         self.opt = build_optimizer(self.module.parameters(), cfg)
+        self.optimizer_name = cfg.optimizer
 
     def apply_masks(self) -> None:
         multiply_(self.masked, self.mask_f)
 
     def set_lr(self, value: float) -> None:
+        if self.optimizer_name == "sgd":  # as a captured step's learning-rate tensor holds it (see fp32)
+            value = fp32(value)
         for group in self.opt.param_groups:
             group["lr"] = value
 
@@ -158,21 +162,34 @@ def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData],
                   checkpoint: Checkpointer | None = None,
                   on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
                   on_step: Callable[[int], None] | None = None, stop_iteration: int | None = None,
-                  ) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
+                  accel: Accel = Accel()) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
     """Train K networks (start weights ``states``) under ``masks``; returns final states and results.
 
     ``stop_iteration`` ends training early (the results then have no final metrics); ``on_step``
     gets the number of steps just done.
 
     All networks share the inputs ``datas[k].x`` (the same data set) but have their own labels,
-    order (permutation of epoch e from generator(*order_keys[k], e)) and masks.
+    order (permutation of epoch e from generator(*order_keys[k], e)) and masks. ``accel.capture``: the
+    steps replayed as a CUDA graph where the device allows (:mod:`.captured`).
     """
     if len(order_keys) != len(states):
         raise ValueError("one data view, mask and order key per network")
-    execution = StackedExecution(states, datas, cfg, masks, device)
+    execution = stacked_execution(states, datas, cfg, masks, torch.device(device), accel)
     results = run_epochs(execution, cfg, order_keys, checkpoint=checkpoint, stop_iteration=stop_iteration,
                          on_epoch=on_epoch, on_step=on_step)
     return execution.states(), results
+
+
+def stacked_execution(states, datas, cfg: TrainConfig, masks, device: torch.device, accel: Accel) -> StackedExecution:
+    """The stacked execution, captured where ``--capture`` and the device allow (said where it was asked for)."""
+    from .captured import CapturedStackedExecution, capture_choice
+
+    captured, note = capture_choice(accel.capture, device, cfg, compact=False, compile=False, distributed=False)
+    if note:
+        notice(note)
+    if captured:
+        return CapturedStackedExecution(states, datas, cfg, masks, device, capture=True)
+    return StackedExecution(states, datas, cfg, masks, device)
 
 
 def _slice_optimizer_state(opt_state: dict[str, Any], k: int, model: StackedMLP) -> dict[str, Any]:

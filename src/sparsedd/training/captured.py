@@ -20,7 +20,7 @@ step on a GPU and times both.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -28,6 +28,7 @@ from ..config import TrainConfig
 from ..data.augment import crop_flip_apply, crop_flip_draws
 from ..errors import notice
 from ..rng import generator
+from .batched import StackedExecution
 from .execution import Accel, Objective, SingleExecution, fp32
 
 if TYPE_CHECKING:
@@ -40,7 +41,76 @@ WARMUP_STEPS = 3  # eager steps before the capture (cuDNN picks its kernels, the
 PADDING = 4  # of crop-flip
 
 
-class CapturedExecution(SingleExecution):
+class StepGraph:
+    """A static step (a function of static device tensors only) recorded once as a CUDA graph and
+    replayed. The first ``WARMUP_STEPS`` calls run it eagerly on a side stream, as PyTorch asks of the
+    steps before a capture (what they leave behind, e.g. autograd's state, is then not in the graph);
+    the next records and replays it. A capture that fails (out of memory, an operation a graph cannot
+    hold) leaves it eager, said once. Without ``capture`` every call runs the step eagerly (the CPU)."""
+
+    def __init__(self, static_step: Callable[[], None], capture: bool, before_capture: Callable[[], None]):
+        # before_capture: e.g. the optimizer's zero_grad(set_to_none), so that the gradients are allocated
+        # in the graph's memory pool
+        self.static_step, self.capture, self.before_capture = static_step, capture, before_capture
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm = 0
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.capture and self.warm >= WARMUP_STEPS:
+            self._capture_and_replay()
+        else:
+            self.warm += 1
+            self._warm_step()
+
+    def _warm_step(self) -> None:
+        if not self.capture:
+            self.static_step()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.static_step()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture_and_replay(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        self.before_capture()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_step()
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            self.capture = False
+            why = " ".join(str(e).split())[:160]
+            notice(f"could not capture the training step as a CUDA graph ({why}); this stage trains eagerly")
+            self.static_step()
+            return
+        self.graph = graph
+        graph.replay()
+
+
+class _TensorLr:
+    """The learning rate as a device tensor the fused SGD step reads, refilled by ``set_lr`` (so a schedule
+    never forces a new capture); saved in checkpoints as a number, as the eager executions keep it."""
+
+    opt: torch.optim.Optimizer
+
+    def _init_lr(self, lr: float, device: torch.device) -> None:
+        self.lr = torch.tensor(float(lr), device=device)
+        self.lr_value = fp32(lr)
+
+    def set_lr(self, value: float) -> None:
+        for group in self.opt.param_groups:  # a restored optimizer state brings its own lr: ours again
+            group["lr"] = self.lr
+        self.lr.fill_(value)
+        self.lr_value = fp32(value)
+
+    def _lr_as_number(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, "param_groups": [{**g, "lr": self.lr_value} for g in state["param_groups"]]}
+
+
+class CapturedExecution(_TensorLr, SingleExecution):
     """One dense-masked network whose full-batch steps replay a CUDA graph (``capture``), or run the
     graph's static step eagerly (no ``capture``). The last, smaller batch of an epoch runs eagerly."""
 
@@ -51,26 +121,16 @@ class CapturedExecution(SingleExecution):
 
         super().__init__(model, data, cfg, mask, order_key=order_key, accel=accel, dist=SINGLE, kernel=None,
                          optimizer_state=optimizer_state, objective=objective)
-        self.capture, self.graph, self.warm = capture, None, 0
-        self.lr = torch.tensor(float(cfg.lr), device=self.device)
-        self.lr_value = fp32(cfg.lr)  # the same as a number, as the eager execution keeps it
+        self._init_lr(cfg.lr, self.device)
         self.batch = cfg.batch_size
         self.idx = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.draws = torch.zeros(3, self.batch, dtype=torch.long, device=self.device)
         self.loss = torch.zeros((), device=self.device)
         self.hits = torch.zeros((), dtype=torch.long, device=self.device)
-
-    def set_lr(self, value: float) -> None:
-        for group in self.opt.param_groups:  # a restored optimizer state brings its own lr: ours again
-            group["lr"] = self.lr
-        self.lr.fill_(value)
-        self.lr_value = fp32(value)
+        self.graph = StepGraph(self._static_step, capture, lambda: self.opt.zero_grad(set_to_none=True))
 
     def optimizer_state(self, k: int) -> dict[str, Any]:
-        """As the eager execution saves it: the learning rate a number (float32-rounded), not our device tensor."""
-        state = self.opt.state_dict()
-        groups = [{**g, "lr": self.lr_value} for g in state["param_groups"]]
-        return {**state, "param_groups": groups}
+        return self._lr_as_number(self.opt.state_dict())
 
     def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if idx.shape[1] != self.batch:  # the epoch's last, smaller batch: the eager step
@@ -79,26 +139,8 @@ class CapturedExecution(SingleExecution):
         if self.data.augment != "none":
             draws = crop_flip_draws(self.batch, generator(*self.order_key, "augment", epoch, step), PADDING)
             self.draws.copy_(draws, non_blocking=True)
-        if self.graph is not None:
-            self.graph.replay()
-        elif self.capture and self.warm >= WARMUP_STEPS:
-            self._capture_and_replay()
-        else:
-            self.warm += 1
-            self._warm_step()
+        self.graph()
         return self.loss, self.hits
-
-    def _warm_step(self) -> None:
-        """An eager step before the capture; on a GPU on a side stream, as PyTorch asks of the steps
-        before a capture (what they leave behind, e.g. autograd's state, is then not in the graph)."""
-        if not self.capture:
-            self._static_step()
-            return
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._static_step()
-        torch.cuda.current_stream().wait_stream(side)
 
     def _static_step(self) -> None:
         """The step the graph holds: reads only the static inputs, writes the static outputs."""
@@ -109,22 +151,34 @@ class CapturedExecution(SingleExecution):
         self.loss.copy_(loss)
         self.hits.copy_(hits)
 
-    def _capture_and_replay(self) -> None:
-        """Record the static step (warm-up steps ran eagerly before) and replay it for this step; a capture
-        that fails (out of memory, an operation a graph cannot hold) leaves the stage eager, said once."""
-        graph = torch.cuda.CUDAGraph()
-        self.opt.zero_grad(set_to_none=True)  # the gradients are then allocated in the graph's pool
-        try:
-            with torch.cuda.graph(graph):
-                self._static_step()
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            self.capture = False
-            why = " ".join(str(e).split())[:160]
-            notice(f"could not capture the training step as a CUDA graph ({why}); this stage trains eagerly")
-            self._static_step()
-            return
-        self.graph = graph
-        graph.replay()
+
+class CapturedStackedExecution(_TensorLr, StackedExecution):
+    """K stacked fully connected networks (:mod:`.batched`) whose full-batch steps replay a CUDA graph,
+    or run its static step eagerly (no ``capture``); the epoch's last, smaller batch runs eagerly."""
+
+    def __init__(self, states, datas, cfg: TrainConfig, masks, device, *, capture: bool):
+        super().__init__(states, datas, cfg, masks, device)
+        self._init_lr(cfg.lr, self.device)
+        self.batch = cfg.batch_size
+        self.idx = torch.zeros(self.k, self.batch, dtype=torch.long, device=self.device)
+        self.loss = torch.zeros(self.k, device=self.device)
+        self.hits = torch.zeros(self.k, dtype=torch.long, device=self.device)
+        self.graph = StepGraph(self._static_step, capture, lambda: self.opt.zero_grad(set_to_none=True))
+
+    def optimizer_state(self, k: int) -> dict[str, Any]:
+        return self._lr_as_number(super().optimizer_state(k))
+
+    def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if idx.shape[1] != self.batch:
+            return super().step(idx, epoch, step)
+        self.idx.copy_(idx, non_blocking=True)
+        self.graph()
+        return self.loss, self.hits
+
+    def _static_step(self) -> None:
+        loss, hits = super().step(self.idx, 0, 0)  # the stacked step reads neither epoch nor step
+        self.loss.copy_(loss)
+        self.hits.copy_(hits)
 
 
 def capture_choice(setting: str, device: torch.device, cfg: TrainConfig, *, compact: bool, compile: bool,
