@@ -66,6 +66,9 @@ def test_bench_bad_input(capsys):
     assert "unknown preset" in capsys.readouterr().err
     assert main(["bench", "--preset", "mnist1d-quick", "--batches", "0"]) == 2
     assert main(["bench", "--preset", "mnist1d-quick", "--ks", "0"]) == 2
+    capsys.readouterr()
+    assert main(["bench", "--preset", "mnist1d-quick", "--ks", "all"]) == 2  # not a list of counts
+    assert "--ks takes a comma-separated list of integers, got 'all'" in capsys.readouterr().err
     assert main(["bench", "--preset", "mnist1d-quick", "--capture", "on", "--warmup", "2"]) == 2
     assert "--capture on needs --warmup 4 or more" in capsys.readouterr().err
     assert main(["bench", "--ks", "2"]) == 2  # the reference benchmark has no side-by-side column

@@ -124,3 +124,18 @@ def test_console_script_and_default_preset_parse(tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sparsedd.cli"]
     res = subprocess.run(cmd + ["run", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--preset" in res.stdout and "mnist1d-quick" in res.stdout
+
+
+def test_an_error_of_the_machine_is_one_line_too(monkeypatch, capsys, tmp_path):
+    import errno
+
+    from sparsedd import cli
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "stages" / "x.pt"))
+
+    monkeypatch.setattr(cli, "cmd_ls", full_disk)
+    assert cli.main(["ls", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("sparsedd: error: No space left on device: ") and "x.pt" in err

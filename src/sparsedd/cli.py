@@ -225,13 +225,15 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def _int_list(text: str | None) -> list[int] | None:
-    if text is None or text == "all":
+def _int_list(text: str | None, option: str, all_ok: bool = True) -> list[int] | None:
+    """``--levels 1,2,4``-style integers; None for 'all' (where ``all_ok``) or for an absent option."""
+    if text is None or (all_ok and text == "all"):
         return None
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise SparseddError(f"expected a comma-separated list of integers or 'all', got {text!r}") from None
+        either = " or 'all'" if all_ok else ""
+        raise SparseddError(f"{option} takes a comma-separated list of integers{either}, got {text!r}") from None
 
 
 def cmd_analyze(args) -> int:
@@ -247,7 +249,8 @@ def cmd_analyze(args) -> int:
     console = Console(stderr=True)
     analyzer = Analyzer(store, run_id, options)
     options.apply_threads(analyzer.cfg.model.name)  # the default depends on the run's model
-    table = analyzer.run(args.kind, settings, _int_list(args.levels), _int_list(args.seeds),
+    levels, seeds = _int_list(args.levels, "--levels"), _int_list(args.seeds, "--seeds")
+    table = analyzer.run(args.kind, settings, levels, seeds,
                          progress=None if args.no_progress else console.log)
     if args.format == "json":
         print(table.to_json(orient="records", indent=1))
@@ -287,8 +290,9 @@ def cmd_bench(args) -> int:
         return _bench_suite(args, options)
     from .bench.preset import bench_preset
 
+    ks = _int_list(args.ks, "--ks", all_ok=False) or []
     row = bench_preset(args.preset, sets=args.set, device=options.device, batches=args.batches,
-                       warmup=args.warmup, data_dir=options.data_dir, accel=options.accel, ks=_int_list(args.ks) or [])
+                       warmup=args.warmup, data_dir=options.data_dir, accel=options.accel, ks=ks)
     if args.format == "json":
         print(json.dumps(row, indent=1))
         return 0
@@ -358,7 +362,7 @@ def cmd_claims(args) -> int:
     options = _options(args)
     console = Console(stderr=True)
     doc, path = run_claims(args.preset, args.set, args.seeds, args.root, options, workers=args.workers,
-                           executor=args.executor, only=_int_list(args.only),
+                           executor=args.executor, only=_int_list(args.only, "--only"),
                            progress=None if args.no_progress else console.log)
     if args.format == "json":
         print(json.dumps(doc, indent=1))
@@ -536,6 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as e:  # the machine's, not the input's: a full disk, a folder we may not write, ...
+        where = f": {e.filename}" if e.filename else ""
+        print(f"sparsedd: error: {e.strerror or e}{where} (what was finished is kept; fix this and run the same "
+              "command again)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
