@@ -157,3 +157,10 @@ def test_capture_on_for_batched_networks_without_a_gpu_trains_eagerly_and_says_s
                            accel=Accel(capture="on"))
     assert all(torch.equal(v, got[k][n]) for k in range(2) for n, v in want[k].items())
     assert capsys.readouterr().err == "sparsedd: --capture on: capture needs a CUDA device; training eagerly\n"
+
+
+@pytest.mark.parametrize("value", [0.1, 0.05 * 0.5 * (1 + 0.3), 1e-40, 3.4028235e38, 3.4028236e38, 1e39, 7.0])
+def test_fp32_rounds_as_a_float32_tensor(value):
+    from sparsedd.training.execution import fp32
+
+    assert fp32(value) == float(torch.tensor(value, dtype=torch.float32))
