@@ -115,7 +115,7 @@ def timed_training(model, data: TrainData, cfg: TrainConfig, mask: dict, accel: 
     ex.finish()
     epochs = [b - a for a, b in zip(marks, marks[1:])]
     return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "epoch_s": epochs,
-            "captured": isinstance(ex, CapturedExecution) and ex.graph is not None}
+            "captured": isinstance(ex, CapturedExecution) and ex.graph.graph is not None}
 
 
 def captured_checks(x: torch.Tensor, y: torch.Tensor, dev: torch.device, n_images: int, width: int) -> dict:

@@ -48,10 +48,12 @@ class StepGraph:
     the next records and replays it. A capture that fails (out of memory, an operation a graph cannot
     hold) leaves it eager, said once. Without ``capture`` every call runs the step eagerly (the CPU)."""
 
-    def __init__(self, static_step: Callable[[], None], capture: bool, before_capture: Callable[[], None]):
+    def __init__(self, static_step: Callable[[], None], capture: bool, before_capture: Callable[[], None],
+                 otherwise: str = "this stage trains eagerly"):
         # before_capture: e.g. the optimizer's zero_grad(set_to_none), so that the gradients are allocated
-        # in the graph's memory pool
+        # in the graph's memory pool; otherwise: what happens instead when the capture fails, for the note
         self.static_step, self.capture, self.before_capture = static_step, capture, before_capture
+        self.otherwise = otherwise
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
 
@@ -83,7 +85,7 @@ class StepGraph:
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             self.capture = False
             why = " ".join(str(e).split())[:160]
-            notice(f"could not capture the training step as a CUDA graph ({why}); this stage trains eagerly")
+            notice(f"could not capture the training step as a CUDA graph ({why}); {self.otherwise}")
             self.static_step()
             return
         self.graph = graph
