@@ -13,7 +13,7 @@ from sparsedd.store import Store
 PINNED_RUNS = {
     "default": "44136fa355b3678a",
     "mnist1d-quick": "4af4bb2e0fbf5343",
-    "mnist-conv-quick": "44beff93f745fdda",
+    "mnist-conv-quick": "8decdb767e2aee7b",  # was 44beff93f745fdda (width 16, 2,000 digits): the preset changed
     "paper-mnist-lenet": "a392b0fc22ccb6ff",
     "paper-cifar10-resnet18": "560d0ac0b5cb0fc8",
     "paper-cifar100-resnet18": "59007d459f2c3d2c",
