@@ -55,3 +55,26 @@ def test_no_progress_silences_the_lines(monkeypatch):
     for flags, mode in (([], "lines"), (["--no-progress"], "off")):
         options = _options(build_parser().parse_args(["run", *flags]))
         assert progress_mod.Progress(options.progress, 10).mode == mode
+
+
+def test_stages_taken_from_a_finished_batch_count_as_done_for_the_eta():
+    # a kill between the records of a batch's stages: the next call records them from the batch's
+    # saved outcome without training; their epochs must count, or the eta assumes they are still ahead
+    import types
+
+    import torch
+
+    from sparsedd.config import TrainConfig
+    from sparsedd.experiments.batching import train_level
+    from sparsedd.experiments.stages import Job
+
+    net = torch.nn.Linear(2, 2)
+    saved = {"model": net.state_dict(), "history": [], "final": {}, "optim": {}, "seconds": 1.0}
+    jobs = [Job(sid, 1, {}, {}, TrainConfig(epochs=7), f"seed {i} level 1", "dense") for i, sid in enumerate("ab")]
+    store = types.SimpleNamespace(batch_of=lambda sid: "batch", batch_result=lambda bid: {"a": saved, "b": saved})
+    recorded = []
+    rep = types.SimpleNamespace(new_model=lambda _: torch.nn.Linear(2, 2),
+                                record=lambda job, model, result, seconds: recorded.append(job.sid))
+    progress = Progress(False, total_epochs=21, mode="off")
+    train_level([(rep, j) for j in jobs], store, types.SimpleNamespace(batch="off"), progress)
+    assert recorded == ["a", "b"] and progress.skipped_epochs == 14 and progress.done_epochs == 0

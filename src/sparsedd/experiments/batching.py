@@ -34,6 +34,7 @@ def train_level(pairs: list[Pair], store: Store, options: ExecOptions,
     for rep, job in pairs:  # stages whose batched computation finished before an interruption
         done = finished_batch(store, job, batches)
         if done is not None:
+            progress.skip(job.train_cfg.epochs)  # trained before an interruption: not this call's epochs (eta)
             record_from_batch(rep, job, done)
         else:
             pending.append((rep, job))
