@@ -99,21 +99,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def timed_training(model, data: TrainData, cfg: TrainConfig, mask: dict, accel: Accel) -> dict:
-    """Train, with the seconds of each epoch (the device synchronized at each epoch's end); whether the
-    steps were captured."""
-    ex = prepare_single(model, data, cfg, mask, order_key=(0, "o"), accel=accel)
-    marks = [time.perf_counter()]
+def epoch_seconds(ex, cfg: TrainConfig, keys: list[tuple]) -> list[float]:
+    """Run the execution's epochs; the seconds of each (the device synchronized at each epoch's end)."""
+    dev = ex.device
+    marks = []
 
     def on_epoch(rows):
-        sync(data.x.device)
+        sync(dev)
         marks.append(time.perf_counter())
 
-    sync(data.x.device)
-    marks[0] = time.perf_counter()
-    run_epochs(ex, cfg, [(0, "o")], on_epoch=on_epoch)
+    sync(dev)
+    marks.append(time.perf_counter())
+    run_epochs(ex, cfg, keys, on_epoch=on_epoch)
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def timed_training(model, data: TrainData, cfg: TrainConfig, mask: dict, accel: Accel) -> dict:
+    """Train, with the seconds of each epoch; whether the steps were captured."""
+    ex = prepare_single(model, data, cfg, mask, order_key=(0, "o"), accel=accel)
+    epochs = epoch_seconds(ex, cfg, [(0, "o")])
     ex.finish()
-    epochs = [b - a for a, b in zip(marks, marks[1:])]
     return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "epoch_s": epochs,
             "captured": isinstance(ex, CapturedExecution) and ex.graph.graph is not None}
 
@@ -158,21 +163,14 @@ def captured_stacked_check(data: TrainData, widths: tuple[int, ...], cfg: TrainC
     """K = 8 stacked LeNets (sparsedd.training.batched), captured against eager: weights after two
     epochs (tolerance 1e-3) and the seconds of the last epoch per model."""
     states = [b._model(widths, i, dev).state_dict() for i in range(k)]
-    masks = [full_mask(b._model(widths, 0, dev), b._model(widths, 0, dev).prunable_names())] * k
+    net = b._model(widths, 0, dev)
+    masks = [full_mask(net, net.prunable_names())] * k
     runs = {}
     for capture in ("off", "on"):
         ex = stacked_execution(states, [data] * k, cfg, masks, dev, Accel(capture=capture))
-        marks = []
-
-        def on_epoch(rows):
-            sync(dev)
-            marks.append(time.perf_counter())
-
-        sync(dev)
-        marks.append(time.perf_counter())
-        run_epochs(ex, cfg, [(i, "o") for i in range(k)], on_epoch=on_epoch)
+        last_epoch_s = epoch_seconds(ex, cfg, [(i, "o") for i in range(k)])[-1]
         captured = isinstance(ex, CapturedStackedExecution) and ex.graph.graph is not None
-        runs[capture] = (ex.states(), (marks[-1] - marks[-2]) / k, captured)
+        runs[capture] = (ex.states(), last_epoch_s / k, captured)
     diff = max(max_diff(a, c) for a, c in zip(runs["off"][0], runs["on"][0]))
     out = {"k": k, "max_weight_diff": diff, "tolerance": 1e-3, "captured": runs["on"][2],
            "eager_epoch_s_per_model": runs["off"][1], "captured_epoch_s_per_model": runs["on"][1],

@@ -17,7 +17,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import notice
 from ..models.mlp import MLP
-from .execution import Accel, fp32, multiply_
+from .execution import Accel, multiply_, set_lr_
 from .loop import Checkpointer, TrainData, TrainResult, metrics_from_logits, run_epochs
 from .measured import cached, machine_key, sync
 from .optim import build_optimizer
@@ -121,16 +121,12 @@ class StackedExecution:
         self.ys = torch.stack([d.y for d in datas]).to(device)
         self.rows = torch.arange(self.k, device=device).unsqueeze(1)
         self.opt = build_optimizer(self.module.parameters(), cfg)
-        self.optimizer_name = cfg.optimizer
 
     def apply_masks(self) -> None:
         multiply_(self.masked, self.mask_f)
 
     def set_lr(self, value: float) -> None:
-        if self.optimizer_name == "sgd":  # as a captured step's learning-rate tensor holds it (see fp32)
-            value = fp32(value)
-        for group in self.opt.param_groups:
-            group["lr"] = value
+        set_lr_(self.opt, value)
 
     def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of every network on its own examples ``idx`` [K, B]: summed losses and hits [K]."""

@@ -92,15 +92,25 @@ class StepGraph:
         graph.replay()
 
 
-class _TensorLr:
-    """The learning rate as a device tensor the fused SGD step reads, refilled by ``set_lr`` (so a schedule
-    never forces a new capture); saved in checkpoints as a number, as the eager executions keep it."""
+class _Captured:
+    """What both captured executions share: the static batch indices, loss and hits the graph reads and
+    writes, the step's :class:`StepGraph`, and the learning rate as a device tensor the fused SGD step
+    reads, refilled by ``set_lr`` (so a schedule never forces a new capture); saved in checkpoints as a
+    number, as the eager executions keep it."""
 
     opt: torch.optim.Optimizer
+    device: torch.device
 
-    def _init_lr(self, lr: float, device: torch.device) -> None:
-        self.lr = torch.tensor(float(lr), device=device)
-        self.lr_value = fp32(lr)
+    def _init_capture(self, cfg: TrainConfig, capture: bool, networks: tuple[int, ...]) -> None:
+        """``networks``: () for one network, (K,) for K stacked ones (the leading shape of idx, loss, hits);
+        the subclass gives the ``_static_step`` the graph holds."""
+        self.lr = torch.tensor(float(cfg.lr), device=self.device)
+        self.lr_value = fp32(cfg.lr)
+        self.batch = cfg.batch_size
+        self.idx = torch.zeros(*networks, self.batch, dtype=torch.long, device=self.device)
+        self.loss = torch.zeros(networks, device=self.device)
+        self.hits = torch.zeros(networks, dtype=torch.long, device=self.device)
+        self.graph = StepGraph(self._static_step, capture, lambda: self.opt.zero_grad(set_to_none=True))
 
     def set_lr(self, value: float) -> None:
         for group in self.opt.param_groups:  # a restored optimizer state brings its own lr: ours again
@@ -112,7 +122,7 @@ class _TensorLr:
         return {**state, "param_groups": [{**g, "lr": self.lr_value} for g in state["param_groups"]]}
 
 
-class CapturedExecution(_TensorLr, SingleExecution):
+class CapturedExecution(_Captured, SingleExecution):
     """One dense-masked network whose full-batch steps replay a CUDA graph (``capture``), or run the
     graph's static step eagerly (no ``capture``). The last, smaller batch of an epoch runs eagerly."""
 
@@ -123,13 +133,8 @@ class CapturedExecution(_TensorLr, SingleExecution):
 
         super().__init__(model, data, cfg, mask, order_key=order_key, accel=accel, dist=SINGLE, kernel=None,
                          optimizer_state=optimizer_state, objective=objective)
-        self._init_lr(cfg.lr, self.device)
-        self.batch = cfg.batch_size
-        self.idx = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self._init_capture(cfg, capture, ())
         self.draws = torch.zeros(3, self.batch, dtype=torch.long, device=self.device)
-        self.loss = torch.zeros((), device=self.device)
-        self.hits = torch.zeros((), dtype=torch.long, device=self.device)
-        self.graph = StepGraph(self._static_step, capture, lambda: self.opt.zero_grad(set_to_none=True))
 
     def optimizer_state(self, k: int) -> dict[str, Any]:
         return self._lr_as_number(self.opt.state_dict())
@@ -154,18 +159,13 @@ class CapturedExecution(_TensorLr, SingleExecution):
         self.hits.copy_(hits)
 
 
-class CapturedStackedExecution(_TensorLr, StackedExecution):
+class CapturedStackedExecution(_Captured, StackedExecution):
     """K stacked fully connected networks (:mod:`.batched`) whose full-batch steps replay a CUDA graph,
     or run its static step eagerly (no ``capture``); the epoch's last, smaller batch runs eagerly."""
 
     def __init__(self, states, datas, cfg: TrainConfig, masks, device, *, capture: bool):
         super().__init__(states, datas, cfg, masks, device)
-        self._init_lr(cfg.lr, self.device)
-        self.batch = cfg.batch_size
-        self.idx = torch.zeros(self.k, self.batch, dtype=torch.long, device=self.device)
-        self.loss = torch.zeros(self.k, device=self.device)
-        self.hits = torch.zeros(self.k, dtype=torch.long, device=self.device)
-        self.graph = StepGraph(self._static_step, capture, lambda: self.opt.zero_grad(set_to_none=True))
+        self._init_capture(cfg, capture, (self.k,))
 
     def optimizer_state(self, k: int) -> dict[str, Any]:
         return self._lr_as_number(super().optimizer_state(k))

@@ -114,6 +114,16 @@ def fp32(value: float) -> float:
         return math.copysign(math.inf, value)
 
 
+def set_lr_(opt: torch.optim.Optimizer, value: float) -> None:
+    """The eager executions' learning rate: for SGD rounded to float32, as a captured step's learning-rate
+    tensor holds it (fused SGD on a CPU rounds it so anyway: no change there); Adam, which is never
+    captured, is left alone."""
+    if isinstance(opt, torch.optim.SGD):
+        value = fp32(value)
+    for group in opt.param_groups:
+        group["lr"] = value
+
+
 def masked_pairs(params: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> tuple[list, list]:
     """(parameters, float masks) of the masked parameters; an all-ones mask changes nothing, so it is skipped."""
     partial = [n for n in mask if not bool(mask[n].all())]
@@ -171,10 +181,7 @@ class SingleExecution:
         multiply_(self.masked, self.mask_f)
 
     def set_lr(self, value: float) -> None:
-        if self.cfg.optimizer == "sgd":  # as a captured step's learning-rate tensor holds it (fused SGD on a CPU
-            value = fp32(value)  # rounds it so anyway: no change there; Adam, which is never captured, is left alone)
-        for group in self.opt.param_groups:
-            group["lr"] = value
+        set_lr_(self.opt, value)
 
     def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the examples ``idx`` [1, B]; returns the summed loss and hits (on the device)."""
