@@ -5,7 +5,7 @@ seconds per epoch, for LeNet-300-100 on MNIST (one network, and K = 8 stacked) a
 CIFAR-shaped images (fp32, and bf16 with channels-last); ResNet-18s side by side against one by one
 (weights after the same steps, seconds per model-step for K = 2..4).
 
-    python benchmarks/gpu_check.py --data-dir DIR   # DIR/mnist/ holds MNIST; about 2-4 minutes on one GPU
+    python benchmarks/gpu_check.py --data-dir DIR   # DIR/mnist/ holds MNIST; sized for minutes on a GPU (never run on one yet)
     python benchmarks/gpu_check.py --device cpu --quick   # tiny sizes: the script's own smoke test (CI)
 
 Exit 0 and "OK" when every comparison is within its tolerance (and, on a GPU, every captured run was

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 12 in one run (about 4-6 minutes on one H100/H200), for a machine with a
-# CUDA build of torch: captured vs eager training (weights, repeatability, seconds per epoch; one LeNet,
-# 8 stacked, ResNet-18), conv nets side by side against one by one and timed for K = 2..4, compact and
-# batched MLP equality, then the preset bench rows (with the captured ceiling) and the LeNet/MLP suite
-# with its captured columns. Its CPU smoke test: tests/test_gpu_check.py.
+# The GPU checks of issue 12 in one run, for a machine with a CUDA build of torch (sized for under
+# 10 minutes on one H100/H200; never run on a GPU yet, so not measured): captured vs eager training
+# (weights, repeatability, seconds per epoch; one LeNet, 8 stacked, ResNet-18), conv nets side by
+# side against one by one and timed for K = 2..4, compact and batched MLP equality, then the preset
+# bench rows (with the captured ceiling) and the LeNet/MLP suite with its captured columns. Its CPU smoke test: tests/test_gpu_check.py.
 # Results go to $OUT (default gpu-check/); paste the figures into docs/performance.md with the card's name.
 #
 #   OUT=/tmp/out DATA_DIR=../shared/data bash scripts/gpu-check.sh
