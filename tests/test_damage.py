@@ -257,3 +257,41 @@ def test_an_mnist1d_cache_from_before_checksums_is_generated_again_not_read_unve
     assert torch.equal(load_tensors(path)["x_train"], first.x_train)  # written anew, with its checksum
     load_dataset(cfg, cache_dir=tmp_path)
     assert "cache" not in capsys.readouterr().err  # read, verified, from then on
+
+
+# --- data that changed under the same configuration ----------------------------------------------------
+
+
+def test_a_store_refuses_data_that_changed_under_the_same_configuration(tmp_path, monkeypatch, capsys):
+    """The case of 2026-11-26: the MNIST-1D cache was generated again and differed from the one the stored
+    stages were trained on; the stage ids (which hash the configuration) would have reused them silently."""
+    from test_cli import snapshot
+
+    monkeypatch.setenv("SPARSEDD_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "runs"
+    args = ["run", "--no-progress", *[a for s in TINY for a in ("--set", s)]]
+    assert main([*args, "--root", str(root)]) == 0
+    [run_id] = Store(root).index.run_ids()
+    assert main([*args, "--root", str(root)]) == 0  # the same data: accepted
+    (cache,) = (tmp_path / "cache" / "mnist1d").glob("*.pt")
+    data = load_tensors(cache)
+    save_tensors(cache, {**data, "x_train": data["x_train"] + 1e-3})  # a new generator's data, checksum and all
+
+    before = snapshot(root)
+    for command in (args, ["analyze", run_id, "sharpness", "--levels", "0", "--no-progress"]):
+        capsys.readouterr()
+        assert main([*command, "--root", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the mnist1d data loaded now differ from those the results in" in err, err
+        assert "use another --root for results on these data" in err
+    assert snapshot(root) == before
+
+    assert main([*args, "--root", str(tmp_path / "other")]) == 0  # another store takes them
+    [record] = (root / "data").glob("*.json")
+    record.write_text("{")
+    capsys.readouterr()
+    assert main([*args, "--root", str(root)]) == 2
+    assert f"{record} is damaged; delete it" in capsys.readouterr().err
+    record.unlink()
+    assert main([*args, "--root", str(root)]) == 0  # deleted: this store takes the new data from now on
+    assert read_json(record)["sha256"] == read_json(next((tmp_path / "other" / "data").glob("*.json")))["sha256"]

@@ -16,10 +16,11 @@ import torch
 
 from .. import config as config_mod
 from ..config import RunConfig, canonical_dict
-from ..data import load_dataset
+from ..data import Dataset, fingerprint, load_dataset
 from ..errors import SparseddError
 from ..options import ExecOptions
 from ..experiments.distance import correct_distances, learning_distance
+from ..experiments.stages import data_key
 from ..experiments.replicate import Replicate
 from ..experiments.retrain import level_train_config
 from ..registry import Registry
@@ -151,11 +152,17 @@ class Analyzer:
         self._data = None
         self._reps: dict[int, Replicate] = {}
 
-    def replicate(self, seed: int) -> Replicate:
+    def data(self) -> Dataset:
+        """The run's data, loaded once and checked to be the data the store's results were made with."""
         if self._data is None:
-            self._data = load_dataset(self.cfg.data, data_dir=self.options.data_dir, device=self.options.device)
+            data = load_dataset(self.cfg.data, data_dir=self.options.data_dir, device=self.options.device)
+            self.store.check_data(data_key(self.cfg), self.cfg.data.name, fingerprint(data))
+            self._data = data
+        return self._data
+
+    def replicate(self, seed: int) -> Replicate:
         if seed not in self._reps:
-            self._reps[seed] = Replicate(self.cfg.with_seed(seed), self.run_id, self._data, self.store, self.options)
+            self._reps[seed] = Replicate(self.cfg.with_seed(seed), self.run_id, self.data(), self.store, self.options)
         return self._reps[seed]
 
     def targets(self, levels: list[int] | None, seeds: list[int] | None) -> list[tuple[int, int, str]]:
@@ -180,6 +187,8 @@ class Analyzer:
         sid = self.store.stage_id(key)
         if not os.access(self.store.root, os.W_OK | os.X_OK):  # a store on read-only media, or not ours
             return self._stored_result(kind, sid)
+        if not self.store.is_done(sid):
+            self.data()  # loaded and checked before the analysis writes anything
         with self.store.lock(sid):  # the same analysis asked by two processes is computed once
             if not self.store.check_done(sid):  # not yet, or damaged: computed (again)
                 self.store.begin_stage(sid, key)

@@ -9,6 +9,7 @@ applied here either: ``Dataset.augment`` names the training augmentation (see :m
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,23 @@ def load_dataset(cfg: DataConfig, *, data_dir: str | os.PathLike | None = None,
     if cfg.noise_type in HUMAN_NOISE:  # a file of their own, fetched only when a run needs it
         human = cifarn.load_human_labels(cfg.name, d["y_train"], spec.classes, data_dir=data_dir, cache_dir=cache_dir)
     return Dataset(cfg.name, num_classes=spec.classes, augment=augment, human_train=human, **d).to(device)
+
+
+def fingerprint(ds: Dataset) -> str:
+    """The SHA-256 of a loaded data set's content: inputs and clean labels of both splits, and the superclasses
+    and published human labels where loaded. Stage ids cover the data's configuration; this covers what
+    was loaded under it, which a new release of a data generator or of numpy can change (the store keeps
+    it per data key: :meth:`sparsedd.store.Store.check_data`). About 0.25 s for MNIST on one core."""
+    parts = {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test}
+    if ds.coarse_train is not None:
+        parts["coarse_train"] = ds.coarse_train
+    parts.update({f"human_train/{k}": v for k, v in (ds.human_train or {}).items()})
+    h = hashlib.sha256()
+    for name in sorted(parts):
+        array = parts[name].detach().cpu().contiguous().numpy()
+        h.update(f"{name} {array.dtype} {array.shape}\n".encode())  # so that a reshape or a new dtype differs
+        h.update(memoryview(array).cast("B"))
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- shared by the loaders

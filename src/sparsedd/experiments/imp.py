@@ -41,7 +41,7 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, options
     """Run several runs level by level together, so that their stages can train batched (a sweep's
     runs of one architecture and schedule, e.g. several noise rates); returns their run ids."""
     opts = options or ExecOptions()
-    datasets = load_data([cfg for cfg, _ in items], opts)  # before anything is written
+    datasets = load_data([cfg for cfg, _ in items], opts, store)  # before anything is written
     correct_distances(store)  # a store from before distances left batch-norm statistics out
     if not dense_only:
         for cfg, preset in items:

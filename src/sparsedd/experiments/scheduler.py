@@ -7,7 +7,7 @@ import contextlib
 from typing import Callable, Iterator
 
 from ..config import RunConfig
-from ..data import Dataset, load_dataset
+from ..data import Dataset, fingerprint, load_dataset
 from ..errors import SparseddError
 from ..models import check_takes
 from ..options import ExecOptions
@@ -18,13 +18,15 @@ from .retrain import RETRAIN_MODES
 from .stages import Job, data_key, parent_stage
 
 
-def load_data(configs: list[RunConfig], options: ExecOptions) -> dict[str, Dataset]:
-    """Every run's data set (one in memory per data key), each run checked against its data."""
+def load_data(configs: list[RunConfig], options: ExecOptions, store: Store) -> dict[str, Dataset]:
+    """Every run's data set (one in memory per data key), each checked to be the data the store's results
+    were made with, and each run checked against its data."""
     datasets: dict[str, Dataset] = {}
     for cfg in configs:
         key = data_key(cfg)
         if key not in datasets:
             datasets[key] = load_dataset(cfg.data, data_dir=options.data_dir, device=options.device)
+            store.check_data(key, cfg.data.name, fingerprint(datasets[key]))
         check_fits(cfg, datasets[key])
     return datasets
 

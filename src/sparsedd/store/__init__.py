@@ -8,6 +8,7 @@ Layout under the root (the names are in :mod:`.paths`)::
     stages/<id>/final.pt      weights and mask at the end
     stages/<id>/done.json     metrics; written last, so its presence means "complete"
     runs/<id>/config.json     the run's full config
+    data/<key>.json           the SHA-256 of the data its results were made with, per data key
     .../NAME.sha256           beside every file: its checksum, verified on every read (:mod:`.files`)
 
 A stage is skipped when its done.json exists and its files are as written (:meth:`Store.check_done`);
@@ -26,12 +27,12 @@ from typing import Any, Iterator
 import torch
 
 from ..config import stable_hash
-from ..errors import notice
+from ..errors import SparseddError, notice
 from . import waiting
 from .files import (DamagedFile, FileCheckpointer, load_tensors, read_json, readable_structure, remove, save_tensors,
                     set_aside, verify, write_json)
 from .index import Index
-from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, DONE, FINAL, INDEX, INIT, LABELS, LOCKS,
+from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, DATA, DONE, FINAL, INDEX, INIT, LABELS, LOCKS,
                     MIGRATIONS, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES)
 
 # the files of a stage that are read once it is done (a batch's result too), and those every stage of a
@@ -158,6 +159,27 @@ class Store:
         """Every stage folder of the store, sorted."""
         folder = self.root / STAGES
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    # --- the data the results were made with
+    def check_data(self, key: str, name: str, fingerprint: str) -> None:
+        """Refuse data whose content differs from the data this store's results under data key ``key`` were
+        made with: stage ids hash the data's configuration, not its content, so a stage computed on other
+        data would otherwise be reused as if it were the same. The first check of a key records it (a store
+        from before these records takes the data of its next run as its own)."""
+        path = self.root / DATA / f"{key}.json"
+        try:
+            recorded = read_json(path)["sha256"] if path.exists() else None
+        except (DamagedFile, KeyError, TypeError):
+            raise SparseddError(f"{path} is damaged; delete it: the next run records the data it loads") from None
+        if recorded is None:
+            if not self.readonly:
+                write_json(path, {"data": name, "sha256": fingerprint})
+        elif recorded != fingerprint:
+            raise SparseddError(
+                f"the {name} data loaded now differ from those the results in {self.root} were made with (sha256 "
+                f"{fingerprint[:12]} now, {recorded[:12]} recorded; a new release of a data generator or of numpy "
+                f"can do this); use another --root for results on these data, or delete {path} to let this store "
+                f"mix them")
 
     # --- one-time corrections of stores written by earlier versions
     def migrated(self) -> list[str]:
