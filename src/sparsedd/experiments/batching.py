@@ -9,14 +9,17 @@ to its batch (``batch.json``), so a kill between two stages' records resumes fro
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..options import ExecOptions
 from ..store import Store
-from ..training import TrainResult
+from ..training import TrainResult, train
 from ..training.batched import batchable, batching_pays, max_models, train_batched
+from ..training.loop import iters_per_epoch
+from ..training.measured import sync
 from ..training.together import together_pays
 from ..training.together import train_together as train_side_by_side
 from .progress import Progress
@@ -115,9 +118,8 @@ def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pai
     alone = []
     for rep, job in pairs:
         model = rep.new_model(0)
-        stacked_only = rep.train_data.augment != "none" or job.train_cfg.precision != "fp32" or \
-            runs_compact(model, job, options)  # what the stacked fully connected computation cannot do
-        if rep.objective_active(job) or (batchable(model) and stacked_only):
+        unstackable = rep.train_data.augment != "none" or job.train_cfg.precision != "fp32"  # the stacked MLP cannot
+        if rep.objective_active(job) or (batchable(model) and unstackable):
             alone.append((rep, job))
             continue
         key = (id(rep.data), rep.cfg.model, job.train_cfg, tuple(sorted(job.mask)))
@@ -127,6 +129,11 @@ def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pai
     for key, members in classes.items():
         model = models[key]
         k = _group_size(model, members, options)
+        compact = [p for p in members if batchable(model) and runs_compact(model, p[1], options)]
+        if compact and not (k >= 2 and _stack_rather_than_compact(members[:k], compact[0], options)):
+            alone += compact  # each on its live units (the stacked computation is dense-masked)
+            members = [p for p in members if all(p is not c for c in compact)]
+            k = _group_size(model, members, options) if len(members) >= 2 else 1
         if k < 2:
             alone += members
             continue
@@ -147,6 +154,55 @@ def _group_size(model: nn.Module, members: list[Pair], options: ExecOptions) -> 
     if options.batch == "on":
         return k
     return k if together_pays(lambda: rep.new_model(0), rep.train_data, job.train_cfg, k, options.accel) else 1
+
+
+def _stack_rather_than_compact(group: list[Pair], compact: Pair, options: ExecOptions) -> bool:
+    """For jobs that could train stacked or each alone on its live units: what the flags ask (``--sparse on``:
+    compact; ``--batch on``: stacked), else whichever is faster per network on this level's real weights and
+    masks (:func:`stacked_vs_compact_seconds`)."""
+    if options.sparse == "on" or options.batch == "on":
+        return options.sparse != "on"
+    stacked, alone = stacked_vs_compact_seconds(group, compact, options)
+    return stacked < alone
+
+
+PROBE_STEPS = 30  # timed steps of each way, after as many to warm up: under a second for LeNet-300-100 on a CPU
+
+
+def stacked_vs_compact_seconds(group: list[Pair], compact: Pair, options: ExecOptions) -> tuple[float, float]:
+    """Seconds per network of ``PROBE_STEPS`` training steps: the group stacked, and ``compact``'s job alone
+    on its live units. Timed on copies of the level's start weights (the jobs' own are not touched, nor any
+    random stream of theirs), because the one-off measurements on synthetic masks misjudge it: for
+    paper-mnist-lenet's 5 seeds on the 2-core build machine they chose compact, and real levels then
+    trained about 1.3x slower than stacked (docs/performance.md)."""
+    reps, jobs = [r for r, _ in group], [j for _, j in group]
+    cfg = jobs[0].train_cfg
+    steps = min(PROBE_STEPS, cfg.epochs * iters_per_epoch(reps[0].train_data.x.shape[0], cfg.batch_size))
+
+    def stacked() -> None:
+        train_batched([dict(j.state) for j in jobs], [r.train_data for r in reps], cfg, [j.mask for j in jobs],
+                      order_keys=[(r.cfg.seed, "probe") for r in reps], device=options.device,
+                      stop_iteration=steps, accel=options.accel)
+
+    def alone() -> None:
+        rep, job = compact
+        model = rep.new_model(0)
+        model.load_state_dict(job.state)
+        train(model, rep.train_data, cfg, job.mask, order_key=(rep.cfg.seed, "probe"), stop_iteration=steps,
+              accel=options.accel, sparse=options.sparse_policy)
+
+    device = torch.device(options.device)
+    return timed(stacked, device) / len(jobs), timed(alone, device)
+
+
+def timed(work: Callable[[], None], device: torch.device) -> float:
+    """Seconds of ``work``'s second call (the first warms it up)."""
+    work()
+    sync(device)
+    start = time.perf_counter()
+    work()
+    sync(device)
+    return time.perf_counter() - start
 
 
 def runs_compact(model: nn.Module, job: Job, options: ExecOptions) -> bool:
