@@ -167,38 +167,89 @@ def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, mo
     assert groups == [2] * 3  # three levels, each 3 seeds as a batched 2 and one alone
 
 
-@pytest.mark.parametrize("stacking_faster", [True, False])
-def test_jobs_that_could_stack_or_run_compact_take_the_faster_way_timed_on_copies(tmp_path, tiny_sets, monkeypatch,
-                                                                                  stacking_faster):
-    """The measured case: paper-mnist-lenet's 5 seeds ran compact one by one at about 1.3x the time of stacked.
-    The choice is timed on the level's real jobs; the timing must leave their training exactly as without it."""
+@pytest.fixture
+def stack_or_compact(monkeypatch, tiny_sets):
+    """Every level's seeds could stack or run compact (the crossover says compact everywhere); ``faster[0]``
+    scripts which way the probe finds faster, ``timings`` lists what it timed, ``groups`` the stacked groups'
+    sizes, and ``stop_at[0]`` raises KeyboardInterrupt at that epoch (1-based, over the whole run, after its
+    checkpoint). The probe's work really runs, so that any effect it had on training would show."""
     import sparsedd.experiments.batching as batching
+    import sparsedd.experiments.progress as progress
+    import sparsedd.training.sparse as sparse
     from sparsedd import config as c
-    from sparsedd.experiments import ExecOptions, run
-    from sparsedd.store import Store
 
+    monkeypatch.setattr(sparse, "crossover_for", lambda *a, **k: {"crossover": 1.0, "kernel_below": 0.5})
     monkeypatch.setattr(batching, "batching_pays", lambda *a, **k: True)
-    monkeypatch.setattr(batching, "runs_compact", lambda model, job, options: job.level >= 1)
-    timings = []
+    faster, timings, groups, stop_at, count = ["stacked"], [], [], [None], [0]
 
-    def scripted(work, device):  # runs the real work (so that side effects would show), reports set seconds
+    def scripted(work, device):
         work()
         timings.append(work.__name__)
-        return {"stacked": 3 * (0.5 if stacking_faster else 2.0), "alone": 1.0}[work.__name__]
+        return {"stacked": 3 * (0.5 if faster[0] == "stacked" else 2.0), "alone": 1.0}[work.__name__]
+
+    real_together, real_epoch = batching.train_together, progress.Progress.epoch
+
+    def epoch(self, metrics, advance_total=1):
+        count[0] += 1
+        if count[0] == stop_at[0]:
+            raise KeyboardInterrupt
+        real_epoch(self, metrics, advance_total)
 
     monkeypatch.setattr(batching, "timed", scripted)
-    groups = []
-    real = batching.train_together
-    monkeypatch.setattr(batching, "train_together", lambda group, *a: (groups.append(len(group)), real(group, *a)))
-    cfg = c.load(sets=tiny_sets, seeds=3)
-    finals = {}
-    for name, options in [("auto", ExecOptions(progress=False, sparse="off")),
-                          ("same way", ExecOptions(progress=False, sparse="off", batch="on" if stacking_faster else "off"))]:
-        store = Store(tmp_path / name)
-        rid = run(cfg, store, options=options)
-        finals[name] = {key: store.final(sid)["model"] for key, sid in store.index.run_stages(rid).items()}
-        if name == "auto":
-            assert timings == ["stacked", "alone"] * 2  # levels 1 and 2, once each
-            assert groups == ([3] * 3 if stacking_faster else [3])  # level 0 (dense, not compact) stacks either way
-    for key, model in finals["auto"].items():
-        assert all(torch.equal(model[n], finals["same way"][key][n]) for n in model), key
+    monkeypatch.setattr(batching, "train_together", lambda group, *a: (groups.append(len(group)), real_together(group, *a)))
+    monkeypatch.setattr(progress.Progress, "epoch", epoch)
+    # 60 steps per epoch x 5 epochs: long enough for the probe (at least 10 x PROBE_STEPS)
+    cfg = c.load(sets=[*tiny_sets, "train.batch_size=4", "train.epochs=5"], seeds=3)
+    return cfg, faster, timings, groups, stop_at, count
+
+
+def finals_of(root, cfg, options):
+    from sparsedd.experiments import run
+    from sparsedd.store import Store
+
+    store = Store(root)
+    rid = run(cfg, store, options=options)
+    return {key: store.final(sid)["model"] for key, sid in store.index.run_stages(rid).items()}
+
+
+def assert_same_finals(a, b):
+    assert a.keys() == b.keys()
+    for key, model in a.items():
+        assert all(torch.equal(model[n], b[key][n]) for n in model), key
+
+
+@pytest.mark.parametrize("faster", ["stacked", "alone"])
+def test_jobs_that_could_stack_or_run_compact_take_the_faster_way_timed_on_copies(tmp_path, stack_or_compact, faster):
+    """The measured case: paper-mnist-lenet's 5 seeds ran compact one by one at about 1.3x the time of stacked.
+    The choice is timed on the level's real jobs; the timing must leave their training exactly as without it."""
+    from sparsedd.experiments import ExecOptions
+
+    cfg, scripted, timings, groups, _, _ = stack_or_compact
+    scripted[0] = faster
+    auto = finals_of(tmp_path / "auto", cfg, ExecOptions(progress=False))
+    assert timings == ["stacked", "alone"] * 3  # each level, once
+    assert groups == ([3] * 3 if faster == "stacked" else [])
+    same_way = ExecOptions(progress=False, batch="on" if faster == "stacked" else "off")  # compact either way
+    assert_same_finals(auto, finals_of(tmp_path / "same way", cfg, same_way))
+    assert len(timings) == 6  # --batch on and off time nothing
+
+
+@pytest.mark.parametrize("started", ["stacked", "alone"])
+def test_an_interrupted_level_resumes_the_way_it_started_whatever_the_timing_says_then(tmp_path, stack_or_compact,
+                                                                                       started):
+    from sparsedd.experiments import ExecOptions
+
+    cfg, faster, timings, groups, stop_at, count = stack_or_compact
+    options = ExecOptions(progress=False, checkpoint_epoch_s=0)
+    faster[0] = started
+    reference = finals_of(tmp_path / "reference", cfg, options)
+    timings.clear()
+    count[0] = 0
+    stop_at[0] = (5 if started == "stacked" else 3 * 5) + 2  # level 0's epochs (a batch's count once), then 2
+    with pytest.raises(KeyboardInterrupt):  # in level 1, after its second epoch
+        finals_of(tmp_path / "resumed", cfg, options)
+    faster[0] = "alone" if started == "stacked" else "stacked"  # the timing now says the other way
+    timings.clear()
+    resumed = finals_of(tmp_path / "resumed", cfg, options)
+    assert timings == ["stacked", "alone"]  # only level 2 was timed again: level 1 went on as it started
+    assert_same_finals({k: v for k, v in resumed.items() if k[1] <= 1}, {k: v for k, v in reference.items() if k[1] <= 1})

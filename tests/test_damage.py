@@ -270,6 +270,9 @@ def test_a_store_refuses_data_that_changed_under_the_same_configuration(tmp_path
     monkeypatch.setenv("SPARSEDD_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "runs"
     args = ["run", "--no-progress", *[a for s in TINY for a in ("--set", s)]]
+    too_late = ["--set", "retrain.mode=weight-rewind", "--set", "retrain.rewind_iteration=100000"]
+    assert main([*args, *too_late, "--root", str(root)]) == 2  # refused by a check that needs the data
+    assert not (root / "data").exists()  # so nothing recorded either
     assert main([*args, "--root", str(root)]) == 0
     [run_id] = Store(root).index.run_ids()
     assert main([*args, "--root", str(root)]) == 0  # the same data: accepted
@@ -291,7 +294,12 @@ def test_a_store_refuses_data_that_changed_under_the_same_configuration(tmp_path
     record.write_text("{")
     capsys.readouterr()
     assert main([*args, "--root", str(root)]) == 2
-    assert f"{record} is damaged; delete it" in capsys.readouterr().err
+    assert f"{record} is damaged; if the mnist1d data loaded now are those the results in {root} were made with, " \
+        f"delete it" in capsys.readouterr().err
     record.unlink()
     assert main([*args, "--root", str(root)]) == 0  # deleted: this store takes the new data from now on
+    assert f"{root} holds results from before it recorded its data; the mnist1d data loaded now are taken as " \
+        f"theirs" in capsys.readouterr().err
+    assert main([*args, "--root", str(root)]) == 0
+    assert "recorded its data" not in capsys.readouterr().err  # said once
     assert read_json(record)["sha256"] == read_json(next((tmp_path / "other" / "data").glob("*.json")))["sha256"]

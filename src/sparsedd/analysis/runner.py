@@ -155,9 +155,9 @@ class Analyzer:
     def data(self) -> Dataset:
         """The run's data, loaded once and checked to be the data the store's results were made with."""
         if self._data is None:
-            data = load_dataset(self.cfg.data, data_dir=self.options.data_dir, device=self.options.device)
-            self.store.check_data(data_key(self.cfg), self.cfg.data.name, fingerprint(data))
-            self._data = data
+            data = load_dataset(self.cfg.data, data_dir=self.options.data_dir)  # hashed on the CPU, then moved
+            self.store.check_data({data_key(self.cfg): (self.cfg.data.name, fingerprint(data))})
+            self._data = data.to(self.options.device)
         return self._data
 
     def replicate(self, seed: int) -> Replicate:
@@ -191,6 +191,7 @@ class Analyzer:
             self.data()  # loaded and checked before the analysis writes anything
         with self.store.lock(sid):  # the same analysis asked by two processes is computed once
             if not self.store.check_done(sid):  # not yet, or damaged: computed (again)
+                self.data()  # (a damaged stage reaches here without the check above)
                 self.store.begin_stage(sid, key)
                 result = compute()
                 self.store.finish_stage(sid, {"result": result})

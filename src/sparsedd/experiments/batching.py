@@ -41,7 +41,7 @@ def train_level(pairs: list[Pair], store: Store, options: ExecOptions,
             record_from_batch(rep, job, done)
         else:
             pending.append((rep, job))
-    groups, alone = batch_groups(pending, options)
+    groups, alone = batch_groups(pending, options, store)
     for group in groups:
         train_together(group, store, options, progress)
     for rep, job in alone:
@@ -108,7 +108,7 @@ def record_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
     rep.record(job, model, result, saved["seconds"])
 
 
-def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pair]], list[Pair]]:
+def batch_groups(pairs: list[Pair], options: ExecOptions, store: Store) -> tuple[list[list[Pair]], list[Pair]]:
     """The level's jobs split into groups to train batched (jobs of one architecture, schedule and
     data set, as many per group as fit in memory, where batching pays) and jobs to train alone."""
     if options.batch == "off" or len(pairs) < 2 or options.compile or options.dist.active:
@@ -130,7 +130,7 @@ def batch_groups(pairs: list[Pair], options: ExecOptions) -> tuple[list[list[Pai
         model = models[key]
         k = _group_size(model, members, options)
         compact = [p for p in members if batchable(model) and runs_compact(model, p[1], options)]
-        if compact and not (k >= 2 and _stack_rather_than_compact(members[:k], compact[0], options)):
+        if compact and not (k >= 2 and _stack_rather_than_compact(members[:k], compact[0], options, store)):
             alone += compact  # each on its live units (the stacked computation is dense-masked)
             members = [p for p in members if all(p is not c for c in compact)]
             k = _group_size(model, members, options) if len(members) >= 2 else 1
@@ -156,17 +156,30 @@ def _group_size(model: nn.Module, members: list[Pair], options: ExecOptions) -> 
     return k if together_pays(lambda: rep.new_model(0), rep.train_data, job.train_cfg, k, options.accel) else 1
 
 
-def _stack_rather_than_compact(group: list[Pair], compact: Pair, options: ExecOptions) -> bool:
+def _stack_rather_than_compact(group: list[Pair], compact: Pair, options: ExecOptions, store: Store) -> bool:
     """For jobs that could train stacked or each alone on its live units: what the flags ask (``--sparse on``:
-    compact; ``--batch on``: stacked), else whichever is faster per network on this level's real weights and
-    masks (:func:`stacked_vs_compact_seconds`)."""
+    compact; ``--batch on``: stacked); the way an interrupted level started (so that it resumes from its
+    checkpoints, and bit for bit); compact for levels too short to time; else whichever is faster per
+    network on this level's real weights and masks (:func:`stacked_vs_compact_seconds`)."""
     if options.sparse == "on" or options.batch == "on":
         return options.sparse != "on"
+    jobs = [job for _, job in group]
+    if any(store.batch_of(job.sid) for job in jobs):
+        return True
+    if any(store.has_checkpoint(job.sid) for job in jobs):
+        return False
+    if _level_steps(group) < 10 * PROBE_STEPS:  # the probe would cost more than it could save
+        return False
     stacked, alone = stacked_vs_compact_seconds(group, compact, options)
     return stacked < alone
 
 
 PROBE_STEPS = 30  # timed steps of each way, after as many to warm up: under a second for LeNet-300-100 on a CPU
+
+
+def _level_steps(group: list[Pair]) -> int:
+    rep, job = group[0]
+    return job.train_cfg.epochs * iters_per_epoch(rep.train_data.x.shape[0], job.train_cfg.batch_size)
 
 
 def stacked_vs_compact_seconds(group: list[Pair], compact: Pair, options: ExecOptions) -> tuple[float, float]:
@@ -177,7 +190,7 @@ def stacked_vs_compact_seconds(group: list[Pair], compact: Pair, options: ExecOp
     trained about 1.3x slower than stacked (docs/performance.md)."""
     reps, jobs = [r for r, _ in group], [j for _, j in group]
     cfg = jobs[0].train_cfg
-    steps = min(PROBE_STEPS, cfg.epochs * iters_per_epoch(reps[0].train_data.x.shape[0], cfg.batch_size))
+    steps = min(PROBE_STEPS, _level_steps(group))
 
     def stacked() -> None:
         train_batched([dict(j.state) for j in jobs], [r.train_data for r in reps], cfg, [j.mask for j in jobs],

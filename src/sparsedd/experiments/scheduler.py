@@ -22,12 +22,15 @@ def load_data(configs: list[RunConfig], options: ExecOptions, store: Store) -> d
     """Every run's data set (one in memory per data key), each checked to be the data the store's results
     were made with, and each run checked against its data."""
     datasets: dict[str, Dataset] = {}
+    fingerprints: dict[str, tuple[str, str]] = {}
     for cfg in configs:
         key = data_key(cfg)
         if key not in datasets:
-            datasets[key] = load_dataset(cfg.data, data_dir=options.data_dir, device=options.device)
-            store.check_data(key, cfg.data.name, fingerprint(datasets[key]))
+            data = load_dataset(cfg.data, data_dir=options.data_dir)  # hashed on the CPU, then moved
+            fingerprints[key] = (cfg.data.name, fingerprint(data))
+            datasets[key] = data.to(options.device)
         check_fits(cfg, datasets[key])
+    store.check_data(fingerprints)  # after every other check: a refused run writes nothing
     return datasets
 
 

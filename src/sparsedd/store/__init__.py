@@ -161,25 +161,43 @@ class Store:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # --- the data the results were made with
-    def check_data(self, key: str, name: str, fingerprint: str) -> None:
-        """Refuse data whose content differs from the data this store's results under data key ``key`` were
+    def check_data(self, fingerprints: dict[str, tuple[str, str]]) -> None:
+        """Refuse data whose content differs from the data this store's results under the same data key were
         made with: stage ids hash the data's configuration, not its content, so a stage computed on other
-        data would otherwise be reused as if it were the same. The first check of a key records it (a store
-        from before these records takes the data of its next run as its own)."""
+        data would otherwise be reused as if it were the same. ``fingerprints``: data key -> (data set name,
+        SHA-256). Every key is compared before any record is written; a key's first check records it (a
+        store from before these records takes these data as its own, and says so)."""
+        missing = {key: value for key, value in fingerprints.items() if self._recorded_data(key, *value) is None}
+        if self.readonly or not missing:
+            return
+        for key, (name, fingerprint) in missing.items():
+            with self.lock(f"data-{key}"):  # two processes with other data: the second one finds the first's record
+                if self._recorded_data(key, name, fingerprint) is None:
+                    write_json(self.root / DATA / f"{key}.json", {"data": name, "sha256": fingerprint})
+                    if self.stage_ids():
+                        notice(f"{self.root} holds results from before it recorded its data; the {name} data "
+                               f"loaded now are taken as theirs (sha256 {fingerprint[:12]}), from now on checked")
+
+    def _recorded_data(self, key: str, name: str, fingerprint: str) -> str | None:
+        """The recorded SHA-256 of data key ``key`` (None: none yet); an error where it is not ``fingerprint``."""
         path = self.root / DATA / f"{key}.json"
         try:
             recorded = read_json(path)["sha256"] if path.exists() else None
         except (DamagedFile, KeyError, TypeError):
-            raise SparseddError(f"{path} is damaged; delete it: the next run records the data it loads") from None
-        if recorded is None:
-            if not self.readonly:
-                write_json(path, {"data": name, "sha256": fingerprint})
-        elif recorded != fingerprint:
+            raise SparseddError(f"{path} is damaged; if the {name} data loaded now are those the results in "
+                                f"{self.root} were made with, delete it (the next run records them); otherwise "
+                                f"use another --root") from None
+        if recorded is not None and recorded != fingerprint:
             raise SparseddError(
                 f"the {name} data loaded now differ from those the results in {self.root} were made with (sha256 "
                 f"{fingerprint[:12]} now, {recorded[:12]} recorded; a new release of a data generator or of numpy "
                 f"can do this); use another --root for results on these data, or delete {path} to let this store "
                 f"mix them")
+        return recorded
+
+    def has_checkpoint(self, stage_id: str) -> bool:
+        """Whether the stage has a checkpoint of its own (it started training alone, not in a batch)."""
+        return (self.stage_dir(stage_id) / CHECKPOINT).exists()
 
     # --- one-time corrections of stores written by earlier versions
     def migrated(self) -> list[str]:

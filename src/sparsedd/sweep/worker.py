@@ -30,9 +30,12 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     from ..store import Store
     from ..store.index import BufferedIndex
 
-    if task.get("pid_file"):
-        Path(task["pid_file"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(task["pid_file"]).write_text(str(os.getpid()))
+    if task.get("pid_file"):  # renamed into place: a reader never sees it empty (a flaky test did once)
+        pid_file = Path(task["pid_file"])
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = pid_file.with_name(pid_file.name + ".partial")
+        partial.write_text(str(os.getpid()))
+        os.replace(partial, pid_file)
     options = task_options(task)
     options.apply_threads(None)
     items = [(config_mod.load(r.get("preset"), values=r["values"], seeds=r.get("seeds")), r.get("preset"))
