@@ -12,24 +12,17 @@ Ratios are against dense-masked in the same process; absolute times drift with t
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from sparsedd.analysis.runner import Analyzer
+from sparsedd.experiments.batching import timed
 from sparsedd.options import ExecOptions
 from sparsedd.pruning import magnitude
 from sparsedd.store import Store
 from sparsedd.training import train
 from sparsedd.training.batched import train_batched
 from sparsedd.training.sparse import SparsePolicy
-
-
-def timed(work) -> float:
-    work()  # warm-up
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
 
 
 def deeper(final: dict, level: int, start: int, fraction: float) -> dict[str, torch.Tensor]:
@@ -71,7 +64,9 @@ def main() -> None:
                           order_keys=[(k, "bench") for k in seeds], stop_iteration=a.steps)
 
         density = sum(float(m.sum()) for m in masks[0].values()) / sum(m.numel() for m in masks[0].values())
-        dense, compact, stack = timed(lambda: single("off")), timed(lambda: single("on")), timed(stacked) / len(seeds)
+        device = torch.device(an.options.device)
+        dense, compact = timed(lambda: single("off"), device), timed(lambda: single("on"), device)
+        stack = timed(stacked, device) / len(seeds)
         print(f"level {level} (density {density:.4f}), s per {a.steps} steps per network: dense-masked {dense:.2f}, "
               f"compact {compact:.2f} ({compact / dense:.2f}x), {len(seeds)} stacked {stack:.2f} ({stack / dense:.2f}x)",
               flush=True)
