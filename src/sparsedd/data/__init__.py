@@ -133,7 +133,7 @@ def fingerprint(ds: Dataset) -> str:
     """The SHA-256 of a loaded data set's content: inputs and clean labels of both splits, and the superclasses
     and published human labels where loaded. Stage ids cover the data's configuration; this covers what
     was loaded under it, which a new release of a data generator or of numpy can change (the store keeps
-    it per data key: :meth:`sparsedd.store.Store.check_data`). About 0.25 s for MNIST on one core."""
+    it per data key: :meth:`sparsedd.store.Store.check_data`). About 0.2 s for MNIST on one core."""
     parts = {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test}
     if ds.coarse_train is not None:
         parts["coarse_train"] = ds.coarse_train
