@@ -164,7 +164,7 @@ def test_measured_crossover_is_cached(tmp_path):
     assert {"dense_masked_s", "compact_dense_s", "compact_csr_s"} <= set(small["points"][0])
 
 
-def test_policy():
+def test_policy(tmp_path):
     model = net()
     mask = structured_mask(model, 0.2)
     assert SparsePolicy("off").decide(model, mask, 32, "fp32") is None
@@ -176,6 +176,10 @@ def test_policy():
     assert SparsePolicy("auto", crossover=0.0, kernel_below=0.1).decide(model, dead, 32, "fp32") is None
     with pytest.raises(SparseddError, match="unknown sparse mode"):
         SparsePolicy("fast")
+    off_cpu = net().to("meta")  # any device but the CPU: auto keeps dense-masked without measuring
+    assert SparsePolicy("auto", cache_dir=str(tmp_path)).decide(off_cpu, structured_mask(model, 0.01), 32, "fp32") is None
+    assert not any(tmp_path.iterdir())
+    assert SparsePolicy("auto", crossover=0.5, kernel_below=0.1).decide(off_cpu, mask, 32, "fp32") == 0.1
     w = {n: p.detach() for n, p in model.named_parameters()}
     bias_mask = random(w, {"layers.0.bias": torch.ones(24, dtype=torch.bool)}, fraction=0.5, scope="layer",
                        generator=torch.Generator().manual_seed(0))

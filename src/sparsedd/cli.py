@@ -402,7 +402,8 @@ def _flags() -> dict[str, argparse.ArgumentParser]:
     e.add_argument("--no-batch", action="store_true", help="the same as --batch off")
     e.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
                    help="compute sparse fully connected levels on their live units with sparse kernels: auto (below "
-                        "the density where that is faster, measured once per machine), on, off (default auto)")
+                        "the density where that is faster, measured once per machine; never on a GPU), on, off "
+                        "(default auto)")
     e.add_argument("--checkpoint-every", type=_amount, default=60.0, metavar="S",
                    help="checkpoint inside an epoch every S seconds (default 60)")
     e.add_argument("--checkpoint-epoch", type=_amount, default=1.0, metavar="S",
