@@ -164,6 +164,27 @@ def test_measured_crossover_is_cached(tmp_path):
     assert {"dense_masked_s", "compact_dense_s", "compact_csr_s"} <= set(small["points"][0])
 
 
+def test_a_cache_shared_by_two_kinds_of_processor_keeps_each_ones_measurement(tmp_path, monkeypatch):
+    import sparsedd.training.measured as measured
+    import sparsedd.training.sparse as sparse_mod
+
+    calls = []
+
+    def fake_measure(*args, **kwargs):
+        calls.append(measured.cpu_name())
+        return {"crossover": 0.1 * len(calls), "kernel_below": 0.0, "points": []}
+
+    monkeypatch.setattr(sparse_mod, "measure_crossover", fake_measure)
+    cache, cpu = str(tmp_path / "crossover.json"), torch.device("cpu")
+    monkeypatch.setattr(measured, "cpu_name", lambda: "Fast CPU")
+    fast = crossover_for((8, 6, 3), 16, cpu, cache)
+    monkeypatch.setattr(measured, "cpu_name", lambda: "Slow CPU")
+    slow = crossover_for((8, 6, 3), 16, cpu, cache)
+    monkeypatch.setattr(measured, "cpu_name", lambda: "Fast CPU")
+    assert crossover_for((8, 6, 3), 16, cpu, cache) == fast != slow
+    assert calls == ["Fast CPU", "Slow CPU"]
+
+
 def test_policy(tmp_path):
     model = net()
     mask = structured_mask(model, 0.2)

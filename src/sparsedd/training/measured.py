@@ -1,14 +1,17 @@
 """Speed decisions measured once on this machine and cached (JSON in the data cache folder).
 
 A key names everything the measurement depends on (implementation version, torch version,
-device, thread count, shapes), so a change of any of them measures again. The cache is written
+device, the processor's or card's name, thread count, shapes), so a change of any of them measures
+again; a cache folder shared by several machines (a home folder on a cluster) keeps each kind's own. The cache is written
 atomically; a read-only or corrupt cache only costs a new measurement.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +34,26 @@ def cache_path(name: str, cache_dir: str | None = None) -> Path:
 
 
 def machine_key(device: torch.device, *parts: Any) -> str:
-    return "|".join([torch.__version__, str(device), f"threads={torch.get_num_threads()}", *map(str, parts)])
+    return "|".join([torch.__version__, str(device), hardware_name(device), f"threads={torch.get_num_threads()}",
+                     *map(str, parts)])
+
+
+def hardware_name(device: torch.device) -> str:
+    """The card's name for a GPU, the processor's model for the CPU ("cpu" alone says nothing)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+@functools.cache
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cached(name: str, key: str, measure: Callable[[], dict[str, Any]], cache_dir: str | None = None,
