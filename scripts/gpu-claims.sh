@@ -30,8 +30,13 @@ mkdir -p "$OUT"
 DATA=${DATA_DIR:+--data-dir $DATA_DIR}
 start=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
-sdd() { local t; t=$(left); [ "$t" -gt 5 ] || { echo "no time left for: $*" >&2; return 124; }
-        timeout "$t" "$PYTHON" -m sparsedd.cli "$@"; }
+# each command prints every thread's stack 15 s before its time is up, so a stall says where it was
+sdd() { local t; t=$(left); [ "$t" -gt 20 ] || { echo "no time left for: $*" >&2; return 124; }
+        timeout "$t" "$PYTHON" -c 'import faulthandler, sys
+faulthandler.dump_traceback_later(float(sys.argv[1]), exit=False)
+sys.argv = ["sparsedd", *sys.argv[2:]]
+from sparsedd.cli import main
+raise SystemExit(main())' "$((t - 15))" "$@"; }
 X="--root $ROOT --device $DEVICE --capture on --batch on $DATA $EXTRA"  # no terminal: one line per finished stage
 
 "$PYTHON" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")' \
