@@ -160,6 +160,45 @@ def test_redense_gives_back_pruned_weights(tiny_run, capsys, monkeypatch):
     assert not seen
 
 
+def test_reinit_and_redense_train_a_levels_seeds_stacked_as_they_would_one_by_one(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import sparsedd.training.batched as batched
+    from conftest import TINY
+    from sparsedd.store import Store
+
+    args = ["run", "--root", str(tmp_path / "on"), "--no-progress", "--seeds", "3"]
+    assert main(args + [a for s in TINY for a in ("--set", s)]) == 0
+    run_id = next((tmp_path / "on" / "runs").iterdir()).name
+    capsys.readouterr()
+    shutil.copytree(tmp_path / "on", tmp_path / "off")
+    stacked, real = [], batched.train_batched
+    monkeypatch.setattr(batched, "train_batched", lambda states, *a, **kw: stacked.append(len(states)) or real(states, *a, **kw))
+    rows = {}
+    for batch in ("on", "off"):
+        for kind, setting in (("reinit", "inits=2"), ("redense", "epochs=2")):
+            rows[batch, kind] = analyze(capsys, tmp_path / batch, run_id, kind, "--levels", "1,2", "--set", setting,
+                                        "--batch", batch)
+    assert stacked == [6, 6, 3, 3]  # per level: 3 seeds x 2 inits, then the 3 seeds' re-dense trainings
+    for kind, fields in (("reinit", ("reinit_test_acc", "ticket_test_acc")), ("redense", ("test_acc", "distance"))):
+        on, off = rows["on", kind], rows["off", kind]
+        assert [(r["seed"], r["level"]) for r in on] == [(r["seed"], r["level"]) for r in off] and len(on) == 6
+        for a, b in zip(on, off):
+            for f in fields:
+                assert a[f] == pytest.approx(b[f], rel=1e-5, abs=1e-6), (kind, f, a["seed"], a["level"])
+    finals = {batch: {p.parent.name: Store(tmp_path / batch).final(p.parent.name)["model"]
+                      for p in (tmp_path / batch / "stages").glob("*/final.pt")
+                      if json.loads((p.parent / "stage.json").read_text())["kind"] == "analysis-redense"}
+              for batch in ("on", "off")}
+    assert len(finals["on"]) == 6 and finals["on"].keys() == finals["off"].keys()
+    for sid, state in finals["on"].items():
+        for name, v in state.items():
+            assert torch.allclose(v, finals["off"][sid][name], atol=1e-5, rtol=1e-4), (sid, name)
+    stacked.clear()  # asked again, every result is read back: nothing trains
+    again = analyze(capsys, tmp_path / "on", run_id, "reinit", "--levels", "1,2", "--set", "inits=2", "--batch", "on")
+    assert again == rows["on", "reinit"] and not stacked
+
+
 def test_every_analysis_runs_from_the_cli(tiny_run, capsys):
     root, run_id = tiny_run
     interp = analyze(capsys, root, run_id, "interpolate", "--levels", "1", "--set", "step=0.5", "--set", "target=dense")

@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=cmd_show)
 
     an = command("analyze", "analyses of a run: redense, interpolate, landscape, sharpness, distance, reinit, phases",
-                 "root", "data", "threads", "set")
+                 "root", "data", "threads", "set", "execution")
     an.add_argument("run", help="run id (or a unique prefix)")
     an.add_argument("kind", help="redense | interpolate | landscape | sharpness | distance | reinit | phases")
     an.add_argument("--levels", default=None, help="comma-separated levels (default: all finished)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pandas as pd
@@ -27,7 +27,8 @@ from ..registry import Registry
 from ..results import run_config
 from ..rng import derive_seed, generator
 from ..store import Store
-from ..training import train
+from ..config import TrainConfig
+from ..training import TrainData, TrainResult, train
 from .curves import distance_table, phases_table
 from .hessian import hutchinson_trace, top_eigenvalue
 from .interpolate import alphas as alpha_grid
@@ -43,6 +44,22 @@ class Analysis:
     compute: Callable[..., Any]  # per level: (analyzer, seed, level, stage id, settings) -> dict; else (analyzer, settings) -> table
     per_level: bool = True  # False: one table over the run's levels
     pruned_only: bool = False  # per level, levels 1.. only (it compares a pruned network with another)
+    # per level, the networks it would train there that are not computed yet: (analyzer, seed, level, stage
+    # id, settings) -> [Training]; those of one level's seeds then train stacked where that pays
+    trainings: Callable[..., list["Training"]] | None = None
+
+
+@dataclass
+class Training:
+    """One network an analysis trains: what :func:`sparsedd.training.train` takes, and a key naming it."""
+
+    key: tuple
+    model: torch.nn.Module
+    data: TrainData
+    cfg: TrainConfig
+    mask: dict[str, torch.Tensor]
+    order_key: tuple
+    optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
 
 
 ANALYSES: Registry[Analysis] = Registry("analysis")  # registered below the Analyzer
@@ -151,6 +168,7 @@ class Analyzer:
                                 f"not a stage id; the index is damaged")
         self._data = None
         self._reps: dict[int, Replicate] = {}
+        self._trained: dict[tuple, tuple[dict[str, torch.Tensor], TrainResult]] = {}  # stacked, not yet recorded
 
     def data(self) -> Dataset:
         """The run's data, loaded once and checked to be the data the store's results were made with."""
@@ -185,7 +203,7 @@ class Analyzer:
     def cached(self, kind: str, target: str, settings: Any, compute: Callable[[], dict]) -> dict:
         key = {"kind": f"analysis-{kind}", "target": target, "settings": canonical_dict(settings)}
         sid = self.store.stage_id(key)
-        if not os.access(self.store.root, os.W_OK | os.X_OK):  # a store on read-only media, or not ours
+        if not self._writable():  # a store on read-only media, or not ours
             return self._stored_result(kind, sid)
         if not self.store.is_done(sid):
             self.data()  # loaded and checked before the analysis writes anything
@@ -208,16 +226,20 @@ class Analyzer:
         raise SparseddError(f"--root {self.store.root} cannot be written, and this {kind} analysis is not in it; "
                             "copy the store to a writable folder and analyze it there")
 
+    def _redense_trainings(self, seed: int, level: int, sid: str, s: RedenseSettings) -> list[Training]:
+        rep, model, mask, final = self.model_at(seed, sid)
+        cfg = dataclasses.replace(rep.cfg.train, lr=s.lr or rep.cfg.train.lr, schedule="constant", milestones=(),
+                                  warmup_epochs=0, epochs=s.epochs or rep.cfg.train.epochs)
+        opt_state = final.get("optim") if s.carry_optimizer else None
+        return [Training((self._sid("redense", sid, s),), model, rep.train_data, cfg, {}, (seed, "redense", level),
+                         opt_state or None)]
+
     def redense(self, seed: int, level: int, sid: str, s: RedenseSettings) -> dict:
         def compute() -> dict:
-            rep, model, mask, final = self.model_at(seed, sid)
-            cfg = dataclasses.replace(rep.cfg.train, lr=s.lr or rep.cfg.train.lr, schedule="constant", milestones=(),
-                                      warmup_epochs=0, epochs=s.epochs or rep.cfg.train.epochs)
-            opt_state = final.get("optim") if s.carry_optimizer else None
+            t = self._redense_trainings(seed, level, sid, s)[0]
             init = self.store.init(self.links[(seed, 0)])
-            res = train(model, rep.train_data, cfg, {}, order_key=(seed, "redense", level),
-                        optimizer_state=opt_state or None)
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            res = self._fit(t)
+            state = {k: v.detach().cpu() for k, v in t.model.state_dict().items()}
             self.store.save_final(self._sid("redense", sid, s), state)
             return {**res.final, "distance": learning_distance(state, init), "history": res.history}
         return self.cached("redense", sid, s, compute)
@@ -266,17 +288,26 @@ class Analyzer:
                     "trace_samples": tr.samples, "examples": int(x.shape[0])}
         return self.cached("sharpness", sid, s, compute)
 
-    def reinit(self, seed: int, level: int, sid: str, s: ReinitSettings) -> dict:
+    def _reinit_trainings(self, seed: int, level: int, sid: str, s: ReinitSettings) -> list[Training]:
+        """Fresh networks under the level's mask, trained as the level was (same schedule and example order)."""
+        self._check_ticket_run()
+        rep, _, mask, _ = self.model_at(seed, sid)
+        cfg = level_train_config(rep.cfg)
+        key = self._sid("reinit", sid, s)
+        return [Training((key, i), rep.new_model(derive_seed(seed, "reinit-analysis", s.seed, level, i)),
+                         rep.train_data, cfg, mask, (seed, "order")) for i in range(s.inits)]
+
+    def _check_ticket_run(self) -> None:
         if self.cfg.retrain.mode != "weight-rewind":
             raise SparseddError("the reinit analysis compares with winning tickets: use it on a weight-rewind run")
 
+    def reinit(self, seed: int, level: int, sid: str, s: ReinitSettings) -> dict:
+        self._check_ticket_run()
+
         def compute() -> dict:
-            rep, model, mask, final = self.model_at(seed, sid)
-            cfg = level_train_config(rep.cfg)
             accs = []
-            for i in range(s.inits):
-                fresh = rep.new_model(derive_seed(seed, "reinit-analysis", s.seed, level, i))
-                res = train(fresh, rep.train_data, cfg, mask, order_key=(seed, "order"))
+            for i, t in enumerate(self._reinit_trainings(seed, level, sid, s)):
+                res = self._fit(t)
                 accs.append({"init": i, "test_acc": res.final["test_acc"], "test_acc_best": res.final["test_acc_best"],
                              "train_acc_noisy": res.final["train_acc_noisy"]})
             ticket = self.store.done_info(sid)["metrics"]
@@ -290,10 +321,11 @@ class Analyzer:
         analysis = ANALYSES[kind]
         if not analysis.per_level:
             return analysis.compute(self, settings)
+        targets = [t for t in self.targets(levels, seeds) if not (analysis.pruned_only and t[1] == 0)]
+        if analysis.trainings is not None and self._writable():
+            self._compute_levels_stacked(kind, settings, targets, progress)
         rows = []
-        for seed, level, sid in self.targets(levels, seeds):
-            if analysis.pruned_only and level == 0:
-                continue
+        for seed, level, sid in targets:
             if progress:
                 progress(f"{kind}: seed {seed} level {level}")
             result = analysis.compute(self, seed, level, sid, settings)
@@ -302,11 +334,71 @@ class Analyzer:
                          "level_test_acc": metrics["test_acc"], **result})
         return pd.DataFrame(rows)
 
+    # --- the seeds of one level trained stacked (as `sparsedd run` trains a level's seeds)
+    def _compute_levels_stacked(self, kind: str, settings: Any, targets: list[tuple[int, int, str]],
+                                progress: Callable[[str], None] | None) -> None:
+        """Level by level, the networks the analysis trains for all seeds at once where that pays, each
+        level's results cached before the next level trains (an interruption loses one level at most)."""
+        analysis = ANALYSES[kind]
+        for level in sorted({t[1] for t in targets}):
+            here = [t for t in targets if t[1] == level]
+            todo = [x for seed, lv, sid in here for x in analysis.trainings(self, seed, lv, sid, settings)]
+            said = f"{kind}: seeds {', '.join(str(t[0]) for t in here)} level {level}, {len(todo)} networks stacked"
+            self._train_stacked(todo, lambda: progress(said) if progress else None)
+            for seed, lv, sid in here:
+                analysis.compute(self, seed, lv, sid, settings)
 
-ANALYSES.register("redense", Analysis(RedenseSettings, Analyzer.redense, pruned_only=True))
+    def _train_stacked(self, todo: list[Training], starting: Callable[[], None]) -> None:
+        """Train ``todo`` as one stacked computation where they can be (same architecture, schedule, data and
+        masked layers; fresh optimizers) and that pays; their outcomes wait in ``_trained`` for :meth:`_fit`."""
+        from ..experiments.batching import stacked_size
+        from ..training.batched import train_batched
+
+        if len(todo) < 2:
+            return
+        first = todo[0]
+        same = all(t.cfg == first.cfg and sorted(t.mask) == sorted(first.mask) and t.optimizer_state is None
+                   and (t.data.x is first.data.x or torch.equal(t.data.x, first.data.x))
+                   and type(t.model) is type(first.model) for t in todo)
+        plain = first.data.augment == "none" and first.cfg.precision == "fp32"  # what the stacked MLP can do
+        k = stacked_size(first.model, len(todo), first.cfg.batch_size, self.options) if same and plain else 1
+        if k < 2:
+            return
+        starting()
+        for i in range(0, len(todo), k):
+            group = todo[i:i + k]
+            finals, results = train_batched([t.model.state_dict() for t in group], [t.data for t in group],
+                                            first.cfg, [t.mask for t in group],
+                                            order_keys=[t.order_key for t in group], device=self.options.device,
+                                            accel=self.options.accel)
+            self._trained.update({t.key: (f, r) for t, f, r in zip(group, finals, results)})
+
+    def _fit(self, t: Training) -> TrainResult:
+        """Train ``t.model``, or take its outcome from the stacked computation that trained it."""
+        done = self._trained.pop(t.key, None)
+        if done is None:
+            return train(t.model, t.data, t.cfg, t.mask, order_key=t.order_key, optimizer_state=t.optimizer_state)
+        state, result = done
+        t.model.load_state_dict(state)
+        return result
+
+    def _writable(self) -> bool:
+        return os.access(self.store.root, os.W_OK | os.X_OK)
+
+
+def _pending(kind: str, make: Callable[..., list[Training]]) -> Callable[..., list[Training]]:
+    """The trainings of ``make`` at a level whose analysis is not computed yet (else none)."""
+    def trainings(a: Analyzer, seed: int, level: int, sid: str, s: Any) -> list[Training]:
+        return [] if a.store.is_done(a._sid(kind, sid, s)) else make(a, seed, level, sid, s)
+    return trainings
+
+
+ANALYSES.register("redense", Analysis(RedenseSettings, Analyzer.redense, pruned_only=True,
+                                      trainings=_pending("redense", Analyzer._redense_trainings)))
 ANALYSES.register("interpolate", Analysis(InterpolateSettings, Analyzer.interpolate, pruned_only=True))
 ANALYSES.register("landscape", Analysis(LandscapeSettings, Analyzer.landscape))
 ANALYSES.register("sharpness", Analysis(SharpnessSettings, Analyzer.sharpness))
-ANALYSES.register("reinit", Analysis(ReinitSettings, Analyzer.reinit, pruned_only=True))
+ANALYSES.register("reinit", Analysis(ReinitSettings, Analyzer.reinit, pruned_only=True,
+                                     trainings=_pending("reinit", Analyzer._reinit_trainings)))
 ANALYSES.register("distance", Analysis(DistanceSettings, lambda a, s: distance_table(a.store, a.run_id), per_level=False))
 ANALYSES.register("phases", Analysis(PhasesSettings, lambda a, s: phases_table(a.store, a.run_id, s.tol), per_level=False))

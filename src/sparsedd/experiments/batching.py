@@ -146,14 +146,22 @@ def _group_size(model: nn.Module, members: list[Pair], options: ExecOptions) -> 
     """How many of these jobs train together (1: alone): as many as fit, where that pays (``--batch auto``:
     measured once per machine; conv nets side by side only on a GPU, where their steps can overlap)."""
     rep, job = members[0]
-    bs = job.train_cfg.batch_size
     if batchable(model):
-        k = min(len(members), max_models(model, bs, options.device))
-        return k if k >= 2 and (options.batch == "on" or batching_pays(model, bs, k)) else 1
+        return stacked_size(model, len(members), job.train_cfg.batch_size, options)
     k = min(len(members), MAX_SIDE_BY_SIDE)
     if options.batch == "on":
         return k
     return k if together_pays(lambda: rep.new_model(0), rep.train_data, job.train_cfg, k, options.accel) else 1
+
+
+def stacked_size(model: nn.Module, n: int, batch_size: int, options: ExecOptions) -> int:
+    """How many of ``n`` networks like ``model`` train as one stacked computation (1: each alone): as
+    many as fit, for fully connected nets, where ``--batch`` allows and (``auto``) it measured faster
+    on this machine."""
+    if options.batch == "off" or n < 2 or options.compile or options.dist.active or not batchable(model):
+        return 1
+    k = min(n, max_models(model, batch_size, options.device))
+    return k if k >= 2 and (options.batch == "on" or batching_pays(model, batch_size, k)) else 1
 
 
 def _stack_rather_than_compact(group: list[Pair], compact: Pair, options: ExecOptions, store: Store) -> bool:
