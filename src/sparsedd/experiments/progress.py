@@ -62,8 +62,9 @@ class Progress:
         if self.bar is not None:
             self.bar.update(self.total, advance=epochs)
 
-    def finished(self, name: str, metrics: dict[str, Any], seconds: float) -> None:
-        """A stage is done: in line mode, one line with its result, its time, and the run's so far."""
+    def finished(self, name: str, metrics: dict[str, Any], seconds: float, stacked: int = 1) -> None:
+        """A stage is done: in line mode, one line with its result, its time, and the run's so far. A stage
+        trained in one computation with others (``stacked`` networks) shows that computation's time."""
         if self.mode != "lines":
             return
         elapsed = time.monotonic() - self.started
@@ -71,7 +72,8 @@ class Progress:
         eta = f", eta {_duration(elapsed / self.done_epochs * left)}" if self.done_epochs and left > 0 else ""
         test = metrics.get("test_acc")
         result = f"sparsity {metrics.get('sparsity', 0.0):.2%}" + (f", test {test:.2%}" if test is not None else "")
-        line = (f"[{time.strftime('%H:%M:%S')}] {name}: {result}, {_duration(seconds)}; "
+        took = _duration(seconds) if stacked == 1 else f"{_duration(seconds * stacked)} for {stacked} stacked"
+        line = (f"[{time.strftime('%H:%M:%S')}] {name}: {result}, {took}; "
                 f"epochs {self.done_epochs + self.skipped_epochs}/{self.total_epochs}, elapsed {_duration(elapsed)}{eta}")
         print(line, file=self.out or sys.stderr, flush=True)
 

@@ -207,8 +207,9 @@ class Replicate:
             self._teachers[dense_id] = model if augmented else predict(model, self.train_data.x)
         return self._teachers[dense_id]
 
-    def record(self, job: Job, model: nn.Module, result: TrainResult, seconds: float) -> None:
-        """Save the stage's weights and metrics, then mark it done (``done.json`` last) and link it to the run."""
+    def record(self, job: Job, model: nn.Module, result: TrainResult, seconds: float, stacked: int = 1) -> None:
+        """Save the stage's weights and metrics, then mark it done (``done.json`` last) and link it to the run.
+        ``seconds``: the stage's training time (its share, when ``stacked`` networks trained as one)."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         init = self.store.init(job.dense)
         metrics = dict(result.final)
@@ -223,7 +224,7 @@ class Replicate:
         self.store.finish_stage(job.sid, {"metrics": metrics, "history": result.history})
         self._link(job.level, job.sid)
         self._note_divergence(job.level, metrics)
-        self.progress.finished(job.name, metrics, seconds)
+        self.progress.finished(job.name, metrics, seconds, stacked)
 
     def train_and_record(self, job: Job) -> None:
         t0 = time.time()
