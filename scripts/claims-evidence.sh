@@ -24,7 +24,7 @@
 # Step 2: paper-mnist-lenet with 5 seeds is 25 levels x 200 epochs x 5 seeds = 25,000 LeNet epochs (one
 # seed took 1 h 42 min of training on the 2-core machine: about 8.5 h for five; much less on a GPU),
 # then claims 4, 5 and 6 on that run: re-dense 5 x 200 epochs and reinit 8 levels x 5 seeds x 200
-# epochs (8,000 more epochs, about 2.5 h). FULL=1 adds the four other runs claims 1-3 need: about five
+# epochs (8,000 more epochs, each level's seeds stacked: 100 min measured, docs/results/claims.md). FULL=1 adds the four other runs claims 1-3 need: about five
 # times step 2's training (a GPU job).
 set -euo pipefail
 cd "$(dirname "$0")/.."
