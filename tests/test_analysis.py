@@ -163,6 +163,7 @@ def test_redense_gives_back_pruned_weights(tiny_run, capsys, monkeypatch):
 def test_reinit_and_redense_train_a_levels_seeds_stacked_as_they_would_one_by_one(tmp_path, capsys, monkeypatch):
     import shutil
 
+    import sparsedd.analysis.runner as runner
     import sparsedd.training.batched as batched
     from conftest import TINY
     from sparsedd.store import Store
@@ -174,11 +175,16 @@ def test_reinit_and_redense_train_a_levels_seeds_stacked_as_they_would_one_by_on
     shutil.copytree(tmp_path / "on", tmp_path / "off")
     stacked, real = [], batched.train_batched
     monkeypatch.setattr(batched, "train_batched", lambda states, *a, **kw: stacked.append(len(states)) or real(states, *a, **kw))
+    loads, model_at = [], runner.Analyzer.model_at
+    monkeypatch.setattr(runner.Analyzer, "model_at", lambda self, *a: loads.append(a) or model_at(self, *a))
     rows = {}
     for batch in ("on", "off"):
         for kind, setting in (("reinit", "inits=2"), ("redense", "epochs=2")):
+            loads.clear()
             rows[batch, kind] = analyze(capsys, tmp_path / batch, run_id, kind, "--levels", "1,2", "--set", setting,
                                         "--batch", batch)
+            if batch == "off":  # nothing can stack: each level's checkpoint is read once, by the training alone
+                assert len(loads) == 6, (kind, loads)
     assert stacked == [6, 6, 3, 3]  # per level: 3 seeds x 2 inits, then the 3 seeds' re-dense trainings
     for kind, fields in (("reinit", ("reinit_test_acc", "ticket_test_acc")), ("redense", ("test_acc", "distance"))):
         on, off = rows["on", kind], rows["off", kind]

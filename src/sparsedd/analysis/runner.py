@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .. import config as config_mod
-from ..config import RunConfig, canonical_dict
+from ..config import RunConfig, TrainConfig, canonical_dict
 from ..data import Dataset, fingerprint, load_dataset
 from ..errors import SparseddError
 from ..options import ExecOptions
@@ -27,7 +27,6 @@ from ..registry import Registry
 from ..results import run_config
 from ..rng import derive_seed, generator
 from ..store import Store
-from ..config import TrainConfig
 from ..training import TrainData, TrainResult, train
 from .curves import distance_table, phases_table
 from .hessian import hutchinson_trace, top_eigenvalue
@@ -322,7 +321,7 @@ class Analyzer:
         if not analysis.per_level:
             return analysis.compute(self, settings)
         targets = [t for t in self.targets(levels, seeds) if not (analysis.pruned_only and t[1] == 0)]
-        if analysis.trainings is not None and self._writable():
+        if analysis.trainings is not None and self._writable() and self._may_stack(targets):
             self._compute_levels_stacked(kind, settings, targets, progress)
         rows = []
         for seed, level, sid in targets:
@@ -348,10 +347,17 @@ class Analyzer:
             for seed, lv, sid in here:
                 analysis.compute(self, seed, lv, sid, settings)
 
+    def _may_stack(self, targets: list[tuple[int, int, str]]) -> bool:
+        """Whether any level's trainings could stack: a fully connected run, with the options allowing it
+        (else they are not built twice: the per-target loop builds and trains each alone)."""
+        from ..experiments.batching import stacking_allowed
+
+        return bool(targets) and stacking_allowed(self.replicate(targets[0][0]).new_model(0), self.options)
+
     def _train_stacked(self, todo: list[Training], starting: Callable[[], None]) -> None:
         """Train ``todo`` as one stacked computation where they can be (same architecture, schedule, data and
         masked layers; fresh optimizers) and that pays; their outcomes wait in ``_trained`` for :meth:`_fit`."""
-        from ..experiments.batching import stacked_size
+        from ..experiments.batching import stackable_training, stacked_size
         from ..training.batched import train_batched
 
         if len(todo) < 2:
@@ -360,8 +366,8 @@ class Analyzer:
         same = all(t.cfg == first.cfg and sorted(t.mask) == sorted(first.mask) and t.optimizer_state is None
                    and (t.data.x is first.data.x or torch.equal(t.data.x, first.data.x))
                    and type(t.model) is type(first.model) for t in todo)
-        plain = first.data.augment == "none" and first.cfg.precision == "fp32"  # what the stacked MLP can do
-        k = stacked_size(first.model, len(todo), first.cfg.batch_size, self.options) if same and plain else 1
+        k = (stacked_size(first.model, len(todo), first.cfg.batch_size, self.options)
+             if same and stackable_training(first.data, first.cfg) else 1)
         if k < 2:
             return
         starting()

@@ -14,9 +14,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..config import TrainConfig
 from ..options import ExecOptions
 from ..store import Store
-from ..training import TrainResult, train
+from ..training import TrainData, TrainResult, train
 from ..training.batched import batchable, batching_pays, max_models, train_batched
 from ..training.loop import iters_per_epoch
 from ..training.measured import sync
@@ -118,8 +119,7 @@ def batch_groups(pairs: list[Pair], options: ExecOptions, store: Store) -> tuple
     alone = []
     for rep, job in pairs:
         model = rep.new_model(0)
-        unstackable = rep.train_data.augment != "none" or job.train_cfg.precision != "fp32"  # the stacked MLP cannot
-        if rep.objective_active(job) or (batchable(model) and unstackable):
+        if rep.objective_active(job) or (batchable(model) and not stackable_training(rep.train_data, job.train_cfg)):
             alone.append((rep, job))
             continue
         key = (id(rep.data), rep.cfg.model, job.train_cfg, tuple(sorted(job.mask)))
@@ -154,11 +154,22 @@ def _group_size(model: nn.Module, members: list[Pair], options: ExecOptions) -> 
     return k if together_pays(lambda: rep.new_model(0), rep.train_data, job.train_cfg, k, options.accel) else 1
 
 
+def stacking_allowed(model: nn.Module, options: ExecOptions) -> bool:
+    """Whether networks like ``model`` may train stacked under these options (fully connected; not
+    ``--batch off``, ``--compile`` or distributed)."""
+    return options.batch != "off" and not options.compile and not options.dist.active and batchable(model)
+
+
+def stackable_training(data: TrainData, cfg: TrainConfig) -> bool:
+    """Whether the stacked MLP can train on this data under this schedule (no augmentation, fp32)."""
+    return data.augment == "none" and cfg.precision == "fp32"
+
+
 def stacked_size(model: nn.Module, n: int, batch_size: int, options: ExecOptions) -> int:
     """How many of ``n`` networks like ``model`` train as one stacked computation (1: each alone): as
     many as fit, for fully connected nets, where ``--batch`` allows and (``auto``) it measured faster
     on this machine."""
-    if options.batch == "off" or n < 2 or options.compile or options.dist.active or not batchable(model):
+    if n < 2 or not stacking_allowed(model, options):
         return 1
     k = min(n, max_models(model, batch_size, options.device))
     return k if k >= 2 and (options.batch == "on" or batching_pays(model, batch_size, k)) else 1
