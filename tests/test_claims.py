@@ -62,6 +62,9 @@ def test_combine():
 def test_curve_measures():
     assert C.dd_margin([0.5, 0.45, 0.6, 0.4]) == pytest.approx(0.05)  # dip 5, rise 10 above dense, end 10 below
     assert C.dd_margin([0.5, 0.45, 0.4, 0.35]) == pytest.approx(-0.10)  # never above dense again
+    assert C.dd_margin(FIG1) == pytest.approx(0.07)  # the paper's Fig. 1: dip 7.0, rise 12.0, fall 8.9 (pp)
+    assert C.dd_margin([0.5, 0.52, 0.55, 0.6]) < 0  # only rising
+    assert C.dd_margin([0.5, 0.45, 0.55, 0.6]) < 0  # dip and rise, no fall from the peak
     assert C.log_density(0.99) == pytest.approx(2.0)
     assert C.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert C.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(10 * 9.5))  # ties: ranks 3.5
@@ -126,6 +129,8 @@ def mix(a: Fake, b: Fake) -> Fake:
 
 
 DD = [0.50, 0.45, 0.60, 0.40]  # dip, rise above dense, collapse
+# the paper's Fig. 1 (LeNet-300-100, MNIST, 20% noise): dense 83.4%, 76.4% at 89.3%, 95.4% at 98.8%, 86.5% at 99.5%
+FIG1 = [0.834, 0.764, 0.954, 0.865]
 NO_DD = [0.50, 0.45, 0.40, 0.35]  # falls only
 
 
@@ -200,6 +205,20 @@ def test_each_claim_on_synthetic_curves(number):
     assert noisy["verdict"] == "inconclusive", noisy
     assert holds["ci"][0] <= holds["value"] <= holds["ci"][1]
     assert all(len(p["per_seed"]) == SEEDS for p in holds["parts"])
+
+
+def test_claim1_holds_on_the_papers_own_figure_and_not_on_a_rising_curve():
+    """The paper's Fig. 1 ends above its dense accuracy: the collapse is a fall from the peak, so claim 1
+    holds there; a curve that only rises has no dip and no fall, so it does not."""
+    fig1 = Fake({r: seeds_of(FIG1) for r in ("base", "noise", "method", "retrain")})
+    row = C.CLAIMS["1"].measure(fig1).row()
+    assert row["verdict"] == "holds" and row["value"] == pytest.approx(7.0, abs=0.3)
+    rising = Fake({r: seeds_of([0.834, 0.85, 0.90, 0.954]) for r in ("base", "noise", "method", "retrain")})
+    assert C.CLAIMS["1"].measure(rising).row()["verdict"] == "does not hold"
+    from sparsedd.analysis import phases
+
+    p = phases.detect([0.0, 0.893, 0.988, 0.995], FIG1)
+    assert p.found and p.sweet.level == 2 and p.collapse.level == 3 and p.sweet_above_dense
 
 
 def test_claim_values_are_the_known_answers():

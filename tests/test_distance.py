@@ -75,10 +75,63 @@ def test_a_store_with_the_old_distances_is_corrected_once(tmp_path, shared_mnist
     assert CORRECTION in store.migrated()
 
 
-def test_stores_of_models_without_batch_norm_are_left_as_they_are(tmp_path, tiny_sets):
+def test_pruned_entries_are_left_out_of_both_sides():
+    init = {"w": torch.tensor([[3.0, 4.0], [1.0, 2.0]]), "b": torch.tensor([1.0, 1.0])}
+    mask = {"w": torch.tensor([[False, False], [True, True]])}
+    state = {"w": torch.tensor([[0.0, 0.0], [1.0, 2.0]]), "b": torch.tensor([1.0, 1.0])}  # pruned entries are 0
+    assert learning_distance(state, init, mask) == 0.0  # nothing the network has moved
+    assert learning_distance(state, init) == pytest.approx(5.0)  # the old rule: the pruned init counted
+    state["w"][1, 0] = 4.0
+    state["b"][0] = 5.0
+    assert learning_distance(state, init, mask) == pytest.approx(5.0)
+
+
+STILL = ["--set", "train.lr=1e-12", "--set", "train.epochs=1", "--set", "prune.levels=3", "--set", "data.noise=0.2",
+         "--set", "retrain.mode=weight-rewind", "--set", "retrain.rewind_iteration=0"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "vgg16", "resnet18"])
+def test_a_network_that_learns_nothing_has_distance_zero_at_every_level(tmp_path, shared_mnist, model):
+    """Trained at lr 1e-12 a network stays at its (masked) init: its distance is below 1e-6 however sparse."""
+    root = tmp_path / "runs"
+    sets = ["data.num_train=128", "data.num_test=64", "train.batch_size=32", "data.augment=none", f"model.name={model}"]
+    if model != "mlp":
+        sets += ["model.width=4", "model.bn_init=uniform", "model.bias_init=torch"]
+    args = ["run", "--preset", "paper-mnist-lenet", "--data-dir", str(shared_mnist), "--root", str(root),
+            "--no-progress", "--seeds", "1", *STILL, *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 0
+    store = Store(root)
+    stages = store.index.run_stages(store.index.run_ids()[0])
+    distances = [store.done_info(stages[(0, level)])["metrics"]["distance"] for level in range(4)]
+    assert all(d < 1e-6 for d in distances), distances
+    sparsity = store.done_info(stages[(0, 3)])["metrics"]["sparsity"]
+    assert sparsity > 0.45  # three rounds of 20%: the old rule would have counted ~0.5 of the init's norm
+
+
+def test_a_store_of_unmasked_distances_is_corrected_once_without_batch_norm(tmp_path, tiny_sets, capsys):
+    """Distances recorded against the full init (every pruned weight counted) are recomputed from the saved
+    weights and masks the first time a command opens the store; a second opening changes no file."""
     root = tmp_path / "runs"
     assert main(["run", "--root", str(root), "--no-progress", *[a for s in tiny_sets for a in ("--set", s)]]) == 0
     store = Store(root)
+    run_id = store.index.run_ids()[0]
+    stages = store.index.run_stages(run_id)
+    right = {sid: store.done_info(sid)["metrics"]["distance"] for sid in stages.values()}
+    init = store.init(stages[(0, 0)])
+    for level in (1, 2):  # as the mask-less rule recorded them
+        sid = stages[(0, level)]
+        info = store.done_info(sid)
+        info["metrics"]["distance"] = learning_distance(store.final(sid)["model"], init)
+        assert info["metrics"]["distance"] > right[sid] + 0.1
+        store.finish_stage(sid, info)
+        store.index.record_level(sid, level, info["metrics"])
+    (root / "migrations.json").unlink()
+    store.mark_migrated("distance-over-parameters")  # the batch-norm fix only, as an earlier version left it
+    capsys.readouterr()
+    assert main(["show", run_id, "--format", "json", "--root", str(root)]) == 0
+    shown = json.loads(capsys.readouterr().out)["levels"]
+    assert [r["distance"] for r in shown] == pytest.approx([right[stages[(0, lvl)]] for lvl in (0, 1, 2)])
+    assert CORRECTION in store.migrated()
     before = {sid: (store.stage_dir(sid) / "done.json").stat().st_mtime_ns for sid in store.stage_ids()
               if store.is_done(sid)}
     (root / "migrations.json").unlink()
@@ -86,3 +139,22 @@ def test_stores_of_models_without_batch_norm_are_left_as_they_are(tmp_path, tiny
 
     assert correct_distances(store) == 0 and CORRECTION in store.migrated()
     assert before == {sid: (store.stage_dir(sid) / "done.json").stat().st_mtime_ns for sid in before}
+
+
+def test_distance_from_the_start_weights_against_from_the_init(tmp_path, tiny_sets, capsys):
+    """Reinit levels start from fresh weights: at lr 1e-12 they are far from the dense init but nowhere from
+    where they started, which ``reference = start`` measures."""
+    root = tmp_path / "runs"
+    sets = [*tiny_sets, "retrain.mode=reinit", "train.lr=1e-12"]
+    assert main(["run", "--root", str(root), "--no-progress", *[a for s in sets for a in ("--set", s)]]) == 0
+    run_id = Store(root).index.run_ids()[0]
+    tables = {}
+    for reference in ("init", "start"):
+        capsys.readouterr()
+        assert main(["analyze", run_id, "distance", "--set", f"reference={reference}", "--root", str(root),
+                     "--format", "json"]) == 0
+        tables[reference] = json.loads(capsys.readouterr().out)
+    by_init, by_start = tables["init"][0]["distances"], tables["start"][0]["distances"]
+    assert len(by_init) == len(by_start) == 3
+    assert by_init[0] < 1e-6 and all(d > 1.0 for d in by_init[1:])
+    assert all(d < 1e-6 for d in by_start)

@@ -56,7 +56,7 @@ def test_tinyimagenet_resnet101_end_to_end(tmp_path):
     pytest.importorskip("PIL")
     write_tiny_zip(tmp_path / "data" / "tinyimagenet", tiny_imagenet_files())
     levels = run_pipeline(tmp_path, tmp_path / "data", "paper-tinyimagenet-resnet101",
-                          ["data.image_size=32", "data.noise_type=pairflip", "train.batch_size=4",
+                          ["data.image_size=32", "data.noise_type=pairflip", "train.batch_size=4", "train.warmup_epochs=1",
                            "model.width=8"])  # the full depth (every bottleneck block), an eighth of the channels
     assert [m["level"] for m, _ in levels] == [0, 1, 2]
     assert levels[2][0]["sparsity"] == pytest.approx(0.36, abs=0.01)

@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from sparsedd.cli import main
+from sparsedd.experiments.distance import learning_distance
 from sparsedd.results import load
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "legacy-store-expected.json").read_text())
-METRICS = ("sparsity", "test_acc", "test_acc_best", "train_acc_noisy", "train_acc_clean", "memorized", "distance")
+METRICS = ("sparsity", "test_acc", "test_acc_best", "train_acc_noisy", "train_acc_clean", "memorized")
 # written into the checkpoints' history of epoch 1 (a loss no real epoch has): the resumed stages' epoch 1
 # rows carry it only if they continued from the checkpoint instead of training again from the start
 SENTINEL = 1234.5
@@ -41,13 +42,23 @@ def cli_json(capsys, *argv: str):
     return json.loads(capsys.readouterr().out)
 
 
-def check_levels(shown: list[dict], expected: list[dict], below: int | None = None) -> None:
+def check_levels(shown: list[dict], expected: list[dict], below: int | None = None, root: Path | None = None) -> None:
+    """The recorded metrics; the distance as the rule in force computes it from the stored weights (the
+    fixture's were measured against the unmasked init, and are corrected when the store is opened)."""
     want = {(r["seed"], r["level"]): r for r in expected if below is None or r["level"] < below}
     got = {(r["seed"], r["level"]): r for r in shown}
     assert got.keys() == want.keys()
     for key, row in want.items():
         for m in METRICS:
             assert got[key][m] == pytest.approx(row[m], abs=1e-6, rel=0), (key, m)
+        if root is not None:
+            dense = want[(key[0], 0)]["stage_id"]
+            final = torch.load(root / "stages" / row["stage_id"] / "final.pt", weights_only=True)
+            init = torch.load(root / "stages" / dense / "init.pt", weights_only=True)["model"]
+            right = learning_distance(final["model"], init, final.get("mask"))
+            assert got[key]["distance"] == pytest.approx(right, abs=1e-9), key
+            if key[1] == 0:  # nothing pruned: the old rule's value
+                assert got[key]["distance"] == pytest.approx(row["distance"], abs=1e-6)
 
 
 def mark_checkpoint(path: Path, batched: bool) -> None:
@@ -71,7 +82,7 @@ def test_legacy_store_is_read_and_resumed(store, capsys):
         assert (row["status"], row["levels_done"], row["levels"], row["seeds"]) == ("partial", 2, 3, 2)
         shown = cli_json(capsys, "show", run["run_id"], "--format", "json", *root)
         assert shown["run"] == run["run_id"]
-        check_levels(shown["levels"], run["levels"], below=2)
+        check_levels(shown["levels"], run["levels"], below=2, root=store)
 
     # the interrupted stages' checkpoints are there; mark their history to see that they are resumed
     for run in runs:
@@ -90,7 +101,7 @@ def test_legacy_store_is_read_and_resumed(store, capsys):
         row = listed[run["run_id"]]
         assert (row["status"], row["levels_done"]) == ("complete", 3)
         shown = cli_json(capsys, "show", run["run_id"], "--format", "json", *root)
-        check_levels(shown["levels"], run["levels"])
+        check_levels(shown["levels"], run["levels"], root=store)
 
         # the pinned stage ids, every stage done
         levels = results.levels[results.levels["run_id"] == run["run_id"]]

@@ -224,3 +224,40 @@ def test_asymmetric_bad_arguments():
         apply_noise(y, 10, 0.2, "asymmetric", 0, dataset="cifar100", coarse=bad)
     with pytest.raises(SparseddError):
         apply_noise(torch.arange(100) % 5, 5, 0.2, "asymmetric", 0, dataset="cifar10")  # 5 classes only
+
+
+def test_per_example_draws_flip_each_example_with_the_rate():
+    """data.noise_draw = per-example (the paper's code): independent flips, a binomial count, not exactly round(rate N)."""
+    y = clean_labels(20000)
+    for noise_type in ("symmetric", "pairflip"):
+        counts = {len(apply_noise(y, 10, 0.3, noise_type, seed=s, draw="per-example").corrupted) for s in range(4)}
+        assert len(counts) > 1  # the count varies with the seed
+        assert all(abs(c - 6000) < 4 * (20000 * 0.3 * 0.7) ** 0.5 for c in counts)
+    exact = apply_noise(y, 10, 0.3, "symmetric", seed=0)
+    assert len(exact.corrupted) == 6000
+
+
+def test_paper_asymmetric_maps():
+    """data.asymmetric_map = paper: MNIST 2->7, 3->8, 5<->6 (7 stays), CIFAR-100 in blocks of 5 classes."""
+    y = torch.arange(10).repeat(500)
+    out = apply_noise(y, 10, 0.4, "asymmetric", seed=0, dataset="mnist", asymmetric_map="paper", draw="per-example")
+    t = _transitions(y, out.labels, 10)
+    moved = {(a, b) for a in range(10) for b in range(10) if a != b and t[a, b] > 0}
+    assert moved == {(2, 7), (3, 8), (5, 6), (6, 5)}
+    assert (y[out.corrupted] == 7).sum() == 0
+    y100 = torch.arange(100).repeat(50)
+    coarse = torch.randint(0, 20, (100,), generator=torch.Generator().manual_seed(0))[y100]  # not the blocks
+    out = apply_noise(y100, 100, 0.5, "asymmetric", seed=0, dataset="cifar100", coarse=coarse, asymmetric_map="paper")
+    src, dst = y100[out.corrupted], out.labels[out.corrupted]
+    assert torch.equal(dst, (src // 5) * 5 + (src % 5 + 1) % 5)
+    assert len(out.corrupted) == 100 * 25  # exact counts unless per-example
+
+
+def test_noise_draw_and_map_enter_ids_only_where_they_change_labels():
+    from sparsedd import config as c
+
+    base = c.load("paper-mnist-lenet")
+    assert c.load("paper-mnist-lenet", sets=["data.noise_draw=per-example", "data.asymmetric_map=paper"]).run_id == base.run_id
+    asym = ["data.noise_type=asymmetric"]
+    assert c.load("paper-mnist-lenet", sets=asym + ["data.asymmetric_map=paper"]).run_id != c.load("paper-mnist-lenet", sets=asym).run_id
+    assert c.load("paper-mnist-lenet", sets=asym + ["data.noise_draw=per-example"]).run_id != c.load("paper-mnist-lenet", sets=asym).run_id

@@ -92,7 +92,7 @@ def test_unknown_names_list_the_registered_choices(toy):
 def test_analysis_settings_check_themselves():
     assert "distance" in ANALYSES and "phases" in ANALYSES
     assert parse_settings("phases", ["tol=0.05"]).tol == 0.05
-    assert "valid: none" in one_line_error(parse_settings, "distance", ["tol=0.05"])
+    assert "valid: reference" in one_line_error(parse_settings, "distance", ["tol=0.05"])
     assert "target must be" in one_line_error(InterpolateSettings, target="init")
     assert "choose one of redense, interpolate" in one_line_error(parse_settings, "bogus", [])
 

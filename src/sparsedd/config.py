@@ -34,6 +34,11 @@ SCHEDULES = ("constant", "multistep", "cosine")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_LAYERS = ("default", "all", "hidden", "conv")
 PRUNE_SCHEDULES = ("iterative", "oneshot")
+# how many weights a round removes and what the sparsity axis counts (pruning/select.py): prunable, the
+# project's round(fraction * unpruned prunable weights); all-masked, OpenLTH's (the paper's code)
+PRUNE_COUNTS = ("prunable", "all-masked")
+BIAS_INITS = ("zero", "torch")
+BN_INITS = ("one", "uniform")
 # how method = gradient measures |w * dL/dw|: multi sums prune.gradient_batches batches in eval mode;
 # paper is He et al.'s code: one (augmented) training batch with the model in train mode
 GRADIENT_RULES = ("multi", "paper")
@@ -100,6 +105,21 @@ class DataConfig:
     augment: str = "default"  # default: the data set's standard training augmentation; none; crop-flip
     image_size: int = 0  # tinyimagenet: 64 or 32 (0: native 64)
     val_split: float = 0.0  # a seeded fraction of the training set held out, with its noisy labels, for validation
+    # symmetric, pairflip, asymmetric: exact, round(rate * n) examples flip; per-example, each with probability
+    # rate (the paper's code). random noise always flips exactly ceil(rate * N), as the paper's code does
+    noise_draw: str = "exact"
+    # asymmetric: default, or paper (the paper's code: MNIST without 7 -> 1, CIFAR-100 in blocks of 5 classes)
+    asymmetric_map: str = "default"
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields the canonical form leaves out where they change no label, so the paper presets can name
+        them without renaming runs of random noise."""
+        unused = []
+        if self.noise_type not in ("symmetric", "pairflip", "asymmetric"):
+            unused.append("noise_draw")
+        if self.noise_type != "asymmetric":
+            unused.append("asymmetric_map")
+        return tuple(unused)
 
     def __post_init__(self) -> None:
         from .data import DATASETS
@@ -117,6 +137,8 @@ class DataConfig:
         _check(0 <= self.num_test <= MAX_EXAMPLES, "data.num_test", f"in [0, {MAX_EXAMPLES}] (0: default)",
                self.num_test)
         _check(0.0 <= self.val_split < 1.0, "data.val_split", "in [0, 1)", self.val_split)
+        _choice("data", "noise_draw", self.noise_draw, ("exact", "per-example"))
+        _choice("data", "asymmetric_map", self.asymmetric_map, ("default", "paper"))
         self._check_human_noise()
 
     def _check_human_noise(self) -> None:
@@ -142,12 +164,18 @@ class ModelConfig:
     name: str = "mlp"
     hidden: tuple[int, ...] = ()  # mlp only; (): the model's default widths
     width: int = 0  # conv nets: channels of the first stage (0: the model's own, 64); the others scale with it
+    # zero; or torch: PyTorch's default uniform(+-1/sqrt(fan_in)), which the paper's code leaves in place
+    bias_init: str = "zero"
+    # one: batch-norm scales 1; or uniform: uniform(0, 1), the paper's code (batchnorm_init = 'uniform'); shifts 0
+    bn_init: str = "one"
 
     def __post_init__(self) -> None:
         from .models import MODELS
 
         _check_numbers(self, "model.")
         _choice("model", "name", self.name, MODELS.names())
+        _choice("model", "bias_init", self.bias_init, BIAS_INITS)
+        _choice("model", "bn_init", self.bn_init, BN_INITS)
         _check(all(0 < h <= MAX_WIDTH for h in self.hidden), "model.hidden", f"widths in [1, {MAX_WIDTH}]", self.hidden)
         _check(len(self.hidden) <= MAX_LAYERS, "model.hidden", f"at most {MAX_LAYERS} widths", self.hidden)
         _check(0 <= self.width <= MAX_CHANNELS, "model.width", f"in [0, {MAX_CHANNELS}] (0: the model's own)",
@@ -174,6 +202,15 @@ class TrainConfig:
     eval_every: int = 1  # evaluate every N epochs (the last epoch always)
     precision: str = "fp32"  # fp32, or bf16 (autocast of the forward pass; weights and optimizer stay fp32)
     distance_penalty: float = 0.0  # lambda: lambda * ||w - w_init||^2 over the unpruned weights added to the loss
+    # the step of the schedule training starts at (its learning rate and data order there); a pruned level's
+    # schedule sets it (retrain.rewind_schedule = rest), never the dense training's
+    start_iteration: int = 0
+    # stop a stage at the first epoch whose training loss (evaluated, on the noisy labels) is below this, as the
+    # paper's code's use_convergence_stopping_criterion does at 0.001 (0: train every epoch)
+    stop_loss: float = 0.0
+    # lambda of an L1 penalty on the batch-norm scales (network slimming's; the paper's code: 1e-4, with
+    # prune.method = slimming); 0: none
+    bn_l1: float = 0.0
 
     def __post_init__(self) -> None:
         _check_numbers(self, "train.")
@@ -192,6 +229,9 @@ class TrainConfig:
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", "in [0, epochs]", self.warmup_epochs)
         _check(self.eval_every >= 1, "train.eval_every", ">= 1", self.eval_every)  # past epochs: at the end only
         _check(self.distance_penalty >= 0, "train.distance_penalty", ">= 0 (0: none)", self.distance_penalty)
+        _check(self.start_iteration >= 0, "train.start_iteration", ">= 0", self.start_iteration)
+        _check(self.stop_loss >= 0, "train.stop_loss", ">= 0 (0: none)", self.stop_loss)
+        _check(self.bn_l1 >= 0, "train.bn_l1", ">= 0 (0: none)", self.bn_l1)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise SparseddError("train.nesterov needs train.optimizer = 'sgd' and train.momentum > 0")
 
@@ -206,6 +246,10 @@ class PruneConfig:
     gradient_batches: int = GRADIENT_BATCHES  # batches whose |w * dL/dw| are summed, for method = gradient, gradient_rule = multi
     gradient_rule: str = "multi"  # method = gradient: multi, or paper (one batch, train mode)
     schedule: str = "iterative"  # iterative: each level prunes the previous one; oneshot: the dense network
+    # prunable: round(fraction * unpruned prunable weights) go, sparsity over the prunable weights;
+    # all-masked (the paper's code): ceil(fraction * unpruned weights of every conv and linear weight,
+    # the layers never pruned included) + 1 go (more on ties), and sparsity counts those layers too
+    count: str = "prunable"
 
     def __post_init__(self) -> None:
         from .pruning import STRATEGIES
@@ -213,15 +257,20 @@ class PruneConfig:
         _check_numbers(self, "prune.")
         _choice("prune", "method", self.method, STRATEGIES.names())
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
-        _choice("prune", "layers", self.layers, PRUNE_LAYERS)
+        if not re.fullmatch(r"(first|last)-[1-9][0-9]{0,3}", self.layers):  # the first or last n layers
+            _choice("prune", "layers", self.layers, PRUNE_LAYERS + ("first-N", "last-N"))
         _choice("prune", "gradient_rule", self.gradient_rule, GRADIENT_RULES)
         _choice("prune", "schedule", self.schedule, PRUNE_SCHEDULES)
+        _choice("prune", "count", self.count, PRUNE_COUNTS)
         _check(0 < self.fraction < 1, "prune.fraction", "in (0, 1)", self.fraction)
         _check(0 <= self.levels <= 200, "prune.levels", "in [0, 200]", self.levels)
         _check(1 <= self.gradient_batches <= MAX_GRADIENT_BATCHES, "prune.gradient_batches",
                f"in [1, {MAX_GRADIENT_BATCHES}]", self.gradient_batches)
         if self.gradient_rule == "paper" and self.gradient_batches != GRADIENT_BATCHES:
             raise SparseddError("prune.gradient_batches applies to prune.gradient_rule = 'multi' only (paper: one batch)")
+        if self.layers.startswith(("first-", "last-")) and self.scope != "layer":
+            raise SparseddError(f"prune.layers = {self.layers!r} prunes some layers each by the fraction; it needs "
+                                "prune.scope = 'layer' (as the paper's code's layers_to_prune does)")
         if self.method == "slimming" and self.layers != "default":
             raise SparseddError("prune.layers does not apply to prune.method = 'slimming', which masks every batch-norm "
                                 "channel and the conv filter feeding it; leave prune.layers at default")
@@ -254,6 +303,9 @@ class RetrainConfig:
     finetune_epochs: int = 0  # finetune: epochs (0: train.epochs)
     distill_alpha: float = 0.0  # weight of distillation from the dense network at every pruned level (0: none)
     distill_temperature: float = 4.0  # softmax temperature of that distillation
+    # weight-rewind: full, the whole schedule again from the rewound weights; rest, from the rewind iteration
+    # to the end of the schedule (its learning rate and data order there), as the paper's code trains
+    rewind_schedule: str = "full"
 
     def __post_init__(self) -> None:
         from .experiments.retrain import RETRAIN_MODES
@@ -266,6 +318,7 @@ class RetrainConfig:
                f"in [0, {MAX_EPOCHS}] (0: train.epochs)", self.finetune_epochs)
         _check(0.0 <= self.distill_alpha <= 1.0, "retrain.distill_alpha", "in [0, 1] (0: none)", self.distill_alpha)
         _check(self.distill_temperature > 0, "retrain.distill_temperature", "> 0", self.distill_temperature)
+        _choice("retrain", "rewind_schedule", self.rewind_schedule, ("full", "rest"))
 
     def relevant(self) -> dict[str, Any]:
         """The fields that matter for this mode (so unused settings never split stage ids): the mode's own,
@@ -275,6 +328,8 @@ class RetrainConfig:
         keep = {"mode", *RETRAIN_MODES[self.mode].fields}
         if self.distill_alpha > 0:
             keep |= {"distill_alpha", "distill_temperature"}
+        if self.rewind_iteration == 0:  # rewinding to the init: the rest of the schedule is all of it
+            keep.discard("rewind_schedule")
         return {k: v for k, v in canonical_dict(self).items() if k in keep}
 
 
@@ -292,6 +347,9 @@ class RunConfig:
         _check_numbers(self, "")
         _check(0 <= self.seed <= MAX_SEED, "seed", "in [0, 2^62]", self.seed)
         _check(1 <= self.seeds <= 1000, "seeds", "in [1, 1000]", self.seeds)
+        if self.train.start_iteration:
+            raise SparseddError("train.start_iteration is set per pruned level by retrain.rewind_schedule = 'rest'; "
+                                "leave it unset")
         if self.prune.method == "slimming":
             self._check_batch_norm()
 

@@ -48,7 +48,17 @@ def load(root: str | Path | None = None) -> Results:
                       EPOCH_COLUMNS)
     analyses = pd.DataFrame(index.analysis_rows(),
                             columns=["run_id", "seed", "level", "analysis_id", "target", "kind", "settings", "result"])
+    levels["sparsity_of"] = levels["run_id"].map(_sparsity_of(runs)) if len(levels) else pd.Series(dtype=object)
     return Results(*(_valid_ids(df) for df in (runs, levels, epochs, analyses)))
+
+
+def _sparsity_of(runs: pd.DataFrame) -> dict[str, str]:
+    """What each run's sparsity counts (its ``prune.count``): ``prunable``, the weights it may prune, or
+    ``all-masked``, every conv and linear weight, those it never prunes included (the paper's code)."""
+    def count(cfg: Any) -> str:
+        prune = cfg.get("prune") if isinstance(cfg, dict) else None
+        return prune.get("count", "prunable") if isinstance(prune, dict) else "prunable"
+    return {r: count(c) for r, c in zip(runs["run_id"], runs["config"])}
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

@@ -226,14 +226,15 @@ def log_density(sparsity: float) -> float:
 
 
 def dd_margin(test_acc: Sequence[float]) -> float:
-    """The largest m such that the curve falls m below the dense accuracy, later rises m above it, and
-    ends m below it: min(a_0 - a_L, max_w min(a_0 - min(a_1..a_{w-1}), a_w - a_0)) over 2 <= w < L.
-    Positive exactly when the three phases (dip, rise above dense, collapse) are all there."""
+    """The largest m such that the curve falls m below the dense accuracy, later rises m above it at a
+    peak w, and ends m below that peak: max over 2 <= w < L of min(a_0 - min(a_1..a_{w-1}), a_w - a_0,
+    a_w - a_L). Positive exactly when the three phases (dip below dense, rise above it, fall from the
+    peak) are all there. The collapse is a fall from the peak, not below dense: the paper's own Fig. 1
+    ends at 86.5%, below its 95.4% peak and above its 83.4% dense network."""
     a = [float(v) for v in test_acc]
     if len(a) < 4:
         return math.nan
-    rise = max(min(a[0] - min(a[1:w]), a[w] - a[0]) for w in range(2, len(a) - 1))
-    return min(a[0] - a[-1], rise)
+    return max(min(a[0] - min(a[1:w]), a[w] - a[0], a[w] - a[-1]) for w in range(2, len(a) - 1))
 
 
 def sweet_spot(curve: pd.DataFrame) -> pd.Series:

@@ -10,16 +10,25 @@ from ..store import Store
 from . import phases as phases_mod
 
 
-def distance_table(store: Store, run_id: str) -> pd.DataFrame:
-    """Learning distance and test accuracy per level, with their Spearman correlation (per seed and on the mean)."""
+def distance_table(store: Store, run_id: str, distances: dict[tuple[int, int], float] | None = None,
+                   reference: str = "init") -> pd.DataFrame:
+    """The Spearman correlation of learning distance and test accuracy over levels (per seed and on the mean),
+    with the distances by level. ``distances`` by (seed, level) replace the recorded ones (measured from the
+    dense init under each level's mask) when the reference is another (``reference`` names it)."""
     from ..results import run_curve
 
-    curve = run_curve(store, run_id)
+    curve = run_curve(store, run_id).sort_values(["seed", "level"])
+    if distances is not None:
+        curve = curve.assign(distance=[distances[(int(s), int(lv))] for s, lv in zip(curve["seed"], curve["level"])])
     out = []
     for seed, g in curve.groupby("seed"):
-        out.append({"seed": int(seed), "spearman": float(g["distance"].corr(g["test_acc"], method="spearman"))})
+        out.append({"seed": int(seed), "reference": reference,
+                    "spearman": float(g["distance"].corr(g["test_acc"], method="spearman")),
+                    "distances": [float(v) for v in g["distance"]]})
     mean = curve.groupby("level")[["distance", "test_acc"]].mean()
-    out.append({"seed": "mean", "spearman": float(mean["distance"].corr(mean["test_acc"], method="spearman"))})
+    out.append({"seed": "mean", "reference": reference,
+                "spearman": float(mean["distance"].corr(mean["test_acc"], method="spearman")),
+                "distances": [float(v) for v in mean["distance"]]})
     return pd.DataFrame(out)
 
 

@@ -10,7 +10,8 @@ The rule (accuracies are fractions; ``tol`` is the smallest change taken as real
    are both at least ``tol``; otherwise ``found`` is False with the reason, and no phase is invented.
 3. light: levels 0..l, the longest prefix (before c) whose accuracy stays within ``tol`` below dense.
 4. collapsed: from the first level k > w after which every accuracy stays below acc_w - tol (the
-   end of the sweet plateau), provided the curve ends below min(acc_0, acc_w) - tol; none otherwise.
+   end of the sweet plateau), provided the curve ends below acc_w - tol (a fall from the peak, which
+   may end above the dense accuracy, as the paper's Fig. 1 does); none otherwise.
 5. Also reported: the first level where train accuracy on the noisy labels drops below
    ``train_full`` (default 0.99), which the paper ties to the critical point.
 """
@@ -69,7 +70,7 @@ def detect(sparsity: Sequence[float], test_acc: Sequence[float], train_acc: Sequ
     while light + 1 < c and a[light + 1] >= a[0] - tol:
         light += 1
     collapse = None
-    if a[-1] < min(a[0], a[w]) - tol:
+    if a[-1] < a[w] - tol:
         collapse = next(k for k in range(w + 1, len(a)) if all(v < a[w] - tol for v in a[k:]))
     return Phases(True, "dip, rise" + (" and collapse" if collapse is not None else "; collapse not reached"),
                   pt(0), pt(light), pt(c), pt(w), pt(collapse) if collapse is not None else None, leaves,

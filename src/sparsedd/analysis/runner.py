@@ -131,7 +131,16 @@ class ReinitSettings:
 
 @dataclass(frozen=True)
 class DistanceSettings:
-    """Nothing to set: the correlation is computed from the run's curve."""
+    """What the distance is measured from: ``init``, the dense initialization under each level's mask (the
+    distance recorded with every level); or ``start``, the weights each level started from under its mask
+    (the rewind point for weight rewinding, the previous level's weights for finetuning and lr rewinding, the
+    fresh init for reinit), which is what the paper's code measures its distance penalty from."""
+
+    reference: str = "init"
+
+    def __post_init__(self) -> None:
+        if self.reference not in ("init", "start"):
+            raise SparseddError(f"distance: reference must be init or start, got {self.reference!r}")
 
 
 @dataclass(frozen=True)
@@ -388,6 +397,20 @@ class Analyzer:
         t.model.load_state_dict(state)
         return result
 
+    def start_distances(self) -> dict[tuple[int, int], float]:
+        """Each finished level's learning distance from the weights it started from (its start weights as the
+        retraining mode picks them, under its mask), by (seed, level); level 0 from its init."""
+        out = {}
+        for seed, level, sid in self.targets(None, None):
+            final, dense = self.store.final(sid), self.links[(seed, 0)]
+            if level == 0:
+                start = self.store.init(dense)
+            else:
+                previous = self.store.final(self.store.stage_key(sid)["parent"])["model"]
+                start = self.replicate(seed).start_weights(level, previous, dense)
+            out[(seed, level)] = learning_distance(final["model"], start, final.get("mask"))
+        return out
+
     def _writable(self) -> bool:
         return os.access(self.store.root, os.W_OK | os.X_OK)
 
@@ -406,5 +429,9 @@ ANALYSES.register("landscape", Analysis(LandscapeSettings, Analyzer.landscape))
 ANALYSES.register("sharpness", Analysis(SharpnessSettings, Analyzer.sharpness))
 ANALYSES.register("reinit", Analysis(ReinitSettings, Analyzer.reinit, pruned_only=True,
                                      trainings=_pending("reinit", Analyzer._reinit_trainings)))
-ANALYSES.register("distance", Analysis(DistanceSettings, lambda a, s: distance_table(a.store, a.run_id), per_level=False))
+def _distance(a: Analyzer, s: DistanceSettings) -> pd.DataFrame:
+    return distance_table(a.store, a.run_id, a.start_distances() if s.reference == "start" else None, s.reference)
+
+
+ANALYSES.register("distance", Analysis(DistanceSettings, _distance, per_level=False))
 ANALYSES.register("phases", Analysis(PhasesSettings, lambda a, s: phases_table(a.store, a.run_id, s.tol), per_level=False))

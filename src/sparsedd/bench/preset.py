@@ -16,7 +16,7 @@ from .. import config as config_mod
 from ..data import DATASETS, Dataset, load_dataset
 from ..errors import SparseddError
 from ..models import build_model
-from ..pruning import full_mask
+from ..pruning import full_mask, prunable_names
 from ..training import TrainData, train
 from ..training.loop import Accel, iters_per_epoch, predict
 from ..training.captured import WARMUP_STEPS, StepGraph
@@ -101,7 +101,7 @@ def bench_preset(preset: str | None, *, sets: list[str] | None = None, device: s
         augment = "none" if DATASETS[cfg.data.name].augment == "none" or cfg.data.augment == "none" else "crop-flip"
     data = TrainData.clean(x, y, bs, augment=augment)
     model = build_model(cfg.model, shape, classes, seed=0).to(dev)
-    mask = {n: m.to(dev) for n, m in full_mask(model, model.prunable_names(cfg.prune.layers)).items()}
+    mask = {n: m.to(dev) for n, m in full_mask(model, prunable_names(model, cfg.prune.method, cfg.prune.layers)).items()}
     stamps: list[float] = []
 
     def on_step(_: int) -> None:

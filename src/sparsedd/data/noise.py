@@ -23,6 +23,14 @@ ASYMMETRIC = {
     "mnist": {2: 7, 3: 8, 5: 6, 6: 5, 7: 1},
 }
 
+# the paper's code (he-zh/sparse-double-descent, datasets/mnist.py and cifar100.py): MNIST without 7 -> 1;
+# CIFAR-100 in blocks of 5 consecutive class indices (i -> i + 1 within a block, the last to the first),
+# not the real superclasses (data.asymmetric_map = paper)
+PAPER_ASYMMETRIC = {"mnist": {2: 7, 3: 8, 5: 6, 6: 5}}
+CIFAR100_BLOCK = 5
+DRAWS = ("exact", "per-example")  # data.noise_draw
+MAPS = ("default", "paper")  # data.asymmetric_map
+
 # human label noise (CIFAR-10N / CIFAR-100N, Wei et al., ICLR 2022): noise type -> (the data set whose
 # training images were re-annotated, the key of those labels in the published file; see data/cifarn.py)
 HUMAN_NOISE = {
@@ -45,11 +53,16 @@ class NoisyLabels:
 
 def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: str, seed: int, *,
                 coarse: torch.Tensor | None = None, dataset: str | None = None,
-                human: dict[str, torch.Tensor] | None = None) -> NoisyLabels:
+                human: dict[str, torch.Tensor] | None = None, draw: str = "exact",
+                asymmetric_map: str = "default") -> NoisyLabels:
     """Noisy copies of ``clean`` (which is left as is) by the noise type registered as ``noise_type``
     (random, symmetric, asymmetric, pairflip, and the human labels of :data:`HUMAN_NOISE`: see their
     functions below); deterministic given ``seed``. ``human``: the published label sets of the
-    training examples by noise type (``Dataset.human_train``), which the human noise types take."""
+    training examples by noise type (``Dataset.human_train``), which the human noise types take.
+    ``draw``: ``exact`` flips round(rate * n) examples; ``per-example`` flips each example independently
+    with probability ``rate`` (the paper's code, for symmetric, pairflip and asymmetric noise on MNIST and
+    CIFAR-100; random noise and CIFAR-10's asymmetric noise stay exact counts there too).
+    ``asymmetric_map``: ``default`` or ``paper`` (:data:`PAPER_ASYMMETRIC`, CIFAR-100 in blocks of 5)."""
     flip = NOISE_TYPES[noise_type]
     if not 0.0 <= rate <= 1.0:
         raise SparseddError(f"noise rate must be in [0, 1], got {rate!r}")
@@ -59,8 +72,10 @@ def apply_noise(clean: torch.Tensor, num_classes: int, rate: float, noise_type: 
     n = y.numel()
     if y.ndim != 1 or (n and not (0 <= int(y.min()) and int(y.max()) < num_classes)):
         raise SparseddError(f"labels must be a 1-D tensor of class indices in [0, {num_classes})")
+    if draw not in DRAWS or asymmetric_map not in MAPS:
+        raise SparseddError(f"noise draw must be one of {DRAWS} and asymmetric map one of {MAPS}")
     chosen = flip(y, num_classes, rate, generator("label-noise", noise_type, seed), coarse=coarse, dataset=dataset,
-                  human=human)
+                  human=human, draw=draw, asymmetric_map=asymmetric_map)
     corrupted = torch.nonzero(y != clean.detach().cpu(), as_tuple=True)[0]
     return NoisyLabels(
         labels=y.to(clean.device), chosen=chosen.sort().values, corrupted=corrupted,
@@ -76,6 +91,14 @@ def _count(rate: float, n: int) -> int:
     return round(_exact(rate, n))
 
 
+def _pick(n: int, rate: float, g: torch.Generator, draw: str) -> torch.Tensor:
+    """Which of n examples flip: round(rate * n) of them without replacement (``exact``), or each with
+    probability ``rate`` independently (``per-example``); sorted positions in [0, n)."""
+    if draw == "per-example":
+        return torch.nonzero(torch.rand(n, generator=g) < rate, as_tuple=True)[0]
+    return torch.randperm(n, generator=g)[:_count(rate, n)]
+
+
 @NOISE_TYPES.register("random")
 def random_labels(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, **_: object) -> torch.Tensor:
     """ceil(rate * N) examples, without replacement, get a uniformly drawn label (possibly the true one)."""
@@ -86,25 +109,32 @@ def random_labels(y: torch.Tensor, num_classes: int, rate: float, g: torch.Gener
 
 
 @NOISE_TYPES.register("symmetric")
-def symmetric(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, **_: object) -> torch.Tensor:
-    """round(rate * N) examples get a label drawn uniformly from the other classes."""
-    k = _count(rate, y.numel())
-    chosen = torch.randperm(y.numel(), generator=g)[:k]
-    y[chosen] = (y[chosen] + torch.randint(1, num_classes, (k,), generator=g)) % num_classes
+def symmetric(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, *, draw: str = "exact",
+              **_: object) -> torch.Tensor:
+    """round(rate * N) examples (or each with probability rate) get a label drawn uniformly from the other classes."""
+    chosen = _pick(y.numel(), rate, g, draw)
+    y[chosen] = (y[chosen] + torch.randint(1, num_classes, (chosen.numel(),), generator=g)) % num_classes
     return chosen
 
 
 @NOISE_TYPES.register("asymmetric")
 def asymmetric(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, *,
-               coarse: torch.Tensor | None = None, dataset: str | None = None, **_: object) -> torch.Tensor:
-    """round(rate * n_c) of the n_c examples of each source class c of ``dataset``'s confusion map get its
-    target class (see :data:`ASYMMETRIC`; for ``cifar100`` the next fine class within the superclass given
-    by ``coarse``, cyclically, in fine-label order)."""
-    targets = _asymmetric_targets(dataset, num_classes, y, coarse)
+               coarse: torch.Tensor | None = None, dataset: str | None = None, draw: str = "exact",
+               asymmetric_map: str = "default", **_: object) -> torch.Tensor:
+    """round(rate * n_c) of the n_c examples of each source class c of ``dataset``'s confusion map (or each
+    with probability rate) get its target class (see :data:`ASYMMETRIC`; for ``cifar100`` the next fine class
+    within the superclass given by ``coarse``, cyclically, in fine-label order). With ``asymmetric_map =
+    paper``, :data:`PAPER_ASYMMETRIC` and CIFAR-100's blocks of 5 classes; CIFAR-10 keeps exact counts, as
+    the paper's code does."""
+    if asymmetric_map == "paper":
+        targets = _paper_targets(dataset, num_classes, y, coarse)
+        draw = "exact" if dataset == "cifar10" else draw
+    else:
+        targets = _asymmetric_targets(dataset, num_classes, y, coarse)
     picks = []
     for c in sorted(targets):  # source classes in order, each with its own draw
         members = torch.nonzero(y == c, as_tuple=True)[0]
-        picks.append(members[torch.randperm(len(members), generator=g)[:_count(rate, len(members))]])
+        picks.append(members[_pick(len(members), rate, g, draw)])
     chosen = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.int64)
     table = torch.arange(num_classes)
     for c, t in targets.items():
@@ -114,9 +144,10 @@ def asymmetric(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generato
 
 
 @NOISE_TYPES.register("pairflip")
-def pairflip(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, **_: object) -> torch.Tensor:
-    """round(rate * N) examples of class i get class (i + 1) mod C."""
-    chosen = torch.randperm(y.numel(), generator=g)[:_count(rate, y.numel())]
+def pairflip(y: torch.Tensor, num_classes: int, rate: float, g: torch.Generator, *, draw: str = "exact",
+             **_: object) -> torch.Tensor:
+    """round(rate * N) examples (or each with probability rate) of class i get class (i + 1) mod C."""
+    chosen = _pick(y.numel(), rate, g, draw)
     y[chosen] = (y[chosen] + 1) % num_classes
     return chosen
 
@@ -153,6 +184,18 @@ for _name in HUMAN_NOISE:
 def describe(noise_type: str, rate: float) -> str:
     """A run's label noise in words, for titles: '20% random noise', 'cifar10n-worst human labels'."""
     return f"{noise_type} human labels" if noise_type in HUMAN_NOISE else f"{100 * rate:g}% {noise_type} noise"
+
+
+def _paper_targets(dataset: str | None, num_classes: int, y: torch.Tensor,
+                   coarse: torch.Tensor | None) -> dict[int, int]:
+    """Source class -> target class of the paper code's asymmetric noise: its MNIST map, CIFAR-100 in blocks
+    of 5 consecutive classes, CIFAR-10 as the default map."""
+    if dataset == "cifar100":
+        b = CIFAR100_BLOCK
+        return {c: (c // b) * b + (c % b + 1) % b for c in range(num_classes)}
+    if dataset in PAPER_ASYMMETRIC:
+        return dict(PAPER_ASYMMETRIC[dataset])
+    return _asymmetric_targets(dataset, num_classes, y, coarse)
 
 
 def _asymmetric_targets(dataset: str | None, num_classes: int, y: torch.Tensor,

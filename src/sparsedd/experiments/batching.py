@@ -161,8 +161,9 @@ def stacking_allowed(model: nn.Module, options: ExecOptions) -> bool:
 
 
 def stackable_training(data: TrainData, cfg: TrainConfig) -> bool:
-    """Whether the stacked MLP can train on this data under this schedule (no augmentation, fp32)."""
-    return data.augment == "none" and cfg.precision == "fp32"
+    """Whether the stacked MLP can train on this data under this schedule (no augmentation, fp32, no stop on
+    convergence: a converged network would train on beside the others)."""
+    return data.augment == "none" and cfg.precision == "fp32" and cfg.stop_loss == 0
 
 
 def stacked_size(model: nn.Module, n: int, batch_size: int, options: ExecOptions) -> int:

@@ -1,11 +1,23 @@
-"""The learning distance ||w - w_init||_2, and the one-time correction of stores that recorded it wrongly.
+"""The learning distance ||w - w_ref||_2 of a network over the weights it has, and the one-time
+correction of stores that recorded it otherwise.
 
-The paper defines it over the network's weights and biases. Until this correction it was summed over
-the whole ``state_dict``, so on batch-norm models the running statistics and the step counter
-(``num_batches_tracked``: about 2.8e5 for ResNet-18 after 160 epochs) dominated it.
+The paper's learning distance of a sparse network is over its weights: a pruned entry is not a weight
+of the level, so it is left out of both sides (the paper's code applies the mask to every state it
+trains from, ``pruned_model.py``). The reference is the dense initialization under the level's mask by
+default; the ``distance`` analysis can take the level's own start weights instead (``reference = start``).
+Batch-norm running statistics and step counters are state, not weights, and are left out too.
+
+Earlier versions recorded it otherwise, and :func:`correct_distances` fixes such a store once, from the
+saved weights and masks (no retraining):
+- until the batch-norm fix, over the whole ``state_dict`` (the step counters, about 2.8e5 for ResNet-18
+  after 160 epochs, dominated it);
+- until the mask fix, against the full, unmasked init, so every pruned weight added its initial value
+  squared and the distance grew with sparsity whether the network learned or not.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import torch
 
@@ -14,22 +26,31 @@ from ..store import DamagedFile, Store
 # batch-norm running statistics: state, not weights (every buffer of the registered models is one of
 # these; tests/test_image_models.py checks it, so the saved state alone tells parameters apart)
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-CORRECTION = "distance-over-parameters"
+CORRECTION = "distance-over-unpruned-weights"  # the rule in force; its marker in ROOT/migrations.json
+EARLIER = ("distance-over-parameters",)  # markers of earlier rules, each superseded by CORRECTION
 
 
-def learning_distance(state: dict[str, torch.Tensor], init: dict[str, torch.Tensor]) -> float:
-    """||w - w_init||_2 over the parameters (pruned weights are zero in ``state``)."""
-    keys = [k for k in init if not k.endswith(BUFFERS)]
-    return float(torch.sqrt(sum(((state[k].double() - init[k].double()) ** 2).sum() for k in keys)))
+def learning_distance(state: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor],
+                      mask: Mapping[str, torch.Tensor] | None = None) -> float:
+    """||w - w_ref||_2 over the parameters, leaving out the entries ``mask`` prunes (on both sides)."""
+    mask = mask or {}
+    total = torch.zeros((), dtype=torch.float64)
+    for k in ref:
+        if k.endswith(BUFFERS):
+            continue
+        diff = state[k].detach().cpu().double() - ref[k].detach().cpu().double()
+        if k in mask:
+            diff = diff[mask[k].cpu().bool()]
+        total += (diff ** 2).sum()
+    return float(torch.sqrt(total))
 
 
 def correct_distances(store: Store) -> int:
-    """Recompute, once per store, the distances recorded over batch-norm buffers too (levels and
+    """Recompute, once per store, every distance recorded under an earlier rule (levels, dense stages and
     re-dense analyses), in their ``done.json`` and in the index; returns how many changed.
 
-    Stages of models without batch norm keep their values (nothing entered them but parameters).
-    A read-only store is left as it is (its distances on batch-norm models stay wrong until a
-    command that may write opens it).
+    A read-only store is left as it is (its distances stay as recorded until a command that may write
+    opens it).
     """
     if store.readonly or CORRECTION in store.migrated():
         return 0
@@ -38,7 +59,9 @@ def correct_distances(store: Store) -> int:
             if CORRECTION in store.migrated():
                 return 0
             changed = sum(_correct_sound(store, sid) for sid in store.stage_ids() if store.is_done(sid))
-            store.mark_migrated(CORRECTION)
+            for marker in (*EARLIER, CORRECTION):
+                if marker not in store.migrated():
+                    store.mark_migrated(marker)
     except OSError:  # a store on read-only media or of another user: read as it is
         return 0
     return changed
@@ -56,18 +79,17 @@ def _correct(store: Store, sid: str) -> bool:
     kind = key.get("kind")
     if kind not in ("dense", "level", "analysis-redense"):
         return False
-    state = store.final(sid)["model"]
-    if not any(k.endswith(BUFFERS) for k in state):
-        return False
     info = store.done_info(sid)
-    if kind == "analysis-redense":
-        distance = learning_distance(state, store.init(_dense_of(store, key["target"])))
+    if kind == "analysis-redense":  # the pruned weights were given back: every weight is the network's
+        final = store.final(sid)
+        distance = learning_distance(final["model"], store.init(_dense_of(store, key["target"])))
         if distance == info["result"]["distance"]:
             return False
         info["result"]["distance"] = distance
         store.index.record_analysis(sid, key["target"], "redense", key["settings"], info["result"])
     else:
-        distance = learning_distance(state, store.init(_dense_of(store, sid)))
+        final = store.final(sid)
+        distance = learning_distance(final["model"], store.init(_dense_of(store, sid)), final.get("mask"))
         if distance == info["metrics"]["distance"]:
             return False
         info["metrics"]["distance"] = distance

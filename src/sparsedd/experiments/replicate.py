@@ -18,10 +18,10 @@ from ..config import RunConfig, TrainConfig
 from ..data import Dataset
 from ..data.noise import apply_noise
 from ..data.split import validation_split
-from ..models import build_model
+from ..models import MODELS, build_model
 from ..options import ExecOptions
-from ..pruning import (Mask, bn_convs, density, full_mask, get_strategy, gradient_saliency, layer_sparsity,
-                       prunable_names, remaining)
+from ..pruning import (Count, Mask, bn_convs, density, fixed_weights, full_mask, get_strategy, gradient_saliency,
+                       layer_sparsity, prunable_names, remaining)
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
@@ -57,11 +57,21 @@ class Replicate:
             cfg, run_id, data, store, options, progress)
         coarse = data.coarse_train.cpu() if data.coarse_train is not None else None
         self.noise = apply_noise(data.y_train.cpu(), data.num_classes, cfg.data.noise, cfg.data.noise_type,
-                                 cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name, human=data.human_train)
+                                 cfg.data.noise_seed, coarse=coarse, dataset=cfg.data.name, human=data.human_train,
+                                 draw=cfg.data.noise_draw, asymmetric_map=cfg.data.asymmetric_map)
         self.train_data = training_view(data, self.noise.labels, self.noise.corrupted, cfg.data.val_split)
         self.input_shape = tuple(data.x_train.shape[1:])
         self._teachers: dict[str, torch.Tensor | nn.Module] = {}
         self.diverged: tuple[int, int] | None = None  # (level, epoch) where training diverged; the chain ends there
+        self.fixed = self._fixed_weights()
+
+    def _fixed_weights(self) -> int:
+        """Weights prune.count = all-masked counts beside the mask (pruning.fixed_weights), from a model built
+        on the meta device (no memory, no init)."""
+        with torch.device("meta"):
+            model = MODELS[self.cfg.model.name](self.cfg.model, self.input_shape, self.data.num_classes)
+        names = prunable_names(model, self.cfg.prune.method, self.cfg.prune.layers)
+        return fixed_weights(model, names, self.cfg.prune.method, self.cfg.prune.count)
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.input_shape, self.data.num_classes, seed).to(self.options.device)
@@ -130,7 +140,7 @@ class Replicate:
         if cfg.method == "slimming":  # which conv feeds which batch norm: traced here, so the strategy stays pure
             extra["bn_convs"] = bn_convs(model)
         new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.level_fraction(level),
-                                       scope=cfg.scope, **extra)
+                                       scope=cfg.scope, count=Count(cfg.count, self.fixed), **extra)
         return {n: m.to(self.options.device) for n, m in new.items()}
 
     def gradient_scores(self, level: int, model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
@@ -190,11 +200,13 @@ class Replicate:
         alpha = self.cfg.retrain.distill_alpha if level > 0 else 0.0
         return Objective(anchor=self.store.init(dense_id) if penalty else None, penalty=penalty,
                          teacher=self.teacher(dense_id) if alpha else None, alpha=alpha,
-                         temperature=self.cfg.retrain.distill_temperature)
+                         temperature=self.cfg.retrain.distill_temperature, bn_l1=self.cfg.train.bn_l1)
 
     def objective_active(self, job: Job) -> bool:
-        """Whether the stage trains with a remedy (then alone: the stacked trainer has none)."""
-        return self.cfg.train.distance_penalty > 0 or (job.level > 0 and self.cfg.retrain.distill_alpha > 0)
+        """Whether the stage trains with a remedy or stops on convergence (then alone: the stacked trainer has
+        no objective, and would train a converged network on beside the others)."""
+        t = self.cfg.train
+        return t.distance_penalty > 0 or t.bn_l1 > 0 or t.stop_loss > 0 or (job.level > 0 and self.cfg.retrain.distill_alpha > 0)
 
     def teacher(self, dense_id: str) -> torch.Tensor | nn.Module:
         """The dense network as a teacher: its logits on every training example, or (with augmentation,
@@ -214,9 +226,10 @@ class Replicate:
         init = self.store.init(job.dense)
         metrics = dict(result.final)
         metrics.update({
-            "level": job.level, "density": density(job.mask), "sparsity": 1.0 - density(job.mask),
-            "remaining": remaining(job.mask), "layer_sparsity": layer_sparsity(job.mask),
-            "distance": learning_distance(state, init), "effective_noise": self.noise.effective_rate, "seconds": seconds,
+            "level": job.level, "density": density(job.mask, self.fixed), "sparsity": 1.0 - density(job.mask, self.fixed),
+            "remaining": remaining(job.mask, self.fixed), "sparsity_of": self.cfg.prune.count,
+            "layer_sparsity": layer_sparsity(job.mask),
+            "distance": learning_distance(state, init, job.mask), "effective_noise": self.noise.effective_rate, "seconds": seconds,
         })
         self.store.save_final(job.sid, state, {k: v.cpu() for k, v in job.mask.items()}, result.optimizer_state)
         self.store.index.record_epochs(job.sid, result.history)

@@ -34,9 +34,16 @@ def finetune(cfg: RunConfig) -> TrainConfig:
                                epochs=r.finetune_epochs or cfg.train.epochs)
 
 
+def rewind(cfg: RunConfig) -> TrainConfig:
+    """Replay the dense training: all of it (rewind_schedule = full), or from the rewind iteration to its end
+    (rest: the paper's code, which rewinds the learning-rate schedule and the data order to that step too)."""
+    r = cfg.retrain
+    return dataclasses.replace(cfg.train, start_iteration=r.rewind_iteration) if r.rewind_schedule == "rest" else cfg.train
+
+
 RETRAIN_MODES.register("finetune", RetrainMode("previous", finetune, fields=("finetune_lr", "finetune_epochs")))
 RETRAIN_MODES.register("lr-rewind", RetrainMode("previous", replay))
-RETRAIN_MODES.register("weight-rewind", RetrainMode("rewind", replay, fields=("rewind_iteration",)))
+RETRAIN_MODES.register("weight-rewind", RetrainMode("rewind", rewind, fields=("rewind_iteration", "rewind_schedule")))
 RETRAIN_MODES.register("reinit", RetrainMode("fresh", replay))
 
 

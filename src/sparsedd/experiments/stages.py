@@ -69,7 +69,7 @@ def data_key(cfg: RunConfig) -> str:
     from ..data.noise import HUMAN_NOISE
 
     d = canonical_dict(cfg, full=True)["data"]
-    key = {k: v for k, v in d.items() if not k.startswith("noise")}
+    key = {k: v for k, v in d.items() if not k.startswith("noise") and k != "asymmetric_map"}  # labels only
     if cfg.data.noise_type in HUMAN_NOISE:
         key["human_labels"] = True
     return stable_hash(key)

@@ -12,7 +12,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import SparseddError
+from ..pruning import prunable_names
 from ..registry import Registry
+from ..rng import generator
 from .mlp import MLP
 from .resnet import resnet18, resnet101
 from .vgg import vgg16
@@ -27,7 +29,7 @@ DEFAULT_MLP_HIDDEN = (256, 256)
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """Build the model on the CPU with an init that depends only on ``seed``."""
     model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
-    reset_parameters(model, seed)
+    reset_parameters(model, seed, bias_init=cfg.bias_init, bn_init=cfg.bn_init)
     return model
 
 
@@ -38,7 +40,7 @@ def check_takes(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     so a run is checked in milliseconds, before it is registered; each combination once per process."""
     with torch.device("meta"):
         model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)  # the builder's own checks
-        model.prunable_names(layers)
+        prunable_names(model, "magnitude", layers)
         try:
             model(torch.empty(2, *input_shape))
         except (RuntimeError, NotImplementedError) as e:  # a shape mismatch the builder did not foresee
@@ -84,26 +86,49 @@ MODELS.register("resnet101", image_model(resnet101, 8, "tinyimagenet"))
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def reset_parameters(model: nn.Module, seed: int) -> None:
-    """Re-initialize ``model`` from a generator of its own (never the global RNG).
+def reset_parameters(model: nn.Module, seed: int, *, bias_init: str = "zero", bn_init: str = "one") -> None:
+    """Re-initialize ``model`` from generators of its own (never the global RNG).
 
     Conv and linear weights (any weight outside a norm layer): Kaiming normal with fan-in
-    ``p[0].numel()`` and ReLU gain, drawn in ``named_parameters`` order; biases zero; batch-norm
-    weights one and biases zero, with running statistics reset. Only the Kaiming weights consume
-    random numbers, so the MLP's init is the same as when every non-bias parameter was drawn.
+    ``p[0].numel()`` and ReLU gain, drawn in ``named_parameters`` order from the generator of ``seed``.
+    Biases: zero, or with ``bias_init = torch`` PyTorch's default uniform(+-1/sqrt(fan_in)) (what the
+    paper's code leaves in place). Batch-norm weights one, or with ``bn_init = uniform`` uniform(0, 1) (the
+    paper's code), and biases zero, with running statistics reset. Biases and batch-norm scales draw from
+    generators of their own keyed by ``seed``, so the Kaiming weights are the same whatever those choices
+    (and the MLP's init is the same as when every non-bias parameter was drawn).
     """
     g = torch.Generator().manual_seed(seed)
+    g_bias, g_bn = generator(seed, "bias-init"), generator(seed, "bn-init")
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, _NORMS):
-                if isinstance(module, nn.modules.batchnorm._NormBase):
-                    module.reset_running_stats()
-                for name, p in module.named_parameters(recurse=False):
-                    p.fill_(1.0 if name == "weight" else 0.0)
+                _reset_norm(module, bn_init, g_bn)
                 continue
-            for name, p in module.named_parameters(recurse=False):
-                if name.endswith("bias"):
-                    p.zero_()
-                else:
+            params = dict(module.named_parameters(recurse=False))
+            for name, p in params.items():
+                if not name.endswith("bias"):
                     fan_in = p[0].numel()
                     p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            for name, p in params.items():
+                if name.endswith("bias"):
+                    _reset_bias(p, params.get(name[:-len("bias")] + "weight"), bias_init, g_bias)
+
+
+def _reset_bias(bias: torch.Tensor, weight: torch.Tensor | None, how: str, g: torch.Generator) -> None:
+    """Zero, or PyTorch's default for linear and conv layers: uniform(+-1/sqrt(fan_in)), fan_in from the weight."""
+    if how == "zero" or weight is None:
+        bias.zero_()
+        return
+    bound = 1.0 / weight[0].numel() ** 0.5
+    bias.copy_(torch.rand(bias.shape, generator=g) * 2 * bound - bound)
+
+
+def _reset_norm(module: nn.Module, how: str, g: torch.Generator) -> None:
+    is_bn = isinstance(module, nn.modules.batchnorm._NormBase)
+    if is_bn:
+        module.reset_running_stats()
+    for name, p in module.named_parameters(recurse=False):
+        if name == "weight" and is_bn and how == "uniform":
+            p.copy_(torch.rand(p.shape, generator=g))
+        else:
+            p.fill_(1.0 if name == "weight" else 0.0)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data.augment import augment_batch
 from .mask import Mask
-from .select import prune_by_scores
+from .select import PRUNABLE, Count, prune_by_scores
 
 
 def gradient_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: Mask, *,
@@ -52,8 +52,8 @@ def gradient_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: 
 
 
 def gradient(weights: dict[str, torch.Tensor], mask: Mask, *, fraction: float, scope: str,
-             saliency: dict[str, torch.Tensor] | None = None, **_: object) -> Mask:
+             saliency: dict[str, torch.Tensor] | None = None, count: Count = PRUNABLE, **_: object) -> Mask:
     """Remove the unpruned weights with the smallest accumulated |w * grad|."""
     if saliency is None:
         raise ValueError("gradient pruning needs the saliency scores (see gradient_saliency)")
-    return prune_by_scores(saliency, mask, fraction=fraction, scope=scope)
+    return prune_by_scores(saliency, mask, fraction=fraction, scope=scope, count=count)

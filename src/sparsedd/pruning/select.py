@@ -1,28 +1,65 @@
-"""The one selection rule every strategy shares: drop the lowest-scoring unpruned weights."""
+"""The one selection rule every strategy shares: drop the lowest-scoring unpruned weights.
+
+How many go is the round's count (``prune.count``, a :class:`Count`):
+
+- ``prunable`` (the project's rule): ``round(fraction * n)``, n the unpruned weights being ranked;
+  exactly that many go, the lowest scores, ties broken by position.
+- ``all-masked`` (OpenLTH's ``sparse_global``, the paper's code): ``k = ceil(fraction * n)`` where n
+  also counts the unpruned weights of the tensors the mask holds but the method never prunes (the
+  output layer of LeNet-300-100, ``Count.fixed``); the threshold is the (k+1)-th smallest score of
+  the ranked weights and only scores strictly above it stay, so k + 1 weights go, more on ties.
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import SparseddError
 from .mask import Mask
 
-
-def _count(fraction: float, n: int) -> int:
-    return int(round(fraction * n))
+COUNTS = ("prunable", "all-masked")
 
 
-def prune_by_scores(scores: dict[str, torch.Tensor], mask: Mask, *, fraction: float, scope: str) -> Mask:
-    """New mask without the ``fraction`` lowest-scoring unpruned weights (ties broken by position)."""
+@dataclass(frozen=True)
+class Count:
+    rule: str = "prunable"  # one of COUNTS
+    fixed: int = 0  # all-masked: weights the mask counts but no round removes (never pruned, always kept)
+
+    def __post_init__(self) -> None:
+        if self.rule not in COUNTS:
+            raise SparseddError(f"unknown prune.count {self.rule!r}; choose one of {', '.join(COUNTS)}")
+
+
+PRUNABLE = Count()
+
+
+def _drop(scores: torch.Tensor, fraction: float, count: Count) -> torch.Tensor:
+    """Positions (into ``scores``, the unpruned weights ranked together) of the weights a round removes."""
+    order = torch.argsort(scores, stable=True)
+    if count.rule == "prunable":
+        return order[:int(round(fraction * scores.numel()))]
+    k = math.ceil(fraction * (scores.numel() + count.fixed))  # in float64, as numpy computes it there
+    if k >= scores.numel():
+        raise SparseddError(f"prune.count = 'all-masked' removes {k + 1} weights this round but only "
+                            f"{scores.numel()} can be pruned; use fewer prune.levels")
+    threshold = scores[order[k]]
+    return torch.nonzero(scores <= threshold, as_tuple=True)[0]
+
+
+def prune_by_scores(scores: dict[str, torch.Tensor], mask: Mask, *, fraction: float, scope: str,
+                    count: Count = PRUNABLE) -> Mask:
+    """New mask without the ``fraction`` lowest-scoring unpruned weights, counted by ``count``."""
     names = list(mask)
     new = {n: mask[n].clone() for n in names}
     if scope == "layer":
         for n in names:
             active = mask[n].flatten().nonzero().squeeze(1)
-            k = _count(fraction, active.numel())
-            if k:
-                order = torch.argsort(scores[n].flatten()[active].float(), stable=True)
-                new[n].view(-1)[active[order[:k]]] = False
+            if active.numel():
+                drop = _drop(scores[n].flatten()[active].float(), fraction, Count(count.rule))
+                new[n].view(-1)[active[drop]] = False
         return new
     if scope != "global":
         raise SparseddError(f"unknown pruning scope {scope!r}; choose global or layer")
@@ -32,9 +69,8 @@ def prune_by_scores(scores: dict[str, torch.Tensor], mask: Mask, *, fraction: fl
         flat_scores.append(scores[n].flatten()[active].float())
         owners.append(torch.stack([torch.full_like(active, i), active], 1))
     all_scores = torch.cat(flat_scores)
-    k = _count(fraction, all_scores.numel())
-    if k:
-        drop = torch.cat(owners)[torch.argsort(all_scores, stable=True)[:k]]
+    if all_scores.numel():
+        drop = torch.cat(owners)[_drop(all_scores, fraction, count)]
         for i, n in enumerate(names):
             idx = drop[drop[:, 0] == i, 1]
             new[n].view(-1)[idx] = False

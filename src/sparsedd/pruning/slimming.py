@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import SparseddError
 from .mask import Mask
-from .select import prune_by_scores
+from .select import PRUNABLE, Count, prune_by_scores
 
 BatchNormConvs = dict[str, str | None]  # batch-norm layer -> the conv weight whose output it normalizes, or None
 
@@ -52,14 +52,14 @@ def slimming_names(model: nn.Module) -> list[str]:
 
 
 def slimming(weights: dict[str, torch.Tensor], mask: Mask, *, fraction: float, scope: str,
-             bn_convs: BatchNormConvs | None = None, **_: object) -> Mask:
+             bn_convs: BatchNormConvs | None = None, count: Count = PRUNABLE, **_: object) -> Mask:
     """Remove the ``fraction`` of unpruned channels with the smallest |gamma|: their BN weight and bias,
     and the conv filters feeding them (``bn_convs``: from :func:`bn_convs`)."""
     if bn_convs is None:
         raise ValueError("slimming needs the model's batch-norm layers and their convs (see bn_convs)")
     gammas = [f"{b}.weight" for b in bn_convs]
     channels = prune_by_scores({n: weights[n].abs() for n in gammas}, {n: mask[n] for n in gammas},
-                               fraction=fraction, scope=scope)
+                               fraction=fraction, scope=scope, count=Count(count.rule))
     new = {n: m.clone() for n, m in mask.items()}
     for bn, conv in bn_convs.items():
         alive = channels[f"{bn}.weight"]

@@ -19,7 +19,7 @@ from ..results import load, resolve_run, run_config
 from ..store import Store
 from . import figures as F
 from .plots import plain
-from .tables import run_title
+from .tables import run_title, sparsity_words
 
 FIGURED_ANALYSES = (  # the per-level analyses with a figure
     "redense", "interpolate", "landscape", "sharpness", "reinit")
@@ -159,7 +159,8 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
     configs = {r: run_config(store, r) for r in run_ids}
     w = _Writer(out)
     w.p("Made by <code>sparsedd report</code>. Accuracies are fractions of the test set (clean labels) and of the "
-        "training set (noisy or true labels); sparsity counts the prunable weights removed. Bands span the seeds' "
+        f"training set (noisy or true labels); sparsity counts the {sparsity_words(res.levels[res.levels['run_id'].isin(run_ids)])} "
+        "removed. Bands span the seeds' "
         "minimum to maximum.")
     _claims_section(w, store.root, run_ids)
     if len(run_ids) > 1:
@@ -194,7 +195,8 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
         dist = distance_table(store, r)
         rho = dist[dist["seed"] == "mean"]["spearman"].iloc[0]
         w.figure(F.fig_distance(levels, None if pd.isna(rho) else float(rho), title), f"{r}-distance",
-                 "Learning distance ||w - w_init||_2 (from the dense initialization) beside test accuracy.")
+                 "Learning distance ||w - w_init||_2 over the weights each level has (from the dense initialization under "
+                 "its mask) beside test accuracy.")
         w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
         for kind in FIGURED_ANALYSES:
             rows = _analysis_rows(res, r, kind)

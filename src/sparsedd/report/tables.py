@@ -57,6 +57,8 @@ def level_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
         if multi:
             row["seed"] = int(r["seed"])
         row.update({k: json_value(r[k]) for k in LEVEL_FIELDS if k != "level"})
+        if "sparsity_of" in r:
+            row["sparsity_of"] = r["sparsity_of"]
         rows.append(row)
     return rows
 
@@ -81,15 +83,23 @@ def _cell(v: Any, scale: float = 1.0) -> str:
     return "-" if v is None else f"{scale * v:.2f}"
 
 
+def sparsity_words(curve: pd.DataFrame) -> str:
+    """What the curve's sparsity counts, in words (its runs' ``prune.count``)."""
+    counts = set(curve["sparsity_of"]) if "sparsity_of" in curve else {"prunable"}
+    if counts == {"all-masked"}:
+        return "every conv and linear weight (those never pruned counted too, as the paper's code does)"
+    return "prunable weights" if counts == {"prunable"} else "weights (prunable or every weight, by run)"
+
+
 def curve_table(run_id: str, curve: pd.DataFrame):
     """The curve as a rich table (mean over seeds)."""
     from rich.table import Table
 
     seeds = curve["seed"].nunique()
     table = Table(title=f"run {run_id}" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
-                  caption="% of: sparsity: prunable weights removed; test, best: final and best test accuracy; "
+                  caption=f"% of: sparsity: {sparsity_words(curve)} removed; test, best: final and best test accuracy; "
                           "train, clean: train accuracy on the noisy and the true labels; "
-                          "memo: corrupted examples fitted; dist: ||w - w_init||; "
+                          "memo: corrupted examples fitted; dist: ||w - w_init|| over the weights the level has; "
                           "-: none (memo without label noise) or not finite (a diverged run)")
     for col in ("level", "sparsity", "test", "best", "train", "clean", "memo", "dist"):
         table.add_column(col, justify="right")

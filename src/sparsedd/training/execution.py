@@ -65,10 +65,11 @@ class Objective:
     teacher: torch.Tensor | nn.Module | None = None
     alpha: float = 0.0
     temperature: float = 4.0
+    bn_l1: float = 0.0  # lambda * sum |gamma| over batch-norm scales, as its subgradient lambda * sign(gamma)
 
     @property
     def active(self) -> bool:
-        return self.penalty > 0 or self.alpha > 0
+        return self.penalty > 0 or self.alpha > 0 or self.bn_l1 > 0
 
     def mix(self, ce: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, xb: torch.Tensor, scale: float) -> torch.Tensor:
         """The training loss from the cross-entropy ``ce`` and the student's logits ``out`` on the examples
@@ -172,6 +173,8 @@ class SingleExecution:
         anchored = [(p, objective.anchor[n].to(p.device, p.dtype)) for n, p in model.named_parameters()
                     if objective.penalty > 0 and objective.anchor is not None and n in objective.anchor]
         self.anchored, self.anchors = [p for p, _ in anchored], [a for _, a in anchored]
+        self.bn_scales = [m.weight for m in model.modules()
+                          if objective.bn_l1 > 0 and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
         self.opt = build_optimizer(model.parameters(), cfg)
         if optimizer_state:
             self.opt.load_state_dict(optimizer_state)
@@ -211,6 +214,9 @@ class SingleExecution:
         if self.anchored:  # the distance penalty's gradient
             torch._foreach_add_([p.grad for p in self.anchored], torch._foreach_sub(self.anchored, self.anchors),
                                 alpha=2 * self.objective.penalty)
+        if self.bn_scales:  # network slimming's sparsity on the batch-norm scales (the paper's code: updateBN)
+            torch._foreach_add_([p.grad for p in self.bn_scales], torch._foreach_sign(self.bn_scales),
+                                alpha=self.objective.bn_l1)
         multiply_([p.grad for p in self.masked], self.mask_f)
         self.opt.step()
         self.apply_masks()

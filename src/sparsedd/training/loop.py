@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..distributed import SINGLE, Dist
+from ..errors import SparseddError
 from ..rng import generator
 from .execution import Accel, Execution, Objective, autocast, prepare_single
 from .schedule import lr_at
@@ -160,12 +161,16 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
     total_iters = cfg.epochs * ipe
     if stop_iteration is not None and stop_iteration > total_iters:
         raise ValueError(f"iteration {stop_iteration} is past the end of training ({total_iters} iterations)")
+    if cfg.start_iteration >= total_iters:
+        raise SparseddError(f"training starts at iteration {cfg.start_iteration}, past the end of its schedule "
+                            f"({total_iters} iterations); rewind to an earlier retrain.rewind_iteration")
     # per-step loss and hits of the current epoch, so the epoch's running metrics survive a resume exactly
     step_loss = torch.zeros(k, ipe, device=ex.device)
     step_hits = torch.zeros(k, ipe, device=ex.device, dtype=torch.long)
     results = [TrainResult() for _ in range(k)]
-    start_epoch, start_step = _restore(checkpoint, ex, step_loss, step_hits, results)
-    stopped = [diverged(r.history) for r in results]  # a checkpoint may hold a network that diverged
+    start_epoch, start_step = _restore(checkpoint, ex, step_loss, step_hits, results) or divmod(cfg.start_iteration, ipe)
+    # a checkpoint may hold a network that diverged or converged (train.stop_loss)
+    stopped = [diverged(r.history) or converged(r.history, cfg) for r in results]
     ex.module.train()
     ex.apply_masks()
     for epoch in range(start_epoch, cfg.epochs):
@@ -190,7 +195,7 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
         for i, (r, row) in enumerate(zip(results, rows)):
             if not stopped[i]:
                 r.history.append(row)
-                stopped[i] = diverged(r.history)
+                stopped[i] = diverged(r.history) or converged(r.history, cfg)
         if on_epoch is not None:
             on_epoch(rows)
         if checkpoint is not None and epoch + 1 < cfg.epochs and not all(stopped) and checkpoint.due(end_of_epoch=True):
@@ -199,8 +204,10 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
         r.iterations = total_iters if not stopped[i] else r.history[-1]["epoch"] * ipe
         r.optimizer_state = ex.optimizer_state(i)
         r.final = final_metrics(r.history, r.history[-1] if r.history else ex.evaluate()[i])
-        if stopped[i]:
+        if diverged(r.history):
             r.final.update(diverged=True, diverged_epoch=r.history[-1]["epoch"])
+        elif converged(r.history, cfg):
+            r.final.update(converged_epoch=r.history[-1]["epoch"])
     return results
 
 
@@ -209,17 +216,26 @@ def diverged(history: list[dict[str, Any]]) -> bool:
     return bool(history) and not math.isfinite(history[-1]["train_loss_running"])
 
 
+def converged(history: list[dict[str, Any]], cfg: TrainConfig) -> bool:
+    """Whether a network's history ends in an epoch whose evaluated training loss (noisy labels) is below
+    ``cfg.stop_loss`` (the paper's code's convergence stopping criterion; off at 0)."""
+    return cfg.stop_loss > 0 and bool(history) and history[-1].get("train_loss", math.inf) < cfg.stop_loss
+
+
 def _epoch_rows(ex: Execution, cfg: TrainConfig, epoch: int, ipe: int, step_loss: torch.Tensor,
                 step_hits: torch.Tensor, stopped: list[bool]) -> list[dict[str, Any]]:
     """Each network's row of this epoch: running train metrics, and the evaluation when it is due or a
     network still training has just diverged (its last row then holds its final evaluation)."""
-    losses = [float(step_loss[i].sum()) / ex.n for i in range(ex.k)]
+    # examples this epoch trained on: all, but in the epoch a schedule starts inside (cfg.start_iteration)
+    skipped = cfg.start_iteration - epoch * ipe if epoch == cfg.start_iteration // ipe else 0
+    seen = max(ex.n - skipped * cfg.batch_size, 1)
+    losses = [float(step_loss[i].sum()) / seen for i in range(ex.k)]
     diverging = any(not s and not math.isfinite(v) for s, v in zip(stopped, losses))
-    due = epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0 or diverging
+    due = epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0 or diverging or cfg.stop_loss > 0
     evals = ex.evaluate() if due else [{}] * ex.k
     lr = lr_at(cfg, (epoch + 1) * ipe - 1, ipe)
     return [{"epoch": epoch + 1, "lr": lr, "train_loss_running": losses[i],
-             "train_acc_running": float(step_hits[i].sum()) / ex.n, **evals[i]} for i in range(ex.k)]
+             "train_acc_running": float(step_hits[i].sum()) / seen, **evals[i]} for i in range(ex.k)]
 
 
 def _snapshot(ex: Execution, epoch: int, step: int, step_loss: torch.Tensor, step_hits: torch.Tensor,
@@ -232,11 +248,12 @@ def _snapshot(ex: Execution, epoch: int, step: int, step_loss: torch.Tensor, ste
 
 
 def _restore(checkpoint: Checkpointer | None, ex: Execution, step_loss: torch.Tensor, step_hits: torch.Tensor,
-             results: list[TrainResult]) -> tuple[int, int]:
-    """Load a checkpoint (if there is one) into the execution and the per-step buffers; the position to go on from."""
+             results: list[TrainResult]) -> tuple[int, int] | None:
+    """Load a checkpoint (if there is one) into the execution and the per-step buffers; the position to go on
+    from (None without a checkpoint: training starts at ``cfg.start_iteration``)."""
     state = checkpoint.load() if checkpoint is not None else None
     if state is None:
-        return 0, 0
+        return None
     ex.module.load_state_dict(state["model"])
     ex.opt.load_state_dict(state["optim"])
     step_loss.copy_(state["step_loss"].view_as(step_loss))
