@@ -263,3 +263,40 @@ def test_bn_l1_pushes_batch_norm_scales_down():
     scales = [k for k in plain if k.endswith("bn.weight")]
     # one step of lr 0.1: each scale lower by 0.1 * 0.5 * sign(gamma) = 0.05 (the scales are positive)
     assert all(torch.allclose(plain[k] - slim[k], torch.full_like(plain[k], 0.05), atol=1e-6) for k in scales)
+
+
+def test_shuffled_masks_keep_what_their_strategy_keeps():
+    from sparsedd.analysis.masks import shuffle_mask
+
+    g = torch.Generator().manual_seed(0)
+    mask = {"a": torch.rand(30, 20, generator=g) < 0.1, "b": torch.rand(40, 10, generator=g) < 0.7}
+    layer = shuffle_mask(mask, "layerwise", torch.Generator().manual_seed(1))
+    glob = shuffle_mask(mask, "global", torch.Generator().manual_seed(1))
+    assert all(int(layer[n].sum()) == int(mask[n].sum()) and not torch.equal(layer[n], mask[n]) for n in mask)
+    assert sum(int(m.sum()) for m in glob.values()) == sum(int(m.sum()) for m in mask.values())
+    assert int(glob["a"].sum()) > int(mask["a"].sum()) + 30  # the sparse layer gets its share of the total
+    assert torch.equal(shuffle_mask(mask, "global", torch.Generator().manual_seed(1))["b"], glob["b"])  # seeded
+
+
+def test_random_mask_analysis_trains_the_start_weights_under_a_shuffled_mask(tmp_path, tiny_sets, capsys):
+    """sparsedd analyze RUN random-mask: per level the ticket's start weights under its mask shuffled per layer,
+    trained as the level was; the result beside the ticket's accuracy, cached (a second call trains nothing)."""
+    import json
+
+    from sparsedd.cli import main
+    from sparsedd.store import Store
+
+    root = tmp_path / "runs"
+    assert main(["run", "--root", str(root), "--no-progress", *[a for s in tiny_sets for a in ("--set", s)]]) == 0
+    run_id = Store(root).index.run_ids()[0]
+    capsys.readouterr()
+    args = ["analyze", run_id, "random-mask", "--set", "masks=2", "--root", str(root), "--format", "json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["level"] for r in rows] == [1, 2]
+    for r in rows:
+        assert len(r["random_mask"]) == 2 and 0 <= r["random_mask_test_acc"] <= 1
+        assert r["ticket_test_acc"] == r["level_test_acc"]
+    before = sorted(p.name for p in (root / "stages").iterdir())
+    assert main(args) == 0 and json.loads(capsys.readouterr().out) == rows
+    assert sorted(p.name for p in (root / "stages").iterdir()) == before

@@ -81,7 +81,7 @@ def test_registered_toy_data_set_and_pruning_method_run_end_to_end(toy, tmp_path
 
 
 def test_unknown_names_list_the_registered_choices(toy):
-    assert "choose one of magnitude, random, gradient, slimming, toy" in one_line_error(c.load, sets=["prune.method=magic"])
+    assert "choose one of magnitude, random, max-magnitude, gradient, slimming, toy" in one_line_error(c.load, sets=["prune.method=magic"])
     assert "mnist1d, cifar10, cifar100, tinyimagenet, toy" in one_line_error(c.load, sets=["data.name=nope"])
     assert "lenet-300-100, mlp, resnet18, vgg16, resnet101" in one_line_error(c.load, sets=["model.name=nope"])
     assert "finetune, lr-rewind, weight-rewind, reinit" in one_line_error(c.load, sets=["retrain.mode=nope"])

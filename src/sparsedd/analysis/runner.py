@@ -29,6 +29,7 @@ from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
 from .curves import distance_table, phases_table
+from .masks import shuffle_mask
 from .hessian import hutchinson_trace, top_eigenvalue
 from .interpolate import alphas as alpha_grid
 from .interpolate import interpolate
@@ -127,6 +128,23 @@ class ReinitSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.inits <= MAX_INITS:
             raise SparseddError(f"reinit: inits must be in [1, {MAX_INITS}]")
+
+
+@dataclass(frozen=True)
+class RandomMaskSettings:
+    """The paper code's random-mask control (``randomly_prune``): the level's mask shuffled, ``layerwise``
+    (each layer's entries permuted: its density kept) or ``global`` (permuted over all layers: only the
+    total kept), trained from the level's start weights as the level was."""
+
+    strategy: str = "layerwise"
+    masks: int = 1  # shuffled masks per level
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("layerwise", "global"):
+            raise SparseddError(f"random-mask: strategy must be layerwise or global, got {self.strategy!r}")
+        if not 1 <= self.masks <= MAX_INITS:
+            raise SparseddError(f"random-mask: masks must be in [1, {MAX_INITS}]")
 
 
 @dataclass(frozen=True)
@@ -323,6 +341,34 @@ class Analyzer:
                     "reinit_test_acc": sum(a["test_acc"] for a in accs) / len(accs)}
         return self.cached("reinit", sid, s, compute)
 
+    def _random_mask_trainings(self, seed: int, level: int, sid: str, s: RandomMaskSettings) -> list[Training]:
+        """The level's start weights under shuffled copies of its mask, trained as the level was."""
+        rep, _, mask, _ = self.model_at(seed, sid)
+        previous = self.store.final(self.store.stage_key(sid)["parent"])["model"]
+        start = rep.start_weights(level, previous, self.links[(seed, 0)])
+        key = self._sid("random-mask", sid, s)
+        out = []
+        for i in range(s.masks):
+            model = rep.new_model(0)
+            model.load_state_dict(start)
+            shuffled = shuffle_mask({n: m.cpu() for n, m in mask.items()}, s.strategy,
+                                    generator(seed, "random-mask", s.seed, level, i))
+            out.append(Training((key, i), model, rep.train_data, level_train_config(rep.cfg),
+                                {n: m.to(self.options.device) for n, m in shuffled.items()}, (seed, "order")))
+        return out
+
+    def random_mask(self, seed: int, level: int, sid: str, s: RandomMaskSettings) -> dict:
+        def compute() -> dict:
+            accs = []
+            for i, t in enumerate(self._random_mask_trainings(seed, level, sid, s)):
+                res = self._fit(t)
+                accs.append({"mask": i, "test_acc": res.final["test_acc"], "test_acc_best": res.final["test_acc_best"],
+                             "train_acc_noisy": res.final["train_acc_noisy"]})
+            ticket = self.store.done_info(sid)["metrics"]
+            return {"random_mask": accs, "ticket_test_acc": ticket["test_acc"],
+                    "random_mask_test_acc": sum(a["test_acc"] for a in accs) / len(accs)}
+        return self.cached("random-mask", sid, s, compute)
+
     def run(self, kind: str, settings: Any, levels: list[int] | None = None, seeds: list[int] | None = None,
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
         """Rows of (seed, level, sparsity, result fields) for a per-level analysis, or a run-level table."""
@@ -433,5 +479,7 @@ def _distance(a: Analyzer, s: DistanceSettings) -> pd.DataFrame:
     return distance_table(a.store, a.run_id, a.start_distances() if s.reference == "start" else None, s.reference)
 
 
+ANALYSES.register("random-mask", Analysis(RandomMaskSettings, Analyzer.random_mask, pruned_only=True,
+                                          trainings=_pending("random-mask", Analyzer._random_mask_trainings)))
 ANALYSES.register("distance", Analysis(DistanceSettings, _distance, per_level=False))
 ANALYSES.register("phases", Analysis(PhasesSettings, lambda a, s: phases_table(a.store, a.run_id, s.tol), per_level=False))

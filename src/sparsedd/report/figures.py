@@ -154,6 +154,12 @@ def fig_reinit(rows: pd.DataFrame, title: str):
                         "test accuracy (%)", f"reinitialization against the ticket\n{title}")
 
 
+def fig_random_mask(rows: pd.DataFrame, title: str):
+    return _vs_sparsity(rows, [("ticket_test_acc", "winning ticket", "tab:blue"),
+                               ("random_mask_test_acc", "shuffled mask, same start", "tab:green")],
+                        "test accuracy (%)", f"random mask against the ticket\n{title}")
+
+
 def fig_sharpness(rows: pd.DataFrame, title: str):
     return _vs_sparsity(rows, [("top_eigenvalue", "top Hessian eigenvalue", "tab:red")], "top eigenvalue",
                         f"sharpness (left) and Hessian trace (right)\n{title}", scale=1.0, twin=("trace", "Hessian trace"))

@@ -22,7 +22,7 @@ from .plots import plain
 from .tables import run_title, sparsity_words
 
 FIGURED_ANALYSES = (  # the per-level analyses with a figure
-    "redense", "interpolate", "landscape", "sharpness", "reinit")
+    "redense", "interpolate", "landscape", "sharpness", "reinit", "random-mask")
 
 # Runs in the browser: records script errors and broken images, so a headless test can read the DOM.
 CHECK_JS = """
@@ -202,7 +202,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
             rows = _analysis_rows(res, r, kind)
             if not len(rows):
                 continue
-            fig = getattr(F, f"fig_{kind}")(rows, title)
+            fig = getattr(F, f"fig_{kind.replace('-', '_')}")(rows, title)
             w.figure(fig, f"{r}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
             scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
             w.table(rows[scalar], f"{r}-{kind}", f"{kind} results")
