@@ -329,17 +329,23 @@ class Analyzer:
 
     def reinit(self, seed: int, level: int, sid: str, s: ReinitSettings) -> dict:
         self._check_ticket_run()
+        return self._against_ticket("reinit", sid, s, lambda: self._reinit_trainings(seed, level, sid, s), "init")
+
+    def _against_ticket(self, kind: str, sid: str, s: Any, trainings: Callable[[], list[Training]], index: str) -> dict:
+        """Train ``trainings`` (the networks that stand in for the level's ticket), cached as analysis ``kind``:
+        each one's accuracies (numbered by ``index``), their mean test accuracy and the ticket's."""
+        name = kind.replace("-", "_")
 
         def compute() -> dict:
             accs = []
-            for i, t in enumerate(self._reinit_trainings(seed, level, sid, s)):
+            for i, t in enumerate(trainings()):
                 res = self._fit(t)
-                accs.append({"init": i, "test_acc": res.final["test_acc"], "test_acc_best": res.final["test_acc_best"],
+                accs.append({index: i, "test_acc": res.final["test_acc"], "test_acc_best": res.final["test_acc_best"],
                              "train_acc_noisy": res.final["train_acc_noisy"]})
             ticket = self.store.done_info(sid)["metrics"]
-            return {"reinit": accs, "ticket_test_acc": ticket["test_acc"],
-                    "reinit_test_acc": sum(a["test_acc"] for a in accs) / len(accs)}
-        return self.cached("reinit", sid, s, compute)
+            return {name: accs, "ticket_test_acc": ticket["test_acc"],
+                    f"{name}_test_acc": sum(a["test_acc"] for a in accs) / len(accs)}
+        return self.cached(kind, sid, s, compute)
 
     def _random_mask_trainings(self, seed: int, level: int, sid: str, s: RandomMaskSettings) -> list[Training]:
         """The level's start weights under shuffled copies of its mask, trained as the level was."""
@@ -358,16 +364,7 @@ class Analyzer:
         return out
 
     def random_mask(self, seed: int, level: int, sid: str, s: RandomMaskSettings) -> dict:
-        def compute() -> dict:
-            accs = []
-            for i, t in enumerate(self._random_mask_trainings(seed, level, sid, s)):
-                res = self._fit(t)
-                accs.append({"mask": i, "test_acc": res.final["test_acc"], "test_acc_best": res.final["test_acc_best"],
-                             "train_acc_noisy": res.final["train_acc_noisy"]})
-            ticket = self.store.done_info(sid)["metrics"]
-            return {"random_mask": accs, "ticket_test_acc": ticket["test_acc"],
-                    "random_mask_test_acc": sum(a["test_acc"] for a in accs) / len(accs)}
-        return self.cached("random-mask", sid, s, compute)
+        return self._against_ticket("random-mask", sid, s, lambda: self._random_mask_trainings(seed, level, sid, s), "mask")
 
     def run(self, kind: str, settings: Any, levels: list[int] | None = None, seeds: list[int] | None = None,
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
