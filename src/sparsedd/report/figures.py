@@ -10,15 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .plots import _ticks, sparsity_axis, summarize  # noqa: E402
+from .plots import _ticks, sparsity_axis, sparsity_label, summarize  # noqa: E402
 
 PHASE_COLORS = {"light": "#dfe9f5", "critical": "#f8dcdc", "sweet": "#dcf2dc", "collapsed": "#eeeeee"}
 
 
-def _xaxis(ax, sparsity) -> None:
+def _xaxis(ax, sparsity, label: str = "sparsity (%)") -> None:
     ticks, labels = _ticks(float(sparsity_axis(pd.Series(sparsity).to_numpy()).max()))
     ax.set_xticks(ticks, labels)
-    ax.set_xlabel("sparsity (%)")
+    ax.set_xlabel(label)
     ax.grid(alpha=0.3)
 
 
@@ -58,7 +58,7 @@ def fig_curve(levels: pd.DataFrame, phases: dict[str, Any] | None, title: str):
     _band(ax2, levels, "train_acc_clean", "train, true labels", "tab:green", ls="--")
     ax2.set_ylabel("train accuracy (%)")
     for a in (ax, ax2):
-        _xaxis(a, levels["sparsity"])
+        _xaxis(a, levels["sparsity"], sparsity_label(levels))
         a.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -72,7 +72,7 @@ def fig_distance(levels: pd.DataFrame, spearman: float | None, title: str):
     ax2 = ax.twinx()
     _band(ax2, levels, "distance", "learning distance", "tab:purple", scale=1.0)
     ax2.set_ylabel("||w - w_init||_2", color="tab:purple")
-    _xaxis(ax, levels["sparsity"])
+    _xaxis(ax, levels["sparsity"], sparsity_label(levels))
     rho = f", Spearman {spearman:.2f}" if spearman is not None else ""
     ax.set_title(f"learning distance and test accuracy{rho}\n{title}", fontsize=8)
     fig.tight_layout()

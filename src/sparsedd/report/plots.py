@@ -47,6 +47,12 @@ def summarize(levels: pd.DataFrame, column: str) -> pd.DataFrame:
                          "lo": g[column].min(), "hi": g[column].max(), "n": g[column].count()}).reset_index()
 
 
+def sparsity_label(levels: pd.DataFrame) -> str:
+    """The sparsity axis's label, saying what it counts when a run counts every conv and linear weight."""
+    counts = set(levels["sparsity_of"].dropna()) if "sparsity_of" in levels else set()
+    return "sparsity (%, of every conv and linear weight)" if counts == {"all-masked"} else "sparsity (%)"
+
+
 def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "") -> Path:
     """Test accuracy, and train accuracy on the noisy and the true labels, against sparsity.
 
@@ -68,7 +74,7 @@ def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "") -> Path:
     for ax, ylabel in ((ax_test, "test accuracy (%)"), (ax_train, "train accuracy (%)")):
         ticks, labels = _ticks(float(sparsity_axis(levels["sparsity"].to_numpy()).max()))
         ax.set_xticks(ticks, labels)
-        ax.set_xlabel("sparsity (%)")
+        ax.set_xlabel(sparsity_label(levels))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
