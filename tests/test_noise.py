@@ -256,8 +256,12 @@ def test_paper_asymmetric_maps():
 def test_noise_draw_and_map_enter_ids_only_where_they_change_labels():
     from sparsedd import config as c
 
-    base = c.load("paper-mnist-lenet")
-    assert c.load("paper-mnist-lenet", sets=["data.noise_draw=per-example", "data.asymmetric_map=paper"]).run_id == base.run_id
-    asym = ["data.noise_type=asymmetric"]
-    assert c.load("paper-mnist-lenet", sets=asym + ["data.asymmetric_map=paper"]).run_id != c.load("paper-mnist-lenet", sets=asym).run_id
-    assert c.load("paper-mnist-lenet", sets=asym + ["data.noise_draw=per-example"]).run_id != c.load("paper-mnist-lenet", sets=asym).run_id
+    def run_id(*sets):
+        return c.load("mnist1d-quick", sets=list(sets)).run_id
+
+    assert run_id("data.noise_draw=per-example", "data.asymmetric_map=paper") == run_id()  # random noise
+    asym = "data.noise_type=asymmetric"
+    assert run_id(asym, "data.asymmetric_map=paper") != run_id(asym)
+    assert run_id(asym, "data.noise_draw=per-example") != run_id(asym)
+    assert run_id("data.noise_type=symmetric", "data.asymmetric_map=paper") == run_id("data.noise_type=symmetric")
+    assert c.load("paper-mnist-lenet").data.noise_draw == "per-example"  # the paper presets name both

@@ -160,8 +160,9 @@ def test_rewind_schedule_enters_level_ids_only_past_the_init():
     def key(*sets):
         return level_key(c.load("paper-mnist-lenet", sets=list(sets)), "parent", 1)
 
-    assert key("retrain.rewind_schedule=rest") == key()  # rewinding to the init: the rest is the whole schedule
-    assert key("retrain.rewind_iteration=5", "retrain.rewind_schedule=rest") != key("retrain.rewind_iteration=5")
+    full = "retrain.rewind_schedule=full"
+    assert key() == key(full)  # rewinding to the init (the preset's): the rest is the whole schedule
+    assert key("retrain.rewind_iteration=5") != key("retrain.rewind_iteration=5", full)
     with pytest.raises(SparseddError, match="train.start_iteration is set per pruned level"):
         c.load("paper-mnist-lenet", sets=["train.start_iteration=3"])
 
