@@ -349,3 +349,52 @@ def test_the_model_check_refuses_misfits_only():
     finally:
         MODELS.unregister("reads")
         MODELS.unregister("wrong")
+
+
+@pytest.mark.parametrize("value", ["[[1]]", "[1,", "]1[", "[1,,2", "[32", "[1, 2,]", "(1, 2]"])
+def test_malformed_lists_are_refused(value):
+    """A list given as text must be one: unbalanced or nested brackets and empty items were read as if fine
+    ('[1,' as [1]) before (issue 24)."""
+    from sparsedd import config as c
+
+    with pytest.raises(SparseddError, match="must be a list of values like"):
+        c.load(sets=[f"train.milestones={value}", "train.schedule=multistep"])
+    with pytest.raises(SparseddError, match="must be a list of values like"):
+        c.load(sets=[f"model.hidden={value}"])
+    assert c.load(sets=["model.hidden=[32, 16]"]).model.hidden == (32, 16)
+    assert c.load(sets=["model.hidden=(8)"]).model.hidden == (8,)
+
+
+@pytest.mark.parametrize("where", ["file", "sweep", "api"])
+def test_a_table_nested_a_thousand_deep_is_one_line(tmp_path, capsys, where):
+    import sparsedd
+    from sparsedd.cli import main
+
+    deep = "[" + ".".join(["a"] * 1000) + "]\nv = 1\n"
+    if where == "api":
+        f = tmp_path / "deep.toml"
+        f.write_text(deep)
+        with pytest.raises(SparseddError, match="unknown config key"):
+            sparsedd.run(config=f, root=tmp_path / "runs")
+        return
+    f = tmp_path / "deep.toml"
+    f.write_text(deep if where == "file" else 'preset = "mnist1d-quick"\n' + deep.replace("[a.", "[base.a.", 1))
+    cmd = ["run", "--config", str(f)] if where == "file" else ["sweep", str(f)]
+    assert main([*cmd, "--root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and "RecursionError" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_python_api_checks_as_the_command_line_does(tmp_path):
+    import sparsedd
+
+    with pytest.raises(SparseddError, match="train.epochs must be an integer, got 2.0"):
+        sparsedd.run("mnist1d-quick", overrides={"train.epochs": 2.0}, root=tmp_path / "runs")
+    with pytest.raises(SparseddError, match="root must be a path"):
+        sparsedd.run("mnist1d-quick", root=5)
+    f = tmp_path / "a-file"
+    f.write_text("not a store")
+    with pytest.raises(SparseddError, match="is a file, not a folder"):
+        sparsedd.load(f)
+    assert not (tmp_path / "runs").exists()

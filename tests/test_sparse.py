@@ -223,3 +223,29 @@ def test_pipeline_compact_levels_equal_dense_masked(tmp_path, tiny_sets, mode):
         for k in a["model"]:
             assert torch.allclose(a["model"][k], b["model"][k], atol=1e-4), (level, k)
         assert all(torch.equal(a["mask"][k], b["mask"][k]) for k in a["mask"]), level
+
+
+@pytest.mark.parametrize("flags, seeds, want", [
+    (["--sparse", "off", "--batch", "off"], 1, {"dense-masked"}),
+    (["--sparse", "on", "--batch", "off"], 1, {"compact"}),
+    (["--sparse", "off", "--batch", "on"], 2, {"stacked"}),
+])
+def test_each_stage_records_what_computed_it(tmp_path, tiny_sets, capsys, flags, seeds, want):
+    """The measured decisions differ between machines: every stage says which execution produced it, and the
+    run says once per seed when it is not the plain dense-masked one, and why."""
+    import json
+
+    from sparsedd.cli import main
+
+    root = tmp_path / "runs"
+    assert main(["run", "--root", str(root), "--no-progress", "--seeds", str(seeds), *flags,
+                 *[a for s in tiny_sets for a in ("--set", s)]]) == 0
+    got = {json.loads(p.read_text())["metrics"]["execution"] for p in (root / "stages").glob("*/done.json")
+           if "metrics" in json.loads(p.read_text())}
+    assert got == want
+    err = capsys.readouterr().err
+    if want == {"dense-masked"}:
+        assert "execution" not in err
+    else:
+        kind = next(iter(want))
+        assert err.count(f"level 0: {kind} execution (--") == seeds

@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from .errors import SparseddError
-from .results import Results, load
+from . import results as results_mod
+from .results import Results
 
 
 def options(**values: Any):
@@ -51,7 +52,7 @@ def run(preset: str | None = None, *, config: str | Path | None = None, override
     store = _store(root, writable=True)
     run_id = run_experiment(cfg, store, preset=preset if preset or config else config_mod.DEFAULT_PRESET,
                             options=opts)
-    results = load(store.root).only([run_id])
+    results = results_mod.load(store.root).only([run_id])
     if results.runs["status"].iloc[0] == "diverged":  # a result, not an error: said as the CLI says it
         warnings.warn(f"run {run_id} diverged: {results.runs['error'].iloc[0]}", stacklevel=2)
     return results
@@ -59,10 +60,20 @@ def run(preset: str | None = None, *, config: str | Path | None = None, override
 
 def _store(root: str | Path | None, writable: bool = False):
     """The store at ``root`` once it is known to be a folder (as the CLI's ``--root``)."""
+    import os
+
     from .inputs import folder
     from .store import Store, default_root
 
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise SparseddError(f"root must be a path (a str or pathlib.Path), got {type(root).__name__} {root!r}")
     return Store(folder(root if root is not None else default_root(), "root", writable=writable))
+
+
+def load(root: str | Path | None = None) -> Results:
+    """Every run of the store at ``root`` (default ``$SPARSEDD_ROOT`` or ``./runs``) as DataFrames; a root that
+    is a file, or not a path, is a one-line :class:`SparseddError` (a folder without a store reads as empty)."""
+    return results_mod.load(_store(root).root)
 
 
 def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: dict[str, Any] | None = None,

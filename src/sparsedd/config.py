@@ -470,8 +470,7 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     if origin is tuple:
         if isinstance(value, str):
-            text = value.strip().strip("[]()")
-            value = [v for v in (p.strip() for p in text.split(",")) if v]
+            value = _list_items(key, value)
         if not isinstance(value, (list, tuple)):
             raise SparseddError(f"{key} must be a list, got {brief(value)}")
         (inner, _ellipsis) = typing.get_args(typ)
@@ -485,8 +484,8 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
     if typ is int:
         if isinstance(value, bool):
             raise SparseddError(f"{key} must be an integer, got {brief(value)}")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
+        if isinstance(value, float):  # as the command line refuses "2.0": an integer field takes integers
+            raise SparseddError(f"{key} must be an integer, got {brief(value)}")
         if not isinstance(value, int):
             try:
                 value = int(str(value))
@@ -511,15 +510,33 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
     raise TypeError(f"unsupported field type {typ} for {key}")
 
 
+def _list_items(key: str, text: str) -> list[str]:
+    """The items of a list given as text (``[1, 2]``, ``(1, 2)`` or ``1, 2``); a one-line error for anything
+    else (unbalanced or nested brackets, an empty item), so that ``[1,`` is not read as ``[1]``."""
+    t = text.strip()
+    pairs = {"[": "]", "(": ")"}
+    opened, closed = t[:1] in pairs, t[-1:] in pairs.values()
+    inner = t[1:-1] if opened and closed and pairs[t[0]] == t[-1] else t
+    parts = [p.strip() for p in inner.split(",")]
+    if (opened or closed) and inner is t or any(c in inner for c in "[]()") or (parts != [""] and "" in parts):
+        raise SparseddError(f"{key} must be a list of values like [1, 2], got {brief(text)}")
+    return [] if parts == [""] else parts
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables to dotted keys: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    """Nested tables to dotted keys: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``. Iterative, so a
+    table nested thousands deep (a malformed file) ends in an unknown-key error, not a RecursionError."""
     flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(flatten(v, key + "."))
+    stack = [(prefix, iter(tree.items()))]  # depth first, in the file's order, as a recursion would go
+    while stack:
+        at, items = stack[-1]
+        for k, v in items:
+            if isinstance(v, dict):
+                stack.append((f"{at}{k}.", iter(v.items())))
+                break
+            flat[f"{at}{k}"] = v
         else:
-            flat[key] = v
+            stack.pop()
     return flat
 
 

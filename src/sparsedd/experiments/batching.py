@@ -78,7 +78,8 @@ def train_together(group: list[Pair], store: Store, options: ExecOptions,
                                    on_epoch=lambda rows: progress.epoch(rows[0], advance_total=len(rows)))
     seconds = (time.time() - t0) / len(jobs)
     store.save_batch_result(bid, {j.sid: {"model": f, "history": r.history, "final": r.final,
-                                         "optim": r.optimizer_state, "seconds": seconds, "stacked": len(jobs)}
+                                         "optim": r.optimizer_state, "seconds": seconds, "stacked": len(jobs),
+                                         "execution": r.execution}
                                  for j, f, r in zip(jobs, finals, results)})
     ckpt.clear()
     saved = store.batch_result(bid)
@@ -105,7 +106,8 @@ def _train_group(reps: list[Replicate], jobs: list[Job], options: ExecOptions, c
 def record_from_batch(rep: Replicate, job: Job, saved: dict[str, Any]) -> None:
     model = rep.new_model(0)
     model.load_state_dict(saved["model"])
-    result = TrainResult(history=saved["history"], final=saved["final"], optimizer_state=saved["optim"])
+    result = TrainResult(history=saved["history"], final=saved["final"], optimizer_state=saved["optim"],
+                         execution=saved.get("execution", "stacked"))  # (older batch files lack it)
     rep.record(job, model, result, saved["seconds"], saved.get("stacked", 1))  # (older batch files lack it)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import RunConfig, TrainConfig
 from ..data import Dataset
+from ..errors import notice
 from ..data.noise import apply_noise
 from ..data.split import validation_split
 from ..models import MODELS, build_model
@@ -64,6 +65,7 @@ class Replicate:
         self._teachers: dict[str, torch.Tensor | nn.Module] = {}
         self.diverged: tuple[int, int] | None = None  # (level, epoch) where training diverged; the chain ends there
         self.fixed = self._fixed_weights()
+        self._execution: str | None = None  # what computed the last stage recorded (said when it changes)
 
     def _fixed_weights(self) -> int:
         """Weights prune.count = all-masked counts beside the mask (pruning.fixed_weights), from a model built
@@ -228,6 +230,7 @@ class Replicate:
         metrics.update({
             "level": job.level, "density": density(job.mask, self.fixed), "sparsity": 1.0 - density(job.mask, self.fixed),
             "remaining": remaining(job.mask, self.fixed), "sparsity_of": self.cfg.prune.count,
+            "execution": result.execution or "dense-masked",
             "layer_sparsity": layer_sparsity(job.mask),
             "distance": learning_distance(state, init, job.mask), "effective_noise": self.noise.effective_rate, "seconds": seconds,
         })
@@ -237,6 +240,7 @@ class Replicate:
         self.store.finish_stage(job.sid, {"metrics": metrics, "history": result.history})
         self._link(job.level, job.sid)
         self._note_divergence(job.level, metrics)
+        self._note_execution(job.level, metrics["execution"])
         self.progress.finished(job.name, metrics, seconds, stacked)
 
     def train_and_record(self, job: Job) -> None:
@@ -253,6 +257,23 @@ class Replicate:
         self._link(level, sid)
         self.progress.skip(self.schedule(level).epochs)
         self._note_divergence(level, info["metrics"])
+
+    def _note_execution(self, level: int, execution: str) -> None:
+        """Say once, when it changes along the chain, what computes this seed's stages and why (the measured
+        decisions of --sparse auto and --batch auto differ between machines; each stage records its own)."""
+        if execution == self._execution:
+            return
+        kind = execution.split()[-1]
+        why = None
+        if kind == "compact":
+            why = ("--sparse on" if self.options.sparse == "on" else "--sparse auto measured the live units alone "
+                   "faster at this density on this machine; --sparse off computes dense-masked")
+        elif kind == "stacked":
+            why = ("--batch on" if self.options.batch == "on" else "--batch auto measured the seeds faster as one "
+                   "computation on this machine; --batch off trains them one by one")
+        if self._execution is not None or why:
+            notice(f"seed {self.cfg.seed} level {level}: {execution} execution" + (f" ({why})" if why else ""))
+        self._execution = execution
 
     def _note_divergence(self, level: int, metrics: dict[str, Any]) -> None:
         """A stage that diverged ends the seed's chain: its weights are not finite, so no later level can

@@ -105,6 +105,7 @@ class StackedExecution:
     """K networks of one architecture as one :class:`StackedMLP` under one optimizer, for the epoch loop."""
 
     single = False
+    name = "stacked"
 
     def __init__(self, states: list[dict[str, torch.Tensor]], datas: list[TrainData], cfg: TrainConfig,
                  masks: list[dict[str, torch.Tensor]], device: str | torch.device):

@@ -126,6 +126,8 @@ class CapturedExecution(_Captured, SingleExecution):
     """One dense-masked network whose full-batch steps replay a CUDA graph (``capture``), or run the
     graph's static step eagerly (no ``capture``). The last, smaller batch of an epoch runs eagerly."""
 
+    name = "captured"
+
     def __init__(self, model, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *, order_key: tuple,
                  capture: bool, optimizer_state: dict[str, Any] | None = None, objective: Objective = Objective(),
                  accel: Accel = Accel()):
@@ -162,6 +164,8 @@ class CapturedExecution(_Captured, SingleExecution):
 class CapturedStackedExecution(_Captured, StackedExecution):
     """K stacked fully connected networks (:mod:`.batched`) whose full-batch steps replay a CUDA graph,
     or run its static step eagerly (no ``capture``); the epoch's last, smaller batch runs eagerly."""
+
+    name = "captured stacked"
 
     def __init__(self, states, datas, cfg: TrainConfig, masks, device, *, capture: bool):
         super().__init__(states, datas, cfg, masks, device)

@@ -91,6 +91,7 @@ class Execution(Protocol):
     """K networks trained together by one optimizer, as the epoch loop drives them."""
 
     k: int  # networks
+    name: str  # what computes the step, recorded with each stage: dense-masked, compact, captured, stacked, side-by-side
     n: int  # training examples
     device: torch.device
     module: nn.Module  # what a checkpoint's "model" holds
@@ -238,6 +239,10 @@ class SingleExecution:
 
     def extra_state(self) -> dict[str, Any]:
         return {"compact_kernel": self.kernel}  # a resumed stage computes as it started
+
+    @property
+    def name(self) -> str:
+        return "dense-masked" if self.kernel is None else "compact"
 
     def finish(self) -> None:
         """Back to the layout of the model we were given."""

@@ -56,6 +56,7 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
     iterations: int = 0
     optimizer_state: dict[str, Any] = field(default_factory=dict)  # at the end (e.g. to carry momentum on)
+    execution: str = ""  # what computed it (Execution.name): dense-masked, compact, captured, stacked, side-by-side
 
 
 class Checkpointer(Protocol):
@@ -201,6 +202,7 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
         if checkpoint is not None and epoch + 1 < cfg.epochs and not all(stopped) and checkpoint.due(end_of_epoch=True):
             checkpoint.save(_snapshot(ex, epoch + 1, 0, step_loss, step_hits, results))
     for i, r in enumerate(results):
+        r.execution = ex.name
         r.iterations = total_iters if not stopped[i] else r.history[-1]["epoch"] * ipe
         r.optimizer_state = ex.optimizer_state(i)
         r.final = final_metrics(r.history, r.history[-1] if r.history else ex.evaluate()[i])

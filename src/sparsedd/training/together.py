@@ -46,6 +46,7 @@ class TogetherExecution:
     """The epoch loop's view of K one-network executions stepped together."""
 
     single = False
+    name = "side-by-side"
 
     def __init__(self, parts: list[SingleExecution]):
         if len({p.n for p in parts}) != 1:
