@@ -303,3 +303,37 @@ def test_a_store_refuses_data_that_changed_under_the_same_configuration(tmp_path
     assert main([*args, "--root", str(root)]) == 0
     assert "recorded its data" not in capsys.readouterr().err  # said once
     assert read_json(record)["sha256"] == read_json(next((tmp_path / "other" / "data").glob("*.json")))["sha256"]
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, tiny_sets, capsys, monkeypatch):
+    """torch's writer turns a full disk (OSError 28) into a RuntimeError raised while handling it: the run
+    ends with one line and exit 1, and the same command afterwards finishes the run (issue 24, item 5)."""
+    import errno as errno_mod
+
+    import sparsedd.store.files as files
+    from sparsedd.cli import main
+    from sparsedd.store import Store
+
+    real_save = files.torch.save
+    calls = {"n": 0}
+
+    def filling(obj, f):
+        calls["n"] += 1
+        if calls["n"] == 4:  # a few files in: the disk fills up in the middle of a write
+            try:
+                raise OSError(errno_mod.ENOSPC, "No space left on device")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+        real_save(obj, f)
+
+    root = tmp_path / "runs"
+    args = ["run", "--root", str(root), "--no-progress", *[a for s in tiny_sets for a in ("--set", s)]]
+    monkeypatch.setattr(files.torch, "save", filling)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the disk is full at" in err and "run the same command again" in err
+    monkeypatch.setattr(files.torch, "save", real_save)
+    assert main(args) == 0
+    store = Store(root)
+    assert store.index.run_status(store.index.run_ids()[0]) == "complete"
+    assert not list(root.rglob("*.tmp"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import signal
@@ -542,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as e:  # the machine's, not the input's: a full disk, a folder we may not write, ...
+        if e.errno == errno.ENOSPC:
+            print(f"sparsedd: error: the disk is full at {e.filename or 'the results folder'}; free space and run "
+                  "the same command again (what was finished is kept)", file=sys.stderr)
+            return 1
         where = f": {e.filename}" if e.filename else ""
         print(f"sparsedd: error: {e.strerror or e}{where} (what was finished is kept; fix this and run the same "
               "command again)", file=sys.stderr)

@@ -46,10 +46,24 @@ def _temporary(path: Path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(e)
+        if cause is not None and cause is not e:  # torch's writer wraps a full disk in a RuntimeError
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     return Path(tmp)
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e`` (itself, or what it was raised from or while handling), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _atomic_write(path: Path, write) -> None:
