@@ -58,10 +58,11 @@ def fails_in_one_line(args, capsys, root: Path, words: str) -> str:
         code = main(args)
     except SystemExit as e:  # argparse's own errors
         code = e.code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("sparsedd: error: ") and "Traceback" not in err, err
     assert words in err, err
+    assert "->" not in out, out  # nothing announced before the refusal ("run ID -> ROOT")
     assert snapshot(root) == before
     return err
 

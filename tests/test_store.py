@@ -90,3 +90,22 @@ def test_buffered_index_records_writes_and_refuses_reads():
     assert index.calls == [("set_status", ("r", "complete"), {})]
     with pytest.raises(RuntimeError, match="cannot be read"):
         index.run_stages("r")
+
+
+def test_stage_files_follow_the_umask(tmp_path):
+    """A store shared with a group: files are written with the user's umask, not mkstemp's 0600 (issue 24)."""
+    import os
+    import stat
+
+    from sparsedd.store.files import save_tensors, write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_tensors(tmp_path / "b.pt", {"t": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert {"a.json", "b.pt", "b.pt.sha256"} <= set(written)  # the checksums beside them too
+    for name in written:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name

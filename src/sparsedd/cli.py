@@ -100,6 +100,7 @@ def cmd_run(args) -> int:
 
     from .distributed import from_env
     from .experiments import run
+    from .experiments.scheduler import check_declared_fit
     from .report.tables import curve_table
     from .results import run_curve
     from .store import Store
@@ -111,6 +112,7 @@ def cmd_run(args) -> int:
     dist, device = from_env(options.device)
     options = options.replace(dist=dist, device=device, progress=options.progress and dist.main)
     store = Store(root, readonly=not dist.main)
+    check_declared_fit(cfg)
     console = Console(stderr=False, quiet=not dist.main)
     line = f"run {cfg.run_id} ({preset or args.config}) -> {store.root}"
     line += f" on {dist.world} processes" if dist.active else ""

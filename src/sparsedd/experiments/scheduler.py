@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from ..config import RunConfig
 from ..data import Dataset, fingerprint, load_dataset
 from ..errors import SparseddError
+from ..data import DATASETS
 from ..models import check_takes
 from ..options import ExecOptions
 from ..store import Store
@@ -32,6 +33,13 @@ def load_data(configs: list[RunConfig], options: ExecOptions, store: Store) -> d
         check_fits(cfg, datasets[key])
     store.check_data(fingerprints)  # after every other check: a refused run writes nothing
     return datasets
+
+
+def check_declared_fit(cfg: RunConfig) -> None:
+    """The model takes the data set's declared input shape (and has the weights prune.layers names), checked
+    before anything is loaded or said: a refused pair is one line, without a "run ID -> ROOT" line first."""
+    spec = DATASETS[cfg.data.name]
+    check_takes(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes, cfg.prune.layers)
 
 
 def check_fits(cfg: RunConfig, data: Dataset) -> None:

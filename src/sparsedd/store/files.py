@@ -42,6 +42,7 @@ def _temporary(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp's 0600 would hide a store shared with a group from it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -53,6 +54,14 @@ def _temporary(path: Path, write) -> Path:
             raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     return Path(tmp)
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open`` would give a new file: 0666 less the user's umask (read without changing it
+    for good: os.umask only reads by setting)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _os_error(e: BaseException | None) -> OSError | None:
