@@ -131,11 +131,17 @@ def test_an_error_of_the_machine_is_one_line_too(monkeypatch, capsys, tmp_path):
 
     from sparsedd import cli
 
-    def full_disk(args):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "stages" / "x.pt"))
+    def failing(code, words):
+        def cmd(args):
+            raise OSError(code, words, str(tmp_path / "stages" / "x.pt"))
+        return cmd
 
-    monkeypatch.setattr(cli, "cmd_ls", full_disk)
+    monkeypatch.setattr(cli, "cmd_ls", failing(errno.ENOSPC, "No space left on device"))
     assert cli.main(["ls", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("sparsedd: error: No space left on device: ") and "x.pt" in err
+    assert err.startswith("sparsedd: error: the disk is full at ") and "x.pt; free space and run the same" in err
+    monkeypatch.setattr(cli, "cmd_ls", failing(errno.EACCES, "Permission denied"))
+    assert cli.main(["ls", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sparsedd: error: Permission denied: ") and "x.pt" in err
