@@ -516,9 +516,11 @@ def _list_items(key: str, text: str) -> list[str]:
     t = text.strip()
     pairs = {"[": "]", "(": ")"}
     opened, closed = t[:1] in pairs, t[-1:] in pairs.values()
-    inner = t[1:-1] if opened and closed and pairs[t[0]] == t[-1] else t
+    balanced = opened and closed and pairs[t[0]] == t[-1]
+    inner = t[1:-1] if balanced else t
     parts = [p.strip() for p in inner.split(",")]
-    if (opened or closed) and inner is t or any(c in inner for c in "[]()") or (parts != [""] and "" in parts):
+    unbalanced = (opened or closed) and not balanced
+    if unbalanced or any(c in inner for c in "[]()") or (parts != [""] and "" in parts):
         raise SparseddError(f"{key} must be a list of values like [1, 2], got {brief(text)}")
     return [] if parts == [""] else parts
 
