@@ -350,8 +350,7 @@ class Analyzer:
     def _random_mask_trainings(self, seed: int, level: int, sid: str, s: RandomMaskSettings) -> list[Training]:
         """The level's start weights under shuffled copies of its mask, trained as the level was."""
         rep, _, mask, _ = self.model_at(seed, sid)
-        previous = self.store.final(self.store.stage_key(sid)["parent"])["model"]
-        start = rep.start_weights(level, previous, self.links[(seed, 0)])
+        start = self.start_weights(seed, level, sid)
         key = self._sid("random-mask", sid, s)
         out = []
         for i in range(s.masks):
@@ -445,14 +444,15 @@ class Analyzer:
         retraining mode picks them, under its mask), by (seed, level); level 0 from its init."""
         out = {}
         for seed, level, sid in self.targets(None, None):
-            final, dense = self.store.final(sid), self.links[(seed, 0)]
-            if level == 0:
-                start = self.store.init(dense)
-            else:
-                previous = self.store.final(self.store.stage_key(sid)["parent"])["model"]
-                start = self.replicate(seed).start_weights(level, previous, dense)
+            final = self.store.final(sid)
+            start = self.store.init(self.links[(seed, 0)]) if level == 0 else self.start_weights(seed, level, sid)
             out[(seed, level)] = learning_distance(final["model"], start, final.get("mask"))
         return out
+
+    def start_weights(self, seed: int, level: int, sid: str) -> dict[str, torch.Tensor]:
+        """The weights pruned level ``sid`` started from, as its retraining mode picked them (before its mask)."""
+        previous = self.store.final(self.store.stage_key(sid)["parent"])["model"]
+        return self.replicate(seed).start_weights(level, previous, self.links[(seed, 0)])
 
     def _writable(self) -> bool:
         return os.access(self.store.root, os.W_OK | os.X_OK)

@@ -16,9 +16,9 @@ from torch import nn
 
 from ..config import RunConfig, TrainConfig
 from ..data import Dataset
-from ..errors import notice
 from ..data.noise import apply_noise
 from ..data.split import validation_split
+from ..errors import notice
 from ..models import MODELS, build_model
 from ..options import ExecOptions
 from ..pruning import (Count, Mask, bn_convs, density, fixed_weights, full_mask, get_strategy, gradient_saliency,
