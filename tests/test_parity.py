@@ -301,3 +301,13 @@ def test_random_mask_analysis_trains_the_start_weights_under_a_shuffled_mask(tmp
     before = sorted(p.name for p in (root / "stages").iterdir())
     assert main(args) == 0 and json.loads(capsys.readouterr().out) == rows
     assert sorted(p.name for p in (root / "stages").iterdir()) == before
+
+
+def test_rewinding_to_the_last_step_with_rest_is_refused_before_anything_is_written(tmp_path, tiny_sets, capsys):
+    """With rewind_schedule = rest a level trains from k on: k = the last step would leave none to train."""
+    from sparsedd.cli import main
+
+    sets = [*tiny_sets, "retrain.rewind_iteration=24", "retrain.rewind_schedule=rest"]  # 3 epochs of 8 steps
+    assert main(["run", "--root", str(tmp_path / "runs"), "--no-progress", *[a for s in sets for a in ("--set", s)]]) == 2
+    assert "past the end of dense training" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -48,8 +48,10 @@ def check_fits(cfg: RunConfig, data: Dataset) -> None:
     check_takes(cfg.model, tuple(data.x_train.shape[1:]), data.num_classes, cfg.prune.layers)
     if RETRAIN_MODES[cfg.retrain.mode].start == "rewind":
         total = cfg.train.epochs * iters_per_epoch(data.x_train.shape[0], cfg.train.batch_size)
-        if cfg.retrain.rewind_iteration > total:
-            raise SparseddError(f"retrain.rewind_iteration {cfg.retrain.rewind_iteration} is past the end of dense "
+        rest = cfg.retrain.rewind_schedule == "rest"  # then a level trains from k on: k must leave a step
+        if cfg.retrain.rewind_iteration > total or (rest and cfg.retrain.rewind_iteration == total):
+            where = "at or past" if rest else "past"  # (with rest, rewinding to the last step leaves none to train)
+            raise SparseddError(f"retrain.rewind_iteration {cfg.retrain.rewind_iteration} is {where} the end of dense "
                                 f"training ({total} iterations); choose a smaller value")
 
 
