@@ -48,3 +48,41 @@ def test_bench_suite_captured_columns_where_asked(capsys):
     from sparsedd.bench.suite import format_table
 
     assert "captured as CUDA graphs (no GPU: eager):" in format_table(r)
+
+
+def test_busy_cores_keeps_other_processes_busy_and_stops_them():
+    import os
+
+    from sparsedd.bench.suite import busy_cores
+
+    def children() -> set[int]:
+        found = set()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                found.add(int(pid))
+        return found
+
+    before = children()
+    with busy_cores(2):
+        during = children() - before
+        assert len(during) == 2
+    assert not (children() & during)
+
+
+def test_bench_runs_our_columns_on_the_threads_run_uses(capsys):
+    assert main(["bench", "--quick", "--rounds", "1", "--format", "json", "--busy", "1"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["meta"]["threads"] == 1 and r["meta"]["busy_processes"] == 1  # `sparsedd run`'s default for MLPs
+    assert r["lenet"]["threads"] == {"ours": 1, "reference": r["meta"]["reference_threads"]}
+    assert main(["bench", "--quick", "--rounds", "1", "--format", "json", "--threads", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["meta"]["threads"] == r["meta"]["reference_threads"] == 2
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:  # argparse's own refusal: one line, exit code 2
+        main(["bench", "--busy", "-1"])
+    assert exit_.value.code == 2 and "--busy" in capsys.readouterr().err

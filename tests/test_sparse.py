@@ -15,6 +15,14 @@ from test_training import _DyingCheckpointer, _Interrupt
 WIDTHS = (30, 24, 16, 5)
 
 
+@pytest.fixture(autouse=True)
+def _csr_on_small_blocks(monkeypatch):
+    """The test networks are tiny: their blocks take the CSR kernels wherever a test asks for them."""
+    import sparsedd.training.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "CSR_MIN_AREA", 0)
+
+
 def net(seed=0, widths=WIDTHS):
     torch.manual_seed(seed)
     return MLP(widths[0], widths[1:-1], widths[-1])
@@ -249,3 +257,103 @@ def test_each_stage_records_what_computed_it(tmp_path, tiny_sets, capsys, flags,
     else:
         kind = next(iter(want))
         assert err.count(f"level 0: {kind} execution (--") == seeds
+
+
+def test_loss_and_grad_without_autograd_equals_autograd():
+    """The trainer's compact step skips autograd; its loss and gradient are autograd's (to rounding)."""
+    model = net()
+    mask = structured_mask(model, 0.1)
+    for kernel in (0.0, 1.01):
+        compact = CompactMLP(model.state_dict(), mask, kernel_below=kernel)
+        x, y = torch.randn(23, WIDTHS[0]), torch.randint(0, WIDTHS[-1], (23,))
+        ref_loss = F.cross_entropy(compact(x), y)
+        ref_loss.backward()
+        want = compact.flat.grad.clone()
+        compact.flat.grad = None
+        loss, out = compact.loss_and_grad(x, y)
+        assert torch.allclose(loss, ref_loss, atol=1e-6) and torch.allclose(out, compact(x), atol=1e-6)
+        assert torch.allclose(compact.flat.grad, want, atol=1e-6), (compact.flat.grad - want).abs().max()
+        # the same from the inputs selected once (what a training stage does)
+        compact.flat.grad = None
+        loss2, _ = compact.loss_and_grad(compact.live_inputs(x), y, selected=True)
+        assert torch.equal(loss2, loss) and torch.allclose(compact.flat.grad, want, atol=1e-6)
+        # masked positions inside stored blocks never move off zero
+        if compact.grad_mask is not None:
+            assert not compact.flat.grad[compact.grad_mask == 0].any()
+            assert not compact.flat.detach()[compact.grad_mask == 0].any()
+
+
+def test_compact_steps_run_on_one_thread_and_give_the_threads_back():
+    """Under load, 2 threads made a compact step 4x slower (docs/performance.md): its steps run on one."""
+    from sparsedd.config import TrainConfig
+
+    cfg = TrainConfig(lr=0.05, epochs=1, batch_size=40)
+    model = net()
+    mask = structured_mask(model, 0.2)
+    seen = []
+    torch.set_num_threads(2)
+    try:
+        train(model, data(), cfg, mask, order_key=(0, "order"), sparse=SparsePolicy("on", kernel_below=0.0),
+              on_step=lambda _: seen.append(torch.get_num_threads()))
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+        seen.clear()
+        train(net(), data(), cfg, mask, order_key=(0, "order"), sparse=SparsePolicy("off"),
+              on_step=lambda _: seen.append(torch.get_num_threads()))
+        assert seen == [2, 2, 2]  # dense-masked training keeps the process's threads
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_a_checkpoint_in_an_older_compact_layout_starts_the_stage_over(tmp_path, capsys):
+    from sparsedd.config import TrainConfig
+
+    cfg = TrainConfig(lr=0.05, momentum=0.9, epochs=3, batch_size=50)
+    policy = SparsePolicy("on", kernel_below=0.0)
+    mask = structured_mask(net(), 0.2)
+    ref = net()
+    ref_res = train(ref, data(), cfg, mask, order_key=(0, "order"), sparse=policy)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(_Interrupt):
+        train(net(), data(), cfg, mask, order_key=(0, "order"), checkpoint=_DyingCheckpointer(path, 1), sparse=policy)
+    # what sparsedd 0.x wrote: a compact checkpoint without a layout (its flat vector held values only)
+    from sparsedd.store.files import load_tensors, save_tensors
+
+    state = load_tensors(path)
+    state.pop("compact_layout")
+    state["model"] = {"flat": torch.zeros(7)}
+    save_tensors(path, state)
+    model = net()
+    res = train(model, data(), cfg, mask, order_key=(0, "order"), checkpoint=FileCheckpointer(path, 1e9, 1e9),
+                sparse=policy)
+    assert "older sparsedd's layout; the stage starts again from its beginning" in capsys.readouterr().err
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert res.history == ref_res.history
+
+
+def test_measured_decisions_time_their_candidates_in_turns():
+    """A load that comes and goes while a decision is measured hits every candidate (issue 23)."""
+    from sparsedd.training.measured import interleaved_medians
+
+    calls, clock = [], iter([5.0, 1.0, 2.0, 9.0, 3.0, 1.5])
+
+    def timer(name):
+        def t():
+            calls.append(name)
+            return next(clock)
+        return t
+
+    got = interleaved_medians({"a": timer("a"), "b": timer("b")}, rounds=3)
+    assert calls == ["a", "b"] * 3
+    assert got == {"a": 3.0, "b": 1.5}  # medians of (5, 2, 3) and (1, 9, 1.5): the 9 was a passing load
+
+
+def test_small_blocks_are_multiplied_dense_whatever_their_density(monkeypatch):
+    import sparsedd.training.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "CSR_MIN_AREA", 24 * 26)
+    model = net()
+    mask = structured_mask(model, 1.0)
+    compact = CompactMLP(model.state_dict(), mask, kernel_below=1.01)
+    areas = [ix["main"].shape[0] * ix["main"].shape[1] for ix in compact.index]
+    assert compact.kernels == ["csr" if a >= 24 * 26 else "dense" for a in areas] and "dense" in compact.kernels

@@ -292,10 +292,12 @@ def cmd_bench(args) -> int:
     if args.preset is None:  # the reference benchmark
         return _bench_suite(args, options)
     from .bench.preset import bench_preset
+    from .bench.suite import busy_cores
 
     ks = _int_list(args.ks, "--ks", all_ok=False) or []
-    row = bench_preset(args.preset, sets=args.set, device=options.device, batches=args.batches,
-                       warmup=args.warmup, data_dir=options.data_dir, accel=options.accel, ks=ks)
+    with busy_cores(args.busy):
+        row = bench_preset(args.preset, sets=args.set, device=options.device, batches=args.batches,
+                           warmup=args.warmup, data_dir=options.data_dir, accel=options.accel, ks=ks)
     if args.format == "json":
         print(json.dumps(row, indent=1))
         return 0
@@ -315,7 +317,7 @@ def _bench_suite(args, options) -> int:
         raise SparseddError("--rounds must be in [1, 1000] and --steps in [2, 100000]")
     result = run_suite(quick=args.quick, device=options.device, data_dir=options.data_dir, rounds=args.rounds,
                        steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                       capture=args.capture)
+                       capture=args.capture, threads=options.threads, busy=args.busy)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
@@ -463,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--rounds", type=int, default=None, help="measurements of each figure, median taken (default 3)")
     bn.add_argument("--steps", type=int, default=None, help="training steps timed per measurement (default 60)")
     bn.add_argument("--out", default=None, help="also write the JSON result to this file")
+    bn.add_argument("--busy", type=_integer(0, 64), default=0, metavar="N",
+                    help="keep N other processes busy (one core each) while measuring: the times under load")
     bn.add_argument("--batches", type=int, default=10,
                     help="with --preset: training steps and evaluation batches timed (default 10)")
     bn.add_argument("--warmup", type=int, default=2, help="steps run before timing (default 2)")

@@ -21,9 +21,13 @@ magnitude pruning of a network trained for a few steps (not random masks: those 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any, Callable
 
@@ -41,6 +45,7 @@ from ..training.batched import train_batched
 from ..training.captured import WARMUP_STEPS
 from ..training.execution import Accel
 from ..training.measured import sync
+from ..training.measured import threads as at_threads
 from ..training.sparse import CompactMLP, SparsePolicy
 
 BATCH = 128
@@ -159,7 +164,11 @@ def _model(widths: tuple[int, ...], seed: int, device: torch.device) -> MLP:
 
 def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, ...], *, steps: int, warmup: int,
                 rounds: int, ks: tuple[int, ...], curve: bool, device: torch.device,
-                progress: Callable[[str], None], captured: bool = False) -> dict[str, Any]:
+                progress: Callable[[str], None], captured: bool = False,
+                threads: tuple[int, int] | None = None, measured: bool = True) -> dict[str, Any]:
+    """``threads``: (ours, reference) torch threads, each column run on its own (None: the process's).
+    ``measured``: the automatic decisions measured on this machine (else fixed ones: a quick check of the code)."""
+    ours_t, ref_t = threads or (torch.get_num_threads(), torch.get_num_threads())
     n = x.shape[0]
     ipe = math.ceil(n / BATCH)
     data = TrainData.clean(x, y, BATCH)
@@ -169,15 +178,17 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
     levels = [0.8 ** L for L in range(LEVELS)] if curve else []
     masks = _magnitude_masks(base, data, [1 - SPARSITY, *levels], warm_steps=min(ipe, 4 * steps))
     sparse_mask, level_masks = masks[0], masks[1:]
-    policy = SparsePolicy("auto")
-    kernel = policy.decide(base, sparse_mask, BATCH, "fp32")
+    policy = SparsePolicy("auto") if measured else SparsePolicy("auto", crossover=0.1, kernel_below=0.1)
+    with at_threads(ours_t):  # the crossover is measured (and cached) at the threads our trainer runs on
+        kernel = policy.decide(base, sparse_mask, BATCH, "fp32")
     structure = CompactMLP(base.state_dict(), sparse_mask, kernel_below=kernel or 0.0)
     total = warmup + steps
     samples: dict[str, list[float]] = {}
 
     def measure(key: str, fn: Callable[[_Timer], None], per: int = 1, warm: int = warmup) -> None:
         timer = _Timer(device, warm)
-        fn(timer)
+        with at_threads(ref_t if key in ("reference", "gemm_floor") else ours_t):
+            fn(timer)
         samples.setdefault(key, []).append(timer.per_step() / per * ipe)
 
     on = Accel(capture="on")
@@ -220,6 +231,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
         "sparse_structure": {"live_units": structure.live_units, "constant_units": structure.const_units,
                              "kernels": structure.kernels},
         "train_examples": n, "steps_per_epoch": ipe, "parameters": sum(p.numel() for p in base.parameters()),
+        "threads": {"ours": ours_t, "reference": ref_t},
     }
     if captured:  # (b') and (c'): ratios against (a) and against their eager counterparts (b) and (c)
         cap = {"single": med["captured_single"], "batched": {str(k): med[f"captured_batched_{k}"] for k in ks}}
@@ -233,10 +245,11 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
     if curve:
         from ..training.batched import batching_pays
 
-        pays = batching_pays(base, BATCH, SEEDS)
+        with at_threads(ours_t):
+            pays = batching_pays(base, BATCH, SEEDS) if measured else False
+            compacts = [policy.decide(base, m, BATCH, "fp32") is not None for m in level_masks]
         out["levels"] = []
-        for L, m in enumerate(level_masks):
-            compact = policy.decide(base, m, BATCH, "fp32") is not None
+        for L, (m, compact) in enumerate(zip(level_masks, compacts)):
             # what `sparsedd run` does with the paper's 5 seeds: compact levels one by one, the others
             # batched where batching pays on this machine (its time per model does not depend on the mask)
             five = med[f"level_{L}"] if compact or not pays else med[f"batched_{SEEDS}"]
@@ -259,10 +272,44 @@ def _mnist_like(data_dir: str | None, n: int, device: torch.device) -> tuple[tor
 
 def run_suite(*, quick: bool = False, device: str = "cpu", data_dir: str | None = None, rounds: int | None = None,
               steps: int | None = None, progress: Callable[[str], None] = lambda _: None,
-              capture: str = "auto") -> dict[str, Any]:
-    """The whole benchmark; ``quick`` makes every size tiny (for the test suite: no meaning in the times).
-    ``capture``: the captured columns (b') and (c') on a GPU (auto), never (off), or also on a CPU (on)."""
+              capture: str = "auto", threads: int = 0, busy: int = 0) -> dict[str, Any]:
+    """The whole benchmark; ``quick`` makes every size tiny and fixes the automatic decisions instead of
+    measuring them (for the test suite: no meaning in the times).
+    ``capture``: the captured columns (b') and (c') on a GPU (auto), never (off), or also on a CPU (on).
+    ``threads``: torch threads of every column (0: ours as ``sparsedd run`` trains these models, the
+    reference loop at torch's default). ``busy``: processes kept busy (one core each) while it runs."""
+    with busy_cores(busy):
+        return _suite(quick=quick, device=device, data_dir=data_dir, rounds=rounds, steps=steps, progress=progress,
+                      capture=capture, threads=threads, busy=busy)
+
+
+@contextlib.contextmanager
+def busy_cores(count: int):
+    """``count`` other processes, each spinning on a core, for the duration (a machine someone else uses)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _threads(threads: int, device: torch.device) -> tuple[int, int]:
+    """(ours, reference) thread counts for the fully connected models of this benchmark."""
+    from ..options import ExecOptions
+
+    if threads:
+        return threads, threads
+    ours = ExecOptions(device=device.type).threads_for("mlp") or torch.get_num_threads()
+    return ours, torch.get_num_threads()
+
+
+def _suite(*, quick: bool, device: str, data_dir: str | None, rounds: int | None, steps: int | None,
+           progress: Callable[[str], None], capture: str, threads: int, busy: int) -> dict[str, Any]:
     dev = torch.device(device)
+    thread_counts = _threads(threads, dev)
     captured = capture == "on" or (capture == "auto" and dev.type == "cuda")
     rounds = rounds or (1 if quick else 3)
     steps = steps or (2 if quick else 60)
@@ -273,10 +320,11 @@ def run_suite(*, quick: bool = False, device: str = "cpu", data_dir: str | None 
     d1 = load_dataset(DataConfig(name="mnist1d", num_train=n_1d or 8000, num_test=BATCH if quick else 4000),
                       data_dir=data_dir, device=dev)
     lenet = bench_model("lenet", x, y, (784, 300, 100, 10), steps=steps, warmup=warmup, rounds=rounds, ks=ks,
-                        curve=True, device=dev, progress=progress, captured=captured)
+                        curve=True, device=dev, progress=progress, captured=captured, threads=thread_counts,
+                        measured=not quick)
     mlp = bench_model("mnist1d_mlp", d1.x_train, d1.y_train, (d1.x_train.shape[1], 256, 256, 10), steps=steps,
                       warmup=warmup, rounds=rounds, ks=ks, curve=False, device=dev, progress=progress,
-                      captured=captured)
+                      captured=captured, threads=thread_counts, measured=not quick)
     ours = sum(level["s"] for level in lenet["levels"])
     ours_5 = sum(level["s_per_model_5_seeds"] for level in lenet["levels"])
     reference = LEVELS * lenet["reference_s"]
@@ -284,7 +332,8 @@ def run_suite(*, quick: bool = False, device: str = "cpu", data_dir: str | None 
         "lenet": lenet, "mnist1d_mlp": mlp,
         "curve": {"reference_s": reference, "ours_s": ours, "speedup": reference / ours,
                   "ours_5_seeds_s_per_model": ours_5, "speedup_5_seeds": reference / ours_5},
-        "meta": {"quick": quick, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "meta": {"quick": quick, "device": str(dev), "threads": thread_counts[0], "reference_threads": thread_counts[1],
+                 "busy_processes": busy, "cores": os.cpu_count(), "torch": torch.__version__,
                  "rounds": rounds, "steps_timed": steps, "warmup_steps": warmup, "mnist_real_data": real,
                  "batch_size": BATCH, "lr": LR, "captured": captured,
                  "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"},
@@ -303,8 +352,11 @@ TARGETS = [  # (label, value from the result, at least)
 
 
 def format_table(r: dict[str, Any]) -> str:
-    lines = [f"seconds per model-epoch ({r['meta']['device']}, {r['meta']['threads']} threads, "
-             f"median of {r['meta']['rounds']} rounds of {r['meta']['steps_timed']} steps)", ""]
+    meta = r["meta"]
+    load = f", {meta['busy_processes']} other process(es) busy" if meta.get("busy_processes") else ", no other load"
+    lines = [f"seconds per model-epoch ({meta['device']}, ours on {meta['threads']} thread(s), (a) on "
+             f"{meta.get('reference_threads', meta['threads'])}{load}, "
+             f"median of {meta['rounds']} rounds of {meta['steps_timed']} steps)", ""]
     lines.append(f"{'':>14} {'(a) reference':>14} {'(b) single':>12} {'(c) K=8':>10} {'(c) K=32':>10} {'(d) 98.8%':>10}")
     for key in ("lenet", "mnist1d_mlp"):
         m = r[key]

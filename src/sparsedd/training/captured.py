@@ -153,7 +153,7 @@ class CapturedExecution(_Captured, SingleExecution):
 
     def _static_step(self) -> None:
         """The step the graph holds: reads only the static inputs, writes the static outputs."""
-        xb, yb = self.data.x[self.idx], self.data.y[self.idx]
+        xb, yb = self.data.x.index_select(0, self.idx), self.data.y.index_select(0, self.idx)
         if self.data.augment != "none":
             xb = crop_flip_apply(xb, self.draws, PADDING)
         loss, hits = self.train_on(xb, yb, self.idx, self.batch)

@@ -12,6 +12,7 @@ could be captured once and replayed (CUDA graphs); the loss and hit count stay o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ..distributed import SINGLE, Dist
 from ..errors import notice
 from ..rng import generator
 from .optim import build_optimizer
+from .sparse import LAYOUT, compact_threads
 
 if TYPE_CHECKING:
     from .loop import TrainData
@@ -45,8 +47,9 @@ class Accel:
 def autocast(precision: str, device: torch.device):
     """bf16 autocast of the forward pass, or a no-op for fp32. Without autocast's cache of cast weights,
     which a captured step (CUDA graph) cannot hold; each weight is cast once per forward pass anyway."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
-                          cache_enabled=False)
+    if precision != "bf16":  # entering a disabled autocast costs a few microseconds per step
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 @dataclass
@@ -180,6 +183,10 @@ class SingleExecution:
         if optimizer_state:
             self.opt.load_state_dict(optimizer_state)
         self.n, self.device = data.n, data.x.device
+        # a compact network reads few inputs: select them once, not at every step (not under augmentation,
+        # which works on whole images)
+        self.inputs = self.compact.live_inputs(data.x) if self.compact is not None and data.augment == "none" else None
+        self.threads = compact_threads(self.compact, cfg.batch_size) if self.compact is not None else None
 
     def apply_masks(self) -> None:
         multiply_(self.masked, self.mask_f)
@@ -192,15 +199,23 @@ class SingleExecution:
         idx = idx[0]
         global_n = idx.shape[0]
         idx = self.dist.local_slice(idx)
-        xb, yb = self.data.x[idx], self.data.y[idx]
+        yb = self.data.y.index_select(0, idx)  # index_select: on a CPU several times faster than x[idx]
+        if self.inputs is not None:
+            return self.train_on(self.inputs.index_select(0, idx), yb, idx, global_n, selected=True)
+        xb = self.data.x.index_select(0, idx)
         if self.data.augment != "none":
             xb = augment_batch(self.data.augment, xb, generator(*self.order_key, "augment", epoch, step))
         return self.train_on(xb, yb, idx, global_n)
 
     def train_on(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
-                 global_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 global_n: int, selected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The optimizer step on a gathered (and augmented) batch: the examples ``idx`` of a global batch
-        of ``global_n``; the summed loss and hits, on the device."""
+        of ``global_n``; the summed loss and hits, on the device. ``selected``: ``xb`` holds a compact
+        network's live inputs only."""
+        if self.compact is not None:  # plain cross-entropy in fp32, one process (what compact execution allows)
+            loss, out = self.compact.loss_and_grad(xb, yb, selected)
+            self.opt.step()
+            return loss * yb.shape[0], (out.argmax(1) == yb).sum()
         if self.accel.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(self.cfg.precision, xb.device):
@@ -238,7 +253,8 @@ class SingleExecution:
         return self.compact.optimizer_state_to_dense(state) if self.compact is not None else state
 
     def extra_state(self) -> dict[str, Any]:
-        return {"compact_kernel": self.kernel}  # a resumed stage computes as it started
+        # a resumed stage computes as it started, in the layout its checkpoint holds
+        return {"compact_kernel": self.kernel, "compact_layout": LAYOUT if self.kernel is not None else None}
 
     @property
     def name(self) -> str:
@@ -248,6 +264,11 @@ class SingleExecution:
         """Back to the layout of the model we were given."""
         if self.compact is not None:
             self.outer.load_state_dict(self.compact.dense_state())
+
+
+def stale_compact(saved: dict[str, Any] | None) -> bool:
+    """Whether a checkpoint holds a compact network in a layout this version does not read."""
+    return saved is not None and saved.get("compact_kernel") is not None and saved.get("compact_layout") != LAYOUT
 
 
 def prepare_single(model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *,

@@ -19,9 +19,10 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..distributed import SINGLE, Dist
-from ..errors import SparseddError
+from ..errors import SparseddError, notice
 from ..rng import generator
-from .execution import Accel, Execution, Objective, autocast, prepare_single
+from .execution import Accel, Execution, Objective, autocast, prepare_single, stale_compact
+from .measured import threads
 from .schedule import lr_at
 
 if TYPE_CHECKING:
@@ -138,12 +139,33 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
     ``objective``: what the loss adds to the cross-entropy (distance penalty, distillation).
     """
     saved = checkpoint.load() if checkpoint is not None else None  # checkpointers keep what they load
+    if stale_compact(saved):
+        notice("this stage's checkpoint holds a compact network in an older sparsedd's layout; "
+               "the stage starts again from its beginning")
+        saved, checkpoint = None, _Fresh(checkpoint)
     execution = prepare_single(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, sparse=sparse,
                                saved=saved, optimizer_state=optimizer_state, objective=objective)
-    [result] = run_epochs(execution, cfg, [order_key], checkpoint=checkpoint, stop_iteration=stop_iteration,
-                          on_epoch=None if on_epoch is None else lambda rows: on_epoch(rows[0]), on_step=on_step)
+    with threads(getattr(execution, "threads", None)):  # a compact network's steps may run on fewer threads
+        [result] = run_epochs(execution, cfg, [order_key], checkpoint=checkpoint, stop_iteration=stop_iteration,
+                              on_epoch=None if on_epoch is None else lambda rows: on_epoch(rows[0]), on_step=on_step)
     execution.finish()
     return result
+
+
+class _Fresh:
+    """A checkpointer whose saved state is not used: the stage starts over and saves as usual."""
+
+    def __init__(self, inner: Checkpointer):
+        self.inner = inner
+
+    def load(self) -> dict[str, Any] | None:
+        return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.inner.save(state)
+
+    def due(self, end_of_epoch: bool) -> bool:
+        return self.inner.due(end_of_epoch)
 
 
 def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], *,

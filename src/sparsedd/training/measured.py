@@ -8,6 +8,7 @@ atomically; a read-only or corrupt cache only costs a new measurement.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -76,3 +77,29 @@ def cached(name: str, key: str, measure: Callable[[], dict[str, Any]], cache_dir
     except OSError:
         pass
     return found
+
+
+@contextlib.contextmanager
+def threads(count: int | None):
+    """torch's CPU threads set to ``count`` inside the block (None: unchanged), then restored."""
+    before = torch.get_num_threads()
+    if count is not None and count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def interleaved_medians(timers: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:
+    """Each timer's median over ``rounds`` rounds, the timers taking turns within a round: a load that
+    comes and goes while a decision is measured slows all candidates alike, rather than deciding for
+    the one timed while it lasted."""
+    import statistics
+
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    return {name: statistics.median(v) for name, v in times.items()}

@@ -28,10 +28,11 @@ when to use it share the same private structure of live blocks.)
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from torch import nn
 from ..errors import SparseddError
 from ..models.mlp import MLP
 from ..pruning.mask import density
-from .measured import cached, machine_key, sync
+from .measured import cached, interleaved_medians, machine_key, sync, threads
 
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -63,35 +64,49 @@ def _csr_structure(rows: torch.Tensor, cols: torch.Tensor, n_out: int, n_in: int
 
 
 class _Part:
-    """The mask's entries of one weight inside a block (rows x cols): flat indices into the full
-    weight and positions inside the block, both in row-major order."""
+    """The mask's entries of one weight inside a block (rows x cols), stored either as the whole block
+    (``block``: every position, the masked ones held at zero; products are plain dense products) or as
+    the unmasked values only (for the CSR kernels). ``full_index``: each stored entry's flat index into
+    the full weight; ``live``: which stored entries are unmasked (all of them for a value vector)."""
 
-    def __init__(self, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+    def __init__(self, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, block: bool):
         sub = mask[rows][:, cols]
-        r, c = sub.nonzero(as_tuple=True)
-        self.r, self.c = r, c
         self.shape = (int(rows.numel()), int(cols.numel()))
+        self.block = block
+        self.nnz = int(sub.sum())
+        if block:
+            r = torch.arange(self.shape[0], device=mask.device).repeat_interleave(self.shape[1])
+            c = torch.arange(self.shape[1], device=mask.device).repeat(self.shape[0])
+            self.live = sub.flatten()
+        else:
+            r, c = sub.nonzero(as_tuple=True)
+            self.live = torch.ones(r.numel(), dtype=torch.bool, device=mask.device)
+        self.r, self.c = r, c  # block coordinates of each stored entry, row-major
         self.full_index = rows[r] * mask.shape[1] + cols[c]
-        self.pos = r * self.shape[1] + c
-        self.full_block = int(r.numel()) == self.shape[0] * self.shape[1]
 
     @property
-    def nnz(self) -> int:
-        return int(self.r.numel())
+    def size(self) -> int:
+        return int(self.full_index.numel())
 
     @property
     def density(self) -> float:
-        size = self.shape[0] * self.shape[1]
-        return self.nnz / size if size else 0.0
+        area = self.shape[0] * self.shape[1]
+        return self.nnz / area if area else 0.0
 
-    def dense(self, values: torch.Tensor) -> torch.Tensor:
-        if self.full_block:
-            return values.view(self.shape)
-        return values.new_zeros(self.shape[0] * self.shape[1]).index_put((self.pos,), values).view(self.shape)
+    def dense(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored.view(self.shape)  # block storage only
 
+
+# A live block smaller than this (outputs x inputs) is multiplied dense whatever its density: a small
+# dense product beats the CSR kernels' fixed costs. Measured on LeNet-300-100 levels (1 thread, batch
+# 128): CSR won on blocks of 294x676 and 262x399 at 5% and 3% density, dense won on 185x256 and smaller
+# (docs/performance.md). The crossover measurement times full-size blocks only, hence this floor.
+# (It decides a compact checkpoint's layout: a change of it is a change of LAYOUT.)
+CSR_MIN_AREA = 2 ** 16
 
 # the parts of one layer, in this order, inside the one flat parameter
 PARTS = ("main", "const_in", "const_out", "inert", "bias_live", "bias_const", "bias_inert")
+LAYOUT = 3  # the flat parameter's layout, saved with a compact stage's checkpoints (2: values only, no blocks)
 
 
 class CompactMLP(nn.Module):
@@ -100,14 +115,18 @@ class CompactMLP(nn.Module):
     Each layer's unmasked weights are split into four parts: the live block (live outputs x live
     inputs), constant inputs into live outputs, constant inputs into constant outputs, and the rest
     (``inert``: weights of dead units, which get a zero gradient but which the optimizer still decays
-    as it would in the dense-masked network); biases are split the same way. All parts of all layers
+    as it would in the dense-masked network); biases are split the same way. The blocks are stored
+    whole (masked positions at zero, their gradient masked in the backward pass, so that they stay
+    zero), except a live block under the CSR threshold, stored as its values. All parts of all layers
     are one flat parameter, and forward and backward are written out in one autograd function, so a
-    step costs a few dozen tensor operations whatever the architecture: at high sparsity the
-    per-operation overhead, not arithmetic, is what a step costs.
+    step costs a few tensor operations per layer: at high sparsity the per-operation overhead, not
+    arithmetic, is what a step costs.
     """
 
-    def __init__(self, state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], kernel_below: float = 0.0):
+    def __init__(self, state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], kernel_below: float = 0.0,
+                 csr_min_area: int | None = None):
         super().__init__()
+        csr_min_area = CSR_MIN_AREA if csr_min_area is None else csr_min_area
         for n in mask:
             if not n.endswith(".weight"):
                 raise SparseddError(f"sparse execution masks weights only, not {n}")
@@ -136,11 +155,15 @@ class CompactMLP(nn.Module):
         self.index: list[dict[str, Any]] = []
         self.slices: list[dict[str, tuple[int, int]]] = []
         self.csr: list[Any] = []
-        chunks, offset = [], 0
+        chunks, lives, offset = [], [], 0
         for i in range(depth):
             idx = lambda v: v.nonzero().flatten()  # noqa: E731
             li, lo, ci, co = idx(live[i]), idx(live[i + 1]), idx(const[i]), idx(const[i + 1])
-            main, cin, cout = _Part(masks[i], lo, li), _Part(masks[i], lo, ci), _Part(masks[i], co, ci)
+            sub = masks[i][lo][:, li]
+            area = int(sub.numel())
+            use_csr = area >= csr_min_area and int(sub.sum()) > 0 and int(sub.sum()) / area < kernel_below
+            main = _Part(masks[i], lo, li, block=not use_csr)
+            cin, cout = _Part(masks[i], lo, ci, block=True), _Part(masks[i], co, ci, block=True)
             covered = torch.zeros(masks[i].numel(), dtype=torch.bool, device=device)
             for part in (main, cin, cout):
                 covered[part.full_index] = True
@@ -150,15 +173,38 @@ class CompactMLP(nn.Module):
             self.index.append({"main": main, "const_in": cin, "const_out": cout, "inert": inert,
                                "bias_live": lo, "bias_const": co, "bias_inert": b_rest})
             sl = {}
-            for name, t in zip(PARTS, (flat_w[main.full_index], flat_w[cin.full_index], flat_w[cout.full_index],
-                                       flat_w[inert], bias[lo], bias[co], bias[b_rest])):
+            ones = lambda n: torch.ones(n, dtype=torch.bool, device=device)  # noqa: E731
+            for name, t, alive in zip(PARTS, (flat_w[main.full_index], flat_w[cin.full_index], flat_w[cout.full_index],
+                                              flat_w[inert], bias[lo], bias[co], bias[b_rest]),
+                                      (main.live, cin.live, cout.live, ones(inert.numel()), ones(lo.numel()),
+                                       ones(co.numel()), ones(b_rest.numel()))):
                 sl[name] = (offset, offset + t.numel())
                 offset += t.numel()
                 chunks.append(t)
+                lives.append(alive)
             self.slices.append(sl)
-            use_csr = main.nnz > 0 and main.density < kernel_below
             self.csr.append(_csr_structure(main.r, main.c, *main.shape) if use_csr else None)
-        self.flat = nn.Parameter(torch.cat(chunks).clone())
+        alive = torch.cat(lives)
+        # the masked positions inside stored blocks: zero, and their gradient masked (None where there are none)
+        self.grad_mask = None if bool(alive.all()) else alive.to(weights[0].dtype)
+        flat = torch.cat(chunks)
+        self.flat = nn.Parameter(flat * self.grad_mask if self.grad_mask is not None else flat.clone())
+
+        self._views: _Views | None = None
+        self._grad: _Views | None = None
+
+    def views_of(self, flat: torch.Tensor) -> "_Views":
+        """The parameter's parts as views (remade only if its storage moved, e.g. by ``.to``)."""
+        if self._views is None or self._views.ptr != flat.data_ptr():
+            self._views = _Views(self, flat.detach())
+        return self._views
+
+    def grad_views(self) -> "_Views":
+        if self._grad is None or self._grad.flat.shape != self.flat.shape or self._grad.flat.device != self.flat.device:
+            buf = torch.zeros_like(self.flat, requires_grad=False).detach()
+            self._grad = _Views(self, buf)
+            self._grad.flat = buf
+        return self._grad
 
     @property
     def kernels(self) -> list[str]:
@@ -168,11 +214,35 @@ class CompactMLP(nn.Module):
         a, b = self.slices[i][name]
         return t[a:b]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # activations are kept feature-major ([units, batch]): the CSR kernels are fastest that way
-        h = x.flatten(1).t()
-        h = h.contiguous() if self.all_inputs else h[self.in_idx]
-        return _CompactFn.apply(h, self.flat, self).t().contiguous()  # argmax on a transposed view is slow
+    def live_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The inputs the network reads, [N, live inputs]: select them once for a whole data set, then
+        call the network on rows of it with ``selected=True`` (a view where it reads every input)."""
+        x = x.flatten(1)
+        return x if self.all_inputs else x.index_select(1, self.in_idx)
+
+    def forward(self, x: torch.Tensor, selected: bool = False) -> torch.Tensor:
+        # activations are kept feature-major ([units, batch]): the CSR kernels are fastest that way (a
+        # transposed view costs the dense products nothing); the output is batch-major, [batch, classes]
+        h = x.t() if selected else x.flatten(1).t()
+        return _CompactFn.apply(h if selected or self.all_inputs else h[self.in_idx], self.flat, self)
+
+    @torch.no_grad()
+    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, selected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean cross-entropy on ``(x, y)`` and the logits, with the parameter's gradient set, without
+        autograd: at high sparsity its graph and engine cost about as much as the products themselves."""
+        h = x.t() if selected else x.flatten(1).t()
+        out, saved = _forward(self, h if selected or self.all_inputs else h[self.in_idx], self.flat)
+        logp = torch.log_softmax(out, 1)
+        loss = F.nll_loss(logp, y)
+        g = logp.exp_()  # d loss / d out = (softmax - one hot) / batch
+        g.scatter_add_(1, y.unsqueeze(1), g.new_full((y.shape[0], 1), -1.0)).div_(y.shape[0])
+        self.flat.grad = _backward(self, self.flat, saved, g)
+        return loss, out
+
+    @property
+    def step_products(self) -> int:
+        """Multiply-adds per example of the live blocks' forward product (the work a step grows with)."""
+        return sum(ix["main"].nnz if c is not None else ix["main"].size for ix, c in zip(self.index, self.csr))
 
     # --- conversions to and from the MLP layout (parameter order w0, b0, w1, b1, ...)
     def _weight_indices(self, i: int) -> list[torch.Tensor]:
@@ -194,12 +264,13 @@ class CompactMLP(nn.Module):
         return w.view(self.shapes[i]), b
 
     def _from_full(self, tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """The flat tensor from each layer's (weight, bias)."""
+        """The flat tensor from each layer's (weight, bias); masked positions of stored blocks at zero."""
         out = []
         for i, (w, b) in enumerate(tensors):
             w, b = w.flatten().to(self.flat.device), b.to(self.flat.device)
             out += [w[j] for j in self._weight_indices(i)] + [b[j] for j in self._bias_indices(i)]
-        return torch.cat(out)
+        flat = torch.cat(out)
+        return flat * self.grad_mask if self.grad_mask is not None else flat
 
     def dense_state(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -224,6 +295,9 @@ class CompactMLP(nn.Module):
         return {"state": state, "param_groups": groups}
 
     def optimizer_state_from_dense(self, opt_state: dict[str, Any]) -> dict[str, Any]:
+        """The MLP-layout optimizer state in the flat layout; masked weights' state is dropped (set to
+        zero inside stored blocks), as their weights are: a masked weight's momentum moves nothing in
+        the dense-masked network, whose weights are masked again after every step."""
         entries = [opt_state["state"].get(j) for j in range(2 * self.depth)]
         state = {}
         if all(e is not None for e in entries):
@@ -239,86 +313,136 @@ class CompactMLP(nn.Module):
         return {"state": state, "param_groups": groups}
 
 
+def _relu_grad(grad: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """relu's backward in one operation (``act``: relu's input or output)."""
+    return torch.ops.aten.threshold_backward.default(grad, act, 0)
+
+
+def _relu_grad_into(grad: torch.Tensor, act: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.threshold_backward.grad_input(grad, act, 0, grad_input=out)
+
+
+class _Views:
+    """Each layer's parts of one flat tensor as views, blocks in their shapes (made once per tensor: a
+    step then spends no operations on slicing)."""
+
+    def __init__(self, net: "CompactMLP", t: torch.Tensor):
+        self.ptr = t.data_ptr()
+        self.layers = []
+        for i, ix in enumerate(net.index):
+            v = {name: net.part(t, i, name) for name in PARTS}
+            for name in ("main", "const_in", "const_out"):
+                if ix[name].block:
+                    v[name] = v[name].view(ix[name].shape)
+            v["bias_live_col"] = v["bias_live"].unsqueeze(1)
+            self.layers.append(v)
+
+
+def _forward(net: "CompactMLP", h: torch.Tensor, flat: torch.Tensor):
+    """The output [batch, classes] from the live inputs ``h`` [units, batch], and what the backward
+    pass reads: each layer's input activations, constant units and their pre-activations."""
+    w = net.views_of(flat)
+    acts, consts, pres = [h], [None], [None]
+    c = None
+    for i, (ix, v, csr) in enumerate(zip(net.index, w.layers, net.csr)):
+        bias = v["bias_live_col"]
+        if c is not None and ix["const_in"].nnz:
+            bias = torch.addmv(v["bias_live"], v["const_in"], c).unsqueeze(1)
+        last = i + 1 == net.depth
+        if csr is not None:
+            z = torch.sparse.mm(_csr(csr[0], csr[1], v["main"], ix["main"].shape), h.contiguous())
+            z += bias
+            if last:
+                z = z.t().contiguous()
+        elif last:  # batch-major: the loss reads it as it is
+            z = torch.addmm(bias.t(), h.t(), v["main"].t())
+        else:
+            z = torch.addmm(bias, v["main"], h)
+        c_next = pre = None
+        if ix["bias_const"].numel():
+            pre = v["bias_const"]
+            if c is not None and ix["const_out"].nnz:
+                pre = torch.addmv(pre, v["const_out"], c)
+            c_next = torch.relu(pre)
+        h = z if last else torch.relu_(z)
+        acts.append(h)
+        consts.append(c_next)
+        pres.append(pre)
+        c = c_next
+    return h, (acts[:-1], consts, pres)
+
+
+def _backward(net: "CompactMLP", flat: torch.Tensor, saved, g: torch.Tensor) -> torch.Tensor:
+    """The gradient of the flat parameter from the output's gradient ``g`` [batch, classes], written into
+    the one buffer the network keeps: every part a step writes is written whole at every step, and
+    the others stay zero."""
+    acts, consts, pres = saved
+    w, gv = net.views_of(flat), net.grad_views()
+    dz = g.t()  # the output's gradient, feature-major (a view)
+    if net.csr[-1] is not None:
+        dz = dz.contiguous()
+    dc = None  # gradient of the constant units of the current layer's output
+    for i in reversed(range(net.depth)):
+        ix, v, out, csr = net.index[i], w.layers[i], gv.layers[i], net.csr[i]
+        h_in, c_in = acts[i], consts[i]
+        s = torch.sum(dz, 1, out=out["bias_live"])
+        if csr is not None:
+            sampled = torch.sparse.sampled_addmm(_csr(csr[0], csr[1], v["main"], ix["main"].shape), dz, h_in.t(),
+                                                 beta=0.0)
+            out["main"].copy_(sampled.values())
+        elif ix["main"].nnz:
+            torch.mm(dz, h_in.t(), out=out["main"])
+        dc_in = None
+        if c_in is not None and ix["const_in"].nnz:
+            torch.outer(s, c_in, out=out["const_in"])
+            dc_in = torch.mv(v["const_in"].t(), s)
+        if dc is not None and pres[i + 1] is not None:
+            dpre = _relu_grad_into(dc, pres[i + 1], out["bias_const"])
+            if c_in is not None and ix["const_out"].nnz:
+                torch.outer(dpre, c_in, out=out["const_out"])
+                more = torch.mv(v["const_out"].t(), dpre)
+                dc_in = more if dc_in is None else dc_in.add_(more)
+        if i > 0:
+            if csr is not None:
+                crow_t, col_t, perm = csr[2:]
+                wt = _csr(crow_t, col_t, v["main"][perm], (ix["main"].shape[1], ix["main"].shape[0]))
+                dh = torch.sparse.mm(wt, dz)
+            else:
+                dh = v["main"].t() @ dz
+            dz = _relu_grad(dh, acts[i])
+        dc = dc_in
+    if net.grad_mask is not None:  # the masked positions inside stored blocks stay at zero
+        gv.flat.mul_(net.grad_mask)
+    return gv.flat
+
+
 class _CompactFn(torch.autograd.Function):
-    """Forward and backward of a :class:`CompactMLP` in one autograd node (activations [units, batch])."""
+    """:func:`_forward` and :func:`_backward` as one autograd node (autograd copies the gradient into ``.grad``)."""
 
     @staticmethod
     def forward(ctx, h, flat, net: CompactMLP):
-        acts, consts, pres, blocks = [h], [None], [None], []
-        c = None
-        for i in range(net.depth):
-            ix = net.index[i]
-            main = ix["main"]
-            if net.csr[i] is not None:
-                crow, col = net.csr[i][:2]
-                z = torch.sparse.mm(_csr(crow, col, net.part(flat, i, "main"), main.shape), h)
-                blocks.append(None)
-            else:
-                w = main.dense(net.part(flat, i, "main"))
-                blocks.append(w)
-                z = w @ h
-            bias = net.part(flat, i, "bias_live")
-            if c is not None and ix["const_in"].nnz:
-                bias = bias + ix["const_in"].dense(net.part(flat, i, "const_in")) @ c
-            z += bias.unsqueeze(1)
-            c_next = pre = None
-            if ix["bias_const"].numel():
-                pre = net.part(flat, i, "bias_const")
-                if c is not None and ix["const_out"].nnz:
-                    pre = pre + ix["const_out"].dense(net.part(flat, i, "const_out")) @ c
-                c_next = torch.relu(pre)
-            h = torch.relu_(z) if i + 1 < net.depth else z
-            acts.append(h)
-            consts.append(c_next)
-            pres.append(pre)
-            c = c_next
-        # not the output itself (acts[-1]): kept on ctx, it would make a reference cycle with this node
-        ctx.net, ctx.acts, ctx.consts, ctx.pres, ctx.blocks = net, acts[:-1], consts, pres, blocks
+        out, saved = _forward(net, h, flat)
+        # not the output itself: kept on ctx, it would make a reference cycle with this node
+        ctx.net, ctx.saved = net, saved
         ctx.save_for_backward(flat)
-        return h
+        return out
 
     @staticmethod
     def backward(ctx, g):
         (flat,) = ctx.saved_tensors
-        net, acts, consts, pres, blocks = ctx.net, ctx.acts, ctx.consts, ctx.pres, ctx.blocks
-        grad = torch.zeros_like(flat)
-        dz = g.contiguous()
-        dc = None  # gradient of the constant units of the current layer's output
-        for i in reversed(range(net.depth)):
-            ix = net.index[i]
-            main = ix["main"]
-            h_in, c_in = acts[i], consts[i]
-            s = dz.sum(1)
-            net.part(grad, i, "bias_live").copy_(s)
-            if net.csr[i] is not None:
-                crow, col, crow_t, col_t, perm = net.csr[i]
-                values = net.part(flat, i, "main")
-                gv = torch.sparse.sampled_addmm(_csr(crow, col, values, main.shape), dz, h_in.t(), beta=0.0)
-                net.part(grad, i, "main").copy_(gv.values())
-            elif main.nnz:
-                gw = dz @ h_in.t()
-                net.part(grad, i, "main").copy_(gw.flatten() if main.full_block else gw.flatten()[main.pos])
-            dc_in = None
-            if c_in is not None and ix["const_in"].nnz:
-                net.part(grad, i, "const_in").copy_(torch.outer(s, c_in).flatten()[ix["const_in"].pos])
-                dc_in = ix["const_in"].dense(net.part(flat, i, "const_in")).t() @ s
-            if dc is not None and pres[i + 1] is not None:
-                dpre = dc * (pres[i + 1] > 0)
-                net.part(grad, i, "bias_const").copy_(dpre)
-                if c_in is not None and ix["const_out"].nnz:
-                    net.part(grad, i, "const_out").copy_(torch.outer(dpre, c_in).flatten()[ix["const_out"].pos])
-                    more = ix["const_out"].dense(net.part(flat, i, "const_out")).t() @ dpre
-                    dc_in = more if dc_in is None else dc_in + more
-            if i > 0:
-                if net.csr[i] is not None:
-                    crow, col, crow_t, col_t, perm = net.csr[i]
-                    wt = _csr(crow_t, col_t, net.part(flat, i, "main")[perm], (main.shape[1], main.shape[0]))
-                    dh = torch.sparse.mm(wt, dz)
-                else:
-                    dh = blocks[i].t() @ dz
-                dz = dh.mul_(acts[i] > 0)
-            dc = dc_in
-        return None, grad, None
+        return None, _backward(ctx.net, flat, ctx.saved, g), None
+
+
+# Below this many multiply-adds per step, a compact step runs on one thread: its products are too small
+# to share out, and each of its many small parallel regions would wait on the slowest thread (with
+# another process busy on one of 2 cores, 2 threads made a 98.8%-sparse LeNet step 4x slower, and 1
+# thread left it as fast as on a quiet machine: docs/performance.md).
+ONE_THREAD_BELOW = 2 ** 25
+
+
+def compact_threads(compact, batch_size: int) -> int | None:
+    """The thread count a compact network's steps run on (None: the process's own)."""
+    return 1 if compact.step_products * batch_size < ONE_THREAD_BELOW else None
 
 
 def compactable(model: nn.Module, mask: dict[str, torch.Tensor]) -> bool:
@@ -384,12 +508,20 @@ def crossover_for(widths: tuple[int, ...], batch_size: int, device: torch.device
 
 
 DENSITIES = tuple(0.8 ** k for k in range(0, 25, 2))
-IMPLEMENTATION = 2  # part of the cache key: a faster or slower compact implementation moves the crossover
+IMPLEMENTATION = 4  # part of the cache key: a faster or slower compact implementation moves the crossover
 
 
-def _step_time(net: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
-               masked: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> float:
+def _stepper(net: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             masked: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> Callable[[], None]:
+    """One training step as the trainer takes it (a compact network's without autograd)."""
     opt = torch.optim.SGD(params, lr=0.01)
+
+    if isinstance(net, CompactMLP):
+        def compact_step():
+            net.loss_and_grad(x, y)
+            opt.step()
+
+        return compact_step
 
     def step():
         loss = F.cross_entropy(net(x), y)
@@ -402,21 +534,28 @@ def _step_time(net: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: t
             with torch.no_grad():
                 torch._foreach_mul_([p for p, _ in masked], [m for _, m in masked])
 
-    for _ in range(2):
+    return step
+
+
+def _seconds_per_step(step: Callable[[], None], steps: int, device: torch.device, count: int | None) -> float:
+    with threads(count):
         step()
-    sync(x.device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(x.device)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
     return (time.perf_counter() - t0) / steps
 
 
 def measure_crossover(widths: tuple[int, ...], batch_size: int, device: torch.device | str = "cpu",
-                      steps: int = 10) -> dict[str, Any]:
+                      steps: int = 8, rounds: int = 3) -> dict[str, Any]:
     """Time training steps of the dense-masked network and of :class:`CompactMLP` (dense blocks, and
-    CSR kernels) at densities 0.8^k; return the largest density where compact wins (``crossover``)
-    and the largest block density where CSR beats dense blocks (``kernel_below``)."""
+    CSR kernels, each on the threads it trains with) at densities 0.8^k; return the largest density
+    where compact wins (``crossover``) and the largest block density where CSR beats dense blocks
+    (``kernel_below``).
+
+    The three take turns, ``rounds`` times, and each one's median is kept (:func:`.measured.interleaved_medians`)."""
     from ..pruning import magnitude
 
     device = torch.device(device)
@@ -432,14 +571,18 @@ def measure_crossover(widths: tuple[int, ...], batch_size: int, device: torch.de
         mask = magnitude(weights, full, fraction=1 - d, scope="layer") if d < 1 else full
         mask = {n: m.to(device) for n, m in mask.items()}
         params = dict(model.named_parameters())
-        masked = [(params[n], mask[n].float()) for n in names]
-        dense = _step_time(model, list(model.parameters()), x, y, steps, masked)
         state = model.state_dict()
         blocks = CompactMLP(state, mask, kernel_below=0.0)
-        csr = CompactMLP(state, mask, kernel_below=1.01)
-        rows.append({"density": d, "dense_masked_s": dense,
-                     "compact_dense_s": _step_time(blocks, list(blocks.parameters()), x, y, steps),
-                     "compact_csr_s": _step_time(csr, list(csr.parameters()), x, y, steps)})
+        csr = CompactMLP(state, mask, kernel_below=1.01, csr_min_area=0)
+        variants = {
+            "dense_masked_s": (_stepper(model, list(model.parameters()), x, y,
+                                        [(params[n], mask[n].float()) for n in names]), None),
+            "compact_dense_s": (_stepper(blocks, list(blocks.parameters()), x, y), compact_threads(blocks, batch_size)),
+            "compact_csr_s": (_stepper(csr, list(csr.parameters()), x, y), compact_threads(csr, batch_size)),
+        }
+        timers = {k: functools.partial(_seconds_per_step, step, steps, device, count)
+                  for k, (step, count) in variants.items()}
+        rows.append({"density": d, **interleaved_medians(timers, rounds)})
     return {**crossovers(rows), "points": rows}
 
 
