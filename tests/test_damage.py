@@ -339,3 +339,83 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, tiny_sets, capsys
     store = Store(root)
     assert store.index.run_status(store.index.run_ids()[0]) == "complete"
     assert not list(root.rglob("*.tmp"))
+
+
+# --- valid files in the wrong place (issue 24, item 1) -------------------------------------------------
+
+
+def _swap(a: Path, b: Path) -> None:
+    """Exchange two files together with their checksums: every byte and every checksum stays valid."""
+    for x, y in ((a, b), (a.with_name(a.name + ".sha256"), b.with_name(b.name + ".sha256"))):
+        tmp = x.with_name(x.name + ".swap")
+        os.replace(x, tmp)
+        os.replace(y, x)
+        os.replace(tmp, y)
+
+
+def test_a_checksum_binds_its_file_to_its_stage_and_name(tmp_path):
+    stage = tmp_path / "6d902be30af42fbc"
+    save_tensors(stage / "final.pt", {"w": torch.ones(3)})
+    assert json.loads((stage / "final.pt.sha256").read_text())["of"] == "6d902be30af42fbc/final.pt"
+    other = tmp_path / "0123456789abcdef"
+    other.mkdir()
+    for name in ("final.pt", "final.pt.sha256"):
+        shutil.copy(stage / name, other / name)
+    with pytest.raises(DamagedFile, match="written for 6d902be30af42fbc/final.pt, not for this file"):
+        load_tensors(other / "final.pt")
+    os.replace(stage / "final.pt", stage / "init.pt")
+    os.replace(stage / "final.pt.sha256", stage / "init.pt.sha256")
+    with pytest.raises(DamagedFile, match="written for 6d902be30af42fbc/final.pt"):
+        load_tensors(stage / "init.pt")
+    # outside a stage or run folder the name alone is bound: a store's root may be renamed
+    write_json(tmp_path / "migrations.json", {"a": 1})
+    os.replace(tmp_path, tmp_path.with_name("moved"))
+    assert read_json(tmp_path.with_name("moved") / "migrations.json") == {"a": 1}
+    # a checksum from before the binding (no "of") still verifies the bytes
+    old = tmp_path.with_name("moved") / "0123456789abcdef" / "final.pt.sha256"
+    rec = json.loads(old.read_text())
+    old.write_text(json.dumps({k: v for k, v in rec.items() if k != "of"}))
+    assert torch.equal(load_tensors(old.with_name("final.pt"))["w"], torch.ones(3))
+
+
+def test_two_stages_final_weights_swapped_with_their_checksums_are_never_used(tmp_path, reference, capsys):
+    """Swapping level 1's and level 2's final.pt with their sidecars left every checksum valid: `doctor` said
+    ok and level 3 was pruned from the wrong level's weights. Now both are damaged: found and computed again."""
+    store = Store(tmp_path / "store")
+    shutil.copytree(reference.root, store.root)
+    chain = stage_chain(config())
+    a, b = store.stage_dir(chain[(0, 1)]) / "final.pt", store.stage_dir(chain[(0, 2)]) / "final.pt"
+    _swap(a, b)
+    capsys.readouterr()
+    assert main(["doctor", "--root", str(store.root)]) != 0
+    assert "written for" in capsys.readouterr().out + capsys.readouterr().err
+    run(config(levels=3), store, options=OPTIONS)
+    err = capsys.readouterr().err
+    assert err.count("was complete but final.pt is damaged") >= 1
+    want = Store(tmp_path / "fresh")
+    run(config(levels=3), want, options=OPTIONS)
+    assert_same_weights(finals(store, config(levels=3)), finals(want, config(levels=3)))
+
+
+def test_two_runs_configs_swapped_with_their_checksums_are_refused(tmp_path, reference, capsys):
+    store_root = tmp_path / "store"
+    shutil.copytree(reference.root, store_root)
+    other = config_mod.load(None, None, SETS + ["prune.levels=2", "seed=1"], 1)
+    run(other, Store(store_root), options=OPTIONS)
+    a = store_root / "runs" / config().run_id / "config.json"
+    b = store_root / "runs" / other.run_id / "config.json"
+    _swap(a, b)
+    capsys.readouterr()
+    # `show` printed the other run's config; now its own (the index's copy, the file being refused)
+    assert main(["show", config().run_id, "--root", str(store_root), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["seed"] == config().seed != other.seed
+    assert main(["doctor", "--root", str(store_root)]) != 0
+    out = capsys.readouterr()
+    assert f"written for {other.run_id}/config.json" in out.out + out.err
+    # repaired, each run keeps its own config and results (they traded them before)
+    main(["doctor", "--root", str(store_root), "--repair"])
+    capsys.readouterr()
+    for cfg in (config(), other):
+        assert main(["show", cfg.run_id, "--root", str(store_root), "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["config"]["seed"] == cfg.seed
+    assert main(["doctor", "--root", str(store_root)]) == 0

@@ -1,7 +1,8 @@
 """Atomic file writes (write a temporary file, fsync, rename), checksums, and safe checkpoint loading.
 
 Every file written here gets its checksum beside it, ``NAME.sha256`` (the SHA-256 and the size of
-its bytes, as JSON), and every read verifies it: a byte flip or a truncation is a
+its bytes, and the stage or run and file name it was written as: :func:`owner`, as JSON), and every
+read verifies it: a byte flip or a truncation is a
 :class:`DamagedFile` that names the file, never a silently wrong result. The checksum is removed
 before its file is replaced and recorded after the new file is in place, so a checksum that exists
 always describes its file. A file without one (written before checksums existed, or by a write
@@ -97,6 +98,16 @@ def checksum_of(path: Path) -> dict[str, Any]:
     return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
 
 
+def owner(path: Path) -> str:
+    """What a checksum binds its file to: the stage or run folder and the file's name
+    (``6d902be30af42fbc/final.pt``), or the name alone outside such a folder (the store's own root may
+    be renamed or moved; a data record's name holds its key). A valid file with its valid checksum,
+    copied or moved to another stage, run or name, is then refused, not taken as that stage's."""
+    folder = path.parent.name
+    is_id = len(folder) == 16 and all(c in "0123456789abcdef" for c in folder)
+    return f"{folder}/{path.name}" if is_id else path.name
+
+
 def _recorded(path: Path) -> dict[str, Any] | None:
     """The checksum recorded for ``path``; None when there is none (or it cannot be read: the file
     itself may be fine, so it is read unverified rather than called damaged)."""
@@ -108,7 +119,7 @@ def _recorded(path: Path) -> dict[str, Any] | None:
 
 
 def _record(path: Path, checksum: dict[str, Any]) -> None:
-    data = json.dumps(checksum).encode()
+    data = json.dumps({"sha256": checksum["sha256"], "bytes": checksum["bytes"], "of": owner(path)}).encode()
     _atomic_write(checksum_path(path), lambda f: f.write(data))
 
 
@@ -117,6 +128,9 @@ def verify(path: Path) -> None:
     rec = _recorded(path)
     if rec is None:
         return
+    if "of" in rec and rec["of"] != owner(path):  # (checksums from before 2026-12 bind nothing)
+        raise DamagedFile(path, f"its checksum was written for {rec['of']}, not for this file: a file copied or "
+                                f"moved here from elsewhere")
     size = path.stat().st_size
     if size < rec["bytes"]:
         raise DamagedFile(path, f"truncated: {size} of its {rec['bytes']} bytes")
