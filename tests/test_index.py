@@ -329,6 +329,10 @@ def test_doctor_leaves_a_stage_being_computed_alone(root, capsys):
     try:
         code, out, _ = cli(capsys, "doctor", "--root", str(root))
         assert code == 0 and f"  busy      {dense}  dense              being computed by process {holder.pid} now" in out
+        assert "index: ok (its rows are compared with the stage folders when no stage is being computed)" in out
+        code, out, _ = cli(capsys, "doctor", "--root", str(root), "--repair")
+        assert code == 0 and "nothing to repair" in out  # nothing else is wrong
+        (root / "index.sqlite").write_bytes(b"garbage")  # something to repair: refused while a stage is computed
         code, _, err = cli(capsys, "doctor", "--root", str(root), "--repair")
         assert code == 2 and f"1 stages are being computed now ({dense} by process {holder.pid})" in err
     finally:
@@ -365,3 +369,56 @@ def test_a_rebuilt_index_keeps_a_diverged_run_diverged(tmp_path, capsys):
     (root / "index.sqlite").unlink()
     assert cli(capsys, "doctor", "--root", str(root), "--repair")[0] == 0
     assert load(root).runs[["run_id", "status", "error"]].to_dict("records") == before
+
+
+# --- the index against the stages (issue 24, item 2) -----------------------------------------------------
+
+
+def _sql(root: Path, statement: str, params: tuple = ()) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(root / "index.sqlite")
+    with con:
+        con.execute(statement, params)
+    con.close()
+
+
+def test_doctor_on_a_healthy_store_reports_nothing_and_repair_changes_no_file(root, capsys):
+    code, out, _ = cli(capsys, "doctor", "--root", str(root))
+    assert code == 0 and out.splitlines()[-1] == "index: ok" and "differ" not in out
+    before = snapshot(root)
+    ls_before = cli(capsys, "ls", "--root", str(root), "--format", "json")[1]
+    code, out, _ = cli(capsys, "doctor", "--root", str(root), "--repair")
+    assert code == 0 and "nothing to repair: no file was changed" in out
+    assert snapshot(root) == before and not (root / "index.sqlite.old").exists()
+    assert cli(capsys, "ls", "--root", str(root), "--format", "json")[1] == ls_before  # the partial run's note kept
+
+
+def doctor_finds(root: Path, capsys, *lines: str) -> None:
+    """doctor reports each of ``lines`` (exit 1); --repair fixes them, and doctor is then content."""
+    code, out, _ = cli(capsys, "doctor", "--root", str(root))
+    assert code == 1 and f"to repair: sparsedd doctor --root {root} --repair" in out
+    for line in lines:
+        assert f"  {line}" in out, out
+    assert cli(capsys, "doctor", "--root", str(root), "--repair")[0] == 0
+    assert cli(capsys, "doctor", "--root", str(root))[0] == 0
+
+
+def test_a_changed_number_in_the_index_is_found_and_repaired(root, capsys):
+    sid = stage_chain(COMPLETE)[(0, 1)]
+    want = json.loads(cli(capsys, "show", COMPLETE.run_id, "--root", str(root), "--format", "json")[1])
+    _sql(root, "UPDATE levels SET test_acc = 0.9 WHERE stage_id = ?", (sid,))
+    _sql(root, "UPDATE epochs SET train_loss_running = 7.0 WHERE stage_id = ? AND epoch = 1", (sid,))
+    doctor_finds(root, capsys, f"levels {sid}: test_acc is 0.9 in the index, ",
+                 f"epochs {sid} 1: train_loss_running is 7.0 in the index, ")
+    assert json.loads(cli(capsys, "show", COMPLETE.run_id, "--root", str(root), "--format", "json")[1]) == want
+
+
+def test_a_deleted_stage_folder_is_a_difference_and_its_run_partial_after_repair(root, capsys):
+    sid = stage_chain(COMPLETE)[(0, 2)]
+    shutil.rmtree(root / "stages" / sid)
+    doctor_finds(root, capsys, f"levels {sid}: in the index, but the stage folders have no such finished stage",
+                 f"run_stages {COMPLETE.run_id} 0 2: in the index, but the stage folders have no such finished stage",
+                 f"runs {COMPLETE.run_id}: status is 'complete' in the index, 'partial' in the stage folders")
+    rows = {r["run"]: r for r in json.loads(cli(capsys, "ls", "--root", str(root), "--format", "json")[1])}
+    assert rows[COMPLETE.run_id]["status"] == "partial"

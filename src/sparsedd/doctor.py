@@ -15,7 +15,9 @@ created time, a damaged config.json) is kept where it can be read.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ class Examination:
     bad_runs: dict[str, str] = field(default_factory=dict)  # run -> why its config cannot be read
     index_problem: str | None = None
     index_lacks: dict[str, int] = field(default_factory=dict)  # what the folders have and the index does not
+    index_differs: list[str] = field(default_factory=list)  # rows that say otherwise than the stage folders
+    index_compared: bool = False  # whether its rows were compared (not while a stage is being computed)
 
     def count(self, state: str) -> int:
         return sum(f.state == state for f in self.findings)
@@ -56,7 +60,7 @@ class Examination:
     @property
     def healthy(self) -> bool:
         return (not self.count(DAMAGED) and not self.bad_runs and self.index_problem is None
-                and not any(self.index_lacks.values()))
+                and not any(self.index_lacks.values()) and not self.index_differs)
 
 
 def examine(store: Store) -> Examination:
@@ -80,7 +84,64 @@ def examine(store: Store) -> Examination:
     if ex.index_problem is None:
         have, want = store.index.contents(), _folder_contents(store, ex.chains)
         ex.index_lacks = {k: len(want[k] - have[k]) for k in want}
+        if not busy:  # a process computing a stage writes the index as it goes: no comparison holds meanwhile
+            ex.index_differs = index_differences(store)
+        ex.index_compared = not busy
     return ex
+
+
+def index_differences(store: Store) -> list[str]:
+    """Every row of the index that says otherwise than the stage folders, a line each: the index the
+    folders imply is built in a temporary folder and compared row by row with the store's (beyond
+    what only the index knows: created and updated times; links a run has not reached yet)."""
+    with tempfile.TemporaryDirectory(prefix="sparsedd-doctor-") as tmp:
+        fresh = Index(Path(tmp) / INDEX)
+        _build_index(store, fresh, _old_runs(store))
+        want, have = fresh.table_rows(), store.index.table_rows()
+    lines = []
+    for table, key in ROW_KEYS.items():
+        w, h = _keyed(want[table], key), _keyed(have[table], key)
+        for k in sorted(h.keys() - w.keys(), key=str):
+            if table != "epochs":  # (a stage's epochs go with its levels row: one line for both)
+                lines.append(f"{table} {_name(k)}: in the index, but the stage folders have no such "
+                             f"{'finished stage' if table != 'runs' else 'run'}")
+        for k in sorted(h.keys() & w.keys(), key=str):
+            changed = [c for c in w[k] if c not in INDEX_ONLY and not _same(w[k][c], h[k].get(c))]
+            if changed:
+                c = changed[0]
+                more = f" (and {len(changed) - 1} more columns)" if len(changed) > 1 else ""
+                lines.append(f"{table} {_name(k)}: {c} is {_show(h[k].get(c))} in the index, "
+                             f"{_show(w[k][c])} in the stage folders{more}")
+    return lines  # (rows only the folders have are what the index lacks: Examination.index_lacks)
+
+
+ROW_KEYS = {"runs": ("run_id",), "run_stages": ("run_id", "seed", "level"), "levels": ("stage_id",),
+            "analyses": ("analysis_id",), "epochs": ("stage_id", "epoch")}
+INDEX_ONLY = ("created", "updated")  # what the stage folders do not record (kept from the old index)
+
+
+def _keyed(rows: list[dict[str, Any]], key: tuple[str, ...]) -> dict[tuple, dict[str, Any]]:
+    return {tuple(r[c] for c in key): r for r in rows}
+
+
+def _name(key: tuple) -> str:
+    return " ".join(map(str, key))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:  # NaN (a diverged level's loss)
+        return True
+    if isinstance(a, str) and isinstance(b, str) and a[:1] in "{[" and b[:1] in "{[":  # JSON cells
+        try:
+            return json.loads(a) == json.loads(b)
+        except ValueError:
+            return False
+    return a == b
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _examine_stage(store: Store, sid: str, used: set[str], holder: str | None) -> Finding | None:
@@ -182,11 +243,16 @@ def describe(store: Store, ex: Examination) -> list[str]:
     lines += [f"  run {run_id}: its {RUN_CONFIG} cannot be read ({why})" for run_id, why in ex.bad_runs.items()]
     if ex.index_problem is not None:
         lines.append(f"index: {ex.index_problem}")
-    elif any(ex.index_lacks.values()):
-        lacks = ", ".join(f"{n} {k}" for k, n in ex.index_lacks.items() if n)
-        lines.append(f"index: out of date; lacks what the stage folders hold ({lacks})")
+    elif any(ex.index_lacks.values()) or ex.index_differs:
+        if any(ex.index_lacks.values()):
+            lacks = ", ".join(f"{n} {k}" for k, n in ex.index_lacks.items() if n)
+            lines.append(f"index: out of date; lacks what the stage folders hold ({lacks})")
+        if ex.index_differs:
+            lines.append(f"index: {len(ex.index_differs)} rows differ from the stage folders:")
+            lines += [f"  {d}" for d in ex.index_differs]
     else:
-        lines.append("index: ok")
+        lines.append("index: ok" if ex.index_compared else
+                     "index: ok (its rows are compared with the stage folders when no stage is being computed)")
     if not ex.healthy:
         lines.append(f"to repair: sparsedd doctor --root {store.root} --repair (damaged stages are set aside and "
                      "computed again by the next run that needs them; the index is rebuilt from the stage folders)")
@@ -195,7 +261,10 @@ def describe(store: Store, ex: Examination) -> list[str]:
 
 # --- the repair
 def repair(store: Store, ex: Examination) -> list[str]:
-    """Set the damaged stages aside and rebuild the index; returns what was done, a line each."""
+    """Set the damaged stages aside and rebuild the index; returns what was done, a line each. A healthy
+    store is left exactly as it is."""
+    if ex.healthy:
+        return ["nothing to repair: no file was changed"]
     busy = store.locked_stages()
     if busy:
         name, who = next(iter(busy.items()))
@@ -243,6 +312,13 @@ def rebuild_index(store: Store, old: dict[str, dict[str, Any]]) -> dict[str, Any
     path = store.root / INDEX
     fresh = Index(path.with_name(INDEX + ".rebuilding"))
     _remove_database(fresh.path)
+    counts = _build_index(store, fresh, old)
+    counts["old_kept"] = _swap_database(path, fresh.path)
+    return counts
+
+
+def _build_index(store: Store, fresh: Index, old: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Write into ``fresh`` (empty) the rows the stage folders imply; counts of what was written."""
     counts = {"runs": 0, "links": 0, "levels": 0, "analyses": 0}
     for run_id in store.run_folders():
         try:
@@ -261,7 +337,6 @@ def rebuild_index(store: Store, old: dict[str, dict[str, Any]]) -> dict[str, Any
             table = _restore_stage(fresh, store, sid)
             if table is not None:
                 counts[table] += 1
-    counts["old_kept"] = _swap_database(path, fresh.path)
     return counts
 
 
@@ -272,8 +347,8 @@ def _restore_run(index: Index, store: Store, run_id: str, record: dict[str, Any]
     status, error = ("partial", None) if not state.finished else ("diverged", note) if note else ("complete", None)
     if old is not None:
         created = old["created"] or created
-        if not state.finished and old["status"] == "failed":
-            status, error = "failed", old["error"]
+        if not state.finished and old["status"] in ("failed", "partial"):  # failed, or "interrupted"
+            status, error = old["status"], old["error"]
     index.restore_run(run_id, record["config"], record.get("preset"), cfg.seeds, cfg.prune.levels, status, error,
                       created, created if old is None else old["updated"] or created)
 

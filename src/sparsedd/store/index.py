@@ -265,6 +265,10 @@ class Index:
                 "levels": {r["stage_id"] for r in self._query("SELECT stage_id FROM levels")},
                 "analyses": {r["analysis_id"] for r in self._query("SELECT analysis_id FROM analyses")}}
 
+    def table_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of every table, as stored (``sparsedd doctor`` compares them with the stage folders)."""
+        return {table: self._query(f"SELECT * FROM {table}") for table in TABLES}
+
     def problem(self) -> str | None:
         """Why the index cannot be read as it is (missing, damaged, tables missing); None when it can."""
         if not self.path.exists():
