@@ -294,8 +294,17 @@ def test_a_store_refuses_data_that_changed_under_the_same_configuration(tmp_path
     record.write_text("{")
     capsys.readouterr()
     assert main([*args, "--root", str(root)]) == 2
-    assert f"{record} is damaged; if the mnist1d data loaded now are those the results in {root} were made with, " \
-        f"delete it" in capsys.readouterr().err
+    assert f"{record} is damaged (truncated: " in capsys.readouterr().err
+    # a record that is present is well formed or refused, even with a checksum recomputed to match (issue 24, item 3)
+    for bad, why in [(None, "its sha256 is None"), (12, "its sha256 is 12"), ("ab" * 31, "its sha256 is 'abab")]:
+        write_json(record, {"data": "mnist1d", "sha256": bad})
+        capsys.readouterr()
+        assert main([*args, "--root", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and why in err, err
+        assert f"{record} is damaged ({why}" in err and "were made with, delete it" in err
+        assert main(["doctor", "--root", str(root)]) == 1
+        assert f"data record {record} is damaged ({why}" in capsys.readouterr().out
     record.unlink()
     assert main([*args, "--root", str(root)]) == 0  # deleted: this store takes the new data from now on
     assert f"{root} holds results from before it recorded its data; the mnist1d data loaded now are taken as " \
@@ -419,3 +428,30 @@ def test_two_runs_configs_swapped_with_their_checksums_are_refused(tmp_path, ref
         assert main(["show", cfg.run_id, "--root", str(store_root), "--format", "json"]) == 0
         assert json.loads(capsys.readouterr().out)["config"]["seed"] == cfg.seed
     assert main(["doctor", "--root", str(store_root)]) == 0
+
+
+# --- a missing checksum (issue 24, item 4) -------------------------------------------------------------
+
+
+def test_a_file_whose_checksum_was_deleted_and_bytes_changed_is_computed_again_not_trusted(tmp_path, reference, capsys):
+    store = Store(tmp_path / "store")
+    shutil.copytree(reference.root, store.root)
+    sid = stage_chain(config())[(0, 1)]
+    final = store.stage_dir(sid) / "final.pt"
+    (final.with_name("final.pt.sha256")).unlink()
+    data = torch.load(final, weights_only=True)
+    data["model"] = {k: v + 1 for k, v in data["model"].items()}  # other weights, a readable file
+    torch.save(data, final)
+    capsys.readouterr()
+    assert main(["doctor", "--root", str(store.root)]) == 1
+    assert "final.pt is damaged (its checksum is missing, though its stage wrote every file with one" in \
+        capsys.readouterr().out
+    run(config(levels=2), store, options=OPTIONS)
+    assert "was complete but final.pt is damaged (its checksum is missing" in capsys.readouterr().err
+    assert_same_weights(finals(store, config()), finals(reference, config()))
+    # a stage from before checksums (no stage.json.sha256 either) is still read as it is
+    for side in store.stage_dir(sid).glob("*.sha256"):
+        side.unlink()
+    capsys.readouterr()
+    run(config(levels=2), store, options=OPTIONS)
+    assert "damaged" not in capsys.readouterr().err

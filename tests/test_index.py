@@ -329,7 +329,7 @@ def test_doctor_leaves_a_stage_being_computed_alone(root, capsys):
     try:
         code, out, _ = cli(capsys, "doctor", "--root", str(root))
         assert code == 0 and f"  busy      {dense}  dense              being computed by process {holder.pid} now" in out
-        assert "index: ok (its rows are compared with the stage folders when no stage is being computed)" in out
+        assert "index: ok (its rows are compared with the stage folders when no stage is being computed or damaged)" in out
         code, out, _ = cli(capsys, "doctor", "--root", str(root), "--repair")
         assert code == 0 and "nothing to repair" in out  # nothing else is wrong
         (root / "index.sqlite").write_bytes(b"garbage")  # something to repair: refused while a stage is computed
@@ -422,3 +422,57 @@ def test_a_deleted_stage_folder_is_a_difference_and_its_run_partial_after_repair
                  f"runs {COMPLETE.run_id}: status is 'complete' in the index, 'partial' in the stage folders")
     rows = {r["run"]: r for r in json.loads(cli(capsys, "ls", "--root", str(root), "--format", "json")[1])}
     assert rows[COMPLETE.run_id]["status"] == "partial"
+
+
+# --- smaller things doctor and --root got wrong (issue 24, item 7) ------------------------------------------
+
+
+def test_doctor_reports_every_unreadable_stage_not_only_the_first(root, capsys):
+    from sparsedd.store.files import write_json
+
+    chain = stage_chain(COMPLETE)
+    bad = [chain[(0, 1)], chain[(0, 2)]]
+    for sid in bad:  # JSON with a valid checksum, but not a stage key: doctor used to stop at the first
+        write_json(root / "stages" / sid / "stage.json", ["not", "a", "stage"])
+    code, out, err = cli(capsys, "doctor", "--root", str(root))
+    assert code == 1 and "Traceback" not in err
+    for sid in bad:
+        assert f"  damaged   {sid}  ?" in out and "stage.json is damaged (not a JSON object)" in out
+    assert cli(capsys, "doctor", "--root", str(root), "--repair")[0] == 0
+    run(COMPLETE, Store(root), options=OPTIONS)  # computed again
+    assert cli(capsys, "doctor", "--root", str(root))[0] == 0
+
+
+def test_doctor_repair_of_a_read_only_store_says_it_needs_a_writable_one(root, capsys, monkeypatch):
+    (root / "index.sqlite").write_bytes(b"garbage")
+    before = snapshot(root)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == root and mode & os.W_OK else real(p, mode))
+    code, out, err = cli(capsys, "doctor", "--root", str(root), "--repair")
+    assert code == 2 and err.strip() == (f"sparsedd: error: doctor --repair needs a store it can write, and {root} is "
+                                         "read-only; repair a writable copy of it, or run as a user who may write it")
+    assert snapshot(root) == before
+
+
+def test_an_index_that_is_a_folder_is_reported_and_repaired(root, capsys):
+    want = views(root, capsys)
+    (root / "index.sqlite").unlink()
+    (root / "index.sqlite").mkdir()
+    code, out, err = cli(capsys, "ls", "--root", str(root))
+    assert code == 2 and "index.sqlite" in err and "sparsedd doctor" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = cli(capsys, "doctor", "--root", str(root))
+    assert code == 1 and any(line.startswith("index: ") and "folder" in line for line in out.splitlines()), out
+    assert cli(capsys, "doctor", "--root", str(root), "--repair")[0] == 0
+    assert (root / "index.sqlite").is_file() and (root / "index.sqlite.old").is_dir()
+    got = views(root, capsys)
+    assert got["show"] == want["show"] and got["epochs"] == want["epochs"]
+
+
+def test_errors_name_sparsedd_root_when_the_store_came_from_it(tmp_path, capsys, monkeypatch):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("SPARSEDD_ROOT", str(not_a_folder))
+    code, _, err = cli(capsys, "ls")
+    assert code == 2 and f"SPARSEDD_ROOT {not_a_folder} is a file, not a folder" in err and "--root" not in err
+    code, _, err = cli(capsys, "ls", "--root", str(not_a_folder))
+    assert code == 2 and f"--root {not_a_folder} is a file" in err

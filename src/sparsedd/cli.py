@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -75,7 +76,14 @@ def _store(args, writable: bool = False):
     from .inputs import folder
     from .store import Store, default_root
 
-    return Store(folder(args.root if args.root is not None else default_root(), "--root", writable=writable))
+    return Store(folder(args.root if args.root is not None else default_root(), root_source(args), writable=writable))
+
+
+def root_source(args) -> str:
+    """Where the store's folder came from, as errors should name it: --root, SPARSEDD_ROOT or the default."""
+    if getattr(args, "root", None) is not None:
+        return "--root"
+    return "SPARSEDD_ROOT" if os.environ.get("SPARSEDD_ROOT") else "the default store (give --root or SPARSEDD_ROOT)"
 
 
 def _options(args, cfg=None, here: bool = True, **changes):
@@ -279,6 +287,9 @@ def cmd_doctor(args) -> int:
     print("\n".join(describe(store, found)))
     if not args.repair:
         return 0 if found.healthy else 1
+    if not found.healthy and not os.access(store.root, os.W_OK | os.X_OK):
+        raise SparseddError(f"doctor --repair needs a store it can write, and {store.root} is read-only; repair a "
+                            "writable copy of it, or run as a user who may write it")
     print("\n".join(repair(store, found)))
     return 0
 

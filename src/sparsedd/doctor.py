@@ -26,7 +26,7 @@ from . import config as config_mod
 from .errors import SparseddError
 from .experiments.imp import divergence_note
 from .experiments.stages import stage_chain
-from .store import DamagedFile, Store, write_json
+from .store import DamagedFile, Store, data_record_problem, write_json
 from .store.index import Index
 from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG
 
@@ -53,13 +53,14 @@ class Examination:
     index_lacks: dict[str, int] = field(default_factory=dict)  # what the folders have and the index does not
     index_differs: list[str] = field(default_factory=list)  # rows that say otherwise than the stage folders
     index_compared: bool = False  # whether its rows were compared (not while a stage is being computed)
+    bad_data: dict[str, str] = field(default_factory=dict)  # data record -> why it is not one
 
     def count(self, state: str) -> int:
         return sum(f.state == state for f in self.findings)
 
     @property
     def healthy(self) -> bool:
-        return (not self.count(DAMAGED) and not self.bad_runs and self.index_problem is None
+        return (not self.count(DAMAGED) and not self.bad_runs and not self.bad_data and self.index_problem is None
                 and not any(self.index_lacks.values()) and not self.index_differs)
 
 
@@ -76,17 +77,27 @@ def examine(store: Store) -> Examination:
     busy = store.locked_stages() if os.access(store.root, os.W_OK) else {}
     for sid in store.stage_ids():
         ex.stages += 1
-        finding = _examine_stage(store, sid, used, busy.get(sid))
+        try:
+            finding = _examine_stage(store, sid, used, busy.get(sid))
+        except (OSError, SparseddError, ValueError, TypeError, AttributeError, KeyError) as e:
+            # whatever one stage's folder holds, the others are still examined and reported
+            finding = Finding(DAMAGED, sid, "?", f"cannot be examined ({type(e).__name__}: {e})")
         ex.complete += store.is_done(sid) and (finding is None or finding.state == ORPHANED)
         if finding is not None:
             ex.findings.append(finding)
+    for path in store.data_records():
+        why = data_record_problem(path)
+        if why is not None:
+            ex.bad_data[str(path)] = why
     ex.index_problem = store.index.problem()
     if ex.index_problem is None:
         have, want = store.index.contents(), _folder_contents(store, ex.chains)
         ex.index_lacks = {k: len(want[k] - have[k]) for k in want}
-        if not busy:  # a process computing a stage writes the index as it goes: no comparison holds meanwhile
+        # not while a process computing a stage writes the index as it goes, nor before damaged stages and
+        # runs are repaired (their rows would only repeat them)
+        ex.index_compared = not busy and not ex.count(DAMAGED) and not ex.bad_runs
+        if ex.index_compared:
             ex.index_differs = index_differences(store)
-        ex.index_compared = not busy
     return ex
 
 
@@ -164,13 +175,14 @@ def _examine_stage(store: Store, sid: str, used: set[str], holder: str | None) -
 
 def _key(store: Store, sid: str) -> dict[str, Any] | None:
     try:
-        return store.stage_key(sid)
+        key = store.stage_key(sid)
     except (OSError, DamagedFile):  # reported with the stage's problems
         return None
+    return key if isinstance(key, dict) else None  # (not a stage key: reported with the stage's problems)
 
 
 def _label(key: dict[str, Any] | None) -> str:
-    if key is None:
+    if not isinstance(key, dict):
         return "?"
     return f"level {key['level']}" if key.get("kind") == "level" else str(key.get("kind"))
 
@@ -241,6 +253,7 @@ def describe(store: Store, ex: Examination) -> list[str]:
              f"{len(ex.chains) + len(ex.bad_runs)} runs"]
     lines += [f"  {f.state:<9} {f.stage}  {f.what:<18} {f.detail}" for f in ex.findings]
     lines += [f"  run {run_id}: its {RUN_CONFIG} cannot be read ({why})" for run_id, why in ex.bad_runs.items()]
+    lines += [f"  data record {path} is damaged ({why})" for path, why in ex.bad_data.items()]
     if ex.index_problem is not None:
         lines.append(f"index: {ex.index_problem}")
     elif any(ex.index_lacks.values()) or ex.index_differs:
@@ -252,7 +265,8 @@ def describe(store: Store, ex: Examination) -> list[str]:
             lines += [f"  {d}" for d in ex.index_differs]
     else:
         lines.append("index: ok" if ex.index_compared else
-                     "index: ok (its rows are compared with the stage folders when no stage is being computed)")
+                     "index: ok (its rows are compared with the stage folders when no stage is being computed "
+                     "or damaged)")
     if not ex.healthy:
         lines.append(f"to repair: sparsedd doctor --root {store.root} --repair (damaged stages are set aside and "
                      "computed again by the next run that needs them; the index is rebuilt from the stage folders)")
@@ -276,6 +290,9 @@ def repair(store: Store, ex: Examination) -> list[str]:
             names = store.reopen_stage(f.stage)
             lines.append(f"stage {f.stage} ({f.what}): set aside {', '.join(n + '.damaged' for n in names) or 'nothing'}"
                          "; the next run that needs it computes it again")
+    lines += [f"data record {path}: left as it is (what data the results were made with is known from it "
+              "alone); delete it if the data a run loads now are those, and the next run records them"
+              for path in ex.bad_data]
     old = _old_runs(store)
     lines += _restore_configs(store, ex, old)
     counts = rebuild_index(store, old)

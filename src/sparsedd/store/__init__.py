@@ -48,6 +48,23 @@ def default_root() -> Path:
     return Path(os.environ.get("SPARSEDD_ROOT") or "runs")
 
 
+def data_record_problem(path: Path) -> str | None:
+    """Why a data record is not what the store writes (``{"data": NAME, "sha256": 64 hex digits}``), or None.
+    A record that is present is this or damaged: it is never taken as the absence of a record."""
+    try:
+        rec = read_json(path)
+    except DamagedFile as e:
+        return e.why
+    if not isinstance(rec, dict):
+        return f"holds {type(rec).__name__}, not a record"
+    digest = rec.get("sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        return f"its sha256 is {digest!r}, not 64 hexadecimal digits"
+    if not isinstance(rec.get("data"), str):
+        return f"its data set name is {rec.get('data')!r}"
+    return None
+
+
 class Store:
     """``readonly``: a process that reads but never writes (the non-zero ranks of a distributed run)."""
 
@@ -181,19 +198,26 @@ class Store:
     def _recorded_data(self, key: str, name: str, fingerprint: str) -> str | None:
         """The recorded SHA-256 of data key ``key`` (None: none yet); an error where it is not ``fingerprint``."""
         path = self.root / DATA / f"{key}.json"
-        try:
-            recorded = read_json(path)["sha256"] if path.exists() else None
-        except (DamagedFile, KeyError, TypeError):
-            raise SparseddError(f"{path} is damaged; if the {name} data loaded now are those the results in "
+        if not path.exists():
+            return None
+        why = data_record_problem(path)
+        if why is not None:
+            raise SparseddError(f"{path} is damaged ({why}); if the {name} data loaded now are those the results in "
                                 f"{self.root} were made with, delete it (the next run records them); otherwise "
                                 f"use another --root") from None
-        if recorded is not None and recorded != fingerprint:
+        recorded = read_json(path)["sha256"]
+        if recorded != fingerprint:
             raise SparseddError(
                 f"the {name} data loaded now differ from those the results in {self.root} were made with (sha256 "
                 f"{fingerprint[:12]} now, {recorded[:12]} recorded; a new release of a data generator or of numpy "
                 f"can do this); use another --root for results on these data, or delete {path} to let this store "
                 f"mix them")
         return recorded
+
+    def data_records(self) -> list[Path]:
+        """The data records of the store (``data/<key>.json``), sorted."""
+        folder = self.root / DATA
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
     def has_checkpoint(self, stage_id: str) -> bool:
         """Whether the stage has a checkpoint of its own (it started training alone, not in a batch)."""

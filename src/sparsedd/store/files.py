@@ -5,8 +5,9 @@ its bytes, and the stage or run and file name it was written as: :func:`owner`, 
 read verifies it: a byte flip or a truncation is a
 :class:`DamagedFile` that names the file, never a silently wrong result. The checksum is removed
 before its file is replaced and recorded after the new file is in place, so a checksum that exists
-always describes its file. A file without one (written before checksums existed, or by a write
-killed between the two renames) is read unverified, and is never called damaged for that.
+always describes its file. A file without one is read unverified where it was written before
+checksums existed; in a stage folder whose ``stage.json`` has its checksum (every file of that stage
+was written with one) it is damaged: its bytes cannot be trusted, so the stage is computed again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import SparseddError, notice
-from .paths import CHECKSUM, DAMAGED
+from .paths import CHECKSUM, DAMAGED, STAGE_KEY
 
 _CHUNK = 1 << 20
 
@@ -127,6 +128,10 @@ def verify(path: Path) -> None:
     """Raise :class:`DamagedFile` if ``path``'s bytes differ from those recorded when it was written."""
     rec = _recorded(path)
     if rec is None:
+        if path.name != STAGE_KEY and checksum_path(path.with_name(STAGE_KEY)).exists():
+            # a stage begun by a version that writes checksums wrote every one of its files with one
+            raise DamagedFile(path, "its checksum is missing, though its stage wrote every file with one: "
+                                    "it cannot be verified")
         return
     if "of" in rec and rec["of"] != owner(path):  # (checksums from before 2026-12 bind nothing)
         raise DamagedFile(path, f"its checksum was written for {rec['of']}, not for this file: a file copied or "
@@ -221,7 +226,8 @@ def readable_structure(path: Path) -> str | None:
     without its zip directory); None when nothing is visibly wrong."""
     try:
         if path.suffix == ".json":
-            json.loads(path.read_bytes())
+            if not isinstance(json.loads(path.read_bytes()), dict):  # every JSON file of a store is an object
+                return "not a JSON object"
         elif path.suffix == ".pt" and not zipfile.is_zipfile(path):
             return "not a readable torch file (truncated?)"
     except ValueError as e:

@@ -137,6 +137,8 @@ class Index:
         """``op(connection)``, waiting while another process holds the index's lock; SQLite's errors
         about the file (damaged, locked too long, not writable) as one-line errors."""
         waiter = None
+        if self.path.is_dir():  # SQLite says only "unable to open database file"
+            raise IndexDamaged(self.path, "a folder, not a database file")
         while True:
             try:
                 con = self._open_write() if write else self._open_read()
