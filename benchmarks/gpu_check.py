@@ -26,13 +26,13 @@ from sparsedd.config import ModelConfig, TrainConfig
 from sparsedd.models import build_model
 from sparsedd.pruning import full_mask
 from sparsedd.training import TrainData, train
-from sparsedd.training.batched import stacked_execution, train_batched
 from sparsedd.training.captured import CapturedExecution, CapturedStackedExecution
-from sparsedd.training.execution import Accel, prepare_single
+from sparsedd.training.core import Accel
 from sparsedd.training.loop import run_epochs
+from sparsedd.training.planner import prepare_single, stacked_execution, train_batched
 from sparsedd.training.measured import sync
 from sparsedd.training.sparse import CompactMLP, SparsePolicy
-from sparsedd.training.together import train_together
+from sparsedd.training.planner import train_together
 
 # sizes: (MNIST examples, CIFAR-shaped images for the captured checks, images for side by side, timed
 # steps, the conv nets' width: 0 is the paper's)
@@ -184,7 +184,7 @@ def side_by_side_times(dev: torch.device, n_images: int, steps: int, width: int)
     CUDA stream): the weights of K = 3 after ``steps`` steps against the same networks trained one by one
     (tolerance 5e-2, as for the captured ResNet-18), and the seconds per model-step one by one and side
     by side for K = 2, 3, 4, eager fp32 and captured bf16 with channels-last."""
-    from sparsedd.training.together import measure_together
+    from sparsedd.training.planner import measure_together
 
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(n_images, 3, 32, 32, generator=g).to(dev)

@@ -21,7 +21,7 @@ from sparsedd.options import ExecOptions
 from sparsedd.pruning import magnitude
 from sparsedd.store import Store
 from sparsedd.training import train
-from sparsedd.training.batched import train_batched
+from sparsedd.training.planner import train_batched
 from sparsedd.training.sparse import SparsePolicy
 
 

@@ -13,7 +13,7 @@ from sparsedd.cli import main
 from sparsedd.config import ModelConfig
 from sparsedd.models import build_model
 from sparsedd.training import TrainData
-from sparsedd.training.loop import evaluate
+from sparsedd.training.core import evaluate
 
 
 def quadratic(seed=0, n=6):
@@ -164,7 +164,7 @@ def test_reinit_and_redense_train_a_levels_seeds_stacked_as_they_would_one_by_on
     import shutil
 
     import sparsedd.analysis.runner as runner
-    import sparsedd.training.batched as batched
+    import sparsedd.training.planner as batched
     from conftest import TINY
     from sparsedd.store import Store
 

@@ -8,7 +8,8 @@ from sparsedd.models import build_model
 from sparsedd.pruning import full_mask, random
 from sparsedd.store import FileCheckpointer
 from sparsedd.training import TrainData, train
-from sparsedd.training.batched import StackedMLP, train_batched
+from sparsedd.training.batched import StackedMLP
+from sparsedd.training.planner import train_batched
 
 
 def setup(K=3, n=100, d=12, classes=4, hidden=(16, 8), noise=True):
@@ -147,7 +148,8 @@ def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, mo
     from sparsedd import config as c
     from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
-    from sparsedd.training.batched import batching_pays, max_models, measure_batching
+    from sparsedd.training.batched import max_models
+    from sparsedd.training.planner import batching_pays, measure_batching
 
     got = measure_batching((12, 16, 8, 4), 32, 3, "cpu", steps=2)
     assert got["single_s"] > 0 and got["batched_s"] > 0 and got["pays"] == (got["batched_s"] < 0.9 * got["single_s"])

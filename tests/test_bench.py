@@ -27,7 +27,7 @@ def test_the_ceiling_trains_the_bare_step():
     from sparsedd.bench.preset import ceiling_step_s
     from sparsedd.config import ModelConfig, TrainConfig
     from sparsedd.models import build_model
-    from sparsedd.training.execution import Accel
+    from sparsedd.training.core import Accel
 
     model = build_model(ModelConfig("mlp", (8,)), (6,), 3, seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -16,8 +16,9 @@ from sparsedd.pruning import full_mask, random
 from sparsedd.store import FileCheckpointer
 from sparsedd.training import TrainData
 from sparsedd.training.captured import CapturedExecution, capture_choice
-from sparsedd.training.execution import Objective, prepare_single
+from sparsedd.training.core import Objective
 from sparsedd.training.loop import run_epochs
+from sparsedd.training.planner import prepare_single
 
 CFG = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, epochs=3, batch_size=16,
                   schedule="cosine", eval_every=1)
@@ -102,7 +103,8 @@ def test_capture_is_chosen_where_nothing_rules_it_out(setting_, device, cfg, fla
 
 
 def test_capture_on_without_a_gpu_trains_eagerly_and_says_so(capsys):
-    from sparsedd.training.execution import Accel, SingleExecution
+    from sparsedd.training.core import Accel
+    from sparsedd.training.execution import SingleExecution
 
     model, data, mask = setting("mlp")
     ex = prepare_single(model, data, CFG, mask, order_key=(0,), accel=Accel(capture="on"))
@@ -148,8 +150,8 @@ def test_a_resumed_captured_stacked_stage_ends_as_an_uninterrupted_one(tmp_path)
 
 def test_capture_on_for_batched_networks_without_a_gpu_trains_eagerly_and_says_so(capsys):
     from test_batched import setup
-    from sparsedd.training.batched import train_batched
-    from sparsedd.training.execution import Accel
+    from sparsedd.training.core import Accel
+    from sparsedd.training.planner import train_batched
 
     datas, states, masks, _ = setup(K=2, n=40)
     want, _ = train_batched(states, datas, CFG, masks, order_keys=[(k, "order") for k in range(2)])
@@ -161,6 +163,6 @@ def test_capture_on_for_batched_networks_without_a_gpu_trains_eagerly_and_says_s
 
 @pytest.mark.parametrize("value", [0.1, 0.05 * 0.5 * (1 + 0.3), 1e-40, 3.4028235e38, 3.4028236e38, 1e39, 7.0])
 def test_fp32_rounds_as_a_float32_tensor(value):
-    from sparsedd.training.execution import fp32
+    from sparsedd.training.core import fp32
 
     assert fp32(value) == float(torch.tensor(value, dtype=torch.float32))

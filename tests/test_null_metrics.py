@@ -12,7 +12,7 @@ from sparsedd.cli import main
 from sparsedd.config import TrainConfig
 from sparsedd.store import FileCheckpointer, Store
 from sparsedd.training import train
-from sparsedd.training.batched import train_batched
+from sparsedd.training.planner import train_batched
 from test_batched import setup
 
 

@@ -248,7 +248,7 @@ def test_bn_l1_pushes_batch_norm_scales_down():
     subgradient lambda * sign(gamma) on every scale, nothing else changed at lr 0 but those scales."""
     from sparsedd.pruning import full_mask
     from sparsedd.training import TrainData, train
-    from sparsedd.training.execution import Objective
+    from sparsedd.training.core import Objective
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)

@@ -15,8 +15,7 @@ from sparsedd.errors import SparseddError
 from sparsedd.experiments.stages import level_key
 from sparsedd.store import Store
 from sparsedd.training import train
-from sparsedd.training.execution import Objective
-from sparsedd.training.loop import final_metrics, predict
+from sparsedd.training.core import Objective, final_metrics, predict
 from test_training import pruned_model, tiny_data
 
 ONE_STEP = TrainConfig(lr=0.5, epochs=1, batch_size=96)  # the whole tiny set in one batch: one plain SGD step

@@ -13,7 +13,7 @@ from sparsedd.models import build_model
 from sparsedd.pruning import full_mask, random
 from sparsedd.store import FileCheckpointer
 from sparsedd.training import TrainData, train
-from sparsedd.training.together import measure_together, train_together
+from sparsedd.training.planner import measure_together, train_together
 
 CFG = TrainConfig(lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=2, batch_size=16, eval_every=1)
 K = 3

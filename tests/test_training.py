@@ -147,7 +147,7 @@ def test_bf16_autocast_trains_fp32_weights_and_keeps_masks():
 def test_channels_last_gives_the_same_result_for_a_conv_net():
     from torch import nn
 
-    from sparsedd.training.loop import Accel
+    from sparsedd.training.core import Accel
 
     def make():
         torch.manual_seed(0)

@@ -43,7 +43,7 @@ class ExecOptions:
 
     @property
     def accel(self):
-        from .training.execution import Accel
+        from .training.core import Accel
 
         return Accel(channels_last=self.channels_last, compile=self.compile, capture=self.capture)
 

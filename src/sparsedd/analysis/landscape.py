@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..training import TrainData
-from ..training.loop import evaluate
+from ..training.core import evaluate
 
 State = dict[str, torch.Tensor]
 

@@ -409,7 +409,7 @@ class Analyzer:
         """Train ``todo`` as one stacked computation where they can be (same architecture, schedule, data and
         masked layers; fresh optimizers) and that pays; their outcomes wait in ``_trained`` for :meth:`_fit`."""
         from ..experiments.batching import stackable_training, stacked_size
-        from ..training.batched import train_batched
+        from ..training.planner import train_batched
 
         if len(todo) < 2:
             return

@@ -18,14 +18,13 @@ from ..errors import SparseddError
 from ..models import build_model
 from ..pruning import full_mask, prunable_names
 from ..training import TrainData, train
-from ..training.loop import Accel, iters_per_epoch, predict
 from ..training.captured import WARMUP_STEPS, StepGraph
-from ..training.execution import autocast
+from ..training.core import Accel, autocast, iters_per_epoch, predict
 from ..training.measured import sync
 from ..training.optim import build_optimizer
-from ..training.together import measure_together
+from ..training.planner import measure_together
 
-EVAL_BATCH = 4096  # as in sparsedd.training.loop.predict
+EVAL_BATCH = 4096  # as in sparsedd.training.core.predict
 
 
 def _data(cfg, data_dir, device, n: int) -> tuple[Dataset | None, tuple, int, int, int]:

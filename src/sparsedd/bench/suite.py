@@ -6,7 +6,7 @@ data with LeNet-300-100 and on MNIST-1D with the demo MLP (batch 128, SGD lr 0.1
 (a) ``reference``: a ``DataLoader`` over a ``TensorDataset`` (batch 128, shuffle), the mask multiplied
     into the weights before every forward pass (as OpenLTH's ``PrunedModel`` does), one model at a time;
 (b) ``single``: :func:`sparsedd.training.train` at full density;
-(c) ``batched``: :func:`sparsedd.training.batched.train_batched` with K = 8 and 32 (per model);
+(c) ``batched``: :func:`sparsedd.training.planner.train_batched` with K = 8 and 32 (per model);
 (d) ``sparse``: our trainer at 98.8% sparsity (the automatic policy picks compact execution);
 (b') and (c') ``captured``: (b) and (c) with every full-batch step replayed as a CUDA graph
     (:mod:`sparsedd.training.captured`; on a GPU only, unless ``--capture on`` asks for them on a CPU,
@@ -41,9 +41,9 @@ from ..errors import SparseddError
 from ..models.mlp import MLP
 from ..pruning import density, full_mask, magnitude
 from ..training import TrainData, train
-from ..training.batched import train_batched
 from ..training.captured import WARMUP_STEPS
-from ..training.execution import Accel
+from ..training.core import Accel
+from ..training.planner import train_batched
 from ..training.measured import sync
 from ..training.measured import threads as at_threads
 from ..training.sparse import CompactMLP, SparsePolicy
@@ -243,7 +243,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
             "single": med["single"] / cap["single"],
             "batched": {str(k): med[f"batched_{k}"] / v for k, v in cap["batched"].items()}}
     if curve:
-        from ..training.batched import batching_pays
+        from ..training.planner import batching_pays
 
         with at_threads(ours_t):
             pays = batching_pays(base, BATCH, SEEDS) if measured else False

@@ -18,11 +18,11 @@ from ..config import TrainConfig
 from ..options import ExecOptions
 from ..store import Store
 from ..training import TrainData, TrainResult, train
-from ..training.batched import batchable, batching_pays, max_models, train_batched
-from ..training.loop import iters_per_epoch
+from ..training.batched import batchable, max_models
+from ..training.core import iters_per_epoch
+from ..training.planner import batching_pays, together_pays, train_batched
 from ..training.measured import sync
-from ..training.together import together_pays
-from ..training.together import train_together as train_side_by_side
+from ..training.planner import train_together as train_side_by_side
 from .progress import Progress
 from .replicate import Replicate
 from .stages import Job, batch_key

@@ -26,8 +26,7 @@ from ..pruning import (Count, Mask, bn_convs, density, fixed_weights, full_mask,
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
-from ..training.execution import Objective
-from ..training.loop import predict
+from ..training.core import Objective, predict
 from .distance import learning_distance
 from .progress import SILENT, Progress
 from .retrain import RETRAIN_MODES, level_train_config

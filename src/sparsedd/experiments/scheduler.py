@@ -13,7 +13,7 @@ from ..data import DATASETS
 from ..models import check_takes
 from ..options import ExecOptions
 from ..store import Store
-from ..training.loop import iters_per_epoch
+from ..training.core import iters_per_epoch
 from .replicate import Replicate
 from .retrain import RETRAIN_MODES
 from .stages import Job, data_key, parent_stage

@@ -8,18 +8,15 @@ trained alone (up to floating-point rounding of the batched products).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from ..errors import notice
 from ..models.mlp import MLP
-from .execution import Accel, multiply_, set_lr_
-from .loop import Checkpointer, TrainData, TrainResult, metrics_from_logits, run_epochs
-from .measured import cached, interleaved_medians, machine_key, sync
+from .core import TrainData, metrics_from_logits, multiply_, set_lr_
 from .optim import build_optimizer
 
 
@@ -155,41 +152,6 @@ class StackedExecution:
         return [{k: v.cpu() for k, v in s.items()} for s in self.module.states()]
 
 
-def train_batched(states: list[dict[str, torch.Tensor]], datas: list[TrainData], cfg: TrainConfig,
-                  masks: list[dict[str, torch.Tensor]], *, order_keys: list[tuple], device: str | torch.device = "cpu",
-                  checkpoint: Checkpointer | None = None,
-                  on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
-                  on_step: Callable[[int], None] | None = None, stop_iteration: int | None = None,
-                  accel: Accel = Accel()) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
-    """Train K networks (start weights ``states``) under ``masks``; returns final states and results.
-
-    ``stop_iteration`` ends training early (the results then have no final metrics); ``on_step``
-    gets the number of steps just done.
-
-    All networks share the inputs ``datas[k].x`` (the same data set) but have their own labels,
-    order (permutation of epoch e from generator(*order_keys[k], e)) and masks. ``accel.capture``: the
-    steps replayed as a CUDA graph where the device allows (:mod:`.captured`).
-    """
-    if len(order_keys) != len(states):
-        raise ValueError("one data view, mask and order key per network")
-    execution = stacked_execution(states, datas, cfg, masks, torch.device(device), accel)
-    results = run_epochs(execution, cfg, order_keys, checkpoint=checkpoint, stop_iteration=stop_iteration,
-                         on_epoch=on_epoch, on_step=on_step)
-    return execution.states(), results
-
-
-def stacked_execution(states, datas, cfg: TrainConfig, masks, device: torch.device, accel: Accel) -> StackedExecution:
-    """The stacked execution, captured where ``--capture`` and the device allow (said where it was asked for)."""
-    from .captured import CapturedStackedExecution, capture_choice
-
-    captured, note = capture_choice(accel.capture, device, cfg, compact=False, compile=False, distributed=False)
-    if note:
-        notice(note)
-    if captured:
-        return CapturedStackedExecution(states, datas, cfg, masks, device, capture=True)
-    return StackedExecution(states, datas, cfg, masks, device)
-
-
 def _slice_optimizer_state(opt_state: dict[str, Any], k: int, model: StackedMLP) -> dict[str, Any]:
     """Network k's part of the stacked optimizer state, in the parameter order of a single MLP."""
     depth = len(model.weights)
@@ -206,56 +168,7 @@ def _slice_optimizer_state(opt_state: dict[str, Any], k: int, model: StackedMLP)
     return {"state": state, "param_groups": groups}
 
 
-# --- when batching pays, and how many networks fit -------------------------------------------
-
-def measure_batching(widths: tuple[int, ...], batch_size: int, k: int, device: torch.device | str,
-                     steps: int = 8, rounds: int = 3) -> dict[str, Any]:
-    """Seconds per model-step of ``k`` networks trained one by one and batched (synthetic data), the
-    two taking turns ``rounds`` times (medians: :func:`.measured.interleaved_medians`)."""
-    import time
-
-    from ..config import TrainConfig
-    from ..pruning import full_mask
-    from .loop import train
-
-    device = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    n = batch_size * (steps + 2)
-    x = torch.randn(n, widths[0], generator=g).to(device)
-    y = torch.randint(0, widths[-1], (n,), generator=g).to(device)
-    data = TrainData.clean(x, y, batch_size)
-    cfg = TrainConfig(lr=0.01, batch_size=batch_size, epochs=1, eval_every=10 ** 6)
-    models = [MLP(widths[0], widths[1:-1], widths[-1]).to(device) for _ in range(k)]
-    masks = [full_mask(m, m.prunable_names("default")) for m in models]
-
-    def timed(fn) -> float:
-        fn(2)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        fn(steps + 2)
-        sync(device)
-        return (time.perf_counter() - t0) / (steps + 2) / k
-
-    def single(s):
-        for m, mk in zip(models, masks):
-            train(m, data, cfg, mk, order_key=(0, "measure"), stop_iteration=s)
-
-    def batched(s):
-        train_batched([m.state_dict() for m in models], [data] * k, cfg, masks,
-                      order_keys=[(i, "measure") for i in range(k)], device=device, stop_iteration=s)
-
-    med = interleaved_medians({"single": lambda: timed(single), "batched": lambda: timed(batched)}, rounds)
-    one, many = med["single"], med["batched"]
-    return {"single_s": one, "batched_s": many, "pays": many < 0.9 * one}
-
-
-def batching_pays(model: MLP, batch_size: int, k: int, cache_dir: str | None = None) -> bool:
-    """Whether training ``k`` such networks batched is faster per network than one by one (measured once)."""
-    device = next(model.parameters()).device
-    widths = model.widths
-    key = machine_key(device, "v2", "-".join(map(str, widths)), f"b{batch_size}", f"k{k}")  # v2: interleaved rounds
-    return bool(cached("batching", key, lambda: measure_batching(widths, batch_size, k, device), cache_dir)["pays"])
-
+# --- how many networks fit ------------------------------------------------------------------
 
 def max_models(model: MLP, batch_size: int, device: torch.device | str, share: float = 0.25) -> int:
     """How many such networks one batched computation may hold: ``share`` of the free memory (GPU)

@@ -29,10 +29,8 @@ from ..data.augment import crop_flip_apply, crop_flip_draws
 from ..errors import notice
 from ..rng import generator
 from .batched import StackedExecution
-from .execution import Accel, Objective, SingleExecution, fp32
-
-if TYPE_CHECKING:
-    from .loop import TrainData
+from .core import Accel, Objective, TrainData, fp32
+from .execution import SingleExecution
 
 # ``--capture auto`` captures only once a GPU check has shown captured training equal to eager training
 # (benchmarks/gpu_check.py); until then a user asks for it with ``--capture on``

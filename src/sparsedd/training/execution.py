@@ -1,22 +1,15 @@
-"""How a stage computes, decided once before its epoch loop: the one-model execution.
-
-The epoch loop (:func:`sparsedd.training.loop.run_epochs`) only sees an :class:`Execution`: K
-networks (K = 1 here, K > 1 in :mod:`sparsedd.training.batched`) with their optimizer, a masked
-``step`` on a batch of example indices, and an evaluation. Which computation serves a stage
-(dense-masked, compact on the live units, DistributedDataParallel, ``torch.compile``, channels-last)
-is chosen by :func:`prepare_single`, never inside the loop.
+"""The one-network execution (:class:`SingleExecution`): dense-masked or compact on the live units,
+optionally compiled, channels-last or data-parallel. :mod:`.planner` chooses it for a stage, never
+the epoch loop.
 
 ``step`` has no Python branch on data and reads no value back to the host, so the same function
-could be captured once and replayed (CUDA graphs); the loss and hit count stay on the device.
+could be captured once and replayed (CUDA graphs, :mod:`.captured`); the loss and hit count stay on
+the device.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,122 +17,11 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.augment import augment_batch
-from ..distributed import SINGLE, Dist
-from ..errors import notice
+from ..distributed import Dist
 from ..rng import generator
+from .core import Accel, Objective, TrainData, autocast, evaluate, masked_pairs, multiply_, set_lr_
 from .optim import build_optimizer
-from .sparse import LAYOUT, compact_threads
-
-if TYPE_CHECKING:
-    from .loop import TrainData
-    from .sparse import SparsePolicy
-
-
-@dataclass(frozen=True)
-class Accel:
-    """Execution options that leave the arithmetic's meaning alone (so they are not part of any stage id)."""
-
-    channels_last: bool = False  # 4-D inputs and conv weights in NHWC memory order
-    compile: bool = False  # torch.compile the model's forward
-    capture: str = "auto"  # replay the training step as a CUDA graph: auto, on, off (sparsedd.training.captured)
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast of the forward pass, or a no-op for fp32. Without autocast's cache of cast weights,
-    which a captured step (CUDA graph) cannot hold; each weight is cast once per forward pass anyway."""
-    if precision != "bf16":  # entering a disabled autocast costs a few microseconds per step
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
-
-
-@dataclass
-class Objective:
-    """What the loss adds to the cross-entropy with the training labels (the remedies of the critical dip).
-
-    ``penalty``: lambda * ||w - anchor||^2 over the unpruned parameters (the anchor: the dense init),
-    applied as its gradient 2 * lambda * (w - anchor) before the masks, which is the same for SGD and
-    cheaper than a loss term. ``alpha``: distillation, (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
-    at temperature T; the teacher is either its logits on every training example (no augmentation)
-    or a module run on each augmented batch.
-    """
-
-    anchor: dict[str, torch.Tensor] | None = None
-    penalty: float = 0.0
-    teacher: torch.Tensor | nn.Module | None = None
-    alpha: float = 0.0
-    temperature: float = 4.0
-    bn_l1: float = 0.0  # lambda * sum |gamma| over batch-norm scales, as its subgradient lambda * sign(gamma)
-
-    @property
-    def active(self) -> bool:
-        return self.penalty > 0 or self.alpha > 0 or self.bn_l1 > 0
-
-    def mix(self, ce: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, xb: torch.Tensor, scale: float) -> torch.Tensor:
-        """The training loss from the cross-entropy ``ce`` and the student's logits ``out`` on the examples
-        ``idx`` (inputs ``xb``); ``scale`` turns a sum over them into what ``ce`` is (a mean of the global batch)."""
-        if self.alpha == 0:
-            return ce
-        if isinstance(self.teacher, nn.Module):
-            with torch.no_grad():
-                target = self.teacher(xb).float()
-        else:
-            target = self.teacher[idx]
-        t = self.temperature
-        kd = F.kl_div(F.log_softmax(out.float() / t, 1), F.log_softmax(target / t, 1), reduction="sum",
-                      log_target=True) * scale
-        return (1 - self.alpha) * ce + self.alpha * t * t * kd
-
-
-class Execution(Protocol):
-    """K networks trained together by one optimizer, as the epoch loop drives them."""
-
-    k: int  # networks
-    name: str  # what computes the step, recorded with each stage: dense-masked, compact, captured, stacked, side-by-side
-    n: int  # training examples
-    device: torch.device
-    module: nn.Module  # what a checkpoint's "model" holds
-    opt: torch.optim.Optimizer
-    single: bool  # checkpoints in the one-network layout (history a list, not a list per network)
-
-    def apply_masks(self) -> None: ...
-    def set_lr(self, value: float) -> None: ...
-    def step(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def evaluate(self) -> list[dict[str, float | None]]: ...
-    def optimizer_state(self, k: int) -> dict[str, Any]: ...
-    def extra_state(self) -> dict[str, Any]: ...
-
-
-def fp32(value: float) -> float:
-    """``value`` rounded to float32. CUDA's fused SGD reads a tensor learning rate as float32 and a number
-    as float64: eager steps take the rounded number so that eager and captured training (a tensor) agree.
-    (struct rounds as a float32 tensor does, in a tenth of the time: this runs at every step.)"""
-    try:
-        return struct.unpack("f", struct.pack("f", value))[0]
-    except OverflowError:  # beyond float32's range: infinite, as in a float32 tensor
-        return math.copysign(math.inf, value)
-
-
-def set_lr_(opt: torch.optim.Optimizer, value: float) -> None:
-    """The eager executions' learning rate: for SGD rounded to float32, as a captured step's learning-rate
-    tensor holds it (fused SGD on a CPU rounds it so anyway: no change there); Adam, which is never
-    captured, is left alone."""
-    if isinstance(opt, torch.optim.SGD):
-        value = fp32(value)
-    for group in opt.param_groups:
-        group["lr"] = value
-
-
-def masked_pairs(params: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> tuple[list, list]:
-    """(parameters, float masks) of the masked parameters; an all-ones mask changes nothing, so it is skipped."""
-    partial = [n for n in mask if not bool(mask[n].all())]
-    return ([params[n] for n in partial],
-            [mask[n].to(dtype=params[n].dtype, device=params[n].device) for n in partial])
-
-
-@torch.no_grad()
-def multiply_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
-    if tensors:
-        torch._foreach_mul_(tensors, masks)
+from .sparse import LAYOUT, CompactMLP, compact_threads
 
 
 class SingleExecution:
@@ -152,13 +34,11 @@ class SingleExecution:
     k = 1
     single = True
 
-    def __init__(self, model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
+    def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
                  order_key: tuple, accel: Accel, dist: Dist, kernel: float | None,
                  optimizer_state: dict[str, Any] | None, objective: Objective = Objective()):
         self.outer, self.compact, self.kernel = model, None, kernel
         if kernel is not None:  # compute on the live units only (sparsedd.training.sparse)
-            from .sparse import CompactMLP
-
             self.compact = CompactMLP(model.state_dict(), mask, kernel_below=kernel)
             model, mask = self.compact, {}
             if optimizer_state:
@@ -244,8 +124,6 @@ class SingleExecution:
             return loss.detach() * yb.shape[0], (out.argmax(1) == yb).sum()
 
     def evaluate(self) -> list[dict[str, float | None]]:
-        from .loop import evaluate
-
         return [evaluate(self.module, self.data, self.cfg.precision)]
 
     def optimizer_state(self, k: int) -> dict[str, Any]:
@@ -269,34 +147,3 @@ class SingleExecution:
 def stale_compact(saved: dict[str, Any] | None) -> bool:
     """Whether a checkpoint holds a compact network in a layout this version does not read."""
     return saved is not None and saved.get("compact_kernel") is not None and saved.get("compact_layout") != LAYOUT
-
-
-def prepare_single(model: nn.Module, data: "TrainData", cfg: TrainConfig, mask: dict[str, torch.Tensor], *,
-                   order_key: tuple, accel: Accel = Accel(), dist: Dist = SINGLE, sparse: "SparsePolicy | None" = None,
-                   saved: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None,
-                   objective: Objective = Objective()) -> SingleExecution:
-    """The execution of one network's stage; a checkpoint's layout (``saved``) wins over the sparse policy.
-    With a penalty or distillation the network computes dense-masked (the compact layout has no anchor or teacher)."""
-    kernel = None if objective.active else _sparse_kernel(model, mask, cfg, sparse, accel, dist, saved)
-    device = data.x.device
-    from .captured import CapturedExecution, capture_choice
-
-    captured, note = capture_choice(accel.capture, device, cfg, compact=kernel is not None, compile=accel.compile,
-                                    distributed=dist.active)
-    if note:
-        notice(note)
-    if captured:
-        return CapturedExecution(model, data, cfg, mask, order_key=order_key, capture=True,
-                                 optimizer_state=optimizer_state, objective=objective, accel=accel)
-    return SingleExecution(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, kernel=kernel,
-                           optimizer_state=optimizer_state, objective=objective)
-
-
-def _sparse_kernel(model: nn.Module, mask: dict[str, torch.Tensor], cfg: TrainConfig, sparse, accel: Accel,
-                   dist: Dist, saved: dict[str, Any] | None) -> float | None:
-    """The CSR threshold of compact execution for this stage, or None to compute dense-masked."""
-    if saved is not None:
-        return saved.get("compact_kernel")
-    if sparse is None or accel.compile or accel.channels_last or dist.active:
-        return None
-    return sparse.decide(model, mask, cfg.batch_size, cfg.precision)

@@ -14,16 +14,12 @@ never picks it there.
 from __future__ import annotations
 
 import contextlib
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import TrainConfig
-from .execution import Accel, SingleExecution, prepare_single
-from .loop import Checkpointer, TrainData, TrainResult, iters_per_epoch, run_epochs
-from .measured import cached, machine_key, sync
+from .execution import SingleExecution
 
 
 class Optimizers:
@@ -98,75 +94,3 @@ class TogetherExecution:
             p.finish()
 
 
-def train_together(models: list[nn.Module], datas: list[TrainData], cfg: TrainConfig,
-                   masks: list[dict[str, torch.Tensor]], *, order_keys: list[tuple], accel: Accel = Accel(),
-                   checkpoint: Checkpointer | None = None,
-                   on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
-                   stop_iteration: int | None = None) -> list[TrainResult]:
-    """Train the K ``models`` in place, each under its mask on its data view with its data order; one
-    result each, as K calls of :func:`~.loop.train` give them. Dense-masked, or captured where
-    ``accel.capture`` and the device allow (no compact execution: K networks of one level share it)."""
-    if not len(models) == len(datas) == len(masks) == len(order_keys):
-        raise ValueError("one data view, mask and order key per network")
-    parts = [prepare_single(m, d, cfg, mk, order_key=key, accel=accel)
-             for m, d, mk, key in zip(models, datas, masks, order_keys)]
-    execution = TogetherExecution(parts)
-    results = run_epochs(execution, cfg, order_keys, checkpoint=checkpoint, stop_iteration=stop_iteration,
-                         on_epoch=on_epoch)
-    execution.finish()
-    return results
-
-
-def measure_together(make_model: Callable[[], nn.Module], data: TrainData, cfg: TrainConfig, k: int,
-                     accel: Accel = Accel(), steps: int = 10, warmup: int = 4) -> dict[str, Any]:
-    """Seconds per model-step of ``k`` networks trained one by one and together (on ``data``'s device):
-    ``warmup`` steps (captures included), then ``warmup + steps`` steps timed from the start."""
-    from ..pruning import full_mask
-
-    models = [make_model() for _ in range(k)]
-    masks = [full_mask(m, m.prunable_names("all")) for m in models]
-
-    def timed(fn) -> float:
-        fn(warmup)  # cuDNN's choices, the allocator's pools
-        sync(data.x.device)
-        t0 = time.perf_counter()
-        fn(steps + warmup)
-        sync(data.x.device)
-        return (time.perf_counter() - t0) / (steps + warmup) / k
-
-    def alone(s):
-        for i, (m, mk) in enumerate(zip(models, masks)):
-            train_together([m], [data], cfg, [mk], order_keys=[(i, "measure")], accel=accel, stop_iteration=s)
-
-    def together(s):
-        train_together(models, [data] * k, cfg, masks, order_keys=[(i, "measure") for i in range(k)], accel=accel,
-                       stop_iteration=s)
-
-    one, many = timed(alone), timed(together)
-    return {"single_s": one, "together_s": many, "pays": many < 0.9 * one}
-
-
-def together_pays(make_model: Callable[[], nn.Module], data: TrainData, cfg: TrainConfig, k: int,
-                  accel: Accel = Accel(), cache_dir: str | None = None) -> bool:
-    """Whether ``k`` such networks train faster per network side by side than one by one: never on a
-    CPU (the same steps in turn), measured once per machine and setting on a GPU."""
-    if not data.x.is_cuda:
-        return False
-    total = cfg.epochs * iters_per_epoch(data.n, cfg.batch_size)
-    if total < 3:  # too short to measure, and too short to matter
-        return False
-    model = make_model()
-    key = machine_key(data.x.device, "together-v1", type(model).__name__, sum(p.numel() for p in model.parameters()),
-                      tuple(data.x.shape[1:]), f"b{cfg.batch_size}", f"k{k}", cfg.precision, accel.capture,
-                      accel.channels_last)
-    warmup = min(4, total // 3)
-    steps = min(10, total - 2 * warmup)  # the timed run repeats the warm-up steps: warmup + steps <= total
-
-    def measure() -> dict[str, Any]:
-        try:
-            return measure_together(make_model, data, cfg, k, accel, steps=steps, warmup=warmup)
-        except torch.cuda.OutOfMemoryError:  # K of them do not fit: they train one by one
-            torch.cuda.empty_cache()
-            return {"pays": False, "out_of_memory": True}
-
-    return bool(cached("together", key, measure, cache_dir)["pays"])
