@@ -1,7 +1,9 @@
-"""Issue 25: no import cycle among the modules of src/sparsedd, counting imports inside functions.
+"""Issue 25: no import cycle among the modules of src/sparsedd (imports inside functions counted), and no
+function over 60 lines.
 
 Two cycles remain from before (the config with the data, model and retraining registries; claims with
-the report and the sweep engine); the test fails on any other, and on either of those growing."""
+the report and the sweep engine), and five long functions: the tests fail on any other, and on any of
+those growing."""
 
 from __future__ import annotations
 
@@ -92,3 +94,20 @@ def test_no_import_cycle_but_the_two_being_taken_apart():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+LONG = {  # function -> its length today: to be split (issue 25); none may grow, and no other may pass 60 lines
+    "sparsedd/bench/preset.py:bench_preset": 82, "sparsedd/bench/suite.py:bench_model": 96,
+    "sparsedd/report/html.py:write_report": 64, "sparsedd/sweep/__init__.py:run_sweep": 71,
+    "sparsedd/training/loop.py:run_epochs": 65,
+}
+
+
+def test_no_function_over_60_lines_but_the_known_ones_and_they_do_not_grow():
+    over = {}
+    for path in (SRC / "sparsedd").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                over[f"{path.relative_to(SRC).as_posix()}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert set(over) <= set(LONG), sorted(set(over) - set(LONG))
+    assert all(over[name] <= LONG[name] for name in over), {n: (over[n], LONG[n]) for n in over if over[n] > LONG[n]}

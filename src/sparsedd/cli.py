@@ -469,6 +469,24 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="output folder; DIR/index.html is the page")
     rp.set_defaults(func=cmd_report)
 
+    _add_bench(command)
+    _add_sweep(command)
+    _add_claims(command)
+
+    dr = command("doctor", "check every stage and the index of a store; --repair sets damaged stages aside "
+                           "(computed again when next needed) and rebuilds the index from the stage folders", "root")
+    dr.add_argument("--repair", action="store_true", help="repair what the check finds")
+    dr.set_defaults(func=cmd_doctor)
+
+    pl = command("plot", "plot accuracy against sparsity", "root")
+    pl.add_argument("run", help="run id (or a unique prefix)")
+    pl.add_argument("--out", default=None, help="output PNG (default: RUN.png)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def _add_bench(command) -> None:
+    """`sparsedd bench`: the reference benchmark, or a preset's seconds per epoch."""
     bn = command("bench", "our trainers against the common DataLoader loop (LeNet-300-100, MNIST-1D MLP); "
                           "with --preset: seconds per epoch of a preset's model and data", "data", "threads", "set")
     bn.add_argument("--preset", default=None, help=f"one of: {', '.join(config_mod.presets())}")
@@ -491,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     _format(bn, "json")
     bn.set_defaults(func=cmd_bench)
 
+
+def _add_sweep(command) -> None:
+    """`sparsedd sweep`: many runs from a sweep file."""
     from .sweep.spec import sweep_presets
 
     sw = command("sweep", "many runs from a sweep file (grid/zip axes over config keys), locally in parallel or "
@@ -509,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     _format(sw, "json")
     sw.set_defaults(func=cmd_sweep)
 
+
+def _add_claims(command) -> None:
+    """`sparsedd claims`: the paper's six claims over seeds."""
     cl = command("claims", "the paper's six claims measured over seeds: builds the runs and analyses they need "
                            "from a preset (a sweep; finished stages reused), then one row per claim with a verdict",
                  "root", "data", "threads", "set", "execution")
@@ -523,17 +547,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "after the other (no start-up cost; for small configurations)")
     _format(cl, "json", "markdown")
     cl.set_defaults(func=cmd_claims)
-
-    dr = command("doctor", "check every stage and the index of a store; --repair sets damaged stages aside "
-                           "(computed again when next needed) and rebuilds the index from the stage folders", "root")
-    dr.add_argument("--repair", action="store_true", help="repair what the check finds")
-    dr.set_defaults(func=cmd_doctor)
-
-    pl = command("plot", "plot accuracy against sparsity", "root")
-    pl.add_argument("run", help="run id (or a unique prefix)")
-    pl.add_argument("--out", default=None, help="output PNG (default: RUN.png)")
-    pl.set_defaults(func=cmd_plot)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,23 @@ PARTS = ("main", "const_in", "const_out", "inert", "bias_live", "bias_const", "b
 LAYOUT = 3  # the flat parameter's layout, saved with a compact stage's checkpoints (2: values only, no blocks)
 
 
+def _units(masks: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer boundary (inputs, hidden layers, outputs): which units matter (``useful``: they reach an
+    output), which of those are constant (no live input) and which are live (useful, not constant)."""
+    depth = len(masks)
+    # which units matter: backwards from the outputs (all of which do)
+    useful: list[torch.Tensor] = [torch.ones(masks[-1].shape[0], dtype=torch.bool, device=masks[-1].device)]
+    for i in reversed(range(depth)):
+        useful.insert(0, masks[i][useful[0]].any(0))
+    # which are constant: forwards from the inputs (which never are); outputs are always computed
+    const = [torch.zeros_like(useful[0])]
+    for i in range(depth):
+        c = useful[i + 1] & ~masks[i][:, useful[i] & ~const[i]].any(1)
+        const.append(c if i + 1 < depth else torch.zeros_like(c))
+    live = [u & ~c for u, c in zip(useful, const)]
+    return useful, const, live
+
+
 class CompactMLP(nn.Module):
     """An :class:`MLP` state under a mask, computed on its live units only (see the module doc).
 
@@ -137,16 +154,7 @@ class CompactMLP(nn.Module):
                  else torch.ones_like(weights[i], dtype=torch.bool) for i in range(depth)]
         self.depth = depth
         self.shapes = [tuple(w.shape) for w in weights]
-        # which units matter: backwards from the outputs (all of which do)
-        useful: list[torch.Tensor] = [torch.ones(self.shapes[-1][0], dtype=torch.bool, device=device)]
-        for i in reversed(range(depth)):
-            useful.insert(0, masks[i][useful[0]].any(0))
-        # which are constant: forwards from the inputs (which never are); outputs are always computed
-        const = [torch.zeros_like(useful[0])]
-        for i in range(depth):
-            c = useful[i + 1] & ~masks[i][:, useful[i] & ~const[i]].any(1)
-            const.append(c if i + 1 < depth else torch.zeros_like(c))
-        live = [u & ~c for u, c in zip(useful, const)]
+        useful, const, live = _units(masks)
         self.live_units = [int(v.sum()) for v in live]
         self.const_units = [int(v.sum()) for v in const]
         self.dead_units = [int((~u).sum()) for u in useful]
