@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the test suite. Extra arguments go to pytest.
+# Set up .venv if needed, then run the test suite. Extra arguments go to pytest; --fast first runs the inner loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,5 +8,10 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   echo "installing Debian's chromium for the report test..." >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "could not install chromium; the report test will say so" >&2
+fi
+# --fast: the inner loop (no slow, subprocess, browser or GPU test: tests/conftest.py's tiers), under 2 minutes
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  set -- -m "not slow and not subprocess and not browser and not gpu" "$@"
 fi
 exec .venv/bin/python -m pytest -q "$@"

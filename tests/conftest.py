@@ -77,3 +77,78 @@ def http_dir(tmp_path):
     yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+# --- test tiers (issue 25): `-m "not slow and not subprocess and not browser and not gpu"` is the inner loop
+# Node ids (file::test, every parametrization), so that a test file keeps no list of its own.
+# SLOW: 3 s or more in a fresh-clone run on the 2-core build machine (`bash scripts/test.sh --durations=0`).
+SLOW = (
+    "test_analysis.py::test_redense_gives_back_pruned_weights",
+    "test_bad_input.py::test_random_malformed_configs_and_sweeps",
+    "test_batched.py::test_an_interrupted_level_resumes_the_way_it_started_whatever_the_timing_says_then",
+    "test_batched.py::test_jobs_that_could_stack_or_run_compact_take_the_faster_way_timed_on_copies",
+    "test_batched.py::test_pipeline_batched_seeds_equal_one_by_one",
+    "test_benchsuite.py::test_bench_runs_our_columns_on_the_threads_run_uses",
+    "test_benchsuite.py::test_bench_suite_captured_columns_where_asked",
+    "test_benchsuite.py::test_bench_suite_quick_json_shape",
+    "test_benchsuite.py::test_bench_suite_table_and_bad_input",
+    "test_cifarn.py::test_a_tiny_run_with_cifar10n_worst",
+    "test_claims.py::test_claims_command_end_to_end",
+    "test_claims.py::test_report_show_and_phases_after_claims",
+    "test_distance.py::test_a_network_that_learns_nothing_has_distance_zero_at_every_level",
+    "test_distributed.py::test_two_processes_match_one",
+    "test_gpu_check.py::test_the_gpu_script_runs_on_a_cpu_at_tiny_sizes",
+    "test_image_e2e.py::test_cifar_models_end_to_end",
+    "test_image_e2e.py::test_tinyimagenet_resnet101_end_to_end",
+    "test_image_models.py::test_masked_training_step_keeps_pruned_weights_zero",
+    "test_index.py::test_a_locked_index_is_waited_for_on_the_terminal_then_given_up",
+    "test_index.py::test_a_read_only_store_is_listed_shown_plotted_reported_loaded_and_analyzed_creating_nothing",
+    "test_index.py::test_a_stage_another_process_computes_is_waited_for_then_given_up",
+    "test_parity.py::test_resnet18_prunes_as_the_paper_code",
+    "test_progress.py::test_a_run_without_a_terminal_logs_a_line_per_stage",
+    "test_prune_variants.py::test_vgg16_slimming_end_to_end",
+    "test_report.py::test_report_files",
+    "test_resume.py::test_sigkill_then_resume_gives_identical_weights",
+    "test_signals.py::test_sigterm_to_a_run_keeps_its_checkpoint_and_marks_it_partial",
+    "test_signals.py::test_sigterm_to_a_sweep_driver_stops_its_workers",
+    "test_sweep.py::test_failed_run_is_reported_retried_and_does_not_stop_the_others",
+    "test_sweep.py::test_four_concurrent_writers_lose_nothing",
+    "test_sweep.py::test_local_sweep_equals_one_by_one_shares_dense_and_resumes",
+    "test_sweep.py::test_ray_sweep_equals_one_by_one_and_shares_with_local",
+    "test_sweep.py::test_stage_lock_excludes_other_processes_and_dies_with_its_holder",
+    "test_sweep.py::test_worker_killed_mid_run_then_sweep_completes",
+    "test_together.py::test_a_conv_run_with_batch_on_trains_seeds_side_by_side_with_the_same_results",
+    "test_together.py::test_conv_nets_trained_together_end_as_each_trained_alone",
+)
+SUBPROCESS = (  # starts other processes (workers, a CLI, torchrun, a lock holder, a browser)
+    "test_bad_input.py::test_random_malformed_configs_and_sweeps",
+    "test_cli.py::test_console_script_and_default_preset_parse",
+    "test_distributed.py::test_two_processes_match_one",
+    "test_index.py::test_a_read_only_store_is_listed_shown_plotted_reported_loaded_and_analyzed_creating_nothing",
+    "test_index.py::test_a_locked_index_is_waited_for_on_the_terminal_then_given_up",
+    "test_index.py::test_a_short_index_wait_is_said_and_then_the_command_goes_on",
+    "test_index.py::test_a_stage_another_process_computes_is_waited_for_then_given_up",
+    "test_index.py::test_doctor_leaves_a_stage_being_computed_alone",
+    "test_progress.py::test_a_run_without_a_terminal_logs_a_line_per_stage",
+    "test_report.py::test_report_in_headless_chromium",
+    "test_resume.py::test_sigkill_then_resume_gives_identical_weights",
+    "test_signals.py::test_sigterm_to_a_sweep_driver_stops_its_workers",
+    "test_signals.py::test_sigterm_to_a_run_keeps_its_checkpoint_and_marks_it_partial",
+    "test_sweep.py::test_local_sweep_equals_one_by_one_shares_dense_and_resumes",
+    "test_sweep.py::test_failed_run_is_reported_retried_and_does_not_stop_the_others",
+    "test_sweep.py::test_ray_sweep_equals_one_by_one_and_shares_with_local",
+    "test_sweep.py::test_worker_killed_mid_run_then_sweep_completes",
+    "test_sweep.py::test_four_concurrent_writers_lose_nothing",
+    "test_sweep.py::test_stage_lock_excludes_other_processes_and_dies_with_its_holder",
+)
+BROWSER = ("test_report.py::test_report_in_headless_chromium",)
+GPU = ("test_augment.py::test_same_result_on_cuda",)
+TIERS = {"slow": SLOW, "subprocess": SUBPROCESS, "browser": BROWSER, "gpu": GPU}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        node = item.nodeid.split("[")[0].removeprefix("tests/")
+        for marker, nodes in TIERS.items():
+            if node in nodes:
+                item.add_marker(getattr(pytest.mark, marker))

@@ -111,3 +111,16 @@ def test_no_function_over_60_lines_but_the_known_ones_and_they_do_not_grow():
                 over[f"{path.relative_to(SRC).as_posix()}:{node.name}"] = node.end_lineno - node.lineno + 1
     assert set(over) <= set(LONG), sorted(set(over) - set(LONG))
     assert all(over[name] <= LONG[name] for name in over), {n: (over[n], LONG[n]) for n in over if over[n] > LONG[n]}
+
+
+def test_every_test_a_tier_names_exists():
+    """The tier tables in tests/conftest.py name tests by file and function: a renamed test must not
+    silently fall out of its tier."""
+    from conftest import TIERS
+
+    tests = Path(__file__).resolve().parent
+    for marker, nodes in TIERS.items():
+        for node in nodes:
+            file, name = node.split("::")
+            names = {n.name for n in ast.parse((tests / file).read_text()).body if isinstance(n, ast.FunctionDef)}
+            assert name in names, (marker, node)
