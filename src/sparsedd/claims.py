@@ -10,7 +10,6 @@ nothing) -> the analyses the claims ask for, cached in the store as ``sparsedd a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,10 +21,10 @@ from .analysis.claims import CLAIMS, CONFIDENCE
 from .config import RunConfig, stable_hash
 from .errors import SparseddError
 from .options import ExecOptions
+from .report.claims_text import markdown, rows_for_text, stored, table, texts  # noqa: F401 (the claims API)
 from .store import Store, write_json
+from .store.paths import CLAIMS as FOLDER
 from .sweep import Sweep, SweepOptions, SweepRun, run_sweep
-
-FOLDER = "claims"  # under the results root: <sweep id>.json per claims result
 
 
 def _heavier_noise(cfg: RunConfig) -> dict[str, Any]:
@@ -183,70 +182,3 @@ def run_claims(preset: str | None, sets: list[str], seeds: int | None, root: str
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, doc)
     return doc, path
-
-
-def stored(root: str | Path, run_ids: list[str]) -> list[dict[str, Any]]:
-    """The saved claims results whose runs are all among ``run_ids`` (for the report)."""
-    folder = Path(root) / FOLDER
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        doc = json.loads(path.read_text())
-        if set(doc.get("runs", {}).values()) <= set(run_ids):
-            out.append(doc)
-    return out
-
-
-# --- text forms -------------------------------------------------------------------------------
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3g}"
-
-
-def _ci(ci: list[float | None]) -> str:
-    return "n/a" if None in ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-def _part_label(part: dict[str, Any], shared: bool) -> str:
-    """A part's line: where it was measured (the setting, or the level and its sparsity), after its
-    measure when the parts of the claim measure different things."""
-    where = part.get("setting") or (f"level {part['level']}" + (f" ({100 * part['sparsity']:.2f}% sparse)"
-                                                                 if "sparsity" in part else "")
-                                    if "level" in part else "")
-    return "  " + (where if shared and where else f"{part['measure']}" + (f" ({where})" if where else ""))
-
-
-def rows_for_text(doc: dict[str, Any]) -> list[list[str]]:
-    """claim, measure, value, CI, test, verdict: one line per claim, then one per part of multi-part claims."""
-    lines = []
-    for c in doc["claims"]:
-        lines.append([str(c["claim"]), c["measure"], _fmt(c["value"]), _ci(c["ci"]), c["test"], c["verdict"]])
-        if len(c["parts"]) > 1:
-            shared = len({p["measure"] for p in c["parts"]}) == 1
-            lines += [["", _part_label(p, shared), _fmt(p["value"]), _ci(p["ci"]), p["test"], p["verdict"]]
-                      for p in c["parts"]]
-    return lines
-
-
-HEAD = ["claim", "measure", "value", "CI", "test", "verdict"]
-
-
-def texts(doc: dict[str, Any]) -> list[str]:
-    """"N. claim text (runs)" for each claim."""
-    return [f"{c['claim']}. {c['text']} (runs {', '.join(c['runs'])})" for c in doc["claims"]]
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(HEAD) + " |", "|---:|---|---:|---|---|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows_for_text(doc)]
-    return "\n".join(lines + ["", f"{doc['interval']}; {doc['seeds']} seeds; preset {doc['preset']}.", ""] + texts(doc))
-
-
-def table(doc: dict[str, Any]):
-    from rich.table import Table
-
-    t = Table(title=f"claims: preset {doc['preset']}, {doc['seeds']} seeds", caption=doc["interval"])
-    for h in HEAD:
-        t.add_column(h, justify="right" if h in ("claim", "value") else "left")
-    for r in rows_for_text(doc):
-        t.add_row(*r)
-    return t

@@ -135,7 +135,7 @@ def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
 
 def _claims_section(w: _Writer, root: Path, run_ids: list[str]) -> None:
     """The claims computed by `sparsedd claims` over runs that are all among those shown."""
-    from ..claims import HEAD, rows_for_text, stored, texts
+    from .claims_text import HEAD, rows_for_text, stored, texts
 
     for doc in stored(root, run_ids):
         w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds)")

@@ -1,0 +1,76 @@
+"""A claims result (`sparsedd claims`, saved as ``claims/<sweep id>.json`` in the store) as text: the
+terminal table, markdown, and the rows and claim texts the report shows; and the saved results a
+report reads. Formatting only: measuring the claims is :mod:`sparsedd.claims`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..store.paths import CLAIMS
+
+
+def stored(root: str | Path, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The saved claims results whose runs are all among ``run_ids`` (for the report)."""
+    folder = Path(root) / CLAIMS
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        doc = json.loads(path.read_text())
+        if set(doc.get("runs", {}).values()) <= set(run_ids):
+            out.append(doc)
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _ci(ci: list[float | None]) -> str:
+    return "n/a" if None in ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _part_label(part: dict[str, Any], shared: bool) -> str:
+    """A part's line: where it was measured (the setting, or the level and its sparsity), after its
+    measure when the parts of the claim measure different things."""
+    where = part.get("setting") or (f"level {part['level']}" + (f" ({100 * part['sparsity']:.2f}% sparse)"
+                                                                 if "sparsity" in part else "")
+                                    if "level" in part else "")
+    return "  " + (where if shared and where else f"{part['measure']}" + (f" ({where})" if where else ""))
+
+
+def rows_for_text(doc: dict[str, Any]) -> list[list[str]]:
+    """claim, measure, value, CI, test, verdict: one line per claim, then one per part of multi-part claims."""
+    lines = []
+    for c in doc["claims"]:
+        lines.append([str(c["claim"]), c["measure"], _fmt(c["value"]), _ci(c["ci"]), c["test"], c["verdict"]])
+        if len(c["parts"]) > 1:
+            shared = len({p["measure"] for p in c["parts"]}) == 1
+            lines += [["", _part_label(p, shared), _fmt(p["value"]), _ci(p["ci"]), p["test"], p["verdict"]]
+                      for p in c["parts"]]
+    return lines
+
+
+HEAD = ["claim", "measure", "value", "CI", "test", "verdict"]
+
+
+def texts(doc: dict[str, Any]) -> list[str]:
+    """"N. claim text (runs)" for each claim."""
+    return [f"{c['claim']}. {c['text']} (runs {', '.join(c['runs'])})" for c in doc["claims"]]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|---:|---|---:|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows_for_text(doc)]
+    return "\n".join(lines + ["", f"{doc['interval']}; {doc['seeds']} seeds; preset {doc['preset']}.", ""] + texts(doc))
+
+
+def table(doc: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"claims: preset {doc['preset']}, {doc['seeds']} seeds", caption=doc["interval"])
+    for h in HEAD:
+        t.add_column(h, justify="right" if h in ("claim", "value") else "left")
+    for r in rows_for_text(doc):
+        t.add_row(*r)
+    return t
