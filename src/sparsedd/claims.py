@@ -23,7 +23,6 @@ from .errors import SparseddError
 from .options import ExecOptions
 from .report.claims_text import markdown, rows_for_text, stored, table, texts  # noqa: F401 (the claims API)
 from .store import Store, write_json
-from .store.paths import CLAIMS as FOLDER
 from .sweep import Sweep, SweepOptions, SweepRun, run_sweep
 
 
@@ -178,7 +177,7 @@ def run_claims(preset: str | None, sets: list[str], seeds: int | None, root: str
     store = Store(root)
     options.apply_threads(runs.sweep.runs[0].config.model.name)
     doc = measure(StoreEvidence(store, runs, options), runs, progress)
-    path = store.root / FOLDER / f"{doc['id']}.json"
+    path = store.claims_file(doc["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, doc)
     return doc, path

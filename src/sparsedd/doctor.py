@@ -28,7 +28,7 @@ from .experiments.imp import divergence_note
 from .experiments.stages import stage_chain
 from .store import DamagedFile, Store, data_record_problem, write_json
 from .store.index import Index
-from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG
+from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG, RUNS, STAGES
 
 # states of a stage worth a line; a complete, sound and used stage gets none
 DAMAGED, PARTIAL, ORPHANED, BUSY = "damaged", "partial", "orphaned", "busy"
@@ -65,8 +65,8 @@ class Examination:
 
 
 def examine(store: Store) -> Examination:
-    if not any((store.root / name).exists() for name in ("stages", "runs", INDEX)):
-        raise SparseddError(f"no store at {store.root} (no stages/, runs/ or {INDEX} there); give its --root")
+    if not any((store.root / name).exists() for name in (STAGES, RUNS, INDEX)):
+        raise SparseddError(f"no store at {store.root} (no {STAGES}/, {RUNS}/ or {INDEX} there); give its --root")
     ex = Examination()
     for run_id in store.run_folders():
         try:

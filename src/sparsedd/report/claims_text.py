@@ -5,17 +5,15 @@ report reads. Formatting only: measuring the claims is :mod:`sparsedd.claims`.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from ..store.paths import CLAIMS
+from ..store import Store
 
 
-def stored(root: str | Path, run_ids: list[str]) -> list[dict[str, Any]]:
+def stored(store: Store, run_ids: list[str]) -> list[dict[str, Any]]:
     """The saved claims results whose runs are all among ``run_ids`` (for the report)."""
-    folder = Path(root) / CLAIMS
     out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in store.claims_files():
         doc = json.loads(path.read_text())
         if set(doc.get("runs", {}).values()) <= set(run_ids):
             out.append(doc)

@@ -133,11 +133,11 @@ def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
     return rows.sort_values(["seed", "level"]).reset_index(drop=True)
 
 
-def _claims_section(w: _Writer, root: Path, run_ids: list[str]) -> None:
+def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
     """The claims computed by `sparsedd claims` over runs that are all among those shown."""
     from .claims_text import HEAD, rows_for_text, stored, texts
 
-    for doc in stored(root, run_ids):
+    for doc in stored(store, run_ids):
         w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds)")
         roles = ", ".join(f"{role} <code>{rid}</code>" for role, rid in doc["runs"].items())
         w.p(f"Made by <code>sparsedd claims</code> over the runs {roles}; {html.escape(doc['interval'])}. "
@@ -162,7 +162,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
         f"training set (noisy or true labels); sparsity counts the {sparsity_words(res.levels[res.levels['run_id'].isin(run_ids)])} "
         "removed. Bands span the seeds' "
         "minimum to maximum.")
-    _claims_section(w, store.root, run_ids)
+    _claims_section(w, store, run_ids)
     if len(run_ids) > 1:
         labels = _differences(configs)
         w.h("Runs overlaid")

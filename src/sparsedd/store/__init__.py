@@ -32,8 +32,8 @@ from . import waiting
 from .files import (DamagedFile, FileCheckpointer, load_tensors, read_json, readable_structure, remove, save_tensors,
                     set_aside, verify, write_json)
 from .index import Index
-from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, DATA, DONE, FINAL, INDEX, INIT, LABELS, LOCKS,
-                    MIGRATIONS, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES)
+from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, CLAIMS, DATA, DONE, FINAL, INDEX, INIT,
+                    LABELS, LOCKS, MIGRATIONS, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES, SWEEPS)
 
 # the files of a stage that are read once it is done (a batch's result too), and those every stage of a
 # kind has (a damaged batch.json only sends the stage to train again: Store.batch_of)
@@ -344,6 +344,20 @@ class Store:
     # --- runs
     def run_dir(self, run_id: str) -> Path:
         return self.root / RUNS / run_id
+
+    # --- what sweeps and claims keep beside the runs
+    def sweep_dir(self, sweep_id: str) -> Path:
+        """A sweep's own folder (its record, logs, status and report)."""
+        return self.root / SWEEPS / sweep_id
+
+    def claims_file(self, result_id: str) -> Path:
+        """Where a `sparsedd claims` result is kept."""
+        return self.root / CLAIMS / f"{result_id}.json"
+
+    def claims_files(self) -> list[Path]:
+        """Every kept claims result, sorted."""
+        folder = self.root / CLAIMS
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
     def register_run(self, run_id: str, config: dict[str, Any], preset: str | None, seeds: int, levels: int) -> None:
         if self.readonly:

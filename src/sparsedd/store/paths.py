@@ -13,6 +13,7 @@ LOCKS = "locks"  # locks/<id>.lock
 MIGRATIONS = "migrations.json"  # the one-time corrections already applied to this store
 DATA = "data"  # data/<data key>.json: the fingerprint of the data this store's results were made with
 CLAIMS = "claims"  # claims/<sweep id>.json: a `sparsedd claims` result
+SWEEPS = "sweeps"  # sweeps/<sweep id>/: a sweep's record, logs, status and report
 
 # in a stage folder
 STAGE_KEY = "stage.json"  # what the stage is (its id is this key's hash)

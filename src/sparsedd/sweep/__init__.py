@@ -212,7 +212,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     if retries < 0:
         raise SparseddError("--retries must be >= 0")
     store = Store(root)
-    folder = store.root / "sweeps" / sweep.sweep_id
+    folder = store.sweep_dir(sweep.sweep_id)
     folder.mkdir(parents=True, exist_ok=True)
     skipped = [r.run_id for r in sweep.runs if store.index.run_status(r.run_id) in FINISHED]
     todo = [r for r in sweep.runs if r.run_id not in skipped]
