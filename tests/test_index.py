@@ -466,6 +466,10 @@ def test_an_index_that_is_a_folder_is_reported_and_repaired(root, capsys):
     assert (root / "index.sqlite").is_file() and (root / "index.sqlite.old").is_dir()
     got = views(root, capsys)
     assert got["show"] == want["show"] and got["epochs"] == want["epochs"]
+    (root / "index.sqlite").unlink()
+    (root / "index.sqlite").mkdir()  # again: the folder kept from the first repair makes way
+    assert cli(capsys, "doctor", "--root", str(root), "--repair")[0] == 0
+    assert (root / "index.sqlite").is_file() and views(root, capsys)["show"] == want["show"]
 
 
 def test_errors_name_sparsedd_root_when_the_store_came_from_it(tmp_path, capsys, monkeypatch):

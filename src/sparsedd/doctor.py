@@ -326,11 +326,9 @@ def _restore_configs(store: Store, ex: Examination, old: dict[str, dict[str, Any
 
 def rebuild_index(store: Store, old: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Write a new index from the stage folders beside the old one, then put it in its place."""
-    path = store.root / INDEX
-    fresh = Index(path.with_name(INDEX + ".rebuilding"))
-    _remove_database(fresh.path)
+    fresh = store.fresh_index()
     counts = _build_index(store, fresh, old)
-    counts["old_kept"] = _swap_database(path, fresh.path)
+    counts["old_kept"] = store.replace_index(fresh)
     return counts
 
 
@@ -382,23 +380,3 @@ def _restore_stage(index: Index, store: Store, sid: str) -> str | None:
         index.record_analysis(sid, key["target"], kind.removeprefix("analysis-"), key["settings"], info["result"])
         return "analyses"
     return None
-
-
-def _remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-def _swap_database(path: Path, fresh: Path) -> bool:
-    """Put ``fresh`` in the place of ``path``, the old database (with its WAL files) kept as ``.old``."""
-    aside = path.with_name(path.name + ".old")
-    kept = path.exists()
-    if kept:
-        _remove_database(aside)
-        for suffix in ("", "-wal", "-shm"):
-            if Path(f"{path}{suffix}").exists():
-                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
-    for suffix in ("-wal", "-shm"):  # nothing is left in them once its connections closed
-        Path(f"{fresh}{suffix}").unlink(missing_ok=True)
-    os.replace(fresh, path)
-    return kept

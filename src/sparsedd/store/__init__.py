@@ -31,7 +31,7 @@ from ..errors import SparseddError, notice
 from . import waiting
 from .files import (DamagedFile, FileCheckpointer, load_tensors, read_json, readable_structure, remove, save_tensors,
                     set_aside, verify, write_json)
-from .index import Index
+from .index import Index, remove_database, swap_database
 from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, CLAIMS, DATA, DONE, FINAL, INDEX, INIT,
                     LABELS, LOCKS, MIGRATIONS, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES, SWEEPS)
 
@@ -344,6 +344,18 @@ class Store:
     # --- runs
     def run_dir(self, run_id: str) -> Path:
         return self.root / RUNS / run_id
+
+    # --- the index file, replaced whole by a rebuild (sparsedd doctor --repair)
+    def fresh_index(self) -> Index:
+        """An empty index beside the store's, to be filled and then put in its place (:meth:`replace_index`)."""
+        path = self.root / (INDEX + ".rebuilding")
+        remove_database(path)
+        return Index(path)
+
+    def replace_index(self, fresh: Index) -> bool:
+        """Put ``fresh`` in the place of the store's index, the old one kept as ``index.sqlite.old``;
+        whether there was an old one."""
+        return swap_database(self.root / INDEX, fresh.path)
 
     # --- what sweeps and claims keep beside the runs
     def sweep_dir(self, sweep_id: str) -> Path:

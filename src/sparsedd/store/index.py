@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -326,3 +327,27 @@ class BufferedIndex:
 def replay(index: Index, calls: list[tuple[str, tuple, dict]]) -> None:
     for name, args, kwargs in calls:
         getattr(index, name)(*args, **kwargs)
+
+
+# --- replacing the index file (sparsedd doctor --repair)
+def remove_database(path: Path) -> None:
+    """A database and its WAL files gone (a folder in its place too: an index that was a folder, set aside)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def swap_database(path: Path, fresh: Path) -> bool:
+    """Put ``fresh`` in the place of ``path``, the old database (with its WAL files) kept as ``.old``."""
+    aside = path.with_name(path.name + ".old")
+    kept = path.exists()
+    if kept:
+        remove_database(aside)
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    for suffix in ("-wal", "-shm"):  # nothing is left in them once its connections closed
+        Path(f"{fresh}{suffix}").unlink(missing_ok=True)
+    os.replace(fresh, path)
+    return kept
