@@ -98,8 +98,8 @@ def test_analysis_settings_check_themselves():
 
 
 def test_registered_retraining_mode_and_analysis_run_end_to_end(tmp_path):
-    """A retraining mode (its start and schedule) and an analysis (settings plus one function), each added
-    by one registration, drive the pipeline and `sparsedd.analyze`."""
+    """A retraining mode (its start and schedule) and an analysis (settings, one function and its figure),
+    each added by one registration, drive the pipeline, `sparsedd.analyze`, its help and the report."""
     import dataclasses
 
     import sparsedd
@@ -121,8 +121,16 @@ def test_registered_retraining_mode_and_analysis_run_end_to_end(tmp_path):
     def half_lr(cfg):
         return dataclasses.replace(cfg.train, lr=cfg.train.lr / 2)
 
+    def norm_figure(rows, title):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot(rows["sparsity"], rows["norm"])
+        ax.set_title(title)
+        return fig
+
     RETRAIN_MODES.register("half-lr", RetrainMode("fresh", half_lr))
-    ANALYSES.register("norm", Analysis(NormSettings, weight_norm))
+    ANALYSES.register("norm", Analysis(NormSettings, weight_norm, figure=norm_figure, summary="the weights' p-norm"))
     try:
         sets = {"data.num_train": 120, "data.num_test": 60, "model.hidden": [16], "train.epochs": 2,
                 "train.batch_size": 30, "prune.levels": 1, "retrain.mode": "half-lr"}
@@ -132,6 +140,14 @@ def test_registered_retraining_mode_and_analysis_run_end_to_end(tmp_path):
         assert table["level"].tolist() == [0, 1] and (table["norm"] > 0).all()
         assert "norm: p must be > 0" in one_line_error(sparsedd.analyze, res.run_id, "norm", root=tmp_path,
                                                        settings={"p": 0})
+        # the command line's help and the report read the registry too (issue 25)
+        from sparsedd.cli import build_parser
+        from sparsedd.report.html import write_report
+
+        help_text = build_parser()._subparsers._group_actions[0].choices["analyze"].format_help()
+        assert "norm: the weights' p-norm" in " ".join(help_text.split())
+        write_report(tmp_path, [res.run_id], tmp_path / "report")
+        assert (tmp_path / "report" / "figures" / f"{res.run_id}-norm.png").exists()
     finally:
         RETRAIN_MODES.unregister("half-lr")
         ANALYSES.unregister("norm")

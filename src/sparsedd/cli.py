@@ -455,10 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     _format(sh, "json", "markdown")
     sh.set_defaults(func=cmd_show)
 
-    an = command("analyze", "analyses of a run: redense, interpolate, landscape, sharpness, distance, reinit, random-mask, phases",
-                 "root", "data", "threads", "set", "execution")
+    from .analysis.runner import ANALYSES
+
+    an = command("analyze", f"analyses of a run: {', '.join(ANALYSES.names())}", "root", "data", "threads", "set",
+                 "execution")
     an.add_argument("run", help="run id (or a unique prefix)")
-    an.add_argument("kind", help="redense | interpolate | landscape | sharpness | distance | reinit | random-mask | phases")
+    an.add_argument("kind", help="; ".join(f"{k}: {ANALYSES[k].summary}" if ANALYSES[k].summary else k
+                                           for k in ANALYSES.names()))
     an.add_argument("--levels", default=None, help="comma-separated levels (default: all finished)")
     an.add_argument("--seeds", default=None, help="comma-separated seeds (default: all)")
     _format(an, "json")

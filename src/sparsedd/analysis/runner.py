@@ -47,6 +47,10 @@ class Analysis:
     # per level, the networks it would train there that are not computed yet: (analyzer, seed, level, stage
     # id, settings) -> [Training]; those of one level's seeds then train stacked where that pays
     trainings: Callable[..., list["Training"]] | None = None
+    # the report's figure of a per-level analysis: (its rows over a run's seeds and levels, a title) -> a
+    # matplotlib figure; None: the report shows its table only
+    figure: Callable[..., Any] | None = None
+    summary: str = ""  # what it measures, in a few words (`sparsedd analyze --help`)
 
 
 @dataclass
@@ -465,18 +469,36 @@ def _pending(kind: str, make: Callable[..., list[Training]]) -> Callable[..., li
     return trainings
 
 
-ANALYSES.register("redense", Analysis(RedenseSettings, Analyzer.redense, pruned_only=True,
-                                      trainings=_pending("redense", Analyzer._redense_trainings)))
-ANALYSES.register("interpolate", Analysis(InterpolateSettings, Analyzer.interpolate, pruned_only=True))
-ANALYSES.register("landscape", Analysis(LandscapeSettings, Analyzer.landscape))
-ANALYSES.register("sharpness", Analysis(SharpnessSettings, Analyzer.sharpness))
-ANALYSES.register("reinit", Analysis(ReinitSettings, Analyzer.reinit, pruned_only=True,
-                                     trainings=_pending("reinit", Analyzer._reinit_trainings)))
+def _figure(name: str) -> Callable[..., Any]:
+    """The report's figure function ``name`` of :mod:`sparsedd.report.figures`, imported when drawn
+    (matplotlib is not loaded to compute an analysis)."""
+    def draw(rows: pd.DataFrame, title: str):
+        from ..report import figures
+
+        return getattr(figures, name)(rows, title)
+    return draw
+
+
 def _distance(a: Analyzer, s: DistanceSettings) -> pd.DataFrame:
     return distance_table(a.store, a.run_id, a.start_distances() if s.reference == "start" else None, s.reference)
 
 
+ANALYSES.register("redense", Analysis(RedenseSettings, Analyzer.redense, pruned_only=True,
+                                      trainings=_pending("redense", Analyzer._redense_trainings),
+                                      figure=_figure("fig_redense"), summary="give pruned weights back, train on"))
+ANALYSES.register("interpolate", Analysis(InterpolateSettings, Analyzer.interpolate, pruned_only=True,
+                                          figure=_figure("fig_interpolate"), summary="loss along the line between solutions"))
+ANALYSES.register("landscape", Analysis(LandscapeSettings, Analyzer.landscape, figure=_figure("fig_landscape"),
+                                        summary="1-D loss landscape"))
+ANALYSES.register("sharpness", Analysis(SharpnessSettings, Analyzer.sharpness, figure=_figure("fig_sharpness"),
+                                        summary="top Hessian eigenvalue"))
+ANALYSES.register("reinit", Analysis(ReinitSettings, Analyzer.reinit, pruned_only=True,
+                                     trainings=_pending("reinit", Analyzer._reinit_trainings),
+                                     figure=_figure("fig_reinit"), summary="the ticket's mask from a new init"))
 ANALYSES.register("random-mask", Analysis(RandomMaskSettings, Analyzer.random_mask, pruned_only=True,
-                                          trainings=_pending("random-mask", Analyzer._random_mask_trainings)))
-ANALYSES.register("distance", Analysis(DistanceSettings, _distance, per_level=False))
-ANALYSES.register("phases", Analysis(PhasesSettings, lambda a, s: phases_table(a.store, a.run_id, s.tol), per_level=False))
+                                          trainings=_pending("random-mask", Analyzer._random_mask_trainings),
+                                          figure=_figure("fig_random_mask"), summary="a random mask of the same sparsity"))
+ANALYSES.register("distance", Analysis(DistanceSettings, _distance, per_level=False,
+                                       summary="learning distance against test accuracy"))
+ANALYSES.register("phases", Analysis(PhasesSettings, lambda a, s: phases_table(a.store, a.run_id, s.tol), per_level=False,
+                                     summary="light, critical, sweet and collapsed phases"))

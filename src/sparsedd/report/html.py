@@ -21,9 +21,6 @@ from . import figures as F
 from .plots import plain
 from .tables import run_title, sparsity_words
 
-FIGURED_ANALYSES = (  # the per-level analyses with a figure
-    "redense", "interpolate", "landscape", "sharpness", "reinit", "random-mask")
-
 # Runs in the browser: records script errors and broken images, so a headless test can read the DOM.
 CHECK_JS = """
 window.__errors = [];
@@ -133,6 +130,13 @@ def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
     return rows.sort_values(["seed", "level"]).reset_index(drop=True)
 
 
+def figured_analyses() -> list[tuple[str, Any]]:
+    """The registered analyses that have a figure, in registration order (the report's sections)."""
+    from ..analysis.runner import ANALYSES
+
+    return [(kind, ANALYSES[kind]) for kind in ANALYSES.names() if ANALYSES[kind].figure is not None]
+
+
 def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
     """The claims computed by `sparsedd claims` over runs that are all among those shown."""
     from .claims_text import HEAD, rows_for_text, stored, texts
@@ -198,11 +202,11 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
                  "Learning distance ||w - w_init||_2 over the weights each level has (from the dense initialization under "
                  "its mask) beside test accuracy.")
         w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
-        for kind in FIGURED_ANALYSES:
+        for kind, analysis in figured_analyses():
             rows = _analysis_rows(res, r, kind)
             if not len(rows):
                 continue
-            fig = getattr(F, f"fig_{kind.replace('-', '_')}")(rows, title)
+            fig = analysis.figure(rows, title)
             w.figure(fig, f"{r}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
             scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
             w.table(rows[scalar], f"{r}-{kind}", f"{kind} results")
