@@ -130,6 +130,17 @@ def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
     return rows.sort_values(["seed", "level"]).reset_index(drop=True)
 
 
+def _analysis_sections(w: _Writer, res, run_id: str, title: str) -> None:
+    """A figure and a table for each registered analysis with a figure that the run has results of."""
+    for kind, analysis in figured_analyses():
+        rows = _analysis_rows(res, run_id, kind)
+        if not len(rows):
+            continue
+        w.figure(analysis.figure(rows, title), f"{run_id}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
+        scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
+        w.table(rows[scalar], f"{run_id}-{kind}", f"{kind} results")
+
+
 def figured_analyses() -> list[tuple[str, Any]]:
     """The registered analyses that have a figure, in registration order (the report's sections)."""
     from ..analysis.runner import ANALYSES
@@ -202,14 +213,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
                  "Learning distance ||w - w_init||_2 over the weights each level has (from the dense initialization under "
                  "its mask) beside test accuracy.")
         w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
-        for kind, analysis in figured_analyses():
-            rows = _analysis_rows(res, r, kind)
-            if not len(rows):
-                continue
-            fig = analysis.figure(rows, title)
-            w.figure(fig, f"{r}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
-            scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
-            w.table(rows[scalar], f"{r}-{kind}", f"{kind} results")
+        _analysis_sections(w, res, r, title)
     from .tensorboard import available, write_tensorboard
 
     if available():

@@ -75,6 +75,14 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
             on_epoch(rows)
         if checkpoint is not None and epoch + 1 < cfg.epochs and not all(stopped) and checkpoint.due(end_of_epoch=True):
             checkpoint.save(_snapshot(ex, epoch + 1, 0, step_loss, step_hits, results))
+    _finish(ex, cfg, results, stopped, total_iters, ipe)
+    return results
+
+
+def _finish(ex: Execution, cfg: TrainConfig, results: list[TrainResult], stopped: list[bool], total_iters: int,
+            ipe: int) -> None:
+    """Each network's result at the end: what computed it, its steps, optimizer state and final metrics
+    (with where it diverged or converged)."""
     for i, r in enumerate(results):
         r.execution = ex.name
         r.iterations = total_iters if not stopped[i] else r.history[-1]["epoch"] * ipe
@@ -84,7 +92,6 @@ def run_epochs(execution: Execution, cfg: TrainConfig, order_keys: list[tuple], 
             r.final.update(diverged=True, diverged_epoch=r.history[-1]["epoch"])
         elif converged(r.history, cfg):
             r.final.update(converged_epoch=r.history[-1]["epoch"])
-    return results
 
 
 def diverged(history: list[dict[str, Any]]) -> bool:
