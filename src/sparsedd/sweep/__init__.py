@@ -199,9 +199,8 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_sweep(source: str | Sweep, root: str | Path | None = None, options: SweepOptions = SweepOptions()
-              ) -> SweepResult:
-    sweep = source if isinstance(source, Sweep) else load_sweep(source)
+def _checked_retries(sweep: Sweep, options: SweepOptions) -> int:
+    """The options checked before anything is written; the retries a failed task gets."""
     if options.executor not in ("local", "ray", "inline"):
         raise SparseddError(f"unknown executor {options.executor!r}; use local, ray or inline")
     if options.workers is not None and options.workers < 1:
@@ -211,21 +210,31 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     retries = sweep.retries if options.retries is None else options.retries
     if retries < 0:
         raise SparseddError("--retries must be >= 0")
+    return retries
+
+
+def _executor(options: SweepOptions, folder: Path) -> tuple[Any, int]:
+    """The executor the options ask for, and how many tasks it runs at once."""
+    if options.executor == "inline":
+        return InlineExecutor(options.execution.threads or _cores()), 1
+    if options.executor == "local":
+        workers = options.workers or _cores()
+        return LocalExecutor(folder, options.execution.threads or max(1, _cores() // workers)), workers
+    executor = RayExecutor(folder, options.execution.threads or max(1, int(options.cpus_per_task)),
+                           options.address, options.workers, options.cpus_per_task, options.gpus_per_task)
+    return executor, options.workers or max(1, int(executor.capacity() // max(options.cpus_per_task, 1)))
+
+
+def run_sweep(source: str | Sweep, root: str | Path | None = None, options: SweepOptions = SweepOptions()
+              ) -> SweepResult:
+    sweep = source if isinstance(source, Sweep) else load_sweep(source)
+    retries = _checked_retries(sweep, options)
     store = Store(root)
     folder = store.sweep_dir(sweep.sweep_id)
     folder.mkdir(parents=True, exist_ok=True)
     skipped = [r.run_id for r in sweep.runs if store.index.run_status(r.run_id) in FINISHED]
     todo = [r for r in sweep.runs if r.run_id not in skipped]
-    if options.executor == "inline":
-        workers = 1
-        executor: Any = InlineExecutor(options.execution.threads or _cores())
-    elif options.executor == "local":
-        workers = options.workers or _cores()
-        executor: Any = LocalExecutor(folder, options.execution.threads or max(1, _cores() // workers))
-    else:
-        executor = RayExecutor(folder, options.execution.threads or max(1, int(options.cpus_per_task)),
-                               options.address, options.workers, options.cpus_per_task, options.gpus_per_task)
-        workers = options.workers or max(1, int(executor.capacity() // max(options.cpus_per_task, 1)))
+    executor, workers = _executor(options, folder)
     base = {"root": str(store.root), "options": options.execution.to_dict()}
     record = {"source": sweep.source, "name": sweep.name, "executor": options.executor, "workers": workers,
               "runs": [{"run_id": r.run_id, "label": r.label, "values": r.values, "seeds": r.seeds,
