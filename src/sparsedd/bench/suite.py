@@ -215,6 +215,18 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
             measure(f"level_{L}", lambda t: ours_steps(_model(widths, 0, device), m, data, total, t, policy))
 
     med = {k: statistics.median(v) for k, v in samples.items()}
+    out = _columns(med, ks, sparse_mask, kernel, structure, n, ipe, base, (ours_t, ref_t))
+    if captured:
+        _captured_columns(out, med, ks)
+    if curve:
+        with at_threads(ours_t):
+            _curve_levels(out, med, base, policy, level_masks, measured)
+    return out
+
+
+def _columns(med: dict[str, float], ks: tuple[int, ...], sparse_mask: dict, kernel: float | None, structure: CompactMLP,
+             n: int, ipe: int, base: MLP, threads: tuple[int, int]) -> dict[str, Any]:
+    """(a) to (d) and their ratios, from the medians of the timed columns."""
     out: dict[str, Any] = {
         "reference_s": med["reference"], "single_s": med["single"],
         "batched_s": {str(k): med[f"batched_{k}"] for k in ks}, "sparse_s": med["sparse"],
@@ -231,33 +243,38 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, 
         "sparse_structure": {"live_units": structure.live_units, "constant_units": structure.const_units,
                              "kernels": structure.kernels},
         "train_examples": n, "steps_per_epoch": ipe, "parameters": sum(p.numel() for p in base.parameters()),
-        "threads": {"ours": ours_t, "reference": ref_t},
+        "threads": {"ours": threads[0], "reference": threads[1]},
     }
-    if captured:  # (b') and (c'): ratios against (a) and against their eager counterparts (b) and (c)
-        cap = {"single": med["captured_single"], "batched": {str(k): med[f"captured_batched_{k}"] for k in ks}}
-        out["captured_s"] = cap
-        out["ratios_to_reference"]["captured"] = {
-            "single": med["reference"] / cap["single"],
-            "batched": {str(k): med["reference"] / v for k, v in cap["batched"].items()}}
-        out["captured_speedup_over_eager"] = {
-            "single": med["single"] / cap["single"],
-            "batched": {str(k): med[f"batched_{k}"] / v for k, v in cap["batched"].items()}}
-    if curve:
-        from ..training.planner import batching_pays
-
-        with at_threads(ours_t):
-            pays = batching_pays(base, BATCH, SEEDS) if measured else False
-            compacts = [policy.decide(base, m, BATCH, "fp32") is not None for m in level_masks]
-        out["levels"] = []
-        for L, (m, compact) in enumerate(zip(level_masks, compacts)):
-            # what `sparsedd run` does with the paper's 5 seeds: compact levels one by one, the others
-            # batched where batching pays on this machine (its time per model does not depend on the mask)
-            five = med[f"level_{L}"] if compact or not pays else med[f"batched_{SEEDS}"]
-            out["levels"].append({"level": L, "density": density(m), "s": med[f"level_{L}"],
-                                  "execution": "compact" if compact else "dense-masked",
-                                  "s_per_model_5_seeds": five})
-        out["batching_pays_5_seeds"] = pays
     return out
+
+
+def _captured_columns(out: dict[str, Any], med: dict[str, float], ks: tuple[int, ...]) -> None:
+    """(b') and (c'): ratios against (a) and against their eager counterparts (b) and (c)."""
+    cap = {"single": med["captured_single"], "batched": {str(k): med[f"captured_batched_{k}"] for k in ks}}
+    out["captured_s"] = cap
+    out["ratios_to_reference"]["captured"] = {
+        "single": med["reference"] / cap["single"],
+        "batched": {str(k): med["reference"] / v for k, v in cap["batched"].items()}}
+    out["captured_speedup_over_eager"] = {
+        "single": med["single"] / cap["single"],
+        "batched": {str(k): med[f"batched_{k}"] / v for k, v in cap["batched"].items()}}
+
+
+def _curve_levels(out: dict[str, Any], med: dict[str, float], base: MLP, policy: SparsePolicy,
+                  level_masks: list[dict], measured: bool) -> None:
+    """(e): each level's time, how it executes, and its time per model with the paper's 5 seeds."""
+    from ..training.planner import batching_pays
+
+    pays = batching_pays(base, BATCH, SEEDS) if measured else False
+    compacts = [policy.decide(base, m, BATCH, "fp32") is not None for m in level_masks]
+    out["levels"] = []
+    for L, (m, compact) in enumerate(zip(level_masks, compacts)):
+        # what `sparsedd run` does with the paper's 5 seeds: compact levels one by one, the others
+        # batched where batching pays on this machine (its time per model does not depend on the mask)
+        five = med[f"level_{L}"] if compact or not pays else med[f"batched_{SEEDS}"]
+        out["levels"].append({"level": L, "density": density(m), "s": med[f"level_{L}"],
+                              "execution": "compact" if compact else "dense-masked", "s_per_model_5_seeds": five})
+    out["batching_pays_5_seeds"] = pays
 
 
 def _mnist_like(data_dir: str | None, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
