@@ -21,7 +21,7 @@ from .analysis.claims import CLAIMS, CONFIDENCE
 from .config import RunConfig, stable_hash
 from .errors import SparseddError
 from .options import ExecOptions
-from .report.claims_text import markdown, rows_for_text, stored, table, texts  # noqa: F401 (the claims API)
+from .report.claims_text import markdown, table  # noqa: F401 (what `sparsedd claims` prints)
 from .store import Store, write_json
 from .sweep import Sweep, SweepOptions, SweepRun, run_sweep
 

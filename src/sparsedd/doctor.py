@@ -26,7 +26,7 @@ from . import config as config_mod
 from .errors import SparseddError
 from .experiments.imp import divergence_note
 from .experiments.stages import stage_chain
-from .store import DamagedFile, Store, data_record_problem, write_json
+from .store import DamagedFile, Store, read_data_record, write_json
 from .store.index import Index
 from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG, RUNS, STAGES
 
@@ -86,7 +86,7 @@ def examine(store: Store) -> Examination:
         if finding is not None:
             ex.findings.append(finding)
     for path in store.data_records():
-        why = data_record_problem(path)
+        _, why = read_data_record(path)
         if why is not None:
             ex.bad_data[str(path)] = why
     ex.index_problem = store.index.problem()

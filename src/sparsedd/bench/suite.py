@@ -44,8 +44,7 @@ from ..training import TrainData, train
 from ..training.captured import WARMUP_STEPS
 from ..training.core import Accel
 from ..training.planner import train_batched
-from ..training.measured import sync
-from ..training.measured import threads as at_threads
+from ..training.measured import sync, threads as at_threads  # (`threads` is bench_model's argument)
 from ..training.sparse import CompactMLP, SparsePolicy
 
 BATCH = 128

@@ -48,21 +48,22 @@ def default_root() -> Path:
     return Path(os.environ.get("SPARSEDD_ROOT") or "runs")
 
 
-def data_record_problem(path: Path) -> str | None:
-    """Why a data record is not what the store writes (``{"data": NAME, "sha256": 64 hex digits}``), or None.
-    A record that is present is this or damaged: it is never taken as the absence of a record."""
+def read_data_record(path: Path) -> tuple[str | None, str | None]:
+    """A data record's SHA-256, or why it is not what the store writes (``{"data": NAME, "sha256": 64 hex
+    digits}``): (digest, None) or (None, why). A record that is present is this or damaged: it is never
+    taken as the absence of a record."""
     try:
         rec = read_json(path)
     except DamagedFile as e:
-        return e.why
+        return None, e.why
     if not isinstance(rec, dict):
-        return f"holds {type(rec).__name__}, not a record"
+        return None, f"holds {type(rec).__name__}, not a record"
     digest = rec.get("sha256")
     if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-        return f"its sha256 is {digest!r}, not 64 hexadecimal digits"
+        return None, f"its sha256 is {digest!r}, not 64 hexadecimal digits"
     if not isinstance(rec.get("data"), str):
-        return f"its data set name is {rec.get('data')!r}"
-    return None
+        return None, f"its data set name is {rec.get('data')!r}"
+    return digest, None
 
 
 class Store:
@@ -200,12 +201,11 @@ class Store:
         path = self.root / DATA / f"{key}.json"
         if not path.exists():
             return None
-        why = data_record_problem(path)
+        recorded, why = read_data_record(path)
         if why is not None:
             raise SparseddError(f"{path} is damaged ({why}); if the {name} data loaded now are those the results in "
                                 f"{self.root} were made with, delete it (the next run records them); otherwise "
                                 f"use another --root") from None
-        recorded = read_json(path)["sha256"]
         if recorded != fingerprint:
             raise SparseddError(
                 f"the {name} data loaded now differ from those the results in {self.root} were made with (sha256 "

@@ -64,7 +64,7 @@ def train(model: nn.Module, data: TrainData, cfg: TrainConfig, mask: dict[str, t
         saved, checkpoint = None, _Fresh(checkpoint)
     execution = prepare_single(model, data, cfg, mask, order_key=order_key, accel=accel, dist=dist, sparse=sparse,
                                saved=saved, optimizer_state=optimizer_state, objective=objective)
-    with threads(getattr(execution, "threads", None)):  # a compact network's steps may run on fewer threads
+    with threads(execution.threads):  # a compact network's steps may run on fewer threads
         [result] = run_epochs(execution, cfg, [order_key], checkpoint=checkpoint, stop_iteration=stop_iteration,
                               on_epoch=None if on_epoch is None else lambda rows: on_epoch(rows[0]), on_step=on_step)
     execution.finish()

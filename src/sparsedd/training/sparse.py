@@ -93,9 +93,6 @@ class _Part:
         area = self.shape[0] * self.shape[1]
         return self.nnz / area if area else 0.0
 
-    def dense(self, stored: torch.Tensor) -> torch.Tensor:
-        return stored.view(self.shape)  # block storage only
-
 
 # A live block smaller than this (outputs x inputs) is multiplied dense whatever its density: a small
 # dense product beats the CSR kernels' fixed costs. Measured on LeNet-300-100 levels (1 thread, batch
