@@ -225,18 +225,20 @@ class CompactMLP(nn.Module):
         x = x.flatten(1)
         return x if self.all_inputs else x.index_select(1, self.in_idx)
 
-    def forward(self, x: torch.Tensor, selected: bool = False) -> torch.Tensor:
-        # activations are kept feature-major ([units, batch]): the CSR kernels are fastest that way (a
-        # transposed view costs the dense products nothing); the output is batch-major, [batch, classes]
+    def _live_t(self, x: torch.Tensor, selected: bool) -> torch.Tensor:
+        """The live inputs feature-major ([units, batch]): the CSR kernels are fastest that way, and a
+        transposed view costs the dense products nothing (the output is batch-major, [batch, classes])."""
         h = x.t() if selected else x.flatten(1).t()
-        return _CompactFn.apply(h if selected or self.all_inputs else h[self.in_idx], self.flat, self)
+        return h if selected or self.all_inputs else h[self.in_idx]
+
+    def forward(self, x: torch.Tensor, selected: bool = False) -> torch.Tensor:
+        return _CompactFn.apply(self._live_t(x, selected), self.flat, self)
 
     @torch.no_grad()
     def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, selected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean cross-entropy on ``(x, y)`` and the logits, with the parameter's gradient set, without
         autograd: at high sparsity its graph and engine cost about as much as the products themselves."""
-        h = x.t() if selected else x.flatten(1).t()
-        out, saved = _forward(self, h if selected or self.all_inputs else h[self.in_idx], self.flat)
+        out, saved = _forward(self, self._live_t(x, selected), self.flat)
         logp = torch.log_softmax(out, 1)
         loss = F.nll_loss(logp, y)
         g = logp.exp_()  # d loss / d out = (softmax - one hot) / batch
