@@ -95,9 +95,9 @@ class _Part:
 
 
 # A live block smaller than this (outputs x inputs) is multiplied dense whatever its density: a small
-# dense product beats the CSR kernels' fixed costs. Measured on LeNet-300-100 levels (1 thread, batch
-# 128): CSR won on blocks of 294x676 and 262x399 at 5% and 3% density, dense won on 185x256 and smaller
-# (docs/performance.md). The crossover measurement times full-size blocks only, hence this floor.
+# dense product beats the CSR kernels' fixed costs. In a one-off timing of LeNet-300-100 levels (1
+# thread, batch 128), CSR won on blocks of 294x676 and 262x399 at 5% and 3% density and dense won on
+# 185x256 and smaller. The crossover measurement times full-size blocks only, hence this floor.
 # (It decides a compact checkpoint's layout: a change of it is a change of LAYOUT.)
 CSR_MIN_AREA = 2 ** 16
 
@@ -441,9 +441,9 @@ class _CompactFn(torch.autograd.Function):
 
 
 # Below this many multiply-adds per step, a compact step runs on one thread: its products are too small
-# to share out, and each of its many small parallel regions would wait on the slowest thread (with
-# another process busy on one of 2 cores, 2 threads made a 98.8%-sparse LeNet step 4x slower, and 1
-# thread left it as fast as on a quiet machine: docs/performance.md).
+# to share out, and each of its many small parallel regions would wait on the slowest thread (in a
+# one-off timing with another process busy on one of 2 cores, 2 threads made a 98.8%-sparse LeNet step
+# 4x slower, and 1 thread left it as fast as on a quiet machine; docs/performance.md).
 ONE_THREAD_BELOW = 2 ** 25
 
 
