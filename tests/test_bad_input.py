@@ -15,6 +15,7 @@ import torch
 
 import sparsedd
 from sparsedd import config as config_mod
+from sparsedd import config_load
 from sparsedd.cli import main
 from sparsedd.errors import SparseddError
 from sparsedd.store import Store
@@ -237,7 +238,7 @@ VALID = ["train.epochs = 3", "train.batch_size = 32", "data.num_train = 240", "m
 def field_types() -> dict[str, type]:
     hints = typing.get_type_hints(config_mod.RunConfig)
     out = {}
-    for key in config_mod.valid_keys():
+    for key in config_load.valid_keys():
         sec, _, name = key.rpartition(".")
         typ = typing.get_type_hints(hints[sec])[name] if sec else hints[key]
         out[key] = tuple if typing.get_origin(typ) is tuple else typ
@@ -356,14 +357,13 @@ def test_the_model_check_refuses_misfits_only():
 def test_malformed_lists_are_refused(value):
     """A list given as text must be one: unbalanced or nested brackets and empty items were read as if fine
     ('[1,' as [1]) before (issue 24)."""
-    from sparsedd import config as c
 
     with pytest.raises(SparseddError, match="must be a list of values like"):
-        c.load(sets=[f"train.milestones={value}", "train.schedule=multistep"])
+        config_load.load(sets=[f"train.milestones={value}", "train.schedule=multistep"])
     with pytest.raises(SparseddError, match="must be a list of values like"):
-        c.load(sets=[f"model.hidden={value}"])
-    assert c.load(sets=["model.hidden=[32, 16]"]).model.hidden == (32, 16)
-    assert c.load(sets=["model.hidden=(8)"]).model.hidden == (8,)
+        config_load.load(sets=[f"model.hidden={value}"])
+    assert config_load.load(sets=["model.hidden=[32, 16]"]).model.hidden == (32, 16)
+    assert config_load.load(sets=["model.hidden=(8)"]).model.hidden == (8,)
 
 
 @pytest.mark.parametrize("where", ["file", "sweep", "api"])

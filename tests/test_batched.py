@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sparsedd import config_load
 from sparsedd.config import ModelConfig, TrainConfig
 from sparsedd.models import build_model
 from sparsedd.pruning import full_mask, random
@@ -122,11 +123,10 @@ def test_batched_resume_is_exact(tmp_path):
 
 @pytest.mark.parametrize("mode", ["finetune", "lr-rewind", "weight-rewind", "reinit"])
 def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
-    from sparsedd import config as c
     from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
 
-    cfg = c.load(sets=[*tiny_sets, f"retrain.mode={mode}", "retrain.rewind_iteration=3"], seeds=3)
+    cfg = config_load.load(sets=[*tiny_sets, f"retrain.mode={mode}", "retrain.rewind_iteration=3"], seeds=3)
     finals = {}
     for batch in ("on", "off"):
         store = Store(tmp_path / str(batch == "on"))
@@ -145,7 +145,6 @@ def test_pipeline_batched_seeds_equal_one_by_one(tmp_path, tiny_sets, mode):
 
 def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, monkeypatch):
     import sparsedd.experiments.batching as imp
-    from sparsedd import config as c
     from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
     from sparsedd.training.batched import max_models
@@ -164,7 +163,7 @@ def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, mo
     monkeypatch.setattr(imp, "max_models", lambda *a, **k: 2)
     real = imp.train_together
     monkeypatch.setattr(imp, "train_together", lambda group, *a: (groups.append(len(group)), real(group, *a)))
-    cfg = c.load(sets=tiny_sets, seeds=3)
+    cfg = config_load.load(sets=tiny_sets, seeds=3)
     run(cfg, Store(tmp_path / "runs"), options=ExecOptions(progress=False, batch="on", sparse="off"))
     assert groups == [2] * 3  # three levels, each 3 seeds as a batched 2 and one alone
 
@@ -178,7 +177,6 @@ def stack_or_compact(monkeypatch, tiny_sets):
     import sparsedd.experiments.batching as batching
     import sparsedd.experiments.progress as progress
     import sparsedd.training.sparse as sparse
-    from sparsedd import config as c
 
     monkeypatch.setattr(sparse, "crossover_for", lambda *a, **k: {"crossover": 1.0, "kernel_below": 0.5})
     monkeypatch.setattr(batching, "batching_pays", lambda *a, **k: True)
@@ -201,7 +199,7 @@ def stack_or_compact(monkeypatch, tiny_sets):
     monkeypatch.setattr(batching, "train_together", lambda group, *a: (groups.append(len(group)), real_together(group, *a)))
     monkeypatch.setattr(progress.Progress, "epoch", epoch)
     # 60 steps per epoch x 5 epochs: long enough for the probe (at least 10 x PROBE_STEPS)
-    cfg = c.load(sets=[*tiny_sets, "train.batch_size=4", "train.epochs=5"], seeds=3)
+    cfg = config_load.load(sets=[*tiny_sets, "train.batch_size=4", "train.epochs=5"], seeds=3)
     return cfg, faster, timings, groups, stop_at, count
 
 

@@ -9,7 +9,8 @@ import torch
 
 import sparsedd.data.cifarn as cifarn
 from sparsedd.cli import main
-from sparsedd.config import DataConfig, RunConfig, load
+from sparsedd.config import DataConfig, RunConfig
+from sparsedd.config_load import load
 from sparsedd.data import load_dataset
 from sparsedd.data.download import md5_of
 from sparsedd.data.noise import HUMAN_NOISE, NOISE_TYPES, apply_noise, describe

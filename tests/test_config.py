@@ -4,6 +4,8 @@ import json
 import pytest
 
 from sparsedd import config as c
+
+from sparsedd import config_load
 from sparsedd.errors import SparseddError
 from sparsedd.experiments.imp import dense_key, level_key, rewind_key
 from sparsedd.store import Store
@@ -25,8 +27,8 @@ PINNED_RUNS = {
 
 def test_pinned_run_hashes():
     assert c.RunConfig().run_id == PINNED_RUNS["default"]
-    for name in c.presets():
-        assert c.load(name).run_id == PINNED_RUNS[name], name
+    for name in config_load.presets():
+        assert config_load.load(name).run_id == PINNED_RUNS[name], name
 
 
 def test_pinned_stage_hashes():
@@ -37,39 +39,39 @@ def test_pinned_stage_hashes():
 
 
 def test_canonical_json_omits_defaults_and_sorts():
-    cfg = c.build({"train.lr": "0.05", "seed": "3"})
+    cfg = config_load.build({"train.lr": "0.05", "seed": "3"})
     assert c.canonical_json(cfg) == '{"seed":3,"train":{"lr":0.05}}'
     full = c.canonical_dict(cfg, full=True)
     assert full["train"]["epochs"] == 200 and full["data"]["name"] == "mnist1d"
-    assert c.from_dict(full) == cfg
+    assert config_load.from_dict(full) == cfg
 
 
 def test_dense_stage_shared_across_pruning_and_retraining():
-    base = c.load("mnist1d-quick")
-    variants = [c.load("mnist1d-quick", sets=s) for s in (["retrain.mode=finetune"], ["prune.method=random"],
+    base = config_load.load("mnist1d-quick")
+    variants = [config_load.load("mnist1d-quick", sets=s) for s in (["retrain.mode=finetune"], ["prune.method=random"],
                                                           ["prune.scope=layer"], ["prune.levels=5"])]
     for v in variants:
         assert dense_key(v) == dense_key(base)
         assert v.run_id != base.run_id
-    assert dense_key(c.load("mnist1d-quick", sets=["data.noise=0.33"])) != dense_key(base)
+    assert dense_key(config_load.load("mnist1d-quick", sets=["data.noise=0.33"])) != dense_key(base)
     assert dense_key(base.with_seed(1)) != dense_key(base)
 
 
 def test_unused_retrain_settings_do_not_split_levels():
-    a = c.load(sets=["retrain.mode=lr-rewind"])
-    b = c.load(sets=["retrain.mode=lr-rewind", "retrain.finetune_lr=0.5", "retrain.rewind_iteration=7"])
+    a = config_load.load(sets=["retrain.mode=lr-rewind"])
+    b = config_load.load(sets=["retrain.mode=lr-rewind", "retrain.finetune_lr=0.5", "retrain.rewind_iteration=7"])
     assert level_key(a, "p", 1) == level_key(b, "p", 1)
-    f1 = c.load(sets=["retrain.mode=finetune"])
-    f2 = c.load(sets=["retrain.mode=finetune", "retrain.finetune_lr=0.5"])
+    f1 = config_load.load(sets=["retrain.mode=finetune"])
+    f2 = config_load.load(sets=["retrain.mode=finetune", "retrain.finetune_lr=0.5"])
     assert level_key(f1, "p", 1) != level_key(f2, "p", 1)
 
 
 def test_levels_do_not_enter_level_ids():
-    assert level_key(c.load(sets=["prune.levels=3"]), "p", 2) == level_key(c.load(), "p", 2)
+    assert level_key(config_load.load(sets=["prune.levels=3"]), "p", 2) == level_key(config_load.load(), "p", 2)
 
 
 def test_set_parsing_types():
-    cfg = c.load("paper-mnist-lenet", sets=["train.milestones=80,120", "train.nesterov=true", "train.momentum=0.9",
+    cfg = config_load.load("paper-mnist-lenet", sets=["train.milestones=80,120", "train.nesterov=true", "train.momentum=0.9",
                                             "model.name=lenet-300-100", "seed=4"], seeds=2)
     assert cfg.train.milestones == (80, 120) and cfg.train.nesterov is True and cfg.seed == 4 and cfg.seeds == 2
     assert cfg.seed_list() == [4, 5]
@@ -78,7 +80,7 @@ def test_set_parsing_types():
 def test_config_file_between_preset_and_sets(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[train]\nlr = 0.3\nepochs = 7\n')
-    cfg = c.load("mnist1d-quick", f, ["train.epochs=9"])
+    cfg = config_load.load("mnist1d-quick", f, ["train.epochs=9"])
     assert (cfg.train.lr, cfg.train.epochs, cfg.data.name) == (0.3, 9, "mnist1d")
 
 
@@ -93,19 +95,19 @@ def test_config_file_between_preset_and_sets(tmp_path):
 ])
 def test_bad_values_are_one_line_errors(sets, words):
     with pytest.raises(SparseddError) as e:
-        c.load(sets=sets)
+        config_load.load(sets=sets)
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
 def test_bad_preset_and_malformed_toml(tmp_path):
     with pytest.raises(SparseddError, match="unknown preset 'nope'"):
-        c.load("nope")
+        config_load.load("nope")
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nlr = 1")
     with pytest.raises(SparseddError, match="malformed TOML"):
-        c.load(config_file=bad)
+        config_load.load(config_file=bad)
     with pytest.raises(SparseddError, match="not found"):
-        c.load(config_file=tmp_path / "missing.toml")
+        config_load.load(config_file=tmp_path / "missing.toml")
 
 
 def test_configs_are_frozen():
@@ -115,7 +117,7 @@ def test_configs_are_frozen():
 
 
 def test_paper_preset_matches_appendix_b():
-    cfg = c.load("paper-mnist-lenet")
+    cfg = config_load.load("paper-mnist-lenet")
     assert (cfg.data.name, cfg.data.noise, cfg.data.noise_type) == ("mnist", 0.2, "random")
     assert cfg.model.name == "lenet-300-100"
     t = cfg.train
@@ -134,7 +136,7 @@ def test_paper_preset_matches_appendix_b():
     ("paper-cifar10-vgg16", "cifar10", "vgg16", 2000),
 ])
 def test_cifar_presets_match_appendix_b(name, data, model, rewind):
-    cfg = c.load(name)
+    cfg = config_load.load(name)
     assert (cfg.data.name, cfg.data.noise, cfg.model.name, cfg.seeds) == (data, 0.2, model, 3)
     t = cfg.train
     assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule, t.milestones, t.gamma, t.batch_size, t.epochs) \
@@ -147,7 +149,7 @@ def test_cifar_presets_match_appendix_b(name, data, model, rewind):
 
 
 def test_tinyimagenet_preset_matches_appendix_b():
-    cfg = c.load("paper-tinyimagenet-resnet101")
+    cfg = config_load.load("paper-tinyimagenet-resnet101")
     t = cfg.train
     assert (cfg.data.name, cfg.model.name) == ("tinyimagenet", "resnet101")
     assert (t.lr, t.momentum, t.batch_size, t.epochs, t.milestones, t.weight_decay) == (0.2, 0.9, 512, 200, (100, 150), 1e-4)

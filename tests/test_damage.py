@@ -15,7 +15,7 @@ import torch
 
 import sparsedd.experiments.progress as progress
 from conftest import TINY
-from sparsedd import config as config_mod
+from sparsedd import config_load
 from sparsedd.cli import main
 from sparsedd.data import DataConfig, load_dataset
 from sparsedd.experiments import ExecOptions, run
@@ -29,7 +29,7 @@ OPTIONS = ExecOptions(progress=False, batch="off", sparse="off", checkpoint_epoc
 
 
 def config(levels: int = 2):
-    return config_mod.load(None, None, SETS + [f"prune.levels={levels}"], 1)
+    return config_load.load(None, None, SETS + [f"prune.levels={levels}"], 1)
 
 
 def flip(path: Path) -> None:
@@ -409,7 +409,7 @@ def test_two_stages_final_weights_swapped_with_their_checksums_are_never_used(tm
 def test_two_runs_configs_swapped_with_their_checksums_are_refused(tmp_path, reference, capsys):
     store_root = tmp_path / "store"
     shutil.copytree(reference.root, store_root)
-    other = config_mod.load(None, None, SETS + ["prune.levels=2", "seed=1"], 1)
+    other = config_load.load(None, None, SETS + ["prune.levels=2", "seed=1"], 1)
     run(other, Store(store_root), options=OPTIONS)
     a = store_root / "runs" / config().run_id / "config.json"
     b = store_root / "runs" / other.run_id / "config.json"

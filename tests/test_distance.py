@@ -9,7 +9,8 @@ import torch
 
 from sparsedd.cli import main
 from sparsedd.config import ModelConfig
-from sparsedd.experiments.distance import BUFFERS, CORRECTION, learning_distance
+from sparsedd.experiments.distance import BUFFERS, learning_distance
+from sparsedd.store.migrations import CORRECTION
 from sparsedd.models import MODELS, build_model
 from sparsedd.store import Store
 
@@ -135,9 +136,9 @@ def test_a_store_of_unmasked_distances_is_corrected_once_without_batch_norm(tmp_
     before = {sid: (store.stage_dir(sid) / "done.json").stat().st_mtime_ns for sid in store.stage_ids()
               if store.is_done(sid)}
     (root / "migrations.json").unlink()
-    from sparsedd.experiments.distance import correct_distances
-
-    assert correct_distances(store) == 0 and CORRECTION in store.migrated()
+    fresh = Store(root)
+    fresh.migrate()
+    assert CORRECTION in fresh.migrated()
     assert before == {sid: (store.stage_dir(sid) / "done.json").stat().st_mtime_ns for sid in before}
 
 
@@ -158,3 +159,28 @@ def test_distance_from_the_start_weights_against_from_the_init(tmp_path, tiny_se
     assert len(by_init) == len(by_start) == 3
     assert by_init[0] < 1e-6 and all(d > 1.0 for d in by_init[1:])
     assert all(d < 1e-6 for d in by_start)
+
+
+def test_a_store_is_migrated_when_first_used_whoever_opens_it(tmp_path, tiny_sets):
+    """A new store is marked up to date by its first stage (never scanned); an old one is corrected by the
+    first use of any Store on it, the results API included, and not by making the Store."""
+    import sparsedd
+
+    root = tmp_path / "runs"
+    assert main(["run", "--root", str(root), "--no-progress", *[a for s in tiny_sets for a in ("--set", s)]]) == 0
+    assert CORRECTION in Store(root).migrated()  # marked when the first stage was made
+    store = Store(root)
+    stages = store.index.run_stages(store.index.run_ids()[0])
+    sid = stages[(0, 1)]
+    right = store.done_info(sid)["metrics"]["distance"]
+    info = store.done_info(sid)
+    info["metrics"]["distance"] = right + 1.0  # as an earlier rule recorded it
+    store.finish_stage(sid, info)
+    store.index.record_level(sid, 1, info["metrics"])
+    (root / "migrations.json").unlink()
+    Store(root)  # made, not used: nothing read, nothing corrected
+    assert not (root / "migrations.json").exists()
+    levels = sparsedd.load(root).levels
+    assert levels.loc[levels["stage_id"] == sid, "distance"].item() == pytest.approx(right)
+    assert store.done_info(sid)["metrics"]["distance"] == pytest.approx(right)
+    assert CORRECTION in store.migrated()

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sparsedd.config import ModelConfig, TrainConfig
+from sparsedd.config_check import check_model
 from sparsedd.errors import SparseddError
 from sparsedd.models import build_model, reset_parameters
 from sparsedd.models.mlp import MLP
@@ -92,7 +93,7 @@ def test_image_models_take_images_of_any_channels_and_width():
     with pytest.raises(SparseddError, match="at least 16x16"):
         build_model(ModelConfig("vgg16"), (3, 8, 8), 10, seed=0)
     with pytest.raises(SparseddError, match="model.width applies to the conv nets only"):
-        ModelConfig("mlp", width=8)
+        check_model(ModelConfig("mlp", width=8))  # (checked with the registered names, when a run starts)
 
 
 # ----------------------------------------------------------------------------- prunable layers

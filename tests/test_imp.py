@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sparsedd.experiments.replicate as imp  # where a stage's training is called
-from sparsedd import config as c
+from sparsedd import config_load
 from sparsedd.experiments import ExecOptions, run
 from sparsedd.models import build_model
 from sparsedd.rng import derive_seed
@@ -38,7 +38,7 @@ def finals(store, run_id):
 
 
 def do_run(tmp_path, sets, mode, extra=()):
-    cfg = c.load(sets=[*sets, f"retrain.mode={mode}", *extra])
+    cfg = config_load.load(sets=[*sets, f"retrain.mode={mode}", *extra])
     store = Store(tmp_path / "runs")
     rid = run(cfg, store, options=ExecOptions(progress=False))
     return cfg, store, rid
@@ -188,7 +188,7 @@ def test_runs_pruning_other_layers_share_the_dense_stage_but_prune_their_own_lay
     store = Store(tmp_path / "runs")
     masks = {}
     for layers in ("default", "all"):
-        cfg = c.load(sets=[*tiny_sets, f"prune.layers={layers}", "prune.levels=1"])
+        cfg = config_load.load(sets=[*tiny_sets, f"prune.layers={layers}", "prune.levels=1"])
         rid = run(cfg, store, options=ExecOptions(progress=False))
         dense, level1 = store.index.run_stages(rid).values()
         masks[layers] = (dense, store.final(level1)["mask"])

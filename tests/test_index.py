@@ -18,7 +18,7 @@ import pytest
 
 import sparsedd.experiments.progress as progress
 from conftest import TINY
-from sparsedd import config as config_mod
+from sparsedd import config_load
 from sparsedd.cli import main
 from sparsedd.experiments import ExecOptions, run
 from sparsedd.experiments.stages import stage_chain
@@ -26,8 +26,8 @@ from sparsedd.results import load
 from sparsedd.store import Store
 
 OPTIONS = ExecOptions(progress=False, batch="off", sparse="off", checkpoint_epoch_s=0)
-COMPLETE = config_mod.load(None, None, TINY, 1)  # levels 0..2
-PARTIAL = config_mod.load(None, None, TINY + ["prune.levels=3"], 1)  # shares levels 0..2, stopped in level 3
+COMPLETE = config_load.load(None, None, TINY, 1)  # levels 0..2
+PARTIAL = config_load.load(None, None, TINY + ["prune.levels=3"], 1)  # shares levels 0..2, stopped in level 3
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +354,7 @@ def test_doctor_writes_a_damaged_run_config_anew_from_the_index(root, capsys):
 
 @pytest.mark.parametrize("schedule", ["iterative", "oneshot"])
 def test_the_chain_doctor_recomputes_is_the_one_runs_link(tmp_path, schedule):
-    cfg = config_mod.load(None, None, TINY + ["train.epochs=1", f"prune.schedule={schedule}"], 2)
+    cfg = config_load.load(None, None, TINY + ["train.epochs=1", f"prune.schedule={schedule}"], 2)
     store = Store(tmp_path)
     run(cfg, store, options=OPTIONS)
     assert store.index.run_stages(cfg.run_id) == stage_chain(cfg)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparsedd import config_load
 from sparsedd.data.noise import ASYMMETRIC, apply_noise
 from sparsedd.errors import SparseddError
 
@@ -254,14 +255,13 @@ def test_paper_asymmetric_maps():
 
 
 def test_noise_draw_and_map_enter_ids_only_where_they_change_labels():
-    from sparsedd import config as c
 
     def run_id(*sets):
-        return c.load("mnist1d-quick", sets=list(sets)).run_id
+        return config_load.load("mnist1d-quick", sets=list(sets)).run_id
 
     assert run_id("data.noise_draw=per-example", "data.asymmetric_map=paper") == run_id()  # random noise
     asym = "data.noise_type=asymmetric"
     assert run_id(asym, "data.asymmetric_map=paper") != run_id(asym)
     assert run_id(asym, "data.noise_draw=per-example") != run_id(asym)
     assert run_id("data.noise_type=symmetric", "data.asymmetric_map=paper") == run_id("data.noise_type=symmetric")
-    assert c.load("paper-mnist-lenet").data.noise_draw == "per-example"  # the paper presets name both
+    assert config_load.load("paper-mnist-lenet").data.noise_draw == "per-example"  # the paper presets name both

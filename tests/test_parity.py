@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparsedd import config_load
 from sparsedd.config import ModelConfig, TrainConfig
 from sparsedd.errors import SparseddError
 from sparsedd.models import build_model
@@ -154,17 +155,16 @@ def test_training_from_the_rewind_iteration_continues_the_dense_trajectory():
 
 
 def test_rewind_schedule_enters_level_ids_only_past_the_init():
-    from sparsedd import config as c
     from sparsedd.experiments.stages import level_key
 
     def key(*sets):
-        return level_key(c.load("paper-mnist-lenet", sets=list(sets)), "parent", 1)
+        return level_key(config_load.load("paper-mnist-lenet", sets=list(sets)), "parent", 1)
 
     full = "retrain.rewind_schedule=full"
     assert key() == key(full)  # rewinding to the init (the preset's): the rest is the whole schedule
     assert key("retrain.rewind_iteration=5") != key("retrain.rewind_iteration=5", full)
     with pytest.raises(SparseddError, match="train.start_iteration is set per pruned level"):
-        c.load("paper-mnist-lenet", sets=["train.start_iteration=3"])
+        config_load.load("paper-mnist-lenet", sets=["train.start_iteration=3"])
 
 
 @pytest.mark.parametrize("batch", ["on", "off"])
@@ -197,19 +197,18 @@ def test_max_magnitude_removes_the_largest():
 def test_first_and_last_layers_as_the_paper_code_selects_them():
     """prune.layers = first-N / last-N (the paper code's layers_to_prune): the first or last N of every conv and
     linear weight in the model's order, layer scope only."""
-    from sparsedd import config as c
     from sparsedd.pruning import prunable_names
 
     vgg = build_model(ModelConfig("vgg16", width=8), (3, 32, 32), 10, seed=0)
     every = vgg.prunable_names("all")
     assert prunable_names(vgg, "magnitude", "first-2") == every[:2] == ["layers.0.conv.weight", "layers.1.conv.weight"]
     assert prunable_names(vgg, "magnitude", "last-1") == ["fc.weight"]
-    assert c.load(sets=["prune.layers=last-2", "prune.scope=layer"]).prune.layers == "last-2"
+    assert config_load.load(sets=["prune.layers=last-2", "prune.scope=layer"]).prune.layers == "last-2"
     for bad, words in ((["prune.layers=first-2"], "needs prune.scope = 'layer'"),
                        (["prune.layers=middle-2", "prune.scope=layer"], "unknown prune.layers"),
                        (["prune.layers=first-0", "prune.scope=layer"], "unknown prune.layers")):
         with pytest.raises(SparseddError, match=words):
-            c.load(sets=bad)
+            config_load.load(sets=bad)
     with pytest.raises(SparseddError, match="asks for 40 layers"):
         prunable_names(vgg, "magnitude", "first-40")
 

@@ -9,23 +9,24 @@ import torch
 from sparsedd.models.vgg import VGG16_PLAN
 import sparsedd.experiments.replicate as imp  # where the loop calls the saliency and the training
 from sparsedd import config as c
+from sparsedd import config_load
 from sparsedd.cli import main
 from sparsedd.errors import SparseddError
 from sparsedd.experiments import ExecOptions, run
-from sparsedd.experiments.stages import level_key, parent_stage
+from sparsedd.experiments.stages import level_key, parent_stage, round_key
 from sparsedd.pruning import density, magnitude, remaining, total
 from sparsedd.store import Store
 
 
 def one_line_error(sets):
     with pytest.raises(SparseddError) as e:
-        c.load(sets=sets)
+        config_load.load(sets=sets)
     assert "\n" not in str(e.value)
     return str(e.value)
 
 
 def do_run(tmp_path, sets):
-    cfg = c.load(sets=sets)
+    cfg = config_load.load(sets=sets)
     store = Store(tmp_path / "runs")
     rid = run(cfg, store, options=ExecOptions(progress=False))
     return cfg, store, rid
@@ -40,21 +41,21 @@ def finals(store, run_id):
 
 def test_gradient_rule_defaults_and_paper_presets():
     assert c.RunConfig().prune.gradient_rule == "multi"  # today's rule stays the default
-    for name in c.presets():
+    for name in config_load.presets():
         if name.startswith("paper-"):
-            assert c.load(name).prune.gradient_rule == "paper", name
+            assert config_load.load(name).prune.gradient_rule == "paper", name
 
 
 def test_gradient_rule_enters_ids_of_gradient_pruning_only():
-    base = c.load()
-    assert c.load(sets=["prune.gradient_rule=paper"]).run_id == base.run_id  # magnitude: no effect, no new id
-    grad = c.load(sets=["prune.method=gradient"])
-    paper = c.load(sets=["prune.method=gradient", "prune.gradient_rule=paper"])
+    base = config_load.load()
+    assert config_load.load(sets=["prune.gradient_rule=paper"]).run_id == base.run_id  # magnitude: no effect, no new id
+    grad = config_load.load(sets=["prune.method=gradient"])
+    paper = config_load.load(sets=["prune.method=gradient", "prune.gradient_rule=paper"])
     assert paper.run_id != grad.run_id
-    assert paper.prune.round_key() == {**grad.prune.round_key(), "gradient_rule": "paper"}
-    assert "gradient_rule" not in grad.prune.round_key()  # the multi rule's stage ids as before
+    assert round_key(paper.prune) == {**round_key(grad.prune), "gradient_rule": "paper"}
+    assert "gradient_rule" not in round_key(grad.prune)  # the multi rule's stage ids as before
     # stored configs keep the rule, so a magnitude run switched to gradient later still reads it
-    assert c.canonical_dict(c.load("paper-mnist-lenet"), full=True)["prune"]["gradient_rule"] == "paper"
+    assert c.canonical_dict(config_load.load("paper-mnist-lenet"), full=True)["prune"]["gradient_rule"] == "paper"
 
 
 @pytest.mark.parametrize("sets, words", [
@@ -109,7 +110,7 @@ def test_oneshot_shares_level_1_with_iterative_then_ranks_the_dense_weights(tmp_
     store = Store(tmp_path / "runs")
     stages = {}
     for schedule in ("iterative", "oneshot"):
-        rid = run(c.load(sets=tiny_sets + [f"prune.schedule={schedule}"]), store, options=ExecOptions(progress=False))
+        rid = run(config_load.load(sets=tiny_sets + [f"prune.schedule={schedule}"]), store, options=ExecOptions(progress=False))
         stages[schedule] = [sid for (_, level), sid in sorted(store.index.run_stages(rid).items())]
     it, one = stages["iterative"], stages["oneshot"]
     assert it[:2] == one[:2] and it[2] != one[2]  # dense and level 1 are the same computation: one stage each
@@ -122,14 +123,14 @@ def test_oneshot_shares_level_1_with_iterative_then_ranks_the_dense_weights(tmp_
 
 
 def test_oneshot_level_ids_chain_the_dense_stage_not_the_previous_level():
-    it, one = c.load(), c.load(sets=["prune.schedule=oneshot"])
+    it, one = config_load.load(), config_load.load(sets=["prune.schedule=oneshot"])
     assert parent_stage(it, ["dense", "l1", "l2"]) == "l2" and parent_stage(one, ["dense", "l1", "l2"]) == "dense"
     assert level_key(one, "dense", 1) == level_key(it, "dense", 1)
     key = level_key(one, "dense", 3)
     assert key["parent"] == "dense" and key["level"] == 3 and key["prune"]["schedule"] == "oneshot"
     assert key != level_key(it, "dense", 3) and key != level_key(one, "dense", 2)
-    assert level_key(c.load(sets=["prune.schedule=oneshot", "prune.levels=5"]), "dense", 3) == key  # levels: no split
-    assert level_key(c.load(sets=["prune.schedule=oneshot", "retrain.mode=reinit"]), "dense", 3) != key
+    assert level_key(config_load.load(sets=["prune.schedule=oneshot", "prune.levels=5"]), "dense", 3) == key  # levels: no split
+    assert level_key(config_load.load(sets=["prune.schedule=oneshot", "retrain.mode=reinit"]), "dense", 3) != key
     assert "schedule" not in c.canonical_dict(it).get("prune", {})  # iterative ids unchanged
 
 
@@ -160,9 +161,9 @@ def test_bad_schedule_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
 def test_slimming_validation():
     assert "model 'mlp' has none; use resnet18, vgg16 or resnet101" in one_line_error(["prune.method=slimming"])
     base = {"prune.method": "slimming", "data.name": "cifar10", "model.name": "vgg16"}
-    assert c.build(base).prune.method == "slimming"
+    assert config_load.build(base).prune.method == "slimming"
     with pytest.raises(SparseddError, match="prune.layers does not apply to prune.method = 'slimming'"):
-        c.build({**base, "prune.layers": "all"})
+        config_load.build({**base, "prune.layers": "all"})
 
 
 def test_slimming_on_a_model_without_batch_norm_writes_nothing(tmp_path, capsys):

@@ -4,12 +4,14 @@ the configuration and run end to end; unknown names are one-line errors that lis
 import pytest
 import torch
 
-from sparsedd import config as c
-from sparsedd.analysis.runner import ANALYSES, InterpolateSettings, parse_settings
+from sparsedd import config_load
+from sparsedd.analysis.base import parse_settings
+from sparsedd.analysis.kinds import ANALYSES
+from sparsedd.analysis.kinds.interpolate import InterpolateSettings
 from sparsedd.data import DATASETS, DatasetSpec, load_dataset
 from sparsedd.errors import SparseddError
 from sparsedd.experiments import ExecOptions, run
-from sparsedd.pruning import STRATEGIES, get_strategy, magnitude
+from sparsedd.pruning import PRUNING_METHODS, PruningMethod, get_strategy, magnitude
 from sparsedd.registry import Registry
 from sparsedd.store import Store
 
@@ -35,12 +37,12 @@ def toy():
         return magnitude(weights, mask, fraction=fraction, scope=scope)
 
     DATASETS.register("toy", DatasetSpec(load_toy, shape=(8,), classes=3, num_train=90, num_test=30))
-    STRATEGIES.register("toy", toy_prune)
+    PRUNING_METHODS.register("toy", PruningMethod(toy_prune))
     try:
         yield calls
     finally:
         DATASETS.unregister("toy")
-        STRATEGIES.unregister("toy")
+        PRUNING_METHODS.unregister("toy")
 
 
 def one_line_error(fn, *args, **kw) -> str:
@@ -68,11 +70,11 @@ def test_registry_lookup_decorator_and_unknown_name():
 
 
 def test_registered_toy_data_set_and_pruning_method_run_end_to_end(toy, tmp_path):
-    cfg = c.load(sets=TOY_SETS)
+    cfg = config_load.load(sets=TOY_SETS)
     assert (cfg.data.name, cfg.prune.method) == ("toy", "toy")
     d = load_dataset(cfg.data)
     assert d.x_train.shape == (90, 8) and d.num_classes == 3 and d.augment == "none"
-    assert get_strategy("toy") is STRATEGIES["toy"]
+    assert get_strategy("toy") is PRUNING_METHODS["toy"].select
     store = Store(tmp_path / "runs")
     run_id = run(cfg, store, options=ExecOptions(progress=False, batch="off", sparse="off"))
     assert toy == [0.2, 0.2]  # one pruning round per level, through the registry
@@ -81,11 +83,11 @@ def test_registered_toy_data_set_and_pruning_method_run_end_to_end(toy, tmp_path
 
 
 def test_unknown_names_list_the_registered_choices(toy):
-    assert "choose one of magnitude, random, max-magnitude, gradient, slimming, toy" in one_line_error(c.load, sets=["prune.method=magic"])
-    assert "mnist1d, cifar10, cifar100, tinyimagenet, toy" in one_line_error(c.load, sets=["data.name=nope"])
-    assert "lenet-300-100, mlp, resnet18, vgg16, resnet101" in one_line_error(c.load, sets=["model.name=nope"])
-    assert "finetune, lr-rewind, weight-rewind, reinit" in one_line_error(c.load, sets=["retrain.mode=nope"])
-    assert "random, symmetric, asymmetric, pairflip" in one_line_error(c.load, sets=["data.noise_type=nope"])
+    assert "choose one of magnitude, random, max-magnitude, gradient, slimming, toy" in one_line_error(config_load.load, sets=["prune.method=magic"])
+    assert "mnist1d, cifar10, cifar100, tinyimagenet, toy" in one_line_error(config_load.load, sets=["data.name=nope"])
+    assert "lenet-300-100, mlp, resnet18, vgg16, resnet101" in one_line_error(config_load.load, sets=["model.name=nope"])
+    assert "finetune, lr-rewind, weight-rewind, reinit" in one_line_error(config_load.load, sets=["retrain.mode=nope"])
+    assert "random, symmetric, asymmetric, pairflip" in one_line_error(config_load.load, sets=["data.noise_type=nope"])
     assert "unknown pruning method 'magic'; choose one of" in one_line_error(get_strategy, "magic")
 
 
@@ -103,7 +105,7 @@ def test_registered_retraining_mode_and_analysis_run_end_to_end(tmp_path):
     import dataclasses
 
     import sparsedd
-    from sparsedd.analysis.runner import Analysis
+    from sparsedd.analysis.kinds import Analysis
     from sparsedd.experiments.retrain import RETRAIN_MODES, RetrainMode
 
     @dataclasses.dataclass(frozen=True)
@@ -151,3 +153,39 @@ def test_registered_retraining_mode_and_analysis_run_end_to_end(tmp_path):
     finally:
         RETRAIN_MODES.unregister("half-lr")
         ANALYSES.unregister("norm")
+
+
+def test_registered_model_and_noise_type_run_end_to_end(tmp_path):
+    """A model (a builder) and a noise type (a function of the labels and its generator), each added by one
+    registration, are accepted by the configuration and drive a run: the model's weights are the ones
+    trained, the noise type's labels the ones trained on."""
+    from sparsedd.data.noise import NOISE_TYPES
+    from sparsedd.models import MODELS
+    from sparsedd.models.mlp import MLP
+
+    built, flipped = [], []
+
+    def narrow(cfg, input_shape, num_classes):
+        built.append(input_shape)
+        return MLP(input_shape[-1], (6,), num_classes)
+
+    def first_to_zero(y, num_classes, rate, g, **_):
+        chosen = torch.arange(round(rate * y.numel()))
+        y[chosen] = 0
+        flipped.append(chosen.numel())
+        return chosen
+
+    MODELS.register("narrow", narrow)
+    NOISE_TYPES.register("first-to-zero", first_to_zero)
+    try:
+        cfg = config_load.load(sets=["model.name=narrow", "model.hidden=[]", "data.noise_type=first-to-zero", "data.noise=0.5",
+                                     "data.num_train=100", "data.num_test=50", "train.epochs=1", "prune.levels=1"])
+        store = Store(tmp_path / "runs")
+        run_id = run(cfg, store, options=ExecOptions(progress=False, batch="off", sparse="off"))
+    finally:
+        MODELS.unregister("narrow")
+        NOISE_TYPES.unregister("first-to-zero")
+    assert built and all(shape == (40,) for shape in built) and flipped == [50]
+    dense = store.index.run_stages(run_id)[(0, 0)]
+    assert store.final(dense)["model"]["layers.0.weight"].shape == (6, 40)
+    assert store.done_info(dense)["metrics"]["effective_noise"] > 0.3  # half relabelled 0; a tenth were 0 already

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsedd import config as c
+from sparsedd import config_load
 from sparsedd.cli import main
 from sparsedd.config import TrainConfig
 from sparsedd.data.split import validation_split
@@ -102,9 +102,9 @@ def test_a_run_with_a_validation_split_records_early_stopping(tmp_path, tiny_set
 
 
 def test_remedies_run_end_to_end_and_enter_stage_ids_only_when_on(tmp_path, tiny_sets):
-    cfg = c.load(sets=tiny_sets)
-    assert cfg.run_id == c.load(sets=[*tiny_sets, "retrain.distill_temperature=4"]).run_id  # the default: no new id
-    on = c.load(sets=[*tiny_sets, "retrain.distill_alpha=0.5"])
+    cfg = config_load.load(sets=tiny_sets)
+    assert cfg.run_id == config_load.load(sets=[*tiny_sets, "retrain.distill_temperature=4"]).run_id  # the default: no new id
+    on = config_load.load(sets=[*tiny_sets, "retrain.distill_alpha=0.5"])
     assert level_key(on, "p", 1)["retrain"] == {"distill_alpha": 0.5}
     assert level_key(cfg, "p", 1)["retrain"] == {}
     plain = run_tiny(tmp_path / "plain", tiny_sets)[1]
@@ -123,4 +123,4 @@ def test_remedies_run_end_to_end_and_enter_stage_ids_only_when_on(tmp_path, tiny
 ])
 def test_bad_remedy_settings_are_one_line_errors(key, value, message):
     with pytest.raises(SparseddError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        c.load(sets=[f"{key}={value}"])
+        config_load.load(sets=[f"{key}={value}"])

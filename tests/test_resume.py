@@ -70,11 +70,11 @@ def test_what_a_kill_after_done_json_leaves_in_a_finished_stage_is_removed(tmp_p
     """A kill between writing done.json and removing the checkpoints, or while done.json's checksum is
     written, leaves them beside a finished stage (windows the test above may hit): the next run that
     passes the stage removes them."""
-    from sparsedd import config as config_mod
+    from sparsedd import config_load
     from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
 
-    cfg = config_mod.load(None, None, tiny_sets, 1)
+    cfg = config_load.load(None, None, tiny_sets, 1)
     store = Store(tmp_path)
     run(cfg, store, options=ExecOptions(progress=False))
     dense = store.index.run_stages(cfg.run_id)[(0, 0)]

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparsedd import config_load
 from sparsedd.errors import SparseddError
 from sparsedd.models.mlp import MLP
 from sparsedd.pruning import full_mask, magnitude, random
@@ -217,11 +218,10 @@ def test_policy(tmp_path):
 
 @pytest.mark.parametrize("mode", ["weight-rewind", "finetune", "lr-rewind", "reinit"])
 def test_pipeline_compact_levels_equal_dense_masked(tmp_path, tiny_sets, mode):
-    from sparsedd import config as c
     from sparsedd.experiments import ExecOptions, run
     from sparsedd.store import Store
 
-    cfg = c.load(sets=[*tiny_sets, f"retrain.mode={mode}", "prune.fraction=0.6", "train.momentum=0.9"])
+    cfg = config_load.load(sets=[*tiny_sets, f"retrain.mode={mode}", "prune.fraction=0.6", "train.momentum=0.9"])
     curves = []
     for sparse in ("off", "on"):
         store = Store(tmp_path / sparse)

@@ -43,14 +43,14 @@ def run(preset: str | None = None, *, config: str | Path | None = None, override
     keys to values (``{"train.epochs": 10}``), like ``--set``; ``execution``: any execution option
     (``device``, ``data_dir``, ``threads``, ``batch``, ``sparse``, ``progress``, ...).
     """
-    from . import config as config_mod
+    from . import config_load
     from .experiments import run as run_experiment
 
-    cfg = config_mod.load(preset, config, seeds=seeds, values=dict(overrides or {}))
+    cfg = config_load.load(preset, config, seeds=seeds, values=dict(overrides or {}))
     opts = options(**execution)
     opts.apply_threads(cfg.model.name)
     store = _store(root, writable=True)
-    run_id = run_experiment(cfg, store, preset=preset if preset or config else config_mod.DEFAULT_PRESET,
+    run_id = run_experiment(cfg, store, preset=preset if preset or config else config_load.DEFAULT_PRESET,
                             options=opts)
     results = results_mod.load(store.root).only([run_id])
     if results.runs["status"].iloc[0] == "diverged":  # a result, not an error: said as the CLI says it

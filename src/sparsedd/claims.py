@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from . import config as config_mod
+from . import config_load
 from .analysis.claims import CLAIMS, CONFIDENCE
 from .config import RunConfig, stable_hash
 from .errors import SparseddError
@@ -95,10 +95,10 @@ def _roles(claims: list[str], base: RunConfig) -> list[str]:
 
 def build(preset: str | None, sets: list[str], seeds: int | None, only: list[int] | None = None) -> ClaimRuns:
     """The claims' runs as a sweep; every configuration checked before anything runs."""
-    preset = preset or config_mod.DEFAULT_PRESET
+    preset = preset or config_load.DEFAULT_PRESET
     claims = select(only)
-    values = config_mod.parse_sets(sets)
-    base = config_mod.load(preset, sets=sets, seeds=seeds)
+    values = config_load.parse_sets(sets)
+    base = config_load.load(preset, sets=sets, seeds=seeds)
     if base.seeds < 2:
         raise SparseddError("claims need at least 2 seeds for an interval over seeds (3 for a verdict); give "
                             "--seeds N (5 or more for intervals narrow enough to decide)")
@@ -107,7 +107,7 @@ def build(preset: str | None, sets: list[str], seeds: int | None, only: list[int
     runs: dict[str, SweepRun] = {}
     for i, role in enumerate(_roles(claims, base)):
         axes = ROLES[role](base)
-        cfg = config_mod.load(preset, values={**values, **axes}, seeds=base.seeds)
+        cfg = config_load.load(preset, values={**values, **axes}, seeds=base.seeds)
         runs[role] = SweepRun(i, preset, {**values, **axes}, base.seeds, axes, cfg)
     listed = list(runs.values())
     if _ticket(base) in runs:

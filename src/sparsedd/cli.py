@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 
 from . import config as config_mod
+
+from . import config_load
 from .errors import SparseddError
 
 
@@ -113,8 +115,8 @@ def cmd_run(args) -> int:
     from .results import run_curve
     from .store import Store
 
-    cfg = config_mod.load(args.preset, args.config, args.set, args.seeds)
-    preset = args.preset if args.preset or args.config else config_mod.DEFAULT_PRESET
+    cfg = config_load.load(args.preset, args.config, args.set, args.seeds)
+    preset = args.preset if args.preset or args.config else config_load.DEFAULT_PRESET
     options = _options(args, cfg)
     root = _store(args, writable=True).root
     dist, device = from_env(options.device)
@@ -191,12 +193,10 @@ def _summary(cfg: dict, human_noise) -> str:
 
 
 def _run_and_curve(args):
-    from .experiments.distance import correct_distances
     from .results import resolve_run, run_curve
 
     store = _store(args)
     run_id = resolve_run(store, args.run)
-    correct_distances(store)
     curve = run_curve(store, run_id)
     if not len(curve):
         raise SparseddError(f"run {run_id} has no finished level yet; run it with `sparsedd run` first")
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = command("run", "run or resume an experiment (default: the quick MNIST-1D demo)",
                 "root", "data", "threads", "set", "execution")
-    r.add_argument("--preset", default=None, help=f"a named preset: {', '.join(config_mod.presets())}")
+    r.add_argument("--preset", default=None, help=f"a named preset: {', '.join(config_load.presets())}")
     r.add_argument("--config", default=None, help="a TOML file, applied after the preset")
     r.add_argument("--seeds", type=int, default=None, help="number of replicates (seed, seed+1, ...)")
     r.set_defaults(func=cmd_run)
@@ -492,7 +492,7 @@ def _add_bench(command) -> None:
     """`sparsedd bench`: the reference benchmark, or a preset's seconds per epoch."""
     bn = command("bench", "our trainers against the common DataLoader loop (LeNet-300-100, MNIST-1D MLP); "
                           "with --preset: seconds per epoch of a preset's model and data", "data", "threads", "set")
-    bn.add_argument("--preset", default=None, help=f"one of: {', '.join(config_mod.presets())}")
+    bn.add_argument("--preset", default=None, help=f"one of: {', '.join(config_load.presets())}")
     bn.add_argument("--quick", action="store_true", help="tiny sizes (checks that it runs; the times mean nothing)")
     bn.add_argument("--rounds", type=int, default=None, help="measurements of each figure, median taken (default 3)")
     bn.add_argument("--steps", type=int, default=None, help="training steps timed per measurement (default 60)")
@@ -539,8 +539,8 @@ def _add_claims(command) -> None:
     cl = command("claims", "the paper's six claims measured over seeds: builds the runs and analyses they need "
                            "from a preset (a sweep; finished stages reused), then one row per claim with a verdict",
                  "root", "data", "threads", "set", "execution")
-    cl.add_argument("--preset", default=None, help=f"the base preset (default {config_mod.DEFAULT_PRESET}): "
-                                                   f"{', '.join(config_mod.presets())}")
+    cl.add_argument("--preset", default=None, help=f"the base preset (default {config_load.DEFAULT_PRESET}): "
+                                                   f"{', '.join(config_load.presets())}")
     cl.add_argument("--seeds", type=int, default=None, help="seeds per run (at least 2; default: the preset's)")
     cl.add_argument("--only", default=None, metavar="N,N",
                     help="measure these claims only (comma-separated numbers), building only the runs they read")

@@ -1,12 +1,17 @@
-"""Typed, frozen configuration with canonical JSON, stable hashes and TOML / --set parsing.
+"""Typed, frozen configuration: its types and range checks, canonical JSON and stable hashes.
 
 A run is described by one :class:`RunConfig`. Its pieces hash to stable ids: a field left
 at its default is left out of the canonical JSON (as in OpenLTH), so adding a new field with
 a default that keeps the old behaviour never renames existing results. ``tests/test_config.py``
 pins the hashes.
 
-(One module over 300 lines: each field's type, default and check, its canonical form and its parsing
-from TOML and ``--set`` are read together.)
+Beside it, without cycles: :mod:`sparsedd.config_load` reads presets, TOML files and ``--set`` into a
+config, and :mod:`sparsedd.config_check` checks its names against the registries (data sets, models,
+pruning methods, ...) and what the chosen pruning method asks of the model. Building a config here
+imports neither torch nor any registry; what stage ids take from a config lies in
+:mod:`sparsedd.experiments.stages`.
+
+(One module over 300 lines: each field's type, default and range check are read together.)
 """
 
 from __future__ import annotations
@@ -17,18 +22,14 @@ import hashlib
 import json
 import math
 import re
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from .errors import SparseddError
 
-# Data sets, noise types, models, pruning methods and retraining modes are validated against their
-# registries (sparsedd.data.DATASETS, data.noise.NOISE_TYPES, models.MODELS, pruning.STRATEGIES,
-# experiments.retrain.RETRAIN_MODES), imported inside the checks because those modules import this one.
+# Data sets, noise types, models, pruning methods and retraining modes are checked against their
+# registries by sparsedd.config_check (those modules import this one, and torch).
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine")
 PRUNE_SCOPES = ("global", "layer")
@@ -58,7 +59,7 @@ MAX_CHANNELS = 4096  # model.width (the conv nets' later stages have 8x as many)
 MAX_GRADIENT_BATCHES = 100_000  # prune.gradient_batches
 
 
-def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+def choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise SparseddError(
             f"unknown {section}.{name} {value!r}; choose one of {', '.join(allowed)}"
@@ -122,14 +123,9 @@ class DataConfig:
         return tuple(unused)
 
     def __post_init__(self) -> None:
-        from .data import DATASETS
-        from .data.noise import NOISE_TYPES
-
         _check_numbers(self, "data.")
-        _choice("data", "name", self.name, DATASETS.names())
-        _choice("data", "augment", self.augment, ("default", "none", "crop-flip"))
+        choice("data", "augment", self.augment, ("default", "none", "crop-flip"))
         _check(self.image_size in (0, 32, 64), "data.image_size", "0, 32 or 64", self.image_size)
-        _choice("data", "noise_type", self.noise_type, NOISE_TYPES.names())
         _check(0.0 <= self.noise <= 1.0, "data.noise", "in [0, 1]", self.noise)
         _check(0 <= self.noise_seed <= MAX_SEED, "data.noise_seed", "in [0, 2^62]", self.noise_seed)
         _check(0 <= self.num_train <= MAX_EXAMPLES, "data.num_train", f"in [0, {MAX_EXAMPLES}] (0: default)",
@@ -137,26 +133,8 @@ class DataConfig:
         _check(0 <= self.num_test <= MAX_EXAMPLES, "data.num_test", f"in [0, {MAX_EXAMPLES}] (0: default)",
                self.num_test)
         _check(0.0 <= self.val_split < 1.0, "data.val_split", "in [0, 1)", self.val_split)
-        _choice("data", "noise_draw", self.noise_draw, ("exact", "per-example"))
-        _choice("data", "asymmetric_map", self.asymmetric_map, ("default", "paper"))
-        self._check_human_noise()
-
-    def _check_human_noise(self) -> None:
-        """The human noise types (CIFAR-N) are the labels of one data set's images, at no rate and no seed."""
-        from .data.noise import HUMAN_NOISE
-
-        if self.noise_type not in HUMAN_NOISE:
-            return
-        source = HUMAN_NOISE[self.noise_type][0]
-        if self.name != source:
-            raise SparseddError(f"data.noise_type = {self.noise_type!r} holds human labels of {source}'s "
-                                f"training images; it needs data.name = {source!r}, got {self.name!r}")
-        # they would split stage ids without changing a label, so they must stay unset (at their defaults)
-        for key in ("noise", "noise_seed"):
-            default = DataConfig.__dataclass_fields__[key].default
-            if getattr(self, key) != default:
-                raise SparseddError(f"data.{key} does not apply to data.noise_type = {self.noise_type!r} (the "
-                                    f"annotators chose the noisy labels); leave it unset (its default, {default})")
+        choice("data", "noise_draw", self.noise_draw, ("exact", "per-example"))
+        choice("data", "asymmetric_map", self.asymmetric_map, ("default", "paper"))
 
 
 @dataclass(frozen=True)
@@ -170,20 +148,13 @@ class ModelConfig:
     bn_init: str = "one"
 
     def __post_init__(self) -> None:
-        from .models import MODELS
-
         _check_numbers(self, "model.")
-        _choice("model", "name", self.name, MODELS.names())
-        _choice("model", "bias_init", self.bias_init, BIAS_INITS)
-        _choice("model", "bn_init", self.bn_init, BN_INITS)
+        choice("model", "bias_init", self.bias_init, BIAS_INITS)
+        choice("model", "bn_init", self.bn_init, BN_INITS)
         _check(all(0 < h <= MAX_WIDTH for h in self.hidden), "model.hidden", f"widths in [1, {MAX_WIDTH}]", self.hidden)
         _check(len(self.hidden) <= MAX_LAYERS, "model.hidden", f"at most {MAX_LAYERS} widths", self.hidden)
         _check(0 <= self.width <= MAX_CHANNELS, "model.width", f"in [0, {MAX_CHANNELS}] (0: the model's own)",
                self.width)
-        if self.hidden and self.name != "mlp":
-            raise SparseddError(f"model.hidden applies to the mlp only, not {self.name!r}")
-        if self.width and self.name in ("mlp", "lenet-300-100"):
-            raise SparseddError(f"model.width applies to the conv nets only, not {self.name!r}; use model.hidden")
 
 
 @dataclass(frozen=True)
@@ -214,9 +185,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_numbers(self, "train.")
-        _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
-        _choice("train", "precision", self.precision, ("fp32", "bf16"))
-        _choice("train", "schedule", self.schedule, SCHEDULES)
+        choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        choice("train", "precision", self.precision, ("fp32", "bf16"))
+        choice("train", "schedule", self.schedule, SCHEDULES)
         _check(self.lr > 0, "train.lr", "> 0", self.lr)
         _check(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
         _check(self.weight_decay >= 0, "train.weight_decay", ">= 0", self.weight_decay)
@@ -243,8 +214,10 @@ class PruneConfig:
     fraction: float = 0.2  # of the remaining prunable weights removed per level
     levels: int = 24  # pruning rounds after the dense level 0 (not part of any stage id)
     layers: str = "default"  # which weights are prunable: the model's default, all, or hidden (not the output layer)
-    gradient_batches: int = GRADIENT_BATCHES  # batches whose |w * dL/dw| are summed, for method = gradient, gradient_rule = multi
-    gradient_rule: str = "multi"  # method = gradient: multi, or paper (one batch, train mode)
+    # method = gradient's own settings (the metadata names the method; its record in pruning/__init__.py owns them):
+    # batches whose |w * dL/dw| are summed (gradient_rule = multi); multi, or paper (one batch, train mode)
+    gradient_batches: int = field(default=GRADIENT_BATCHES, metadata={"method": "gradient", "in_run_id": True})
+    gradient_rule: str = field(default="multi", metadata={"method": "gradient"})
     schedule: str = "iterative"  # iterative: each level prunes the previous one; oneshot: the dense network
     # prunable: round(fraction * unpruned prunable weights) go, sparsity over the prunable weights;
     # all-masked (the paper's code): ceil(fraction * unpruned weights of every conv and linear weight,
@@ -252,16 +225,13 @@ class PruneConfig:
     count: str = "prunable"
 
     def __post_init__(self) -> None:
-        from .pruning import STRATEGIES
-
         _check_numbers(self, "prune.")
-        _choice("prune", "method", self.method, STRATEGIES.names())
-        _choice("prune", "scope", self.scope, PRUNE_SCOPES)
+        choice("prune", "scope", self.scope, PRUNE_SCOPES)
         if not re.fullmatch(r"(first|last)-[1-9][0-9]{0,3}", self.layers):  # the first or last n layers
-            _choice("prune", "layers", self.layers, PRUNE_LAYERS + ("first-N", "last-N"))
-        _choice("prune", "gradient_rule", self.gradient_rule, GRADIENT_RULES)
-        _choice("prune", "schedule", self.schedule, PRUNE_SCHEDULES)
-        _choice("prune", "count", self.count, PRUNE_COUNTS)
+            choice("prune", "layers", self.layers, PRUNE_LAYERS + ("first-N", "last-N"))
+        choice("prune", "gradient_rule", self.gradient_rule, GRADIENT_RULES)
+        choice("prune", "schedule", self.schedule, PRUNE_SCHEDULES)
+        choice("prune", "count", self.count, PRUNE_COUNTS)
         _check(0 < self.fraction < 1, "prune.fraction", "in (0, 1)", self.fraction)
         _check(0 <= self.levels <= 200, "prune.levels", "in [0, 200]", self.levels)
         _check(1 <= self.gradient_batches <= MAX_GRADIENT_BATCHES, "prune.gradient_batches",
@@ -271,23 +241,13 @@ class PruneConfig:
         if self.layers.startswith(("first-", "last-")) and self.scope != "layer":
             raise SparseddError(f"prune.layers = {self.layers!r} prunes some layers each by the fraction; it needs "
                                 "prune.scope = 'layer' (as the paper's code's layers_to_prune does)")
-        if self.method == "slimming" and self.layers != "default":
-            raise SparseddError("prune.layers does not apply to prune.method = 'slimming', which masks every batch-norm "
-                                "channel and the conv filter feeding it; leave prune.layers at default")
 
     def unused_fields(self) -> tuple[str, ...]:
-        """Fields the canonical form leaves out: the gradient rule matters to method = gradient only, so
-        the paper presets can name it without renaming their magnitude runs. (gradient_batches stays in
-        run ids as it always was, so that no existing id changes.)"""
-        return () if self.method == "gradient" else ("gradient_rule",)
-
-    def round_key(self) -> dict[str, Any]:
-        """What one pruning round depends on (everything but the number of levels)."""
-        d = canonical_dict(self)
-        d.pop("levels", None)
-        if self.method != "gradient":
-            d.pop("gradient_batches", None)
-        return d
+        """Fields the canonical form leaves out: a method's own settings (their metadata names it) while
+        another method runs, so the paper presets can name them without renaming their magnitude runs;
+        those marked ``in_run_id`` stay in run ids as they always were, so that no existing id changes."""
+        return tuple(f.name for f in fields(self) if f.metadata.get("method") not in (None, self.method)
+                     and not f.metadata.get("in_run_id"))
 
     def level_fraction(self, level: int) -> float:
         """The fraction of its parent's unpruned weights ``level`` removes: ``fraction`` when iterative;
@@ -308,29 +268,14 @@ class RetrainConfig:
     rewind_schedule: str = "full"
 
     def __post_init__(self) -> None:
-        from .experiments.retrain import RETRAIN_MODES
-
         _check_numbers(self, "retrain.")
-        _choice("retrain", "mode", self.mode, RETRAIN_MODES.names())
         _check(self.rewind_iteration >= 0, "retrain.rewind_iteration", ">= 0", self.rewind_iteration)
         _check(self.finetune_lr > 0, "retrain.finetune_lr", "> 0", self.finetune_lr)
         _check(0 <= self.finetune_epochs <= MAX_EPOCHS, "retrain.finetune_epochs",
                f"in [0, {MAX_EPOCHS}] (0: train.epochs)", self.finetune_epochs)
         _check(0.0 <= self.distill_alpha <= 1.0, "retrain.distill_alpha", "in [0, 1] (0: none)", self.distill_alpha)
         _check(self.distill_temperature > 0, "retrain.distill_temperature", "> 0", self.distill_temperature)
-        _choice("retrain", "rewind_schedule", self.rewind_schedule, ("full", "rest"))
-
-    def relevant(self) -> dict[str, Any]:
-        """The fields that matter for this mode (so unused settings never split stage ids): the mode's own,
-        and the distillation's while it is on."""
-        from .experiments.retrain import RETRAIN_MODES
-
-        keep = {"mode", *RETRAIN_MODES[self.mode].fields}
-        if self.distill_alpha > 0:
-            keep |= {"distill_alpha", "distill_temperature"}
-        if self.rewind_iteration == 0:  # rewinding to the init: the rest of the schedule is all of it
-            keep.discard("rewind_schedule")
-        return {k: v for k, v in canonical_dict(self).items() if k in keep}
+        choice("retrain", "rewind_schedule", self.rewind_schedule, ("full", "rest"))
 
 
 @dataclass(frozen=True)
@@ -350,24 +295,6 @@ class RunConfig:
         if self.train.start_iteration:
             raise SparseddError("train.start_iteration is set per pruned level by retrain.rewind_schedule = 'rest'; "
                                 "leave it unset")
-        if self.prune.method == "slimming":
-            self._check_batch_norm()
-
-    def _check_batch_norm(self) -> None:
-        """Slimming prunes batch-norm channels: a one-line error now, not after the dense network trained,
-        when the model has none (built on the meta device: no memory, no init)."""
-        import torch
-
-        from .data import DATASETS
-        from .models import MODELS
-        from .pruning import bn_convs
-
-        spec = DATASETS[self.data.name]
-        with torch.device("meta"):
-            model = MODELS[self.model.name](self.model, spec.input_shape(self.data.image_size), spec.classes)
-        if not bn_convs(model):
-            raise SparseddError(f"prune.method = 'slimming' prunes batch-norm channels and model {self.model.name!r} "
-                                f"has none; use resnet18, vgg16 or resnet101, or another prune.method")
 
     @property
     def run_id(self) -> str:
@@ -434,27 +361,6 @@ def is_id(text: Any) -> bool:
     return isinstance(text, str) and re.fullmatch(r"[0-9a-f]{16}", text) is not None
 
 
-# ----------------------------------------------------------------------------- parsing
-
-_SECTIONS = {f.name: f for f in fields(RunConfig)}
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-@functools.cache
-def valid_keys() -> tuple[str, ...]:
-    keys = []
-    for name, f in _SECTIONS.items():
-        hints = _field_types(RunConfig)
-        if dataclasses.is_dataclass(hints[name]):
-            keys += [f"{name}.{g.name}" for g in fields(hints[name])]
-        else:
-            keys.append(name)
-    return tuple(keys)
-
-
 def brief(value: Any) -> str:
     """A value for a message: its repr, cut where it is long (a 10,000-digit number fits no line, and
     Python refuses to print an int of more than 4300 digits)."""
@@ -463,182 +369,3 @@ def brief(value: Any) -> str:
     except ValueError:
         return f"a {type(value).__name__} too long to show"
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
-
-
-def coerce(key: str, value: Any, typ: Any) -> Any:
-    """Turn a TOML value or a --set string into the field's type, or raise a one-line error."""
-    origin = typing.get_origin(typ)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = _list_items(key, value)
-        if not isinstance(value, (list, tuple)):
-            raise SparseddError(f"{key} must be a list, got {brief(value)}")
-        (inner, _ellipsis) = typing.get_args(typ)
-        return tuple(coerce(key, v, inner) for v in value)
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise SparseddError(f"{key} must be true or false, got {brief(value)}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise SparseddError(f"{key} must be an integer, got {brief(value)}")
-        if isinstance(value, float):  # as the command line refuses "2.0": an integer field takes integers
-            raise SparseddError(f"{key} must be an integer, got {brief(value)}")
-        if not isinstance(value, int):
-            try:
-                value = int(str(value))
-            except ValueError:  # also a string of more than 4300 digits
-                raise SparseddError(f"{key} must be an integer, got {brief(value)}") from None
-        check_number(key, value)
-        return value
-    if typ is float:
-        if isinstance(value, bool):
-            raise SparseddError(f"{key} must be a number, got {brief(value)}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):  # overflow: an int beyond any float
-            raise SparseddError(f"{key} must be a finite number, got {brief(value)}") from None
-        check_number(key, number)
-        return number
-    if typ is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise SparseddError(f"{key} must be a string, got {brief(value)}")
-        check_number(key, value)
-        return str(value)
-    raise TypeError(f"unsupported field type {typ} for {key}")
-
-
-def _list_items(key: str, text: str) -> list[str]:
-    """The items of a list given as text (``[1, 2]``, ``(1, 2)`` or ``1, 2``); a one-line error for anything
-    else (unbalanced or nested brackets, an empty item), so that ``[1,`` is not read as ``[1]``."""
-    t = text.strip()
-    pairs = {"[": "]", "(": ")"}
-    opened, closed = t[:1] in pairs, t[-1:] in pairs.values()
-    balanced = opened and closed and pairs[t[0]] == t[-1]
-    inner = t[1:-1] if balanced else t
-    parts = [p.strip() for p in inner.split(",")]
-    unbalanced = (opened or closed) and not balanced
-    if unbalanced or any(c in inner for c in "[]()") or (parts != [""] and "" in parts):
-        raise SparseddError(f"{key} must be a list of values like [1, 2], got {brief(text)}")
-    return [] if parts == [""] else parts
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables to dotted keys: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``. Iterative, so a
-    table nested thousands deep (a malformed file) ends in an unknown-key error, not a RecursionError."""
-    flat: dict[str, Any] = {}
-    stack = [(prefix, iter(tree.items()))]  # depth first, in the file's order, as a recursion would go
-    while stack:
-        at, items = stack[-1]
-        for k, v in items:
-            if isinstance(v, dict):
-                stack.append((f"{at}{k}.", iter(v.items())))
-                break
-            flat[f"{at}{k}"] = v
-        else:
-            stack.pop()
-    return flat
-
-
-def typed(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys to values of their fields' types (no range checks yet); a one-line error for an unknown
-    key or a value of the wrong type."""
-    hints = _field_types(RunConfig)
-    allowed = valid_keys()
-    out = {}
-    for key, value in flat.items():
-        if key not in allowed:
-            raise SparseddError(f"unknown config key {brief(key)}; valid keys: {', '.join(sorted(allowed))}")
-        sec, _, name = key.rpartition(".")
-        out[key] = coerce(key, value, _field_types(hints[sec])[name] if sec else hints[key])
-    return out
-
-
-def build(flat: dict[str, Any]) -> RunConfig:
-    """A RunConfig from dotted keys (``train.lr``) to values (TOML values or strings)."""
-    hints = _field_types(RunConfig)
-    top: dict[str, Any] = {}
-    sections: dict[str, dict[str, Any]] = {}
-    for key, value in typed(flat).items():
-        if "." in key:
-            sec, name = key.split(".", 1)
-            sections.setdefault(sec, {})[name] = value
-        else:
-            top[key] = value
-    for sec, values in sections.items():
-        top[sec] = hints[sec](**values)
-    return RunConfig(**top)
-
-
-def presets() -> list[str]:
-    files = resources.files("sparsedd").joinpath("presets").iterdir()
-    return sorted(p.name[: -len(".toml")] for p in files if p.name.endswith(".toml"))
-
-
-def _read_toml(text: str, where: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SparseddError(f"malformed TOML in {where}: {e}; fix the file and run again") from None
-    except RecursionError:  # arrays nested thousands deep
-        raise SparseddError(f"malformed TOML in {where}: nested too deep; fix the file and run again") from None
-
-
-def read_text_file(path: Path, what: str) -> str:
-    """The text of a TOML file; one that cannot be read or is not UTF-8 (as TOML must be) is a one-line error."""
-    if not path.is_file():
-        problem = "is a folder" if path.is_dir() else "not found"
-        raise SparseddError(f"{what} {path} {problem}; give the path of a TOML file")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SparseddError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise SparseddError(f"cannot read {what} {path} ({e.strerror or e})") from None
-
-
-def preset_values(name: str) -> dict[str, Any]:
-    if name not in presets():
-        raise SparseddError(f"unknown preset {name!r}; available: {', '.join(presets())}")
-    text = resources.files("sparsedd").joinpath("presets", f"{name}.toml").read_text()
-    return flatten(_read_toml(text, f"preset {name}"))
-
-
-def file_values(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    return flatten(_read_toml(read_text_file(p, "config file"), str(p)))
-
-
-def parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SparseddError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-DEFAULT_PRESET = "mnist1d-quick"
-
-
-def load(preset: str | None = None, config_file: str | Path | None = None,
-         sets: list[str] | None = None, seeds: int | None = None, values: dict[str, Any] | None = None) -> RunConfig:
-    """Preset, then TOML file, then typed ``values`` (dotted keys, as a sweep gives them), then
-    --set overrides, then --seeds; with none of them, the demo."""
-    if preset is None and config_file is None:
-        preset = DEFAULT_PRESET
-    layers = [preset_values(preset) if preset is not None else {},
-              file_values(config_file) if config_file is not None else {},
-              values or {}, parse_sets(sets or []), {"seeds": seeds} if seeds is not None else {}]
-    flat: dict[str, Any] = {}
-    for layer in layers:  # each checked for keys and types, also where a later one overrides it
-        flat.update(typed(layer))
-    return build(flat)
-
-
-def from_dict(d: dict[str, Any]) -> RunConfig:
-    """Inverse of :func:`canonical_dict` (used to read stored configs)."""
-    return build(flatten(d))

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
+
+from . import config_load
 from .errors import SparseddError
 from .experiments.imp import divergence_note
 from .experiments.stages import stage_chain
@@ -70,7 +72,7 @@ def examine(store: Store) -> Examination:
     ex = Examination()
     for run_id in store.run_folders():
         try:
-            ex.chains[run_id] = stage_chain(config_mod.from_dict(store.run_config(run_id)))
+            ex.chains[run_id] = stage_chain(config_load.from_dict(store.run_config(run_id)))
         except (SparseddError, KeyError, TypeError, ValueError) as e:  # damaged, or settings this version lacks
             ex.bad_runs[run_id] = str(e)
     used = {sid for chain in ex.chains.values() for sid in chain.values()}
@@ -318,7 +320,7 @@ def _restore_configs(store: Store, ex: Examination, old: dict[str, dict[str, Any
                          "run its `sparsedd run` command again to register it anew")
             continue
         write_json(store.run_dir(run_id) / RUN_CONFIG, {"config": old[run_id]["config"], "preset": old[run_id]["preset"]})
-        ex.chains[run_id] = stage_chain(config_mod.from_dict(old[run_id]["config"]))
+        ex.chains[run_id] = stage_chain(config_load.from_dict(old[run_id]["config"]))
         del ex.bad_runs[run_id]
         lines.append(f"run {run_id}: {RUN_CONFIG} written anew from the index")
     return lines
@@ -338,7 +340,7 @@ def _build_index(store: Store, fresh: Index, old: dict[str, dict[str, Any]]) -> 
     for run_id in store.run_folders():
         try:
             record = store.run_record(run_id)
-            cfg = config_mod.from_dict(record["config"])
+            cfg = config_load.from_dict(record["config"])
         except (SparseddError, KeyError, TypeError, ValueError):  # reported; not in the new index
             continue
         state = _run_state(store, run_id, stage_chain(cfg))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,6 +19,7 @@ import torch
 from ..config import DataConfig
 from ..errors import SparseddError
 from ..registry import Registry
+from .download import default_cache_dir  # noqa: F401 (sparsedd.data.default_cache_dir: the cache root)
 
 
 @dataclass
@@ -41,24 +41,6 @@ class Dataset:
         return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
                        self.x_test.to(device), self.y_test.to(device), self.num_classes,
                        coarse_train=coarse, augment=self.augment, human_train=self.human_train)
-
-
-def default_cache_dir() -> Path:
-    """$SPARSEDD_CACHE, else $XDG_CACHE_HOME/sparsedd, else ~/.cache/sparsedd."""
-    if os.environ.get("SPARSEDD_CACHE"):
-        return Path(os.environ["SPARSEDD_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "sparsedd"
-    return Path.home() / ".cache" / "sparsedd"
-
-
-def check_size(dataset: str, key: str, asked: int, available: int) -> int:
-    """The number of examples to take: ``asked``, or all of them when 0."""
-    if asked > available:
-        raise SparseddError(
-            f"data.{key} = {asked} but {dataset} has only {available}; ask for at most {available} (0: all)"
-        )
-    return asked or available
 
 
 Folder = str | os.PathLike | None
@@ -146,43 +128,7 @@ def fingerprint(ds: Dataset) -> str:
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------- shared by the loaders
-
-
-def candidates(name: str, data_dir: str | os.PathLike | None, cache_dir: str | os.PathLike | None) -> list[Path]:
-    """The folders searched for data set ``name``, in order: data_dir/name, $SPARSEDD_DATA/name, the cache's."""
-    out = []
-    if data_dir is not None:
-        out.append(Path(data_dir) / name)
-    if os.environ.get("SPARSEDD_DATA"):
-        out.append(Path(os.environ["SPARSEDD_DATA"]) / name)
-    out.append(Path(cache_dir if cache_dir is not None else default_cache_dir()) / name)
-    return out
-
-
-def verify_file(path: Path, md5: str) -> None:
-    """SparseddError unless the raw bytes of ``path`` have this md5 (streamed, not loaded at once)."""
-    from .download import md5_of
-
-    try:
-        ok = md5_of(path) == md5
-    except OSError as e:
-        raise SparseddError(f"cannot read {path} ({' '.join(str(e).split())}); check its permissions and run again") from None
-    if not ok:
-        raise SparseddError(
-            f"checksum mismatch for {path}: the file is corrupt; delete it and run again to re-download it"
-        )
-
-
-def download_archive(urls: list[str], dest: Path, md5: str) -> Path:
-    """Download an archive whose published md5 is that of the archive file itself."""
-    from .download import download
-
-    return download(urls, dest, md5, raw=True)
-
-
 # ----------------------------------------------------------------------------- the data sets
-# imported last: the loaders import the helpers above
 
 from . import cifar, cifarn, mnist, mnist1d, tinyimagenet  # noqa: E402
 from .noise import HUMAN_NOISE  # noqa: E402

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import SparseddError
-from . import candidates, check_size, download_archive, verify_file
+from .download import candidates, check_size, download_archive, verify_file
 
 # the archive of each data set, its mirrors, and the folder it extracts to
 FILES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import SparseddError
-from . import candidates, download_archive, verify_file
+from .download import candidates, download_archive, verify_file
 from .cifar import _Unpickler
 from .noise import HUMAN_NOISE
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import SparseddError
-from . import check_size, default_cache_dir
+from .download import check_size, default_cache_dir
 from .download import download, md5_of, read_bytes
 
 MIRRORS = [

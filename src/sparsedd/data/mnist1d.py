@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import default_cache_dir
+from .download import default_cache_dir
 from .download import read_cache, write_cache
 
 NUM_CLASSES = 10

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import SparseddError
 from .download import read_cache, write_cache
-from . import candidates, check_size, default_cache_dir, download_archive, verify_file
+from .download import candidates, check_size, default_cache_dir, download_archive, verify_file
 
 FILE = "tiny-imagenet-200.zip"
 FOLDER = "tiny-imagenet-200"

@@ -15,7 +15,7 @@ from ..config import RunConfig, canonical_dict
 from ..options import ExecOptions
 from ..store import Store
 from .batching import train_level
-from .distance import correct_distances, learning_distance
+from .distance import learning_distance
 from .progress import Progress
 from .replicate import Replicate
 from .retrain import level_train_config
@@ -42,7 +42,6 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, options
     runs of one architecture and schedule, e.g. several noise rates); returns their run ids."""
     opts = options or ExecOptions()
     datasets = load_data([cfg for cfg, _ in items], opts, store)  # before anything is written
-    correct_distances(store)  # a store from before distances left batch-norm statistics out
     if not dense_only:
         for cfg, preset in items:
             store.register_run(cfg.run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)

@@ -9,7 +9,7 @@ the dense stage) is passed in; nothing depends on the order methods were called 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,8 +21,9 @@ from ..data.split import validation_split
 from ..errors import notice
 from ..models import MODELS, build_model
 from ..options import ExecOptions
-from ..pruning import (Count, Mask, bn_convs, density, fixed_weights, full_mask, get_strategy, gradient_saliency,
+from ..pruning import (PRUNING_METHODS, Count, Mask, bn_convs, density, fixed_weights, full_mask, gradient_saliency,
                        layer_sparsity, prunable_names, remaining)
+from ..registry import Registry
 from ..rng import derive_seed, generator
 from ..store import Store
 from ..training import TrainData, TrainResult, train
@@ -132,17 +133,24 @@ class Replicate:
         return previous
 
     def prune(self, level: int, model: nn.Module, mask: Mask) -> Mask:
-        """The next mask from the previous level's weights; ranking happens on the CPU (deterministic)."""
+        """The next mask from the previous level's weights, by the method's record: the inputs it needs are
+        computed here (:data:`PRUNING_INPUTS`), so the method stays a pure function; ranking happens on the
+        CPU (deterministic)."""
         cfg = self.cfg.prune
+        method = PRUNING_METHODS[cfg.method]
         weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in mask}
-        extra: dict[str, Any] = {"generator": generator(self.cfg.seed, "prune-random", level)}
-        if cfg.method == "gradient":
-            extra["saliency"] = self.gradient_scores(level, model, mask)
-        if cfg.method == "slimming":  # which conv feeds which batch norm: traced here, so the strategy stays pure
-            extra["bn_convs"] = bn_convs(model)
-        new = get_strategy(cfg.method)(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.level_fraction(level),
-                                       scope=cfg.scope, count=Count(cfg.count, self.fixed), **extra)
+        inputs = {need: PRUNING_INPUTS[need](self, level, model, mask) for need in method.needs}
+        new = method.select(weights, {n: m.cpu() for n, m in mask.items()}, fraction=cfg.level_fraction(level),
+                            scope=cfg.scope, count=Count(cfg.count, self.fixed), **inputs)
         return {n: m.to(self.options.device) for n, m in new.items()}
+
+    def prune_generator(self, level: int, model: nn.Module, mask: Mask) -> torch.Generator:
+        """A generator seeded by the seed and the level (random pruning's draw)."""
+        return generator(self.cfg.seed, "prune-random", level)
+
+    def batch_norm_convs(self, level: int, model: nn.Module, mask: Mask) -> dict[str, str | None]:
+        """Which conv feeds which batch norm, traced from the model (slimming's structure)."""
+        return bn_convs(model)
 
     def gradient_scores(self, level: int, model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
         """|w * dL/dw| by ``prune.gradient_rule``: the paper's one augmented batch in train mode, or the
@@ -283,3 +291,12 @@ class Replicate:
     def _link(self, level: int, sid: str) -> None:
         if self.run_id is not None:
             self.store.index.link(self.run_id, self.cfg.seed, level, sid)
+
+
+# What a pruning method may need beyond the weights and the mask (its record's ``needs``), by name:
+# (the replicate, the level, the model with the previous level's weights, its mask) -> the input. A method
+# needing something new registers its provider here.
+PRUNING_INPUTS: Registry[Callable[[Replicate, int, nn.Module, Mask], Any]] = Registry("pruning input")
+PRUNING_INPUTS.register("generator", Replicate.prune_generator)
+PRUNING_INPUTS.register("saliency", Replicate.gradient_scores)
+PRUNING_INPUTS.register("bn_convs", Replicate.batch_norm_convs)

@@ -7,6 +7,7 @@ import contextlib
 from typing import Callable, Iterator
 
 from ..config import RunConfig
+from ..config_check import check
 from ..data import Dataset, fingerprint, load_dataset
 from ..errors import SparseddError
 from ..data import DATASETS
@@ -21,10 +22,12 @@ from .stages import Job, data_key, parent_stage
 
 def load_data(configs: list[RunConfig], options: ExecOptions, store: Store) -> dict[str, Dataset]:
     """Every run's data set (one in memory per data key), each checked to be the data the store's results
-    were made with, and each run checked against its data."""
+    were made with, and each run checked against the registries (a config built in Python skipped them)
+    and its data."""
     datasets: dict[str, Dataset] = {}
     fingerprints: dict[str, tuple[str, str]] = {}
     for cfg in configs:
+        check(cfg)
         key = data_key(cfg)
         if key not in datasets:
             data = load_dataset(cfg.data, data_dir=options.data_dir)  # hashed on the CPU, then moved
@@ -38,6 +41,7 @@ def load_data(configs: list[RunConfig], options: ExecOptions, store: Store) -> d
 def check_declared_fit(cfg: RunConfig) -> None:
     """The model takes the data set's declared input shape (and has the weights prune.layers names), checked
     before anything is loaded or said: a refused pair is one line, without a "run ID -> ROOT" line first."""
+    check(cfg)
     spec = DATASETS[cfg.data.name]
     check_takes(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes, cfg.prune.layers)
 

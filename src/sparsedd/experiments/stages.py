@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig, TrainConfig, canonical_dict, stable_hash
-from ..pruning import Mask
+from ..config import PruneConfig, RetrainConfig, RunConfig, TrainConfig, canonical_dict, stable_hash
+from ..pruning import PRUNING_METHODS, Mask
+from .retrain import RETRAIN_MODES
 
 
 def dense_key(cfg: RunConfig) -> dict[str, Any]:
@@ -35,10 +36,33 @@ def parent_stage(cfg: RunConfig, chain: list[str]) -> str:
 
 def level_key(cfg: RunConfig, parent: str, level: int) -> dict[str, Any]:
     """``parent``: the stage this level prunes (:func:`parent_stage`)."""
-    prune = cfg.prune.round_key()
+    prune = round_key(cfg.prune)
     if level == 1:  # one-shot level 1 is iterative level 1 (the dense network pruned by prune.fraction): one stage
         prune.pop("schedule", None)
-    return {"kind": "level", "parent": parent, "level": level, "prune": prune, "retrain": cfg.retrain.relevant()}
+    return {"kind": "level", "parent": parent, "level": level, "prune": prune, "retrain": retrain_key(cfg.retrain)}
+
+
+def round_key(prune: PruneConfig) -> dict[str, Any]:
+    """What one pruning round depends on: every prune setting but the number of levels, and of the
+    settings pruning methods own (their records' ``owns``), only the chosen method's."""
+    d = canonical_dict(prune)
+    d.pop("levels", None)
+    own = set(PRUNING_METHODS[prune.method].owns)
+    for name in PRUNING_METHODS.names():
+        for setting in set(PRUNING_METHODS[name].owns) - own:
+            d.pop(setting, None)
+    return d
+
+
+def retrain_key(retrain: RetrainConfig) -> dict[str, Any]:
+    """The retraining settings that matter for the mode (so unused settings never split stage ids): the
+    mode's own (its record's ``fields``), and the distillation's while it is on."""
+    keep = {"mode", *RETRAIN_MODES[retrain.mode].fields}
+    if retrain.distill_alpha > 0:
+        keep |= {"distill_alpha", "distill_temperature"}
+    if retrain.rewind_iteration == 0:  # rewinding to the init: the rest of the schedule is all of it
+        keep.discard("rewind_schedule")
+    return {k: v for k, v in canonical_dict(retrain).items() if k in keep}
 
 
 def stage_chain(cfg: RunConfig) -> dict[tuple[int, int], str]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import SparseddError
-from ..pruning import prunable_names
+from ..pruning import layer_names
 from ..registry import Registry
 from ..rng import generator
 from .mlp import MLP
@@ -40,7 +40,7 @@ def check_takes(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     so a run is checked in milliseconds, before it is registered; each combination once per process."""
     with torch.device("meta"):
         model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)  # the builder's own checks
-        prunable_names(model, "magnitude", layers)
+        layer_names(model, layers)
         try:
             model(torch.empty(2, *input_shape))
         except (RuntimeError, NotImplementedError) as e:  # a shape mismatch the builder did not foresee

@@ -39,6 +39,14 @@ def bn_convs(model: nn.Module) -> BatchNormConvs:
     return out
 
 
+def require_batch_norm(model: nn.Module, name: str) -> None:
+    """Slimming prunes batch-norm channels: a one-line error when the model has none (checked with the
+    config, on a model built on the meta device, not after the dense network trained)."""
+    if not bn_convs(model):
+        raise SparseddError(f"prune.method = 'slimming' prunes batch-norm channels and model {name!r} has none; "
+                            f"use resnet18, vgg16 or resnet101, or another prune.method")
+
+
 def slimming_names(model: nn.Module) -> list[str]:
     """The tensors slimming masks: every batch-norm weight and bias, and the conv weights feeding them.
 

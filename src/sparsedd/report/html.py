@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..analysis.curves import distance_table, phases_table
-from ..experiments.distance import correct_distances
 from ..errors import SparseddError
 from ..inputs import folder
 from ..results import load, resolve_run, run_config
@@ -143,7 +142,7 @@ def _analysis_sections(w: _Writer, res, run_id: str, title: str) -> None:
 
 def figured_analyses() -> list[tuple[str, Any]]:
     """The registered analyses that have a figure, in registration order (the report's sections)."""
-    from ..analysis.runner import ANALYSES
+    from ..analysis.kinds import ANALYSES
 
     return [(kind, ANALYSES[kind]) for kind in ANALYSES.names() if ANALYSES[kind].figure is not None]
 
@@ -169,7 +168,6 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
     out = folder(out, "--out", writable=True)  # before anything is read or written
     store = Store(root)
     run_ids = [resolve_run(store, r) for r in runs]
-    correct_distances(store)
     res = load(store.root)
     configs = {r: run_config(store, r) for r in run_ids}
     w = _Writer(out)

@@ -69,10 +69,34 @@ def read_data_record(path: Path) -> tuple[str | None, str | None]:
 class Store:
     """``readonly``: a process that reads but never writes (the non-zero ranks of a distributed run)."""
 
-    def __init__(self, root: str | Path | None = None, readonly: bool = False):
+    def __init__(self, root: str | Path | None = None, readonly: bool = False, index: Any = None):
+        """``index``: one standing in for the store's own (a Ray worker's buffer of index calls, which the
+        sweep's driver replays); such a process leaves migrations to the driver, which opened the store."""
         self.root = Path(root) if root is not None else default_root()
         self.readonly = readonly
-        self.index = Index(self.root / INDEX, readonly)
+        self._index = index if index is not None else Index(self.root / INDEX, readonly)
+        self._migrated = readonly or index is not None  # a read-only process reads the store as it is
+
+    @property
+    def index(self) -> Index:
+        """The SQLite index, once the store is up to date (:meth:`migrate`)."""
+        self.migrate()
+        return self._index
+
+    def migrate(self) -> None:
+        """Apply the corrections of stores written by earlier versions not applied yet
+        (:mod:`.migrations`), once per Store object, when it is first used: its index or a stage's record
+        read. Not when it is made, so a command refused before it uses the store leaves it untouched. A
+        store without stages needs none (:meth:`begin_stage` marks them applied before its first)."""
+        if self._migrated:
+            return
+        self._migrated = True  # first: the corrections themselves read the index and the records
+        if not (self.root / STAGES).is_dir():
+            return
+        from .migrations import MIGRATIONS, apply
+
+        for name, earlier, correct in MIGRATIONS:
+            apply(self, name, earlier, correct)
 
     # --- stages
     @staticmethod
@@ -144,6 +168,8 @@ class Store:
         d = self.stage_dir(stage_id)
         if self.readonly:
             return d
+        if not (self.root / STAGES).is_dir():  # a new store: written by this version, no correction due
+            self._mark_all_migrated()
         if not (d / STAGE_KEY).exists():
             write_json(d / STAGE_KEY, key)
         self._tidy(stage_id)
@@ -167,6 +193,7 @@ class Store:
                 remove(d / name)
 
     def done_info(self, stage_id: str) -> dict[str, Any]:
+        self.migrate()
         return read_json(self.stage_dir(stage_id) / DONE)
 
     def stage_key(self, stage_id: str) -> dict[str, Any]:
@@ -231,6 +258,14 @@ class Store:
     def mark_migrated(self, name: str) -> None:
         if not self.readonly:
             write_json(self.root / MIGRATIONS, {"applied": sorted({*self.migrated(), name})})
+
+    def _mark_all_migrated(self) -> None:
+        from .migrations import MIGRATIONS
+
+        for name, earlier, _ in MIGRATIONS:
+            for marker in (*earlier, name):
+                self.mark_migrated(marker)
+        self._migrated = True
 
     def checkpointer(self, stage_id: str, every_s: float = 60.0, epoch_every_s: float = 1.0) -> FileCheckpointer:
         d = self.stage_dir(stage_id)

@@ -28,7 +28,7 @@ from rich.markup import escape
 
 from ..config import canonical_dict, stable_hash
 from ..errors import SparseddError
-from ..experiments.stages import data_key, dense_key
+from ..experiments.stages import data_key, dense_key, retrain_key
 from ..options import ExecOptions
 from ..store import Store, write_json
 from ..store.index import replay
@@ -87,7 +87,7 @@ def _run_tasks(runs: list[SweepRun], base: dict[str, Any], workers: int) -> list
     for r in runs:
         c = canonical_dict(r.config, full=True)
         key = stable_hash({"data": data_key(r.config), "model": c["model"], "train": c["train"],
-                           "retrain": r.config.retrain.relevant(), "levels": r.config.prune.levels})
+                           "retrain": retrain_key(r.config.retrain), "levels": r.config.prune.levels})
         classes.setdefault(key, []).append(r)
     tasks = []
     for members in classes.values():

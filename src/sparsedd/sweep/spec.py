@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
+
+from .. import config_load
 from ..config import RunConfig, stable_hash
 from ..errors import SparseddError
 
@@ -82,7 +84,7 @@ def _text(v: Any) -> str:
 def _read(source: str) -> tuple[str, str, dict[str, Any]]:
     path = Path(source)
     if path.exists():
-        name, text = path.stem, config_mod.read_text_file(path, "sweep file")
+        name, text = path.stem, config_load.read_text_file(path, "sweep file")
     elif source in sweep_presets():
         name = source
         text = resources.files("sparsedd").joinpath("presets", "sweeps", f"{source}.toml").read_text()
@@ -100,7 +102,7 @@ def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     value = doc.get(key, {})
     if not isinstance(value, dict):
         raise SparseddError(f"{where}: [{key}] must be a table of dotted config keys")
-    return config_mod.flatten(value)
+    return config_load.flatten(value)
 
 
 def _check_model(cfg: RunConfig) -> None:
@@ -158,7 +160,7 @@ def load_sweep(source: str) -> Sweep:
             values = {**base, **axes}
             label = " ".join(f"{k}={_text(v)}" for k, v in axes.items()) or "base"
             try:
-                cfg = config_mod.load(preset, values=values, seeds=seeds)
+                cfg = config_load.load(preset, values=values, seeds=seeds)
                 _check_model(cfg)
             except SparseddError as e:
                 raise SparseddError(f"{where}, run {len(runs) + 1} ({label}): {e}") from None

@@ -25,7 +25,7 @@ def task_options(task: dict[str, Any]):
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
-    from .. import config as config_mod
+    from .. import config_load
     from ..experiments import run_many
     from ..store import Store
     from ..store.index import BufferedIndex
@@ -38,11 +38,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         os.replace(partial, pid_file)
     options = task_options(task)
     options.apply_threads(None)
-    items = [(config_mod.load(r.get("preset"), values=r["values"], seeds=r.get("seeds")), r.get("preset"))
+    items = [(config_load.load(r.get("preset"), values=r["values"], seeds=r.get("seeds")), r.get("preset"))
              for r in task["runs"]]
-    store = Store(task["root"])
-    if task.get("buffer_index"):
-        store.index = BufferedIndex()
+    store = Store(task["root"], index=BufferedIndex() if task.get("buffer_index") else None)
     run_ids = run_many(items, store, options=options, dense_only=task.get("dense_only", False))
     calls = store.index.calls if task.get("buffer_index") else []
     return {"run_ids": run_ids, "index_calls": calls}

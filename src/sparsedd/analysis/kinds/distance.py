@@ -1,0 +1,33 @@
+"""``distance``: each level's learning distance against its test accuracy, one table over the run's curve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ...errors import SparseddError
+from ..base import ANALYSES, Analysis, Analyzer
+from ..curves import distance_table
+
+
+@dataclass(frozen=True)
+class DistanceSettings:
+    """What the distance is measured from: ``init``, the dense initialization under each level's mask (the
+    distance recorded with every level); or ``start``, the weights each level started from under its mask
+    (the rewind point for weight rewinding, the previous level's weights for finetuning and lr rewinding, the
+    fresh init for reinit), which is what the paper's code measures its distance penalty from."""
+
+    reference: str = "init"
+
+    def __post_init__(self) -> None:
+        if self.reference not in ("init", "start"):
+            raise SparseddError(f"distance: reference must be init or start, got {self.reference!r}")
+
+
+def compute(a: Analyzer, s: DistanceSettings) -> pd.DataFrame:
+    return distance_table(a.store, a.run_id, a.start_distances() if s.reference == "start" else None, s.reference)
+
+
+ANALYSES.register("distance", Analysis(DistanceSettings, compute, per_level=False,
+                                       summary="learning distance against test accuracy"))

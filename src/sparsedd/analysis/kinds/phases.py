@@ -1,0 +1,24 @@
+"""``phases``: the run's levels split into the light, critical, sweet and collapsed phases (the rule is in
+:mod:`sparsedd.analysis.phases`), one table over the run's curve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..base import ANALYSES, Analysis, Analyzer
+from ..curves import phases_table
+
+
+@dataclass(frozen=True)
+class PhasesSettings:
+    tol: float = 0.01  # the smallest accuracy change taken as real
+
+
+def compute(a: Analyzer, s: PhasesSettings) -> pd.DataFrame:
+    return phases_table(a.store, a.run_id, s.tol)
+
+
+ANALYSES.register("phases", Analysis(PhasesSettings, compute, per_level=False,
+                                     summary="light, critical, sweet and collapsed phases"))
