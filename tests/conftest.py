@@ -120,6 +120,7 @@ SLOW = (
     "test_sweep.py::test_worker_killed_mid_run_then_sweep_completes",
     "test_together.py::test_a_conv_run_with_batch_on_trains_seeds_side_by_side_with_the_same_results",
     "test_together.py::test_conv_nets_trained_together_end_as_each_trained_alone",
+    "test_user_model_data.py::test_a_users_builder_runs_end_to_end_and_its_source_is_in_the_stage_ids",
 )
 SUBPROCESS = (  # starts other processes (workers, a CLI, torchrun, a lock holder, a browser)
     "test_bad_input.py::test_random_malformed_configs_and_sweeps",

@@ -36,17 +36,21 @@ def options(**values: Any):
 
 
 def run(preset: str | None = None, *, config: str | Path | None = None, overrides: dict[str, Any] | None = None,
-        seeds: int | None = None, root: str | Path | None = None, **execution: Any) -> Results:
+        seeds: int | None = None, root: str | Path | None = None, model: str | None = None, data: str | None = None,
+        **execution: Any) -> Results:
     """Run (or resume) an experiment; returns its results (``.run_id``, ``.levels``, ``.epochs``, ...).
 
     ``preset`` and ``config`` (a TOML file) as with ``sparsedd run``; ``overrides`` maps dotted config
-    keys to values (``{"train.epochs": 10}``), like ``--set``; ``execution``: any execution option
-    (``device``, ``data_dir``, ``threads``, ``batch``, ``sparse``, ``progress``, ...).
+    keys to values (``{"train.epochs": 10}``), like ``--set``; ``model`` and ``data`` set ``model.name``
+    and ``data.name`` (a user's builder ``"package.module:function"``, a data file or image folder);
+    ``execution``: any execution option (``device``, ``data_dir``, ``threads``, ``batch``, ``sparse``,
+    ``progress``, ...).
     """
     from . import config_load
     from .experiments import run as run_experiment
 
-    cfg = config_load.load(preset, config, seeds=seeds, values=dict(overrides or {}))
+    named = {k: v for k, v in (("model.name", model), ("data.name", data)) if v is not None}
+    cfg = config_load.load(preset, config, seeds=seeds, values={**named, **dict(overrides or {})})
     opts = options(**execution)
     opts.apply_threads(cfg.model.name)
     store = _store(root, writable=True)

@@ -44,9 +44,9 @@ def _other_retrain(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _half_data(cfg: RunConfig) -> dict[str, Any]:
-    from .data import DATASETS
+    from .data import spec_of
 
-    return {"data.num_train": (cfg.data.num_train or DATASETS[cfg.data.name].num_train) // 2}
+    return {"data.num_train": (cfg.data.num_train or spec_of(cfg.data.name).num_train) // 2}
 
 
 # role -> the keys it changes in the base configuration

@@ -26,10 +26,18 @@ def check(cfg: RunConfig) -> RunConfig:
 
 
 def check_data(data: DataConfig) -> None:
-    from .data import DATASETS
+    from .data import DATASETS, spec_of
+    from .data.files import is_data_path
     from .data.noise import NOISE_TYPES
 
-    choice("data", "name", data.name, DATASETS.names())
+    if data.name not in DATASETS and is_data_path(data.name):
+        spec = spec_of(data.name)  # the file or folder exists and holds a data set; its sizes are known
+        for key, have in (("num_train", spec.num_train), ("num_test", spec.num_test)):
+            if getattr(data, key) > have:
+                raise SparseddError(f"data.{key} = {getattr(data, key)} but {data.name} has only {have}; ask for "
+                                    f"at most {have} (0: all)")
+    else:
+        choice("data", "name", data.name, DATASETS.names())
     choice("data", "noise_type", data.noise_type, NOISE_TYPES.names())
     check_human_noise(data)
 
@@ -38,8 +46,12 @@ def check_model(model: ModelConfig) -> None:
     """The model is registered, and given only the settings it takes (widths for the mlp, channels for
     the conv nets)."""
     from .models import MODELS
+    from .models.imported import is_import_path, load_builder
 
-    choice("model", "name", model.name, MODELS.names())
+    if model.name not in MODELS and is_import_path(model.name):
+        load_builder(model.name)  # importable, and a function
+    else:
+        choice("model", "name", model.name, MODELS.names())
     if model.hidden and model.name != "mlp":
         raise SparseddError(f"model.hidden applies to the mlp only, not {model.name!r}")
     if model.width and model.name in ("mlp", "lenet-300-100"):
@@ -70,8 +82,8 @@ def check_pruning(cfg: RunConfig) -> None:
     dense network trained."""
     import torch
 
-    from .data import DATASETS
-    from .models import MODELS
+    from .data import spec_of
+    from .models import builder_of
     from .pruning import PRUNING_METHODS
 
     name = cfg.prune.method
@@ -81,7 +93,7 @@ def check_pruning(cfg: RunConfig) -> None:
         raise SparseddError(f"prune.layers does not apply to prune.method = {name!r}, which chooses the tensors it "
                             f"masks ({method.summary}); leave prune.layers at default")
     if method.check is not None:
-        spec = DATASETS[cfg.data.name]
+        spec = spec_of(cfg.data.name)
         with torch.device("meta"):
-            model = MODELS[cfg.model.name](cfg.model, spec.input_shape(cfg.data.image_size), spec.classes)
+            model = builder_of(cfg.model.name)(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes)
         method.check(model, cfg.model.name)

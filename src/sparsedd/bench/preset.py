@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import config_load
-from ..data import DATASETS, Dataset, load_dataset
+from ..data import Dataset, load_dataset, spec_of
 from ..errors import SparseddError
 from ..models import build_model
 from ..pruning import full_mask, prunable_names
@@ -28,7 +28,7 @@ EVAL_BATCH = 4096  # as in sparsedd.training.core.predict
 
 
 def _data(cfg, data_dir, device, n: int) -> tuple[Dataset | None, tuple, int, int, int]:
-    spec = DATASETS[cfg.data.name]
+    spec = spec_of(cfg.data.name)
     try:
         d = load_dataset(cfg.data, data_dir=data_dir, device=device)
         return d, tuple(d.x_train.shape[1:]), d.num_classes, d.x_train.shape[0], d.x_test.shape[0]
@@ -94,7 +94,7 @@ def _bench_data(cfg, data_dir, dev: torch.device, steps: int, g: torch.Generator
     else:
         x = torch.randn((steps * bs, *shape), generator=g).to(dev)
         y = torch.randint(0, classes, (steps * bs,), generator=g).to(dev)
-        augment = "none" if DATASETS[cfg.data.name].augment == "none" or cfg.data.augment == "none" else "crop-flip"
+        augment = "none" if spec_of(cfg.data.name).augment == "none" or cfg.data.augment == "none" else "crop-flip"
     facts = {"shape": shape, "classes": classes, "n_train": n_train, "n_test": n_test, "synthetic": real is None}
     return TrainData.clean(x, y, bs, augment=augment), facts
 

@@ -71,10 +71,25 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("data set")
 
 
+def spec_of(name: str) -> DatasetSpec:
+    """The registered data set ``name``, or the user's own at the path ``name`` (:mod:`.files`: a .npz or
+    .pt file, or an image folder), described from its header without loading it."""
+    if name in DATASETS or not files.is_data_path(name):
+        return DATASETS[name]
+    facts = files.describe(name)
+    side = facts["shape"][-1] if facts["images"] else 0
+    return DatasetSpec(_load_file, shape=facts["shape"], classes=facts["classes"], num_train=facts["num_train"],
+                       num_test=facts["num_test"], sizes=(side,) if side else ())
+
+
+def _load_file(cfg: DataConfig, *, data_dir: Folder, cache_dir: Folder) -> dict[str, torch.Tensor]:
+    return files.load(cfg.name, cfg.num_train, cfg.num_test)
+
+
 def standard_augment(cfg: DataConfig) -> str:
     """The augmentation the trainer applies: ``cfg.augment`` with ``default`` resolved per data set
     (its registered ``augment``: crop-flip for cifar10, cifar100 and tinyimagenet, none for the others)."""
-    spec = DATASETS[cfg.name]
+    spec = spec_of(cfg.name)
     if cfg.augment == "default":
         return spec.augment
     if cfg.augment == "crop-flip" and not spec.images:
@@ -87,7 +102,7 @@ def standard_augment(cfg: DataConfig) -> str:
 
 
 def _check_image_size(cfg: DataConfig) -> None:
-    spec = DATASETS[cfg.name]
+    spec = spec_of(cfg.name)
     if cfg.image_size and cfg.image_size not in spec.sizes:
         native = f"{cfg.name} images are {spec.sizes[0]}x{spec.sizes[0]}" if spec.images \
             else f"{cfg.name} is not an image data set"
@@ -101,7 +116,7 @@ def load_dataset(cfg: DataConfig, *, data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
     """The data set ``cfg.name`` with clean labels, on ``device``; with the published human labels when
     ``cfg.noise_type`` is one of :data:`sparsedd.data.noise.HUMAN_NOISE`."""
-    spec = DATASETS[cfg.name]
+    spec = spec_of(cfg.name)
     augment = standard_augment(cfg)
     _check_image_size(cfg)
     d = spec.load(cfg, data_dir=data_dir, cache_dir=cache_dir)
@@ -130,7 +145,7 @@ def fingerprint(ds: Dataset) -> str:
 
 # ----------------------------------------------------------------------------- the data sets
 
-from . import cifar, cifarn, mnist, mnist1d, tinyimagenet  # noqa: E402
+from . import cifar, cifarn, files, mnist, mnist1d, tinyimagenet  # noqa: E402
 from .noise import HUMAN_NOISE  # noqa: E402
 
 

@@ -19,7 +19,7 @@ from ..data import Dataset
 from ..data.noise import apply_noise
 from ..data.split import validation_split
 from ..errors import notice
-from ..models import MODELS, build_model
+from ..models import build_model, builder_of
 from ..options import ExecOptions
 from ..pruning import (PRUNING_METHODS, Count, Mask, bn_convs, density, fixed_weights, full_mask, gradient_saliency,
                        layer_sparsity, prunable_names, remaining)
@@ -71,7 +71,7 @@ class Replicate:
         """Weights prune.count = all-masked counts beside the mask (pruning.fixed_weights), from a model built
         on the meta device (no memory, no init)."""
         with torch.device("meta"):
-            model = MODELS[self.cfg.model.name](self.cfg.model, self.input_shape, self.data.num_classes)
+            model = builder_of(self.cfg.model.name)(self.cfg.model, self.input_shape, self.data.num_classes)
         names = prunable_names(model, self.cfg.prune.method, self.cfg.prune.layers)
         return fixed_weights(model, names, self.cfg.prune.method, self.cfg.prune.count)
 

@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..config_check import check
 from ..data import Dataset, fingerprint, load_dataset
 from ..errors import SparseddError
-from ..data import DATASETS
+from ..data import spec_of
 from ..models import check_takes
 from ..options import ExecOptions
 from ..store import Store
@@ -42,7 +42,7 @@ def check_declared_fit(cfg: RunConfig) -> None:
     """The model takes the data set's declared input shape (and has the weights prune.layers names), checked
     before anything is loaded or said: a refused pair is one line, without a "run ID -> ROOT" line first."""
     check(cfg)
-    spec = DATASETS[cfg.data.name]
+    spec = spec_of(cfg.data.name)
     check_takes(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes, cfg.prune.layers)
 
 

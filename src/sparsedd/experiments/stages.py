@@ -19,13 +19,19 @@ from typing import Any
 import torch
 
 from ..config import PruneConfig, RetrainConfig, RunConfig, TrainConfig, canonical_dict, stable_hash
+from ..models.imported import is_import_path, source_digest
 from ..pruning import PRUNING_METHODS, Mask
 from .retrain import RETRAIN_MODES
 
 
 def dense_key(cfg: RunConfig) -> dict[str, Any]:
+    """A user's model (``"package.module:function"``) adds the digest of its module's source, so editing the
+    builder makes new stages (every level descends from the dense stage)."""
     c = canonical_dict(cfg)
-    return {"kind": "dense", "seed": cfg.seed, **{k: c.get(k, {}) for k in ("data", "model", "train")}}
+    key = {"kind": "dense", "seed": cfg.seed, **{k: c.get(k, {}) for k in ("data", "model", "train")}}
+    if is_import_path(cfg.model.name):
+        key["model_source"] = source_digest(cfg.model.name)
+    return key
 
 
 def parent_stage(cfg: RunConfig, chain: list[str]) -> str:

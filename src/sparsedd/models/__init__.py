@@ -1,5 +1,6 @@
-"""Model builders by name. Every model exposes ``prunable_names(layers)``: the weights ``prune.layers``
-selects, or a one-line error for a value the model does not support."""
+"""Model builders by name, or a user's own builder as ``"package.module:function"`` (:mod:`.imported`).
+Every model exposes ``prunable_names(layers)``: the weights ``prune.layers`` selects, or a one-line error
+for a value the model does not support."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..errors import SparseddError
 from ..pruning import layer_names
 from ..registry import Registry
 from ..rng import generator
+from .imported import imported_builder, is_import_path
 from .mlp import MLP
 from .resnet import resnet18, resnet101
 from .vgg import vgg16
@@ -26,8 +28,18 @@ MODELS: Registry[Builder] = Registry("model")
 DEFAULT_MLP_HIDDEN = (256, 256)
 
 
+def builder_of(name: str) -> Builder:
+    """The registered builder ``name``, or the user's function a ``"package.module:function"`` names."""
+    return imported_builder(name) if name not in MODELS and is_import_path(name) else MODELS[name]
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """Build the model on the CPU with an init that depends only on ``seed``."""
+    """Build the model on the CPU with an init that depends only on ``seed``: the project's
+    (:func:`reset_parameters`), or a user's builder's own under the global RNG seeded with ``seed``."""
+    if cfg.name not in MODELS and is_import_path(cfg.name):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return builder_of(cfg.name)(cfg, tuple(input_shape), num_classes)
     model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
     reset_parameters(model, seed, bias_init=cfg.bias_init, bn_init=cfg.bn_init)
     return model
@@ -39,7 +51,7 @@ def check_takes(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     (``prune.layers``) selects. The model is built and run once on the meta device (no memory, no init),
     so a run is checked in milliseconds, before it is registered; each combination once per process."""
     with torch.device("meta"):
-        model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)  # the builder's own checks
+        model = builder_of(cfg.name)(cfg, tuple(input_shape), num_classes)  # the builder's own checks
         layer_names(model, layers)
         try:
             model(torch.empty(2, *input_shape))
