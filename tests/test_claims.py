@@ -20,16 +20,13 @@ T_TABLE = [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 
 
 
 @pytest.mark.parametrize("p, df, t", T_TABLE)
-def test_t_quantile_matches_the_table(p, df, t):
-    assert C.t_quantile(p, df) == pytest.approx(t, abs=6e-5)
-    assert C.t_quantile(1 - p, df) == pytest.approx(-t, abs=6e-5)
-    assert C.t_cdf(C.t_quantile(p, df), df) == pytest.approx(p, abs=1e-10)
-
-
-def test_t_cdf_closed_forms():
-    for t in (-3.0, -0.4, 0.0, 0.7, 5.0):  # df 1 is Cauchy, df 2 has a closed form
-        assert C.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
-        assert C.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+def test_t_interval_uses_the_tables_quantile(p, df, t):
+    """n = df + 1 values whose sd / sqrt(n) is 1: the half width is the two-sided quantile at confidence 2p - 1."""
+    n = df + 1
+    values = [0.0] * n
+    values[0], values[1] = math.sqrt(n * df / 2), -math.sqrt(n * df / 2)  # sum of squares n * df: sd = sqrt(n)
+    mean, lo, hi = C.t_interval(values, 2 * p - 1)
+    assert mean == 0.0 and hi == pytest.approx(t, abs=6e-5) and lo == pytest.approx(-t, abs=6e-5)
 
 
 def test_t_interval_by_hand():
@@ -42,6 +39,71 @@ def test_t_interval_by_hand():
     assert C.Part("m", [1.0, 1.0, 1.0], ">", 0).verdict == "holds"
     _, lo99, hi99 = C.t_interval([1, 2, 3, 4, 5], 0.99)
     assert lo99 < lo and hi99 > hi
+
+
+def test_degenerate_inputs_give_nan_or_a_zero_width_interval_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(math.isnan(v) for v in C.t_interval([]))  # no value
+        assert all(math.isnan(v) for v in C.t_interval([float("nan"), None]))
+        mean, lo, hi = C.t_interval([2.0, float("nan")])  # one seed left
+        assert mean == 2.0 and math.isnan(lo) and math.isnan(hi)
+        assert C.t_interval([0.25, 0.25, 0.25]) == (0.25, 0.25, 0.25)  # zero variance: zero width, not NaN
+        part = C.Part("m", [float("nan"), 1.0, 2.0], ">", 0)
+        assert part.verdict == "inconclusive" and part.value == 1.5  # two seeds give a value: shown, not judged
+        assert math.isnan(C.spearman([1, 2, 3], [4, 4, 4]))  # constant
+        assert math.isnan(C.spearman([5, 5, 5], [1, 2, 3]))
+        assert math.isnan(C.spearman([1.0], [2.0])) and math.isnan(C.spearman([], []))  # too short
+        assert C.spearman([1, 2], [3, 5]) == pytest.approx(1.0)  # two pairs: +-1
+        assert C.spearman([1, 2, float("nan"), 4], [1, 3, 2, 2]) == pytest.approx(0.5)  # the NaN's pair left out
+        assert math.isnan(C.spearman([1, 2, float("nan")], [1, 1, 2]))  # constant once the NaN's pair is out
+        assert C.spearman([1, 2, float("inf")], [3, 2, 1]) == pytest.approx(-1.0)  # inf is a rank like any other
+    with pytest.raises(ValueError):
+        C.spearman([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError):
+        C.t_interval([1, 2, 3], 1.0)
+
+
+def test_one_spearman_for_the_claims_and_the_distance_table():
+    """The distance table (sparsedd.analysis.curves) and claim 5 call the same function, whose answers are
+    pandas' rank correlation and scipy's, ties included."""
+    from sparsedd.analysis import curves, stats
+
+    assert C.spearman is stats.spearman and curves.spearman is stats.spearman
+    x, y = [0.3, 0.1, 0.1, 0.7, 0.5, 0.5, 0.9], [2.0, 1.0, 3.0, 3.0, 0.5, 8.0, 8.0]
+    assert C.spearman(x, y) == pytest.approx(pd.Series(x).corr(pd.Series(y), method="spearman"), rel=1e-12)
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results" / "mnist1d-quick"
+    levels = pd.read_csv(docs / "4af4bb2e0fbf5343-levels.csv")  # one seed: its row and the mean's are the same
+    table = pd.read_csv(docs / "4af4bb2e0fbf5343-distance.csv")
+    assert table["spearman"].tolist() == pytest.approx([C.spearman(levels["distance"], levels["test_acc"])] * 2,
+                                                       rel=1e-12)
+
+
+STORED = sorted((Path(__file__).resolve().parents[1] / "docs" / "results" / "claims").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", [p for p in STORED if "claims" in json.loads(p.read_text())], ids=lambda p: p.name)
+def test_stored_claims_are_reproduced_from_their_per_seed_values(path):
+    """Every interval and verdict of docs/results/claims/*.json, recomputed from its stored (rounded) per-seed
+    values, agrees with what was printed: scipy's quantile replaced a hand-written one."""
+    doc = json.loads(path.read_text())
+    near = dict(rel=1e-6, abs=2e-6)  # the per-seed values are printed to 6 decimals, as are the means
+    for c in doc["claims"]:
+        parts = []
+        for d in c["parts"]:
+            thr = tuple(d["threshold"]) if isinstance(d["threshold"], list) else d["threshold"]
+            test = "within" if d["test"].startswith("in (") else d["test"].split()[0]
+            per = [math.nan if v is None else v for v in d["per_seed"]]
+            p = C.Part(d["measure"], per, test, thr, d["confidence"])
+            assert [p.value, p.lo, p.hi] == [pytest.approx(v, **near) if v is not None else None
+                                              for v in [d["value"], *d["ci"]]], (c["claim"], d)
+            assert p.verdict == d["verdict"], (c["claim"], d)
+            parts.append(p)
+        rows = [C.Outcome(parts, c["combine"], h, c["measure"]).row() for h in ("first", "envelope")]
+        row = next(r for r in rows if r["value"] == pytest.approx(c["value"], **near))
+        assert row["ci"] == pytest.approx(c["ci"], **near) and row["verdict"] == c["verdict"]
 
 
 @pytest.mark.parametrize("lo, hi, test, thr, want", [

@@ -221,15 +221,16 @@ def _kill_a_worker_mid_run(root: Path, proc: subprocess.Popen) -> int:
     raise AssertionError("no worker to kill")
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize("executor", ["local", "ray", "slurm"])
 def test_worker_killed_mid_run_then_sweep_completes(tmp_path, executor):
-    if executor == "ray":
-        pytest.importorskip("ray")
+    if executor in ("ray", "slurm"):
+        pytest.importorskip({"ray": "ray", "slurm": "submitit"}[executor])
     f = small(tmp_path, epochs=10)
     root = tmp_path / "root"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "sparsedd.cli", "sweep", str(f), "--root", str(root), "--executor", executor,
            "--workers", "2", "--sparse", "off", "--batch", "off", "--no-progress", "--no-report", "--format", "json"]
+    cmd += ["--slurm", "cluster=local"] if executor == "slurm" else []  # submitit's jobs as processes of this machine
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _kill_a_worker_mid_run(root, proc)
     out, err = proc.communicate(timeout=600)

@@ -96,4 +96,37 @@ def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: di
     return analyzer.run(kind, parsed, levels, seeds)
 
 
-__all__ = ["run", "analyze", "load", "options", "Results"]
+def claims(preset: str | None = None, *, overrides: dict[str, Any] | None = None, seeds: int | None = None,
+           only: list[int] | None = None, root: str | Path | None = None, workers: int | None = 1,
+           **execution: Any) -> pd.DataFrame:
+    """The paper's claims tested over seeds, as ``sparsedd claims``: runs what they need (reused from the
+    store), saves the result and returns its rows (claim, setting, measure, value, interval, verdict).
+    ``workers``: runs at once (1 runs them in this process; None: as many as cores)."""
+    from .claims import run_claims
+
+    opts = options(**execution)
+    sets = [f"{k}={_set_value(v)}" for k, v in (overrides or {}).items()]
+    store = _store(root, writable=True)
+    doc, _ = run_claims(preset, sets, seeds, store.root, opts, workers=workers,
+                        executor="inline" if workers == 1 else "local", only=only)
+    return pd.DataFrame(_claim_rows(doc))
+
+
+def _claim_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A row per claim (part ``""``) and per part of it (a setting, or a level)."""
+    out = []
+    for c in doc["claims"]:
+        for part in [c] + (c["parts"] if len(c["parts"]) > 1 else []):
+            where = "" if part is c else part.get("setting") or f"level {part.get('level', '')}"
+            out.append({"claim": c["claim"], "part": where, "measure": part["measure"], "value": part["value"],
+                        "ci_low": part["ci"][0], "ci_high": part["ci"][1], "test": part["test"],
+                        "verdict": part["verdict"]})
+    return out
+
+
+def _set_value(value: Any) -> str:
+    """A value as ``--set`` takes it (lists as ``[1, 2]``)."""
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, (list, tuple)) else str(value)
+
+
+__all__ = ["run", "analyze", "load", "claims", "options", "Results"]

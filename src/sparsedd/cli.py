@@ -236,6 +236,36 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    if args.to is not None:
+        return _export_to_tracker(args)
+    from .export import SUFFIXES, export_level
+    from .inputs import output_file
+
+    if args.level is None or args.out is None:
+        raise SparseddError("export needs --level N and --out FILE.safetensors (or --to mlflow|wandb to log the run)")
+    if args.experiment is not None:
+        raise SparseddError("--experiment applies to --to mlflow|wandb")
+    output_file(args.out, "--out", SUFFIXES)  # before anything is read
+    store = _store(args)
+    print(export_level(args.run, args.level, args.out, seed=args.seed, layout=args.layout or "plain", root=store.root))
+    return 0
+
+
+def _export_to_tracker(args) -> int:
+    from .trackers import EXPERIMENT, log_run, parse_target, writes_root
+
+    if any(v is not None for v in (args.level, args.seed, args.out, args.layout)):
+        raise SparseddError("--to logs every finished level of the run; --level, --seed, --out and --layout are for "
+                            "a file export")
+    store = _store(args, writable=writes_root(*parse_target(args.to)))  # the default stores are under the root
+    done = log_run(args.run, args.to, root=store.root, experiment=args.experiment or EXPERIMENT)
+    added = f"{done['steps']} steps, {done['params']} params, {done['artifacts']} artifacts added"
+    print(f"{done['tracker']}: run {done['run']} at {done['where']}: "
+          f"{added if done['steps'] or done['params'] or done['artifacts'] else 'nothing new (already logged)'}")
+    return 0
+
+
 def _int_list(text: str | None, option: str, all_ok: bool = True) -> list[int] | None:
     """``--levels 1,2,4``-style integers; None for 'all' (where ``all_ok``) or for an absent option."""
     if text is None or (all_ok and text == "all"):
@@ -294,6 +324,17 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .merge import merge
+
+    result = merge(args.sources, _store(args, writable=True), results_only=args.results_only,
+                   progress=not args.no_progress)
+    for line in result.skipped:
+        print(f"  {line}")
+    print(result.summary())
+    return 1 if result.skipped else 0
+
+
 def cmd_bench(args) -> int:
     if args.out is not None:
         from .inputs import output_file
@@ -336,16 +377,27 @@ def _bench_suite(args, options) -> int:
     return 0
 
 
+def _slurm_flags(args, sweep) -> dict:
+    """The checked ``--slurm KEY=VALUE`` options (over the sweep file's [slurm] table)."""
+    from .sweep import slurm as slurm_options
+
+    if args.slurm and args.executor != "slurm":
+        raise SparseddError("--slurm applies to --executor slurm")
+    return slurm_options.check(slurm_options.parse_flags(args.slurm), "--slurm")
+
+
 def cmd_sweep(args) -> int:
     from .sweep import SweepOptions, as_json, describe, load_sweep, run_sweep
+    from .sweep.slurm import merged
 
     sweep = load_sweep(args.file)  # every run checked before anything runs
     if args.dry_run:
         print(describe(sweep))
         return 0
-    if args.executor == "local" and (args.address or args.gpus_per_task):
+    if args.executor != "ray" and (args.address or args.gpus_per_task):
         raise SparseddError("--address and --gpus-per-task apply to --executor ray")
-    if args.gpus_per_task:
+    slurm = _slurm_flags(args, sweep)
+    if args.gpus_per_task or (args.executor == "slurm" and merged(sweep.slurm, slurm).get("gpus_per_node")):
         device = "cuda"
     elif args.executor == "local" or args.device != "auto":
         device = None  # --device as given; auto: what this machine has
@@ -355,8 +407,8 @@ def cmd_sweep(args) -> int:
     options = _options(args, here=here) if device is None else _options(args, here=here, device=device)
     _store(args, writable=True)  # --root checked before the sweep writes its record there
     opts = SweepOptions(executor=args.executor, workers=args.workers, address=args.address,
-                        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, retries=args.retries,
-                        report=not args.no_report, execution=options)
+                        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, slurm=slurm,
+                        retries=args.retries, report=not args.no_report, execution=options)
     result = run_sweep(sweep, args.root, opts)
     if args.format == "json":
         print(as_json(result))
@@ -475,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(command)
     _add_sweep(command)
     _add_claims(command)
+    _add_merge(command)
+    _add_export(command)
 
     dr = command("doctor", "check every stage and the index of a store; --repair sets damaged stages aside "
                            "(computed again when next needed) and rebuilds the index from the stage folders", "root")
@@ -517,15 +571,21 @@ def _add_sweep(command) -> None:
     """`sparsedd sweep`: many runs from a sweep file."""
     from .sweep.spec import sweep_presets
 
-    sw = command("sweep", "many runs from a sweep file (grid/zip axes over config keys), locally in parallel or "
-                          "on a Ray cluster", "root", "data", "threads", "execution")
+    sw = command("sweep", "many runs from a sweep file (grid/zip axes over config keys), locally in parallel, "
+                          "on a Ray cluster or as SLURM jobs", "root", "data", "threads", "execution")
     sw.add_argument("file", help=f"a sweep TOML file, or one of: {', '.join(sweep_presets())}")
-    sw.add_argument("--executor", choices=("local", "ray"), default="local",
-                    help="local: one process per task, as many at once as cores (default); ray: Ray tasks")
-    sw.add_argument("--workers", type=int, default=None, help="tasks at once (default: the cores / the cluster's CPUs)")
+    sw.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                    help="local: one process per task, as many at once as cores (default); ray: Ray tasks; "
+                         "slurm: a SLURM job per task (submitit), with the file's [slurm] options")
+    sw.add_argument("--workers", type=int, default=None,
+                    help="tasks at once (default: the cores / the cluster's CPUs / slurm: every task, SLURM queues them)")
     sw.add_argument("--address", default=None, help="ray: address of a running cluster (default: start a local one)")
     sw.add_argument("--cpus-per-task", type=_amount, default=1.0, help="ray: CPUs each task asks for (default 1)")
     sw.add_argument("--gpus-per-task", type=_amount, default=0.0, help="ray: GPUs each task asks for (default 0)")
+    sw.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                    help="slurm: an sbatch option over the sweep file's [slurm] table (repeatable): partition, time, "
+                         "gpus_per_node, cpus_per_task, mem_gb, account, qos, constraint, exclude, job_name, setup, "
+                         "additional_parameters.NAME, cluster")
     sw.add_argument("--retries", type=_integer(0, 100), default=None,
                     help="tries again after a failure (default: the file's, else 1)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
@@ -550,6 +610,39 @@ def _add_claims(command) -> None:
                          "after the other (no start-up cost; for small configurations)")
     _format(cl, "json", "markdown")
     cl.set_defaults(func=cmd_claims)
+
+
+def _add_export(command) -> None:
+    """`sparsedd export`: a level as a safetensors file, or the run logged to an experiment tracker."""
+    ex = command("export", "a level's weights and masks as a safetensors file with its provenance (--level, --out), "
+                           "or the run's curve logged to MLflow or W&B (--to)", "root")
+    ex.add_argument("run", help="run id (or a unique prefix)")
+    ex.add_argument("--level", type=_integer(0, 1_000_000), default=None, help="the level to export")
+    ex.add_argument("--seed", type=int, default=None, help="the seed to export (needed when the run has several)")
+    ex.add_argument("--out", default=None, help="output file, FILE.safetensors (written atomically)")
+    ex.add_argument("--layout", choices=("plain", "torch-prune"), default=None,
+                    help="plain: model/<name> and mask/<name> (default); torch-prune: torch.nn.utils.prune's names "
+                         "(<module>.weight_orig, <module>.weight_mask), for load_state_dict into a pruned torch model")
+    ex.add_argument("--to", default=None, metavar="mlflow[=URI]|wandb[=PROJECT]",
+                    help="log every finished level as a step, the config as params and the curve as an artifact: "
+                         "MLflow (default: the file store ROOT/mlruns) or W&B (default: offline, ROOT/wandb); "
+                         "a second call adds nothing")
+    ex.add_argument("--experiment", default=None, help="with --to: the MLflow experiment or W&B project (default sparsedd)")
+    ex.set_defaults(func=cmd_export)
+
+
+def _add_merge(command) -> None:
+    """`sparsedd merge`: other stores' stages and runs brought into one."""
+    mg = command("merge", "bring the stages and runs of other stores into --root, each file verified by its checksum "
+                          "(a damaged stage is reported and skipped; stages already there are kept; stores that "
+                          "record other data for the same data key are refused); exit 1 if anything was skipped",
+                 "root")
+    mg.add_argument("sources", nargs="+", metavar="SRC", help="the folder of a store (the --root it was run with)")
+    mg.add_argument("--results-only", action="store_true",
+                    help="leave the weights behind (final.pt, init.pt, checkpoints): the results are listed, shown and "
+                         "reported; a run that needs such a stage computes it again")
+    mg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mg.set_defaults(func=cmd_merge)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG, RUNS, STAG
 
 # states of a stage worth a line; a complete, sound and used stage gets none
 DAMAGED, PARTIAL, ORPHANED, BUSY = "damaged", "partial", "orphaned", "busy"
+RESULTS_ONLY = "results only"  # complete, merged without its weights (`sparsedd merge --results-only`): sound
 
 
 @dataclass
@@ -84,7 +85,7 @@ def examine(store: Store) -> Examination:
         except (OSError, SparseddError, ValueError, TypeError, AttributeError, KeyError) as e:
             # whatever one stage's folder holds, the others are still examined and reported
             finding = Finding(DAMAGED, sid, "?", f"cannot be examined ({type(e).__name__}: {e})")
-        ex.complete += store.is_done(sid) and (finding is None or finding.state == ORPHANED)
+        ex.complete += store.is_done(sid) and (finding is None or finding.state in (ORPHANED, RESULTS_ONLY))
         if finding is not None:
             ex.findings.append(finding)
     for path in store.data_records():
@@ -107,10 +108,7 @@ def index_differences(store: Store) -> list[str]:
     """Every row of the index that says otherwise than the stage folders, a line each: the index the
     folders imply is built in a temporary folder and compared row by row with the store's (beyond
     what only the index knows: created and updated times; links a run has not reached yet)."""
-    with tempfile.TemporaryDirectory(prefix="sparsedd-doctor-") as tmp:
-        fresh = Index(Path(tmp) / INDEX)
-        _build_index(store, fresh, _old_runs(store))
-        want, have = fresh.table_rows(), store.index.table_rows()
+    want, have = implied_rows(store, old_runs(store)), store.index.table_rows()
     lines = []
     for table, key in ROW_KEYS.items():
         w, h = _keyed(want[table], key), _keyed(have[table], key)
@@ -126,6 +124,32 @@ def index_differences(store: Store) -> list[str]:
                 lines.append(f"{table} {_name(k)}: {c} is {_show(h[k].get(c))} in the index, "
                              f"{_show(w[k][c])} in the stage folders{more}")
     return lines  # (rows only the folders have are what the index lacks: Examination.index_lacks)
+
+
+def implied_rows(store: Store, old: dict[str, dict[str, Any]], runs: list[str] | None = None,
+                 stages: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The rows the stage and run folders imply (of ``runs`` and ``stages`` only, where given), as
+    :meth:`Index.table_rows` gives them: built in a temporary index."""
+    with tempfile.TemporaryDirectory(prefix="sparsedd-doctor-") as tmp:
+        fresh = Index(Path(tmp) / INDEX)
+        _build_index(store, fresh, old, runs, stages)
+        return fresh.table_rows()
+
+
+def update_index(store: Store, old: dict[str, dict[str, Any]], runs: list[str], stages: list[str]) -> int:
+    """Upsert into the store's index the rows its folders imply for ``runs`` and ``stages`` (``sparsedd
+    merge``), where the index lacks them or says otherwise; returns how many rows were stale (0: nothing
+    written). ``old``: what only an index knows of the runs (created times, a failed or interrupted run's
+    status), as :func:`_restore_run` takes it."""
+    want, have = implied_rows(store, old, runs, stages), store.index.table_rows()
+    stale = 0
+    for table, key in ROW_KEYS.items():
+        h = _keyed(have[table], key)
+        stale += sum(k not in h or any(c not in INDEX_ONLY and not _same(row[c], h[k].get(c)) for c in row)
+                     for k, row in _keyed(want[table], key).items())
+    if stale:
+        _build_index(store, store.index, old, runs, stages)
+    return stale
 
 
 ROW_KEYS = {"runs": ("run_id",), "run_stages": ("run_id", "seed", "level"), "levels": ("stage_id",),
@@ -170,6 +194,9 @@ def _examine_stage(store: Store, sid: str, used: set[str], holder: str | None) -
         return None if (d / BATCH_RESULT).exists() else Finding(PARTIAL, sid, what, _interrupted(d))
     if not store.is_done(sid):
         return Finding(PARTIAL, sid, what, _interrupted(d))
+    if store.results_only(sid):
+        return Finding(RESULTS_ONLY, sid, what, "merged without its weights (--results-only): listed and shown; a run "
+                                                "that passes it computes it again, with its weights")
     if key is not None and not _used(key, sid, used):
         return Finding(ORPHANED, sid, what, "complete, but no run uses it (kept: a run may need it again)")
     return None
@@ -251,6 +278,7 @@ def _folder_contents(store: Store, chains: dict[str, dict[tuple[int, int], str]]
 def describe(store: Store, ex: Examination) -> list[str]:
     counts = [f"{ex.complete} complete"] + [f"{ex.count(s)} {s}" for s in (PARTIAL, DAMAGED, BUSY) if ex.count(s)]
     unused = f"; {ex.count(ORPHANED)} of the complete ones used by no run" if ex.count(ORPHANED) else ""
+    unused += f"; {ex.count(RESULTS_ONLY)} of them results only" if ex.count(RESULTS_ONLY) else ""
     lines = [f"store {store.root}: {ex.stages} stages ({', '.join(counts)}{unused}), "
              f"{len(ex.chains) + len(ex.bad_runs)} runs"]
     lines += [f"  {f.state:<9} {f.stage}  {f.what:<18} {f.detail}" for f in ex.findings]
@@ -295,7 +323,7 @@ def repair(store: Store, ex: Examination) -> list[str]:
     lines += [f"data record {path}: left as it is (what data the results were made with is known from it "
               "alone); delete it if the data a run loads now are those, and the next run records them"
               for path in ex.bad_data]
-    old = _old_runs(store)
+    old = old_runs(store)
     lines += _restore_configs(store, ex, old)
     counts = rebuild_index(store, old)
     lines.append(f"index rebuilt from the stage folders: {counts['runs']} runs, {counts['links']} links, "
@@ -304,7 +332,7 @@ def repair(store: Store, ex: Examination) -> list[str]:
     return lines
 
 
-def _old_runs(store: Store) -> dict[str, dict[str, Any]]:
+def old_runs(store: Store) -> dict[str, dict[str, Any]]:
     """The old index's runs where it can be read (what only it knows survives the rebuild)."""
     if store.index.problem() is not None:
         return {}
@@ -334,10 +362,12 @@ def rebuild_index(store: Store, old: dict[str, dict[str, Any]]) -> dict[str, Any
     return counts
 
 
-def _build_index(store: Store, fresh: Index, old: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Write into ``fresh`` (empty) the rows the stage folders imply; counts of what was written."""
+def _build_index(store: Store, fresh: Index, old: dict[str, dict[str, Any]], runs: list[str] | None = None,
+                 stages: list[str] | None = None) -> dict[str, int]:
+    """Write into ``fresh`` (empty, or the store's own index: every write is an upsert) the rows the stage
+    folders imply, of ``runs`` and ``stages`` only where given; counts of what was written."""
     counts = {"runs": 0, "links": 0, "levels": 0, "analyses": 0}
-    for run_id in store.run_folders():
+    for run_id in store.run_folders() if runs is None else runs:
         try:
             record = store.run_record(run_id)
             cfg = config_load.from_dict(record["config"])
@@ -349,7 +379,7 @@ def _build_index(store: Store, fresh: Index, old: dict[str, dict[str, Any]]) -> 
         _restore_run(fresh, store, run_id, record, cfg, state, old.get(run_id))
         counts["runs"] += 1
         counts["links"] += len(state.links)
-    for sid in store.stage_ids():
+    for sid in store.stage_ids() if stages is None else stages:
         if store.is_done(sid):  # the damaged ones are not (any more): set aside before the rebuild
             table = _restore_stage(fresh, store, sid)
             if table is not None:

@@ -26,12 +26,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..registry import Registry
+from .stats import CONFIDENCE, spearman, t_interval
 
-CONFIDENCE = 0.95
 STRONG = 0.5  # |Spearman rho| from which a correlation counts as strong (Cohen's "large")
 TRAIN_FULL = 0.99  # train accuracy on the noisy labels below which the network no longer interpolates
 REINIT_LEVELS = 8  # the reinit analysis runs on at most this many pruned levels, evenly spaced
@@ -39,73 +38,7 @@ MIN_SEEDS = 3  # fewer values than this: the interval is shown, the verdict is i
 
 
 # --- statistics -------------------------------------------------------------------------------
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t (bisection on :func:`t_cdf` to 1e-12)."""
-    if not 0.0 < p < 1.0 or df <= 0:
-        raise ValueError("t_quantile needs 0 < p < 1 and df > 0")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2.0
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, lower, upper) of the two-sided t confidence interval of the mean; NaN values are dropped;
-    the bounds are NaN with fewer than two values."""
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, math.nan, math.nan
-    half = t_quantile(0.5 + confidence / 2.0, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return mean, mean - half, mean + half
-
+# (the t interval and Spearman's rho are scipy's, through .stats; the verdict is the claims' own)
 
 HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive"
 
@@ -271,15 +204,6 @@ def interpolation_threshold(curve: pd.DataFrame, full: float = TRAIN_FULL) -> fl
                 return 0.0
             return x[i - 1] + (t[i - 1] - full) / (t[i - 1] - v) * (x[i] - x[i - 1])
     return math.nan
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho: Pearson's correlation of the ranks (ties averaged); NaN when either is constant."""
-    rx = pd.Series(list(x), dtype=float).rank().to_numpy()
-    ry = pd.Series(list(y), dtype=float).rank().to_numpy()
-    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def per_seed(curve: pd.DataFrame, fn: Callable[[pd.DataFrame], float]) -> dict[int, float]:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..store import Store
 from . import phases as phases_mod
+from .stats import spearman
 
 
 def distance_table(store: Store, run_id: str, distances: dict[tuple[int, int], float] | None = None,
@@ -23,11 +24,11 @@ def distance_table(store: Store, run_id: str, distances: dict[tuple[int, int], f
     out = []
     for seed, g in curve.groupby("seed"):
         out.append({"seed": int(seed), "reference": reference,
-                    "spearman": float(g["distance"].corr(g["test_acc"], method="spearman")),
+                    "spearman": spearman(g["distance"], g["test_acc"]),
                     "distances": [float(v) for v in g["distance"]]})
     mean = curve.groupby("level")[["distance", "test_acc"]].mean()
     out.append({"seed": "mean", "reference": reference,
-                "spearman": float(mean["distance"].corr(mean["test_acc"], method="spearman")),
+                "spearman": spearman(mean["distance"], mean["test_acc"]),
                 "distances": [float(v) for v in mean["distance"]]})
     return pd.DataFrame(out)
 

@@ -7,6 +7,7 @@ Layout under the root (the names are in :mod:`.paths`)::
     stages/<id>/checkpoint.pt while it trains; removed when it is done
     stages/<id>/final.pt      weights and mask at the end
     stages/<id>/done.json     metrics; written last, so its presence means "complete"
+    stages/<id>/results-only.json  a stage merged without its weights (sparsedd merge --results-only)
     runs/<id>/config.json     the run's full config
     data/<key>.json           the SHA-256 of the data its results were made with, per data key
     .../NAME.sha256           beside every file: its checksum, verified on every read (:mod:`.files`)
@@ -29,15 +30,17 @@ import torch
 from ..config import stable_hash
 from ..errors import SparseddError, notice
 from . import waiting
-from .files import (DamagedFile, FileCheckpointer, load_tensors, read_json, readable_structure, remove, save_tensors,
-                    set_aside, verify, write_json)
+from .files import (DamagedFile, FileCheckpointer, copy_checked, load_tensors, read_json, readable_structure,
+                    recorded_checksum, remove, same_bytes, save_tensors, set_aside, verify, write_json)
 from .index import Index, remove_database, swap_database
 from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, CLAIMS, DATA, DONE, FINAL, INDEX, INIT,
-                    LABELS, LOCKS, MIGRATIONS, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES, SWEEPS)
+                    LABELS, LOCKS, MIGRATIONS, MLRUNS, RESULTS_ONLY, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES,
+                    SWEEPS, WANDB)
 
 # the files of a stage that are read once it is done (a batch's result too), and those every stage of a
 # kind has (a damaged batch.json only sends the stage to train again: Store.batch_of)
-STAGE_FILES = (STAGE_KEY, DONE, FINAL, INIT, LABELS, REWIND, BATCH_RESULT)
+STAGE_FILES = (STAGE_KEY, DONE, FINAL, INIT, LABELS, REWIND, BATCH_RESULT, RESULTS_ONLY)
+WEIGHTS = (FINAL, INIT, LABELS, REWIND)  # what `sparsedd merge --results-only` leaves behind
 CHECKPOINTS = (CHECKPOINT, CHECKPOINT_BEFORE)
 REQUIRED = {"dense": (FINAL, INIT, LABELS), "level": (FINAL,), "rewind": (REWIND,), "analysis-redense": (FINAL,)}
 
@@ -109,6 +112,11 @@ class Store:
     def is_done(self, stage_id: str) -> bool:
         return (self.stage_dir(stage_id) / DONE).exists()
 
+    def results_only(self, stage_id: str) -> bool:
+        """Whether the stage was merged without its weights (``sparsedd merge --results-only``): its results are
+        read (listed, shown, reported), and a run that passes it computes it again, with its weights."""
+        return (self.stage_dir(stage_id) / RESULTS_ONLY).exists()
+
     def check_done(self, stage_id: str) -> bool:
         """Whether the stage is done with every file as it was written. A done stage with a damaged or
         missing file is reopened (the damaged files set aside, ``done.json`` removed) and said so: its
@@ -116,6 +124,12 @@ class Store:
         if not self.is_done(stage_id):
             return False
         problems = self.stage_problems(stage_id)
+        if not problems and self.results_only(stage_id):  # its weights were left where it was merged from
+            if not self.readonly:
+                self.reopen_stage(stage_id)
+                notice(f"stage {self.stage_dir(stage_id)} holds results only (merged with --results-only): it is "
+                       "computed again, with its weights")
+            return False
         if not problems:
             self._tidy(stage_id)  # what a kill after done.json left: checkpoints, a checksum's temporary file
             return True
@@ -133,7 +147,8 @@ class Store:
         d = self.stage_dir(stage_id)
         damaged = dict(self._damaged(d, STAGE_FILES + (CHECKPOINTS if checkpoints else ())))
         problems = [f"{name} is damaged ({why})" for name, why in damaged.items()]
-        if self.is_done(stage_id) and STAGE_KEY not in damaged and (d / STAGE_KEY).exists():
+        if self.is_done(stage_id) and STAGE_KEY not in damaged and (d / STAGE_KEY).exists() and \
+                not self.results_only(stage_id):  # (its weights were left where it was merged from: not missing)
             kind = self.stage_key(stage_id).get("kind")
             problems += [f"{name} is missing" for name in REQUIRED.get(kind, ()) if not (d / name).exists()]
         return problems
@@ -162,6 +177,7 @@ class Store:
         for name in damaged:
             set_aside(d / name)
         remove(d / DONE)
+        remove(d / RESULTS_ONLY)
         return damaged
 
     def begin_stage(self, stage_id: str, key: dict[str, Any]) -> Path:
@@ -172,6 +188,7 @@ class Store:
             self._mark_all_migrated()
         if not (d / STAGE_KEY).exists():
             write_json(d / STAGE_KEY, key)
+        remove(d / RESULTS_ONLY)  # (a merge's, interrupted before its done.json): computed here, with weights
         self._tidy(stage_id)
         return d
 
@@ -199,6 +216,14 @@ class Store:
     def stage_key(self, stage_id: str) -> dict[str, Any]:
         """What the stage is (the key its id hashes)."""
         return read_json(self.stage_dir(stage_id) / STAGE_KEY)
+
+    def stage_kind(self, stage_id: str) -> str | None:
+        """The stage's kind (dense, level, rewind, batch, analysis-...); None where its key cannot be read."""
+        try:
+            key = self.stage_key(stage_id)
+        except (OSError, DamagedFile):
+            return None
+        return key.get("kind") if isinstance(key, dict) else None
 
     def stage_ids(self) -> list[str]:
         """Every stage folder of the store, sorted."""
@@ -277,6 +302,10 @@ class Store:
         save_tensors(self.stage_dir(stage_id) / name, obj)
 
     def _load(self, stage_id: str, name: str) -> Any:
+        if self.results_only(stage_id) and not (self.stage_dir(stage_id) / name).exists():
+            raise SparseddError(f"stage {self.stage_dir(stage_id)} holds results only (merged with --results-only): "
+                                f"its {name} was left in the store it came from; `sparsedd run` of its run in "
+                                f"{self.root} computes it again, or merge that store without --results-only")
         try:
             return load_tensors(self.stage_dir(stage_id) / name)
         except DamagedFile as e:
@@ -406,6 +435,36 @@ class Store:
         folder = self.root / CLAIMS
         return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
+    # --- what `sparsedd export --to mlflow|wandb` keeps beside the runs by default
+    def mlflow_dir(self) -> Path:
+        """The local MLflow file store (``mlflow ui --backend-store-uri ROOT/mlruns``)."""
+        return self.root / MLRUNS
+
+    def wandb_dir(self) -> Path:
+        """The folder W&B is given as its ``dir``: it keeps its offline runs in ``wandb/`` there (the root's)."""
+        return self.root
+
+    def wandb_record(self, run_id: str) -> Path:
+        """What `sparsedd export --to wandb` logged of a run, beside W&B's offline runs."""
+        return self.root / WANDB / f"sparsedd-{run_id}.json"
+
+    def stage_checksums(self, stage_id: str) -> dict[str, dict[str, Any]]:
+        """The checksums recorded for the stage's files when they were written (name -> ``{"sha256", "bytes"}``),
+        each file verified against its own first; a file written before checksums existed has none."""
+        d, out = self.stage_dir(stage_id), {}
+        for name in STAGE_FILES:
+            if not (d / name).exists():
+                continue
+            try:
+                verify(d / name)
+            except DamagedFile as e:
+                raise DamagedFile(e.path, e.why, f"`sparsedd doctor --root {self.root} --repair` sets the stage aside, "
+                                                 "and the next `sparsedd run` that needs it computes it again") from None
+            rec = recorded_checksum(d / name)
+            if rec is not None:
+                out[name] = {"sha256": rec["sha256"], "bytes": rec["bytes"]}
+        return out
+
     def register_run(self, run_id: str, config: dict[str, Any], preset: str | None, seeds: int, levels: int) -> None:
         if self.readonly:
             return
@@ -427,6 +486,134 @@ class Store:
         """The ids of the runs registered in the run folders (the index may lack some), sorted."""
         folder = self.root / RUNS
         return sorted(p.parent.name for p in folder.glob(f"*/{RUN_CONFIG}")) if folder.is_dir() else []
+
+    # --- another store's stages, runs and data records brought in (`sparsedd merge`: sparsedd.merge)
+    def is_store(self) -> bool:
+        """Whether the root holds a store: its stage or run folders, or its index."""
+        return any((self.root / name).exists() for name in (STAGES, RUNS, INDEX))
+
+    def pending_migrations(self) -> list[str]:
+        """The corrections of :mod:`.migrations` this store's stages have not had yet (read, nothing applied)."""
+        if not (self.root / STAGES).is_dir():
+            return []
+        from .migrations import MIGRATIONS
+
+        applied = self.migrated()
+        return [name for name, _, _ in MIGRATIONS if name not in applied]
+
+    def prepare_merge(self) -> None:
+        """Bring this store up to date before the stages of up-to-date stores are merged into it (a store
+        without stages yet is marked up to date, as its first computed stage would mark it)."""
+        if not self.readonly and not (self.root / STAGES).is_dir():
+            self._mark_all_migrated()
+        self.migrate()
+
+    def recorded_data(self) -> dict[str, tuple[Path, str | None, str | None]]:
+        """Each data key's record, with its SHA-256 or why it is damaged: key -> (path, digest, why)
+        (:func:`read_data_record`)."""
+        return {path.stem: (path, *read_data_record(path)) for path in self.data_records()}
+
+    def merge_data_record(self, src: "Store", key: str) -> bool:
+        """Copy ``src``'s record of data key ``key`` (verified) where this store has none; whether it did. The
+        caller has compared the records of both stores."""
+        path = self.root / DATA / f"{key}.json"
+        if path.exists():
+            return False
+        with self.lock(f"data-{key}"):  # as check_data writes it
+            if path.exists():
+                return False
+            copy_checked(src.root / DATA / f"{key}.json", path)
+        return True
+
+    def merge_run(self, src: "Store", run_id: str) -> bool:
+        """Copy ``src``'s record of run ``run_id`` (its config.json, verified) where this store has none; whether
+        it did."""
+        dest = self.run_dir(run_id) / RUN_CONFIG
+        if dest.exists():
+            return False
+        copy_checked(src.run_dir(run_id) / RUN_CONFIG, dest)
+        return True
+
+    def merge_stage(self, src: "Store", stage_id: str, results_only: bool = False) -> tuple[str, str]:
+        """Bring ``src``'s stage in: (outcome, detail). "copied"; "completed": its weights given to this
+        store's results-only copy of the same results; "there": done here already, left as it is;
+        "unfinished": not done in ``src``, not copied; "weights": a stage of weights only, left with
+        ``results_only``; "damaged": a file of ``src``'s is (``detail`` says which), and nothing of the stage is
+        copied. Files are copied verified and atomically (:func:`.files.copy_checked`), ``done.json`` last,
+        under this store's lock of the stage."""
+        if not src.is_done(stage_id):
+            return "unfinished", ""
+        if self.is_done(stage_id) and not self.results_only(stage_id):
+            return "there", ""  # (without its lock, and without reading src's: a stage that is there is not touched)
+        try:
+            plan = src._merge_plan(stage_id, results_only)
+        except DamagedFile as e:
+            return "damaged", f"{e.path.name} is damaged ({e.why})"
+        if plan is None:
+            return "weights", ""
+        names, marker = plan
+        if self.is_done(stage_id) and not self._completed_by(src, stage_id, names):
+            return "there", ""
+        problems = src.stage_problems(stage_id) if marker is None and RESULTS_ONLY not in names else \
+            [f"{name} is damaged ({why})" for name, why in self._damaged(src.stage_dir(stage_id), tuple(names))]
+        if problems:
+            return "damaged", "; ".join(problems)
+        with self.lock(stage_id):
+            if not self.is_done(stage_id):
+                return self._copy_stage(src, stage_id, names, marker, "copied")
+            if self._completed_by(src, stage_id, names):
+                return self._copy_stage(src, stage_id, [n for n in names if n in WEIGHTS], None, "completed")
+            return "there", ""
+
+    def _merge_plan(self, stage_id: str, results_only: bool) -> tuple[list[str], dict[str, Any] | None] | None:
+        """The files of this done stage to copy into another store, ``done.json`` last, and the results-only
+        record to write there (None: none); None where nothing is worth copying (weights only, left)."""
+        d = self.stage_dir(stage_id)
+        key = self.stage_key(stage_id)
+        kind = key.get("kind") if isinstance(key, dict) else None
+        if self.results_only(stage_id):  # merged here without its weights: so it goes on
+            return None if kind == "rewind" else ([STAGE_KEY, RESULTS_ONLY, DONE], None)
+        weights = [name for name in WEIGHTS if (d / name).exists()]
+        if not results_only:
+            return [STAGE_KEY, *weights, DONE], None
+        if kind == "rewind":
+            return None
+        return [STAGE_KEY, DONE], ({"left": weights, "from": str(self.root)} if weights else None)
+
+    def _completed_by(self, src: "Store", stage_id: str, names: list[str]) -> bool:
+        """Whether this store's copy of the stage holds results only, and ``src``'s the same results with
+        their weights."""
+        return (self.results_only(stage_id) and RESULTS_ONLY not in names and any(n in WEIGHTS for n in names)
+                and same_bytes(self.stage_dir(stage_id) / DONE, src.stage_dir(stage_id) / DONE))
+
+    def _copy_stage(self, src: "Store", stage_id: str, names: list[str], marker: dict[str, Any] | None,
+                    outcome: str) -> tuple[str, str]:
+        """Copy ``names`` from ``src``'s stage folder (``marker`` written before ``done.json``); a file found
+        damaged on the way takes back what was copied. The caller holds the stage's lock."""
+        d, s = self.stage_dir(stage_id), src.stage_dir(stage_id)
+        existed, written = d.exists(), []
+        if outcome == "copied":
+            remove(d / RESULTS_ONLY)  # (an interrupted merge's)
+        try:
+            for name in names:
+                if name == DONE and marker is not None:
+                    write_json(d / RESULTS_ONLY, marker)
+                    written.append(RESULTS_ONLY)
+                copy_checked(s / name, d / name)
+                written.append(name)
+        except DamagedFile as e:
+            for name in written:
+                if existed and name == STAGE_KEY:  # (this store's own partial stage keeps its key)
+                    continue
+                remove(d / name)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            return "damaged", f"{e.path.name} is damaged ({e.why})"
+        if outcome == "completed":
+            remove(d / RESULTS_ONLY)
+        self._tidy(stage_id)
+        return outcome, ""
 
 
 __all__ = ["Store", "FileCheckpointer", "Index", "DamagedFile", "default_root", "read_json", "write_json",

@@ -143,11 +143,16 @@ def verify(path: Path) -> None:
         raise DamagedFile(path, "its checksum does not match: the bytes changed after it was written")
 
 
-def _checked_write(path: Path, write, previous: Path | None = None) -> None:
-    """Write atomically and record the checksum; ``previous``: keep the file being replaced there."""
+def _checked_write(path: Path, write, previous: Path | None = None,
+                   copied: tuple[Path, dict[str, Any] | None] | None = None) -> None:
+    """Write atomically and record the checksum; ``previous``: keep the file being replaced there; ``copied``:
+    the file the bytes are copied from and its recorded checksum, which they must match (None: none)."""
     tmp = _temporary(path, write)
     try:
         checksum = checksum_of(tmp)  # of the bytes on disk
+        if copied is not None and copied[1] is not None and \
+                (checksum["sha256"], checksum["bytes"]) != (copied[1]["sha256"], copied[1]["bytes"]):
+            raise DamagedFile(copied[0], "its bytes changed while it was copied, or differ from its checksum")
         if previous is not None and path.exists():
             _keep_copy(path, previous)
         checksum_path(path).unlink(missing_ok=True)
@@ -177,6 +182,29 @@ def _keep_copy(path: Path, dest: Path) -> None:
         _record(dest, rec)
 
 
+def copy_checked(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` (another store's file, as ``sparsedd merge`` does) verified: ``src``'s bytes
+    as its checksum recorded them, or, without one (a store from before checksums), visibly what it claims;
+    the copy is checked against that checksum before it is put in place (a file that changes while it is
+    copied is damaged, never half-taken), written atomically, with its checksum beside it. A file copied to
+    the same stage or run folder and name stays bound to it (:func:`owner`)."""
+    verify(src)
+    rec = _recorded(src)
+    why = readable_structure(src) if rec is None else None
+    if why:
+        raise DamagedFile(src, why)
+    with open(src, "rb") as f:
+        _checked_write(dest, lambda out: shutil.copyfileobj(f, out, _CHUNK), copied=(src, rec))
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes, by their recorded checksums (or, without, their contents)."""
+    ra, rb = _recorded(a), _recorded(b)
+    ca = ra if ra is not None else checksum_of(a)
+    cb = rb if rb is not None else checksum_of(b)
+    return (ca["sha256"], ca["bytes"]) == (cb["sha256"], cb["bytes"])
+
+
 def remove(path: Path) -> None:
     """Delete a file and its checksum."""
     checksum_path(path).unlink(missing_ok=True)
@@ -189,6 +217,18 @@ def set_aside(path: Path) -> Path:
     checksum_path(path).unlink(missing_ok=True)
     os.replace(path, aside)
     return aside
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, atomically (a temporary file, fsynced, renamed): a file for others to read (an
+    export), so without a checksum beside it; a failed write leaves nothing at ``path``."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def recorded_checksum(path: Path) -> dict[str, Any] | None:
+    """The checksum recorded for ``path`` when it was written (``{"sha256", "bytes", ...}``); None where there
+    is none (a file from before checksums). Verify the file first (:func:`verify`) to know it still matches."""
+    return _recorded(path)
 
 
 # --- JSON and tensors

@@ -42,7 +42,9 @@ def correct_distances(store: Store) -> int:
     """Recompute every distance recorded under an earlier rule (levels, dense stages and re-dense
     analyses, :mod:`sparsedd.experiments.distance`), in their ``done.json`` and in the index; returns how
     many changed."""
-    return sum(_correct_sound(store, sid) for sid in store.stage_ids() if store.is_done(sid))
+    # (a results-only stage, merged from an up-to-date store without its weights, has nothing to recompute from)
+    return sum(_correct_sound(store, sid) for sid in store.stage_ids()
+               if store.is_done(sid) and not store.results_only(sid))
 
 
 def _correct_sound(store: Store, sid: str) -> bool:

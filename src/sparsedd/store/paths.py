@@ -14,6 +14,8 @@ MIGRATIONS = "migrations.json"  # the one-time corrections already applied to th
 DATA = "data"  # data/<data key>.json: the fingerprint of the data this store's results were made with
 CLAIMS = "claims"  # claims/<sweep id>.json: a `sparsedd claims` result
 SWEEPS = "sweeps"  # sweeps/<sweep id>/: a sweep's record, logs, status and report
+MLRUNS = "mlruns"  # the MLflow file store `sparsedd export --to mlflow` logs to by default
+WANDB = "wandb"  # W&B's own folder of offline runs (`export --to wandb`; W&B names it) and our records there
 
 # in a stage folder
 STAGE_KEY = "stage.json"  # what the stage is (its id is this key's hash)
@@ -26,6 +28,7 @@ LABELS = "labels.pt"  # the dense stage's noisy labels
 REWIND = "weights.pt"  # a rewind stage's weights
 BATCH_POINTER = "batch.json"  # a level stage trained in a batch: the batch's id
 BATCH_RESULT = "result.pt"  # in a batch's folder: every member stage's outcome
+RESULTS_ONLY = "results-only.json"  # a stage merged without its weights (`sparsedd merge --results-only`)
 
 # in a run folder
 RUN_CONFIG = "config.json"

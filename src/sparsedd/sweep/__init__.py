@@ -1,4 +1,4 @@
-"""`sparsedd sweep FILE.toml`: many runs, locally in parallel or on a Ray cluster.
+"""`sparsedd sweep FILE.toml`: many runs, locally in parallel, on a Ray cluster or as SLURM jobs.
 
 Flow: read and check the whole sweep (nothing runs if any run's configuration is bad) -> skip runs
 the index already has complete -> phase 1, the dense stages the pending runs need, one task per
@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,23 +32,26 @@ from ..experiments.stages import data_key, dense_key, retrain_key
 from ..options import ExecOptions
 from ..store import Store, write_json
 from ..store.index import replay
-from .executors import InlineExecutor, LocalExecutor, RayExecutor, Task
+from . import slurm as slurm_options
+from .executors import InlineExecutor, LocalExecutor, RayExecutor, SlurmExecutor, Task
 from .spec import Sweep, SweepRun, load_sweep, sweep_presets
 
 # a run with one of these statuses is done: a diverged run diverges again (its stages are stored)
 FINISHED = ("complete", "diverged")
-MAX_WORKERS = 4096  # processes or Ray tasks at once
+MAX_WORKERS = 4096  # processes, Ray tasks or SLURM jobs at once
 
 __all__ = ["Sweep", "SweepRun", "load_sweep", "sweep_presets", "run_sweep", "SweepOptions", "SweepResult"]
 
 
 @dataclass(frozen=True)
 class SweepOptions:
-    executor: str = "local"  # local | ray | inline (this process, one task at a time)
-    workers: int | None = None  # parallel tasks (local default: the cores; ray default: the cluster's CPUs)
+    executor: str = "local"  # local | ray | slurm | inline (this process, one task at a time)
+    workers: int | None = None  # parallel tasks (local default: the cores; ray default: the cluster's CPUs;
+    # slurm default: every task at once, up to MAX_WORKERS, queued by SLURM)
     address: str | None = None  # ray: an existing cluster (default: start a local one)
     cpus_per_task: float = 1.0  # ray resource requests
     gpus_per_task: float = 0.0
+    slurm: dict[str, Any] = field(default_factory=dict)  # slurm: sbatch options over the sweep file's [slurm]
     retries: int | None = None  # default: the sweep file's (1)
     report: bool = True
     execution: ExecOptions = ExecOptions()  # carried whole into every task (threads: cores / workers when 0)
@@ -201,8 +204,8 @@ def _cores() -> int:
 
 def _checked_retries(sweep: Sweep, options: SweepOptions) -> int:
     """The options checked before anything is written; the retries a failed task gets."""
-    if options.executor not in ("local", "ray", "inline"):
-        raise SparseddError(f"unknown executor {options.executor!r}; use local, ray or inline")
+    if options.executor not in ("local", "ray", "slurm", "inline"):
+        raise SparseddError(f"unknown executor {options.executor!r}; use local, ray, slurm or inline")
     if options.workers is not None and options.workers < 1:
         raise SparseddError("--workers must be >= 1")
     if options.workers is not None and options.workers > MAX_WORKERS:
@@ -213,8 +216,11 @@ def _checked_retries(sweep: Sweep, options: SweepOptions) -> int:
     return retries
 
 
-def _executor(options: SweepOptions, folder: Path) -> tuple[Any, int]:
+def _executor(options: SweepOptions, folder: Path, slurm: dict[str, Any]) -> tuple[Any, int]:
     """The executor the options ask for, and how many tasks it runs at once."""
+    if options.executor == "slurm":
+        threads = options.execution.threads or max(1, slurm.get("cpus_per_task", 1))
+        return SlurmExecutor(folder, threads, slurm), options.workers or MAX_WORKERS
     if options.executor == "inline":
         return InlineExecutor(options.execution.threads or _cores()), 1
     if options.executor == "local":
@@ -229,14 +235,18 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
               ) -> SweepResult:
     sweep = source if isinstance(source, Sweep) else load_sweep(source)
     retries = _checked_retries(sweep, options)
+    slurm = slurm_options.check(slurm_options.merged(sweep.slurm, options.slurm), "slurm options")
+    if options.executor == "slurm":
+        SlurmExecutor.require(slurm.get("cluster", "slurm"))  # before anything is written
     store = Store(root)
     folder = store.sweep_dir(sweep.sweep_id)
     folder.mkdir(parents=True, exist_ok=True)
     skipped = [r.run_id for r in sweep.runs if store.index.run_status(r.run_id) in FINISHED]
     todo = [r for r in sweep.runs if r.run_id not in skipped]
-    executor, workers = _executor(options, folder)
+    executor, workers = _executor(options, folder, slurm)
     base = {"root": str(store.root), "options": options.execution.to_dict()}
     record = {"source": sweep.source, "name": sweep.name, "executor": options.executor, "workers": workers,
+              **({"slurm": slurm} if options.executor == "slurm" else {}),
               "runs": [{"run_id": r.run_id, "label": r.label, "values": r.values, "seeds": r.seeds,
                         "preset": r.preset} for r in sweep.runs]}
     write_json(folder / "sweep.json", record)

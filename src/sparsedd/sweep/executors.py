@@ -1,4 +1,4 @@
-"""Where sweep tasks execute: local subprocesses, Ray tasks on a cluster, or this process (inline).
+"""Where sweep tasks execute: local subprocesses, Ray tasks or SLURM jobs on a cluster, or this process (inline).
 
 Each exposes ``start(task)`` and ``poll() -> [(task, ok, error, result)]``; the driver in
 :mod:`sparsedd.sweep` keeps up to ``workers`` tasks running, retries failures and shows progress.
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,14 +113,12 @@ class InlineExecutor:
         self.finished: list[tuple[Task, bool, str, dict[str, Any] | None]] = []
 
     def start(self, task: Task) -> None:
-        from .worker import run_task
+        from .worker import one_line, run_task
 
         try:
             self.finished.append((task, True, "", run_task(dict(task.spec, threads=self.threads))))
-        except SparseddError as e:
-            self.finished.append((task, False, str(e), None))
         except Exception as e:  # noqa: BLE001 - reported to the driver, which retries or records it, as for a worker
-            self.finished.append((task, False, _last_line(f"{type(e).__name__}: {e}"), None))
+            self.finished.append((task, False, one_line(e), None))
 
     def poll(self) -> list[tuple[Task, bool, str, dict[str, Any] | None]]:
         out, self.finished = self.finished, []
@@ -184,3 +184,91 @@ class RayExecutor:
     def close(self) -> None:
         for ref in self.running:
             self.ray.cancel(ref, force=True)
+
+
+def _state(job: Any) -> str:
+    try:
+        return str(job.state)
+    except Exception:  # noqa: BLE001 - sacct unreachable: the log says more
+        return "unknown"
+
+
+class SlurmExecutor:
+    """Each task a SLURM job submitted through submitit, with the sweep's sbatch options
+    (:mod:`sparsedd.sweep.slurm`); submitit's files and the jobs' logs in the sweep's ``slurm/`` folder.
+
+    As on Ray, the workers write stage files under the store's root, which must be on a file system
+    every node shares, and send their index rows back to the driver, which alone writes
+    ``index.sqlite``: SQLite's locking is not to be trusted on network file systems, and the jobs
+    would write it from many nodes at once. ``cluster = "local"`` runs the same jobs as processes of
+    this machine (submitit's LocalExecutor): a trial of a cluster sweep file, and the tests."""
+
+    name = "slurm"
+    POLL_S = 1.0  # each job's result file is looked for at most this often
+
+    @staticmethod
+    def require(cluster: str) -> Any:
+        """submitit, or the one-line error that says how to install it (or that this machine has no SLURM)."""
+        try:
+            import submitit
+        except ImportError:
+            raise SparseddError("the slurm executor needs submitit: pip install 'sparsedd[slurm]' (or submitit)") from None
+        if cluster == "slurm" and shutil.which("srun") is None:  # as submitit decides; it would raise later
+            raise SparseddError("the slurm executor needs SLURM's commands (srun, sbatch), which this machine lacks: "
+                                "run the sweep on the cluster, or set the slurm option cluster = \"local\" to run "
+                                "its jobs here")
+        return submitit
+
+    def __init__(self, work_dir: Path, threads: int, options: dict[str, Any]):
+        submitit = self.require(options.get("cluster", "slurm"))
+        from .slurm import submitit_parameters
+        from .worker import SlurmTask
+
+        self.work_dir = work_dir
+        self.threads = threads
+        self.folder = work_dir / "slurm"
+        self.executor = submitit.AutoExecutor(folder=self.folder, cluster=options.get("cluster", "slurm"))
+        self.executor.update_parameters(**submitit_parameters(options, f"sparsedd-{work_dir.name}"))
+        self.function = SlurmTask()
+        self.running: dict[str, tuple[Task, Any]] = {}
+        self.last_poll = 0.0
+
+    def start(self, task: Task) -> None:
+        spec = dict(task.spec, threads=self.threads, buffer_index=True,
+                    pid_file=str(self.work_dir / "pids" / f"{task.key}.pid"))
+        try:
+            job = self.executor.submit(self.function, spec)
+        except Exception as e:  # noqa: BLE001 - sbatch said no (a partition, account or limit): the sweep stops
+            raise SparseddError(f"SLURM refused the job of {task.label}: {_last_line(str(e))} (what was finished "
+                                "is kept; fix the slurm options and run the same command again)") from None
+        self.running[task.key] = (task, job)
+
+    def poll(self) -> list[tuple[Task, bool, str, dict[str, Any] | None]]:
+        if not self.running or time.monotonic() - self.last_poll < self.POLL_S:
+            return []
+        self.last_poll = time.monotonic()
+        out = []
+        for key, (task, job) in list(self.running.items()):
+            if not job.done():
+                continue
+            del self.running[key]
+            try:
+                result = job.result()
+            except Exception:  # noqa: BLE001 - the job died (killed, out of time or memory, a node lost): retried
+                out.append((task, False, f"job {job.job_id} ended without a result (state {_state(job)}; its log: "
+                                         f"{job.paths.stderr})", None))
+                continue
+            if "error" in result:
+                out.append((task, False, result["error"], None))
+            else:
+                out.append((task, True, "", result))
+        return out
+
+    def close(self) -> None:
+        """Cancel the jobs still queued or running (scancel); their stages keep their checkpoints."""
+        for task, job in self.running.values():
+            try:
+                job.cancel(check=False)
+            except Exception:  # noqa: BLE001 - a job that ended meanwhile, or no scancel here: nothing to stop
+                pass
+        self.running.clear()

@@ -10,6 +10,8 @@
     [zip]                             # aligned lists of equal length, combined with the grid
     "train.lr" = [0.1, 0.05]
     "train.batch_size" = [128, 64]
+    [slurm]                           # optional: sbatch options for --executor slurm (sweep/slurm.py)
+    partition = "gpu"
 
 Every run's configuration is built and checked when the file is read, so a bad key or value
 anywhere stops the sweep before anything runs.
@@ -30,8 +32,9 @@ from .. import config as config_mod
 from .. import config_load
 from ..config import RunConfig, stable_hash
 from ..errors import SparseddError
+from . import slurm as slurm_options
 
-TOP_KEYS = ("preset", "seeds", "retries", "base", "grid", "zip")
+TOP_KEYS = ("preset", "seeds", "retries", "base", "grid", "zip", "slurm")
 MAX_RUNS = 10_000  # a grid past this is a typo (and would take minutes just to check)
 MAX_RETRIES = 100
 
@@ -62,6 +65,7 @@ class Sweep:
     seeds: int | None
     retries: int
     runs: list[SweepRun]
+    slurm: dict[str, Any] = field(default_factory=dict)  # sbatch options, checked (sweep/slurm.py); in no id
 
     @property
     def sweep_id(self) -> str:
@@ -132,6 +136,7 @@ def load_sweep(source: str) -> Sweep:
         raise SparseddError(f"{where}: retries must be an integer in [0, {MAX_RETRIES}], "
                             f"got {config_mod.brief(retries)}")
     base, grid, zipped = _table(doc, "base", where), _table(doc, "grid", where), _table(doc, "zip", where)
+    slurm = slurm_options.check(doc.get("slurm", {}), where)
     for kind, axes in (("grid", grid), ("zip", zipped)):
         for k, v in axes.items():
             if not isinstance(v, list):
@@ -169,4 +174,4 @@ def load_sweep(source: str) -> Sweep:
                                     f"configuration ({label}); remove the repeated value")
             seen[cfg.run_id] = len(runs)
             runs.append(SweepRun(len(runs), preset, values, seeds, axes, cfg))
-    return Sweep(name, where, preset, seeds, retries, runs)
+    return Sweep(name, where, preset, seeds, retries, runs, slurm)

@@ -4,7 +4,8 @@ A task holds one run or several runs of one architecture and schedule, which the
 level together (batched where that pays). Local executor: ``python -m sparsedd.sweep.worker
 TASK.json RESULT.json`` in a subprocess.
 Ray executor: :func:`run_task` as a Ray task, with ``buffer_index`` set, so the index rows go back
-to the driver instead of into an SQLite file on a shared file system.
+to the driver instead of into an SQLite file on a shared file system. SLURM executor: a
+:class:`SlurmTask` as a submitit job, likewise buffered.
 """
 
 from __future__ import annotations
@@ -44,6 +45,39 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     run_ids = run_many(items, store, options=options, dense_only=task.get("dense_only", False))
     calls = store.index.calls if task.get("buffer_index") else []
     return {"run_ids": run_ids, "index_calls": calls}
+
+
+def one_line(e: Exception) -> str:
+    """What the driver shows of a task's error: a SparseddError's message, else the exception's last line."""
+    from ..errors import SparseddError
+
+    if isinstance(e, SparseddError):
+        return str(e)
+    lines = [ln.strip() for ln in f"{type(e).__name__}: {e}".splitlines() if ln.strip()]
+    return lines[-1]
+
+
+def run_task_or_error(task: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_task`, or ``{"error": one line}`` when it raises (the traceback printed to the task's log)."""
+    try:
+        return run_task(task)
+    except Exception as e:  # noqa: BLE001 - reported to the driver, which retries or records it
+        traceback.print_exc()
+        return {"error": one_line(e)}
+
+
+class SlurmTask:
+    """A sweep task as a submitit job. Preempted, or at its time limit (SLURM's signal ahead of the
+    end), it is requeued by submitit as the same job (``checkpoint``), and resumes from its stages'
+    checkpoints; submitit requeues a job at most a few times, after which it fails and the driver retries it."""
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        return run_task_or_error(task)
+
+    def checkpoint(self, task: dict[str, Any]) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, task)
 
 
 def main(argv: list[str]) -> int:
