@@ -95,6 +95,9 @@ SLOW = (
     "test_cifarn.py::test_a_tiny_run_with_cifar10n_worst",
     "test_claims.py::test_claims_command_end_to_end",
     "test_claims.py::test_report_show_and_phases_after_claims",
+    "test_dense_control_select.py::test_dense_control_trains_the_dense_recipe_at_matched_width_seeded_per_level",
+    "test_dense_control_select.py::test_dense_control_trains_a_levels_seeds_stacked_as_it_would_one_by_one",
+    "test_dense_control_select.py::test_select_on_a_run_with_a_validation_split_and_the_one_line_refusal_without",
     "test_distance.py::test_a_network_that_learns_nothing_has_distance_zero_at_every_level",
     "test_distributed.py::test_two_processes_match_one",
     "test_export.py::test_bad_exports_are_one_line_and_write_nothing",
@@ -109,6 +112,8 @@ SLOW = (
     "test_index.py::test_a_locked_index_is_waited_for_on_the_terminal_then_given_up",
     "test_index.py::test_a_read_only_store_is_listed_shown_plotted_reported_loaded_and_analyzed_creating_nothing",
     "test_index.py::test_a_stage_another_process_computes_is_waited_for_then_given_up",
+    "test_memorization_stability.py::test_memorization_matches_the_stored_weights_and_labels",  # the tiny runs
+    "test_memorization_stability.py::test_stability_stacked_equals_one_by_one_and_the_report_draws_both",
     "test_merge.py::test_a_damaged_file_in_a_source_is_reported_and_its_stage_skipped",
     "test_merge.py::test_a_partial_run_stays_partial_and_the_more_complete_status_is_kept",
     "test_merge.py::test_results_only_brings_the_results_and_a_run_computes_the_weights_again",
@@ -132,6 +137,7 @@ SLOW = (
     "test_together.py::test_a_conv_run_with_batch_on_trains_seeds_side_by_side_with_the_same_results",
     "test_together.py::test_conv_nets_trained_together_end_as_each_trained_alone",
     "test_user_model_data.py::test_a_users_builder_runs_end_to_end_and_its_source_is_in_the_stage_ids",
+    "test_vit.py::test_a_tiny_run_keeps_pruned_weights_zero",
 )
 SUBPROCESS = (  # starts other processes (workers, a CLI, torchrun, a lock holder, a browser)
     "test_bad_input.py::test_random_malformed_configs_and_sweeps",

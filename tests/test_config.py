@@ -16,6 +16,7 @@ PINNED_RUNS = {
     "default": "44136fa355b3678a",
     "mnist1d-quick": "4af4bb2e0fbf5343",
     "mnist-conv-quick": "8decdb767e2aee7b",  # was 44beff93f745fdda (width 16, 2,000 digits): the preset changed
+    "mnist-vit-quick": "8a0109adf9da8ff0",
     "paper-mnist-lenet": "1b5aa01a77084813",  # was a392b0fc22ccb6ff: the paper's pruning count and inits (docs/parity.md)
     "paper-cifar10-resnet18": "bf78a5042061a347",  # was 560d0ac0b5cb0fc8: the paper's pruning count and inits (docs/parity.md)
     "paper-cifar100-resnet18": "de565456849c6671",  # was 59007d459f2c3d2c: the paper's pruning count and inits (docs/parity.md)

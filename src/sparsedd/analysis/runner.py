@@ -177,7 +177,9 @@ class Analyzer:
         first = todo[0]
         same = all(t.cfg == first.cfg and sorted(t.mask) == sorted(first.mask) and t.optimizer_state is None
                    and (t.data.x is first.data.x or torch.equal(t.data.x, first.data.x))
-                   and type(t.model) is type(first.model) for t in todo)
+                   and type(t.model) is type(first.model)
+                   and [p.shape for p in t.model.parameters()] == [p.shape for p in first.model.parameters()]
+                   for t in todo)
         k = (stacked_size(first.model, len(todo), first.cfg.batch_size, self.options)
              if same and stackable_training(first.data, first.cfg) else 1)
         if k < 2:

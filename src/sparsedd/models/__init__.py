@@ -20,6 +20,7 @@ from .imported import imported_builder, is_import_path
 from .mlp import MLP
 from .resnet import resnet18, resnet101
 from .vgg import vgg16
+from .vit import vit
 
 # (config, one input's shape, classes) -> the model, after checking that it fits the input
 Builder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
@@ -93,6 +94,11 @@ def image_model(builder: Callable[..., nn.Module], min_size: int, meant_for: str
 MODELS.register("resnet18", image_model(resnet18, 8, "cifar10 or cifar100"))
 MODELS.register("vgg16", image_model(vgg16, 16, "cifar10 or cifar100"))
 MODELS.register("resnet101", image_model(resnet101, 8, "tinyimagenet"))
+
+
+@MODELS.register("vit")
+def build_vit(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return vit(cfg.width, input_shape, num_classes)
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

@@ -163,3 +163,69 @@ def fig_random_mask(rows: pd.DataFrame, title: str):
 def fig_sharpness(rows: pd.DataFrame, title: str):
     return _vs_sparsity(rows, [("top_eigenvalue", "top Hessian eigenvalue", "tab:red")], "top eigenvalue",
                         f"sharpness (left) and Hessian trace (right)\n{title}", scale=1.0, twin=("trace", "Hessian trace"))
+
+
+def fig_dense_control(rows: pd.DataFrame, title: str):
+    """The pruned levels and their width-matched dense controls against the number of weights (log x): test
+    accuracy (solid) and train accuracy on the noisy labels (dotted), the mean over seeds, each seed a dot."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    series = (("weights", "level_test_acc", "level_train_acc_noisy", "sparse (level)", "tab:blue"),
+              ("dense_weights", "dense_test_acc", "dense_train_acc_noisy", "dense, width-matched", "tab:orange"))
+    for wcol, acc, train, label, color in series:
+        mean = rows.groupby("level")[[wcol, acc, train]].mean().sort_values(wcol)
+        ax.scatter(rows[wcol], 100 * rows[acc], s=6, color=color, alpha=0.35)
+        ax.plot(mean[wcol], 100 * mean[acc], marker="o", ms=3, color=color, label=f"{label}: test")
+        ax.plot(mean[wcol], 100 * mean[train], ls=":", color=color, label=f"{label}: train (noisy labels)")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(f"weights ({rows['count'].iloc[0]} counted)" if "count" in rows else "weights")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"width-matched dense control\n{title}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_memorization(rows: pd.DataFrame, title: str):
+    """Per seed (five at most), the level x corrupted example picture (dark: the level's network fits the
+    example's noisy label; examples sorted by the level at which each stops being fitted), and the counts
+    of examples fitted, forgotten and fitted again from level to level (seed mean)."""
+    import numpy as np
+
+    from ..analysis.memorization import fitted_matrix, freeing_order, run_table
+
+    seeds = sorted(rows["seed"].unique())[:5]
+    fig, axes = plt.subplots(1, len(seeds) + 1, figsize=(3.2 * len(seeds) + 4.5, 4))
+    for ax, seed in zip(axes, seeds):
+        levels, m = fitted_matrix(rows[rows["seed"] == seed])
+        ax.imshow(m[:, freeing_order(levels, m)], aspect="auto", cmap="Greys", interpolation="nearest",
+                  extent=(0, m.shape[1], levels[-1] + 0.5, levels[0] - 0.5))
+        ax.set_xlabel("corrupted examples (by level freed)")
+        ax.set_ylabel("level")
+        ax.set_title(f"seed {seed}", fontsize=8)
+    counts = rows.sort_values("level").groupby("level")[["fitted", "forgotten", "refitted"]].mean()
+    ax = axes[-1]
+    for col, label, color in (("fitted", "fitted", "black"), ("forgotten", "forgotten since the level before", "tab:red"),
+                              ("refitted", "fitted again", "tab:green")):
+        ax.plot(counts.index, counts[col], marker="o", ms=3, color=color, label=label)
+    ax.set_xlabel("level")
+    ax.set_ylabel("corrupted examples (seed mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
+    mean = run_table(rows).iloc[-1]
+    rho = ", ".join(f"{k} {mean[f'spearman_{k}_loss']:.2f}" for k in ("clean", "noisy")
+                    if not np.isnan(mean[f"spearman_{k}_loss"]))
+    fig.suptitle(f"memorized noisy labels by level; Spearman (last level fitted, dense loss): {rho or 'n/a'}\n{title}",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_stability(rows: pd.DataFrame, title: str):
+    return _vs_sparsity(rows, [("test_error_barrier", "test error barrier", "tab:red"),
+                               ("train_error_barrier", "train error barrier (noisy labels)", "tab:orange")],
+                        "error barrier (percentage points)", f"stability: two copies on other data orders\n{title}",
+                        twin=("level_test_acc", "level's test accuracy"))

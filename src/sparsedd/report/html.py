@@ -140,6 +140,18 @@ def _analysis_sections(w: _Writer, res, run_id: str, title: str) -> None:
         w.table(rows[scalar], f"{run_id}-{kind}", f"{kind} results")
 
 
+def _selection_section(w: _Writer, levels: pd.DataFrame, cfg: dict[str, Any], run_id: str) -> None:
+    """With a validation split: the level each rule picks without test labels and its regret (the select analysis)."""
+    from ..analysis.kinds.select import SelectSettings, selection_table
+
+    if not cfg.get("data", {}).get("val_split") or levels["level"].nunique() < 2:
+        return
+    table = selection_table(levels, SelectSettings())
+    w.table(table, f"{run_id}-select", "The level picked without test labels (select analysis): per rule, the "
+            "levels picked and the best test levels per seed, and the regret (best test accuracy minus the picked "
+            "level's) with its 95% t-interval over seeds")
+
+
 def figured_analyses() -> list[tuple[str, Any]]:
     """The registered analyses that have a figure, in registration order (the report's sections)."""
     from ..analysis.kinds import ANALYSES
@@ -212,6 +224,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
                  "its mask) beside test accuracy.")
         w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
         _analysis_sections(w, res, r, title)
+        _selection_section(w, levels, cfg, r)
     from .tensorboard import available, write_tensorboard
 
     if available():

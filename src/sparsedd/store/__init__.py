@@ -285,11 +285,16 @@ class Store:
             write_json(self.root / MIGRATIONS, {"applied": sorted({*self.migrated(), name})})
 
     def _mark_all_migrated(self) -> None:
-        from .migrations import MIGRATIONS
+        """Every correction marked applied (a new store's), under the lock every writer of ``migrations.json``
+        holds: two processes making one store at once would otherwise read each other's half-replaced file
+        and sidecar as a damaged file."""
+        from . import migrations
 
-        for name, earlier, _ in MIGRATIONS:
-            for marker in (*earlier, name):
-                self.mark_migrated(marker)
+        with self.lock(migrations.LOCK):
+            applied = set(self.migrated())
+            markers = {m for name, earlier, _ in migrations.MIGRATIONS for m in (*earlier, name)}
+            if not markers <= applied:
+                write_json(self.root / MIGRATIONS, {"applied": sorted(applied | markers)})
         self._migrated = True
 
     def checkpointer(self, stage_id: str, every_s: float = 60.0, epoch_every_s: float = 1.0) -> FileCheckpointer:

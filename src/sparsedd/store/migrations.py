@@ -15,6 +15,7 @@ from .files import DamagedFile
 
 Store = Any  # a sparsedd.store.Store (which imports this module when it migrates: not imported back)
 
+LOCK = "migrations"  # held by every writer of migrations.json (one correction at a time, and new stores' marks)
 CORRECTION = "distance-over-unpruned-weights"  # the learning-distance rule in force
 EARLIER = ("distance-over-parameters",)  # markers of earlier rules, each superseded by CORRECTION
 
@@ -26,7 +27,7 @@ def apply(store: Store, name: str, earlier: tuple[str, ...], correct: Callable[[
     try:
         if name in store.migrated():
             return 0
-        with store.lock("migration-" + name):
+        with store.lock(LOCK):
             if name in store.migrated():
                 return 0
             changed = correct(store)

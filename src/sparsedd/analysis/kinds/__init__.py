@@ -17,5 +17,9 @@ from . import reinit  # noqa: F401
 from . import random_mask  # noqa: F401
 from . import distance  # noqa: F401
 from . import phases  # noqa: F401
+from . import memorization  # noqa: F401
+from . import stability  # noqa: F401
+from . import dense_control  # noqa: F401
+from . import select  # noqa: F401
 
 __all__ = ["ANALYSES", "Analysis"]
