@@ -45,10 +45,10 @@ def check_data(data: DataConfig) -> None:
 def check_model(model: ModelConfig) -> None:
     """The model is registered, and given only the settings it takes (widths for the mlp, channels for
     the conv nets)."""
-    from .models import MODELS
-    from .models.imported import is_import_path, load_builder
+    from .models import MODELS, is_user_model
+    from .models.imported import load_builder
 
-    if model.name not in MODELS and is_import_path(model.name):
+    if is_user_model(model.name):
         load_builder(model.name)  # importable, and a function
     else:
         choice("model", "name", model.name, MODELS.names())

@@ -29,15 +29,20 @@ MODELS: Registry[Builder] = Registry("model")
 DEFAULT_MLP_HIDDEN = (256, 256)
 
 
+def is_user_model(name: str) -> bool:
+    """Whether ``model.name`` names a user's builder (``"package.module:function"``), not a registered model."""
+    return name not in MODELS and is_import_path(name)
+
+
 def builder_of(name: str) -> Builder:
     """The registered builder ``name``, or the user's function a ``"package.module:function"`` names."""
-    return imported_builder(name) if name not in MODELS and is_import_path(name) else MODELS[name]
+    return imported_builder(name) if is_user_model(name) else MODELS[name]
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """Build the model on the CPU with an init that depends only on ``seed``: the project's
     (:func:`reset_parameters`), or a user's builder's own under the global RNG seeded with ``seed``."""
-    if cfg.name not in MODELS and is_import_path(cfg.name):
+    if is_user_model(cfg.name):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return builder_of(cfg.name)(cfg, tuple(input_shape), num_classes)
