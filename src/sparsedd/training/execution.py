@@ -20,7 +20,7 @@ from ..data.augment import augment_batch
 from ..distributed import Dist
 from ..rng import generator
 from .core import Accel, Objective, TrainData, autocast, evaluate, masked_pairs, multiply_, set_lr_
-from .optim import build_optimizer
+from .optim import build_optimizer, direct_step
 from .sparse import LAYOUT, CompactMLP, compact_threads
 
 
@@ -62,6 +62,7 @@ class SingleExecution:
         self.opt = build_optimizer(model.parameters(), cfg)
         if optimizer_state:
             self.opt.load_state_dict(optimizer_state)
+        self.opt_step = direct_step(self.opt)
         self.n, self.device = data.n, data.x.device
         # a compact network reads few inputs: select them once, not at every step (not under augmentation,
         # which works on whole images)
@@ -94,7 +95,7 @@ class SingleExecution:
         network's live inputs only."""
         if self.compact is not None:  # plain cross-entropy in fp32, one process (what compact execution allows)
             loss, out = self.compact.loss_and_grad(xb, yb, selected)
-            self.opt.step()
+            self.opt_step()
             return loss * yb.shape[0], (out.argmax(1) == yb).sum()
         if self.accel.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -114,7 +115,7 @@ class SingleExecution:
             torch._foreach_add_([p.grad for p in self.bn_scales], torch._foreach_sign(self.bn_scales),
                                 alpha=self.objective.bn_l1)
         multiply_([p.grad for p in self.masked], self.mask_f)
-        self.opt.step()
+        self.opt_step()
         self.apply_masks()
         with torch.no_grad():
             if self.dist.active:

@@ -23,3 +23,43 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_impl(params))
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def direct_step(opt: torch.optim.Optimizer):
+    """``opt.step`` as a callable that, for a fused SGD, calls the fused kernel as ``SGD.step`` does, on the
+    optimizer's own parameters and momentum buffers, without the wrapper's per-call work (hooks, profiler
+    ranges, grouping by device): about 30 us per call on the build machine, a twentieth of a compact step
+    at 98.8% sparsity (issue 23). The same update bit for bit, and the same state for checkpoints
+    (tests/test_optim.py). Anything else, a step with a missing gradient or momentum buffer (the first,
+    which creates the buffers) and a tensor learning rate go through ``opt.step``."""
+    fused = getattr(torch, "_fused_sgd_", None)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if (type(opt) is not torch.optim.SGD or fused is None or len({(p.device, p.dtype) for p in params}) != 1
+            or not all(g.get("fused") and not g.get("differentiable") for g in opt.param_groups)):
+        return opt.step
+    from torch.optim import optimizer as torch_optimizer
+
+    def hooked() -> bool:
+        return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                    or getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+                    or getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
+                    or getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None)
+
+    def step() -> None:
+        if hooked():
+            return opt.step()
+        calls = []
+        for group in opt.param_groups:
+            params = group["params"]
+            grads = [p.grad for p in params]
+            momentum, lr = group["momentum"], group["lr"]
+            bufs = [opt.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+            if any(g is None for g in grads) or any(b is None for b in bufs) or torch.is_tensor(lr):
+                return opt.step()
+            calls.append((params, grads, bufs, group, lr))
+        for params, grads, bufs, group, lr in calls:
+            fused(params, grads, bufs, weight_decay=group["weight_decay"], momentum=group["momentum"], lr=lr,
+                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+                  is_first_step=False)
+
+    return step
