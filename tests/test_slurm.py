@@ -177,11 +177,14 @@ def test_a_slurm_sweep_on_this_machine_equals_the_same_sweep_inline_and_resumes(
         threads=1, sparse="off", batch="off", progress=False)))
     assert len(inline.complete) == 2
     root = tmp_path / "root"
-    args = ["sweep", str(f), "--root", str(root), "--executor", "slurm", "--workers", "2", "--threads", "1",
+    args = ["sweep", str(f), "--root", str(root), "--executor", "slurm", "--threads", "1",
             "--sparse", "off", "--batch", "off", "--no-progress", "--no-report", "--format", "json",
             "--slurm", "cpus_per_task=1"]
     assert main(args) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    # SLURM's default of --workers is a cap: the opening line says how many jobs can run at once
+    assert "executor slurm, 2 jobs at once" in " ".join(captured.err.split())
     assert len(result["complete"]) == 2 and not result["failed"]
     assert_same_results(Store(root), Store(tmp_path / "inline"), f)
     folder = Path(result["folder"])

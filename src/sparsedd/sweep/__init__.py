@@ -146,6 +146,15 @@ class _Display:
         self.bar.update(self.task, completed=self.offset + done + failed, info=info)
 
 
+def _opening_line(sweep: Sweep, skipped: list[str], dense: list[Task], runs: list[Task], executor: str,
+                  workers: int) -> str:
+    # (slurm's default of workers is a cap, MAX_WORKERS: what matters is how many tasks can run at once)
+    at_once = min(workers, max(len(dense), len(runs), 1))
+    unit = "jobs at once" if executor == "slurm" else "workers"
+    return (f"sweep {escape(sweep.name)} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
+            f"complete; {len(dense)} dense stages to compute first; executor {executor}, {at_once} {unit}")
+
+
 def _size(task: Task) -> int:
     """What a task counts for in the overview: its runs, or one dense stage."""
     return max(1, len(task.run_ids))
@@ -258,9 +267,7 @@ def run_sweep(source: str | Sweep, root: str | Path | None = None, options: Swee
     runs = _run_tasks(todo, base, workers)
     failed: dict[str, str] = {}
     with _Display(options.execution.progress, len(dense) + len(todo), sweep.name) as display:
-        display.event(f"sweep {escape(sweep.name)} ({sweep.sweep_id}): {len(sweep.runs)} runs, {len(skipped)} already "
-                      f"complete; {len(dense)} dense stages to compute first; executor {options.executor}, "
-                      f"{workers} workers")
+        display.event(_opening_line(sweep, skipped, dense, runs, options.executor, workers))
         try:
             dense_failed = _execute(dense, executor, workers, retries, display, on_result)
             # a run whose dense stage failed still runs: it computes that stage itself or fails with the cause
