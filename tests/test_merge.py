@@ -209,6 +209,10 @@ def test_results_only_brings_the_results_and_a_run_computes_the_weights_again(st
     level1 = stage_chain(CFG_SHORT)[(0, 1)]
     with pytest.raises(SparseddError, match="holds results only .*its final.pt was left in the store it came from"):
         Store(dst).final(level1)
+    stages = sorted(p.name for p in (dst / "stages").iterdir())
+    code, _, err = cli(capsys, "analyze", CFG_SHORT.run_id, "landscape", "--root", dst, "--levels", "1")
+    assert code == 2 and err.count("sparsedd: error:") == 1 and "holds results only" in err.splitlines()[-1], err
+    assert sorted(p.name for p in (dst / "stages").iterdir()) == stages  # no empty analysis folder left behind
 
     full = tmp_path / "full"  # a merge without --results-only of the same results gives them their weights
     shutil.copytree(dst, full)

@@ -92,7 +92,11 @@ class Analyzer:
             if not self.store.check_done(sid):  # not yet, or damaged: computed (again)
                 self.data()  # (a damaged stage reaches here without the check above)
                 self.store.begin_stage(sid, key)
-                result = compute()
+                try:
+                    result = compute()
+                except BaseException:
+                    self.store.drop_unstarted(sid)  # (e.g. a level merged without its weights): no empty folder left
+                    raise
                 self.store.finish_stage(sid, {"result": result})
             else:
                 result = self.store.done_info(sid)["result"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,9 +34,9 @@ from . import waiting
 from .files import (DamagedFile, FileCheckpointer, copy_checked, load_tensors, read_json, readable_structure,
                     recorded_checksum, remove, same_bytes, save_tensors, set_aside, verify, write_json)
 from .index import Index, remove_database, swap_database
-from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, CLAIMS, DATA, DONE, FINAL, INDEX, INIT,
-                    LABELS, LOCKS, MIGRATIONS, MLRUNS, RESULTS_ONLY, REWIND, RUN_CONFIG, RUNS, STAGE_KEY, STAGES,
-                    SWEEPS, WANDB)
+from .paths import (BATCH_POINTER, BATCH_RESULT, CHECKPOINT, CHECKPOINT_BEFORE, CHECKSUM, CLAIMS, DATA, DONE, FINAL,
+                    INDEX, INIT, LABELS, LOCKS, MIGRATIONS, MLRUNS, RESULTS_ONLY, REWIND, RUN_CONFIG, RUNS, STAGE_KEY,
+                    STAGES, SWEEPS, WANDB)
 
 # the files of a stage that are read once it is done (a batch's result too), and those every stage of a
 # kind has (a damaged batch.json only sends the stage to train again: Store.batch_of)
@@ -191,6 +192,15 @@ class Store:
         remove(d / RESULTS_ONLY)  # (a merge's, interrupted before its done.json): computed here, with weights
         self._tidy(stage_id)
         return d
+
+    def drop_unstarted(self, stage_id: str) -> None:
+        """Remove a stage folder that holds nothing but its key (a computation that failed before writing
+        anything): what is left of a failure is a folder to resume from, or none."""
+        d = self.stage_dir(stage_id)
+        if self.readonly or not d.is_dir() or (d / DONE).exists():
+            return
+        if all(p.name in (STAGE_KEY, STAGE_KEY + CHECKSUM) or p.name.endswith(".tmp") for p in d.iterdir()):
+            shutil.rmtree(d, ignore_errors=True)
 
     def finish_stage(self, stage_id: str, done: dict[str, Any]) -> None:
         if self.readonly:
