@@ -131,16 +131,47 @@ def cmd_run(args) -> int:
     if dist.main:
         console.print(curve_table(run_id, run_curve(store, run_id)))
         console.print(f"run id: {run_id}")
-        _note_divergence(store, run_id)
+        _note_troubles(store, run_id, run_curve(store, run_id))
     return 0
 
 
-def _note_divergence(store, run_id: str) -> None:
+def _note_troubles(store, run_id: str, curve=None) -> None:
     """One line on stderr where the run diverged (its status says so too; the exit code stays 0: a
-    diverged run is a result, e.g. of a learning rate too high)."""
+    diverged run is a result, e.g. of a learning rate too high), and one per level whose training blew
+    up or evaluated far worse than it trained at its end (:func:`sparsedd.training.loop.unstable_end`), up to a few."""
     row = next((r for r in store.index.run_rows() if r["run_id"] == run_id), None)
     if row is not None and row["status"] == "diverged":
         print(f"sparsedd: note: run {run_id} diverged: {row['error']}", file=sys.stderr)
+    levels = curve.itertuples() if curve is not None and len(curve) else []
+    notes = [_unstable_note(level, rise) for level in levels if (rise := _unstable_end_of(store, level.stage_id))]
+    for note in notes[:5]:
+        print(note, file=sys.stderr)
+    if len(notes) > 5:
+        print(f"sparsedd: note: {len(notes) - 5} more levels of run {run_id} ended unstable", file=sys.stderr)
+
+
+def _unstable_end_of(store, stage_id: str) -> dict | None:
+    """How the stage's last epoch is unstable, from its history (stages trained before the flag existed too)."""
+    from .store.files import DamagedFile
+    from .training.loop import unstable_end
+
+    try:
+        return unstable_end(store.done_info(stage_id).get("history", [])) if store.is_done(stage_id) else None
+    except (OSError, DamagedFile, ValueError):  # what cannot be read is doctor's to report, not show's
+        return None
+
+
+def _unstable_note(level, found: dict) -> str:
+    at = f"seed {level.seed} level {level.level}"
+    acc = f"{level.test_acc * 100:.1f}% test, {level.test_acc_best * 100:.1f}% best"
+    if found["kind"] == "evaluation":
+        what = (f"it evaluates far worse than it trained in its last epoch (training loss {found['train_loss']:.3g} "
+                f"evaluated, {found['train_loss_running']:.3g} while training; {acc}): in evaluation mode, e.g. "
+                "batch-norm running statistics")
+    else:
+        what = (f"its training loss blew up late ({found['train_loss_running']:.3g} in the last epoch, "
+                f"{found['best_train_loss_running']:.3g} at epoch {found['best_epoch']}; {acc})")
+    return f"sparsedd: note: {at}: {what}; its final accuracies are not what its mask learns"
 
 
 def cmd_ls(args) -> int:
@@ -218,7 +249,7 @@ def cmd_show(args) -> int:
         from rich.console import Console
 
         Console().print(curve_table(run_id, curve))
-    _note_divergence(store, run_id)
+    _note_troubles(store, run_id, curve)
     return 0
 
 
