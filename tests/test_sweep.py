@@ -5,6 +5,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -52,11 +53,20 @@ def count_rows(store: Store, table: str) -> int:
         return con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
+_REFERENCES: dict[str, Path] = {}  # sweep file text -> a store of its runs computed one by one (this session)
+
+
 def one_by_one(tmp_path, sweep_file) -> Store:
-    store = Store(tmp_path / "one-by-one")
-    for r in load_sweep(str(sweep_file)).runs:
-        run(r.config, store, preset=r.preset, options=ExecOptions(progress=False, sparse="off", batch="off"))
-    return store
+    """The sweep's runs computed one by one, in a store of this test's own: computed once per sweep file
+    text in a session (several tests compare against the same runs) and copied, since some write to it."""
+    text = Path(sweep_file).read_text()
+    if text not in _REFERENCES:
+        ref = Store(tmp_path / "one-by-one-reference")
+        for r in load_sweep(str(sweep_file)).runs:
+            run(r.config, ref, preset=r.preset, options=ExecOptions(progress=False, sparse="off", batch="off"))
+        _REFERENCES[text] = ref.root
+    shutil.copytree(_REFERENCES[text], tmp_path / "one-by-one")
+    return Store(tmp_path / "one-by-one")
 
 
 def assert_same_results(store: Store, ref: Store, sweep_file) -> None:
