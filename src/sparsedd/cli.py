@@ -167,7 +167,7 @@ def _unstable_note(level, found: dict) -> str:
     if found["kind"] == "evaluation":
         what = (f"it evaluates far worse than it trained in its last epoch (training loss {found['train_loss']:.3g} "
                 f"evaluated, {found['train_loss_running']:.3g} while training; {acc}): in evaluation mode, e.g. "
-                "batch-norm running statistics")
+                "batch norm on population statistics, where training normalized each batch by its own")
     else:
         what = (f"its training loss blew up late ({found['train_loss_running']:.3g} in the last epoch, "
                 f"{found['best_train_loss_running']:.3g} at epoch {found['best_epoch']}; {acc})")
