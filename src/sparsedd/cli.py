@@ -129,21 +129,22 @@ def cmd_run(args) -> int:
     console.print(line, markup=False, highlight=False, soft_wrap=True)  # paths as given: no markup, no wrapping
     run_id = run(cfg, store, preset=preset, options=options)
     if dist.main:
-        console.print(curve_table(run_id, run_curve(store, run_id)))
+        curve = run_curve(store, run_id)
+        console.print(curve_table(run_id, curve))
         console.print(f"run id: {run_id}")
-        _note_troubles(store, run_id, run_curve(store, run_id))
+        _note_troubles(store, run_id, curve)
     return 0
 
 
-def _note_troubles(store, run_id: str, curve=None) -> None:
+def _note_troubles(store, run_id: str, curve) -> None:
     """One line on stderr where the run diverged (its status says so too; the exit code stays 0: a
     diverged run is a result, e.g. of a learning rate too high), and one per level whose training blew
     up or evaluated far worse than it trained at its end (:func:`sparsedd.training.loop.unstable_end`), up to a few."""
     row = next((r for r in store.index.run_rows() if r["run_id"] == run_id), None)
     if row is not None and row["status"] == "diverged":
         print(f"sparsedd: note: run {run_id} diverged: {row['error']}", file=sys.stderr)
-    levels = curve.itertuples() if curve is not None and len(curve) else []
-    notes = [_unstable_note(level, rise) for level in levels if (rise := _unstable_end_of(store, level.stage_id))]
+    notes = [_unstable_note(level, found) for level in curve.itertuples()
+             if (found := _unstable_end_of(store, level.stage_id))]
     for note in notes[:5]:
         print(note, file=sys.stderr)
     if len(notes) > 5:

@@ -102,7 +102,8 @@ def _finish(ex: Execution, cfg: TrainConfig, results: list[TrainResult], stopped
 # neither is flagged. (Seen on mnist-conv-quick, seed 3 level 9: a training loss of 1.39 in training mode
 # and 22.1 evaluated at the end, 9.9% test accuracy after 92.1% ten epochs before; a net with batch norm,
 # which normalizes each training batch by its own statistics and evaluates with population ones (with
-# those recomputed over the training set it still scores 9.9%; in batch mode 90.5%); docs/results/mnist-conv-quick.md.)
+# those recomputed over the training set it still scores 9.9%; in batch mode 90.5%);
+# docs/results/mnist-conv-quick.md.)
 UNSTABLE_FACTOR = 5.0
 UNSTABLE_FLOOR = 1.0
 
@@ -110,8 +111,8 @@ UNSTABLE_FLOOR = 1.0
 def unstable_end(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How a network's last epoch is unstable, or None: ``evaluation`` where its evaluated training loss
     is far above its running loss of the same epoch (it evaluates far worse than it trains: e.g. batch norm,
-    which trains on each batch's statistics and evaluates on population ones), ``training`` where its running loss ended far above its best (a late blow-up
-    that stayed finite)."""
+    which trains on each batch's statistics and evaluates on population ones), ``training`` where its
+    running loss ended far above its best (a late blow-up that stayed finite)."""
     if not history:
         return None
     last = history[-1]

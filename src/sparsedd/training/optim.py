@@ -50,16 +50,14 @@ def direct_step(opt: torch.optim.Optimizer):
             return opt.step()
         calls = []
         for group in opt.param_groups:
-            params = group["params"]
-            grads = [p.grad for p in params]
-            momentum, lr = group["momentum"], group["lr"]
-            bufs = [opt.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
-            if any(g is None for g in grads) or any(b is None for b in bufs) or torch.is_tensor(lr):
+            grads = [p.grad for p in group["params"]]
+            bufs = [opt.state[p].get("momentum_buffer") for p in group["params"]] if group["momentum"] != 0 else []
+            if any(g is None for g in grads) or any(b is None for b in bufs) or torch.is_tensor(group["lr"]):
                 return opt.step()
-            calls.append((params, grads, bufs, group, lr))
-        for params, grads, bufs, group, lr in calls:
-            fused(params, grads, bufs, weight_decay=group["weight_decay"], momentum=group["momentum"], lr=lr,
-                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
-                  is_first_step=False)
+            calls.append((group, grads, bufs))
+        for group, grads, bufs in calls:
+            fused(group["params"], grads, bufs, weight_decay=group["weight_decay"], momentum=group["momentum"],
+                  lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
+                  maximize=group["maximize"], is_first_step=False)
 
     return step

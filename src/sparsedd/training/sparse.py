@@ -248,7 +248,7 @@ class CompactMLP(nn.Module):
         loss = F.nll_loss(logp, y)
         g = logp.exp_()  # d loss / d out = (softmax - one hot) / batch
         g.scatter_add_(1, y.unsqueeze(1), g.new_full((y.shape[0], 1), -1.0)).div_(y.shape[0])
-        self.flat.grad = _backward(self, self.flat, saved, g.t())
+        self.flat.grad = _backward(self, self.flat, saved, g)
         return loss, out
 
     @property
@@ -384,13 +384,15 @@ def _forward(net: "CompactMLP", h: torch.Tensor, flat: torch.Tensor):
     return h, (acts[:-1], consts, pres)
 
 
-def _backward(net: "CompactMLP", flat: torch.Tensor, saved, dz: torch.Tensor) -> torch.Tensor:
-    """The gradient of the flat parameter from the output's gradient ``dz`` [classes, batch] (fastest as the
-    transposed view of a batch-major tensor), written into
+def _backward(net: "CompactMLP", flat: torch.Tensor, saved, g: torch.Tensor) -> torch.Tensor:
+    """The gradient of the flat parameter from the output's gradient ``g`` [batch, classes], written into
     the one buffer the network keeps: every part a step writes is written whole at every step, and
     the others stay zero."""
     acts, consts, pres = saved
     w, gv = net.views_of(flat), net.grad_views()
+    # the output's gradient, feature-major: a view of the batch-major one, which the products read fastest
+    # (a contiguous feature-major gradient made this pass 397 us against 273, LeNet at 98.8%)
+    dz = g.t()
     if net.csr[-1] is not None:
         dz = dz.contiguous()
     dc = None  # gradient of the constant units of the current layer's output
@@ -442,7 +444,7 @@ class _CompactFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (flat,) = ctx.saved_tensors
-        return None, _backward(ctx.net, flat, ctx.saved, g.t()), None
+        return None, _backward(ctx.net, flat, ctx.saved, g), None
 
 
 # Below this many multiply-adds per step, a compact step runs on one thread: its products are too small
