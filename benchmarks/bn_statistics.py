@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsedd.analysis.runner import Analyzer
+from sparsedd.errors import SparseddError
 from sparsedd.experiments import ExecOptions
 from sparsedd.results import resolve_run, run_curve
 from sparsedd.store import Store
@@ -66,9 +67,15 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     store = Store(args.root, readonly=True)
-    run_id = resolve_run(store, args.run)
+    try:
+        run_id = resolve_run(store, args.run)
+    except SparseddError as e:
+        ap.error(str(e))
     curve = run_curve(store, run_id)
-    sid = curve[(curve.seed == args.seed) & (curve.level == args.level)].iloc[0].stage_id
+    rows = curve[(curve.seed == args.seed) & (curve.level == args.level)]
+    if not len(rows):
+        ap.error(f"run {run_id} has no finished level {args.level} of seed {args.seed}; see `sparsedd show {run_id}`")
+    sid = rows.iloc[0].stage_id
     analyzer = Analyzer(store, run_id, ExecOptions(progress=False, data_dir=args.data_dir))
     rep, model, _, final = analyzer.model_at(args.seed, sid)
     data = rep.train_data
