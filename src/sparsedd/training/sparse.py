@@ -241,8 +241,9 @@ class CompactMLP(nn.Module):
     def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, selected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean cross-entropy on ``(x, y)`` and the logits, with the parameter's gradient set, without
         autograd: at high sparsity its graph and engine cost about as much as the products themselves.
-        (In inference mode, which skips the version counters and view records ``no_grad`` keeps: 35-40 us
-        of a 0.5 ms call at 98.8% sparsity. The loss and logits it returns are read, never modified.)"""
+        (In inference mode, which skips the version counters and view records ``no_grad`` keeps: 535 us
+        against 644 per call at 98.8% sparsity, benchmarks/compact_step_parts.py. The loss and logits it
+        returns are read, never modified.)"""
         out, saved = _forward(self, self._live_t(x, selected), self.flat)
         logp = torch.log_softmax(out, 1)
         loss = F.nll_loss(logp, y)
@@ -365,8 +366,9 @@ def _forward(net: "CompactMLP", h: torch.Tensor, flat: torch.Tensor):
             z = torch.sparse.mm(_csr(csr[0], csr[1], v["main"], ix["main"].shape), h.contiguous())
             z += bias
         else:
-            # the output too feature-major: MKL took 77 us for the batch-major 128x98x10 product (transposed
-            # operands, 10 columns) and 8 us for this one (LeNet at 98.8%, one thread)
+            # the output too feature-major: MKL took 98.8 us for the batch-major 128x98x10 product (transposed
+            # operands, 10 columns) and 7.6 us for this one (LeNet at 98.8%, one thread;
+            # benchmarks/compact_step_parts.py)
             z = torch.addmm(bias, v["main"], h)
         if last:  # batch-major for the loss, whose gradient, transposed, the backward products read fastest
             z = z.t().contiguous()
@@ -391,7 +393,7 @@ def _backward(net: "CompactMLP", flat: torch.Tensor, saved, g: torch.Tensor) -> 
     acts, consts, pres = saved
     w, gv = net.views_of(flat), net.grad_views()
     # the output's gradient, feature-major: a view of the batch-major one, which the products read fastest
-    # (a contiguous feature-major gradient made this pass 397 us against 273, LeNet at 98.8%)
+    # (a contiguous feature-major gradient made this pass 386 us against 324; benchmarks/compact_step_parts.py)
     dz = g.t()
     if net.csr[-1] is not None:
         dz = dz.contiguous()
