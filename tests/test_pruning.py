@@ -217,3 +217,25 @@ def test_bn_after_something_else_than_a_conv_has_no_filter_to_follow():
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.BatchNorm2d(4))
     assert bn_convs(model) == {"2": None}
+
+
+@pytest.mark.parametrize("case", ["distinct", "ties", "signed zeros", "nan"])
+def test_the_lowest_k_by_selection_are_the_first_k_of_a_stable_sort(case):
+    from sparsedd.pruning.select import Count, _drop, lowest
+
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(5000, generator=g)
+    if case == "ties":  # few distinct values: most of k is decided by position
+        scores = torch.randint(0, 7, (5000,), generator=g).float()
+    elif case == "signed zeros":
+        scores = torch.where(torch.rand(5000, generator=g) < 0.5, torch.tensor(0.0), torch.tensor(-0.0))
+        scores[::7] = 1.0
+    elif case == "nan":
+        scores[::11] = math.nan
+    order = torch.argsort(scores, stable=True)
+    for k in (0, 1, 17, 2500, 4544, 4999, 5000):
+        assert set(lowest(scores, k).tolist()) == set(order[:k].tolist()), k
+    for fraction in (0.2, 0.5, 0.9):  # the paper's rule: everything at or below the (k+1)-th smallest
+        k = math.ceil(fraction * (5000 + 100))
+        expected = torch.nonzero(scores <= scores[order[k]]).squeeze(1)
+        assert torch.equal(_drop(scores, fraction, Count("all-masked", fixed=100)).sort()[0], expected)

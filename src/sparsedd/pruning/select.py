@@ -38,15 +38,28 @@ PRUNABLE = Count()
 
 def _drop(scores: torch.Tensor, fraction: float, count: Count) -> torch.Tensor:
     """Positions (into ``scores``, the unpruned weights ranked together) of the weights a round removes."""
-    order = torch.argsort(scores, stable=True)
     if count.rule == "prunable":
-        return order[:int(round(fraction * scores.numel()))]
+        return lowest(scores, int(round(fraction * scores.numel())))
     k = math.ceil(fraction * (scores.numel() + count.fixed))  # in float64, as numpy computes it there
     if k >= scores.numel():
         raise SparseddError(f"prune.count = 'all-masked' removes {k + 1} weights this round but only "
                             f"{scores.numel()} can be pruned; use fewer prune.levels")
-    threshold = scores[order[k]]
+    threshold = torch.kthvalue(scores, k + 1).values if not scores.isnan().any() else scores.sort(stable=True)[0][k]
     return torch.nonzero(scores <= threshold, as_tuple=True)[0]
+
+
+def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the ``k`` lowest scores, ties broken by position: the first ``k`` of a stable argsort,
+    as a set (tests/test_pruning.py checks it against the sort). Found by selection (``kthvalue``), not a
+    sort: 0.34 s against 1.83 s for ResNet-18's 11M weights on one CPU thread (benchmarks/prune_select.py)."""
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    if k >= scores.numel() or scores.isnan().any():  # a sort places NaN last, as the largest
+        return torch.argsort(scores, stable=True)[:k]
+    kth = torch.kthvalue(scores, k).values
+    below = torch.nonzero(scores < kth, as_tuple=True)[0]
+    tied = torch.nonzero(scores == kth, as_tuple=True)[0]  # ascending positions: the first ones go
+    return torch.cat([below, tied[:k - below.numel()]])
 
 
 def prune_by_scores(scores: dict[str, torch.Tensor], mask: Mask, *, fraction: float, scope: str,
