@@ -176,3 +176,8 @@ def pytest_collection_modifyitems(config, items):
         for marker, nodes in TIERS.items():
             if node in nodes:
                 item.add_marker(getattr(pytest.mark, marker))
+    # The files with slow tests first, each file's tests kept together and in order: in two processes
+    # (scripts/test.sh) the long tests then start early and short ones fill in beside them, where the
+    # files' own order left one process running the sweep tests alone at the end.
+    slow_files = {node.split("::")[0] for node in SLOW}
+    items.sort(key=lambda item: item.nodeid.split("::")[0].removeprefix("tests/") not in slow_files)
