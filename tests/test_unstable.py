@@ -4,7 +4,9 @@ mnist-conv-quick's seed 3 level 9), or a training loss that blew up late."""
 
 import math
 
+import pytest
 import torch
+from conftest import TINY
 
 from sparsedd.cli import main
 from sparsedd.store import Store
@@ -78,3 +80,75 @@ def test_training_records_what_unstable_end_finds(monkeypatch):
     monkeypatch.setattr(loop, "unstable_end", lambda h: seen.append(len(h)) or {"kind": "training", "epoch": 2})
     result = train(model, data, cfg, {}, order_key=(0, "t"))
     assert seen == [2] and result.final["unstable"] == {"kind": "training", "epoch": 2}
+
+
+def _end_unstable(store: Store, sid: str, evaluated: float = 22.07, running: float = 1.387) -> None:
+    """The stage's last epoch as mnist-conv-quick's seed 3 level 9 ended: in its history and in the index."""
+    done = store.done_info(sid)
+    last = done["history"][-1]
+    last.update(train_loss=evaluated, train_loss_running=running)
+    write_json(store.stage_dir(sid) / "done.json", done)
+    store.index.record_epochs(sid, [{k: v for k, v in last.items()}])
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """A tiny run of two seeds and four levels, seed 0's level 2 made to end unstable."""
+    root = tmp_path_factory.mktemp("unstable") / "root"
+    sets = [*TINY, "prune.levels=3", "seeds=2"]
+    assert main(["run", "--root", str(root), "--no-progress", *[x for s in sets for x in ("--set", s)]]) == 0
+    store = Store(root)
+    [run_id] = store.index.run_ids()
+    _end_unstable(store, store.index.run_stages(run_id)[(0, 2)])
+    return store, run_id
+
+
+def test_results_phases_plots_and_report_know_the_unstable_level(two_seeds, monkeypatch, tmp_path, capsys):
+    from sparsedd.analysis import phases as phases_mod
+    from sparsedd.analysis.curves import phases_table
+    from sparsedd.report.figures import fig_curve
+    from sparsedd.report.html import write_report
+    from sparsedd.results import load
+
+    store, run_id = two_seeds
+    levels = load(store.root).levels
+    flagged = levels[levels["unstable"] != ""]
+    assert flagged[["seed", "level", "unstable"]].values.tolist() == [[0, 2, "evaluation"]]
+
+    seen = []  # what the phase rule is given: (sparsities, test accuracies) per seed, then the mean
+    real = phases_mod.detect
+    monkeypatch.setattr(phases_mod, "detect", lambda s, t, n, **kw: seen.append((s, t)) or real(s, t, n, **kw))
+    sparsity_at = dict(zip(levels["level"], levels["sparsity"]))
+    for unstable in ("keep", "drop"):
+        seen.clear()
+        table = phases_table(store, run_id, unstable=unstable)
+        assert all(sparsity_at[lv] == sp for lv, sp in zip(table["level"], table["sparsity"]))  # levels' own numbers
+        seen.clear()
+        assert main(["analyze", run_id, "phases", "--root", str(store.root), "--set", f"unstable={unstable}"]) == 0
+        (s0, _), (s1, acc1), (mean_s, mean_acc) = seen
+        assert len(s1) == len(mean_s) == 4 and len(s0) == (4 if unstable == "keep" else 3)
+        seed1_level2 = acc1[2]
+        seed0_level2 = float(levels[(levels["seed"] == 0) & (levels["level"] == 2)]["test_acc"].iloc[0])
+        expected = seed1_level2 if unstable == "drop" else (seed0_level2 + seed1_level2) / 2
+        assert mean_acc[2] == pytest.approx(expected)
+    capsys.readouterr()
+    assert main(["analyze", run_id, "phases", "--root", str(store.root), "--set", "unstable=maybe"]) == 2
+    assert capsys.readouterr().err.strip() == "sparsedd: error: unstable must be one of keep, drop, got 'maybe'"
+
+    fig = fig_curve(levels, None, "t")
+    [marked] = [c for c in fig.axes[0].collections if "ended unstable" in str(c.get_label())]
+    assert marked.get_offsets().shape == (1, 2)
+    page = write_report(store.root, [run_id], tmp_path / "report").read_text()
+    assert "1 level(s) ended unstable (marked x): seed 0 level 2 (evaluation)." in page
+
+
+def test_phases_of_a_curve_with_a_level_left_out_name_the_levels_themselves():
+    from sparsedd.analysis.phases import detect
+
+    # level 2 left out (it ended unstable): positions 2, 3, 4 are levels 3, 4, 5
+    p = detect([0.0, 0.2, 0.488, 0.59, 0.672], [0.80, 0.70, 0.90, 0.85, 0.30], [1.0, 1.0, 0.95, 0.9, 0.3],
+               levels=[0, 1, 3, 4, 5])
+    assert p.found and (p.critical.level, p.sweet.level, p.collapse.level) == (1, 3, 4)
+    assert (p.sweet.sparsity, p.train_leaves_full.level) == (0.488, 3)
+    with pytest.raises(ValueError):
+        detect([0.0, 0.2, 0.36], [0.8, 0.7, 0.9], levels=[0, 1])

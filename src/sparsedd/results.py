@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .config import is_id
@@ -17,7 +18,7 @@ from .store.index import EPOCH_COLUMNS, LEVEL_COLUMNS
 @dataclass
 class Results:
     runs: pd.DataFrame  # one row per run: run_id, preset, seeds, levels, status, error, config (dict)
-    levels: pd.DataFrame  # one row per run, seed and level: sparsity, accuracies, distance, ...
+    levels: pd.DataFrame  # one row per run, seed and level: sparsity, accuracies, distance, unstable, ...
     epochs: pd.DataFrame  # one row per run, seed, level and epoch
     analyses: pd.DataFrame  # one row per run, seed, level, analysis kind and settings; result as a dict
 
@@ -49,6 +50,8 @@ def load(root: str | Path | None = None) -> Results:
     analyses = pd.DataFrame(index.analysis_rows(),
                             columns=["run_id", "seed", "level", "analysis_id", "target", "kind", "settings", "result"])
     levels["sparsity_of"] = levels["run_id"].map(_sparsity_of(runs)) if len(levels) else pd.Series(dtype=object)
+    unstable = _unstable_stages(epochs)
+    levels["unstable"] = pd.Series([unstable.get(sid, "") for sid in levels["stage_id"]], index=levels.index, dtype=object)
     return Results(*(_valid_ids(df) for df in (runs, levels, epochs, analyses)))
 
 
@@ -59,6 +62,22 @@ def _sparsity_of(runs: pd.DataFrame) -> dict[str, str]:
         prune = cfg.get("prune") if isinstance(cfg, dict) else None
         return prune.get("count", "prunable") if isinstance(prune, dict) else "prunable"
     return {r: count(c) for r, c in zip(runs["run_id"], runs["config"])}
+
+
+def _unstable_stages(epochs: pd.DataFrame) -> dict[str, str]:
+    """The stages whose last epoch ended unstable, with how (``evaluation`` or ``training``: the rule of
+    :func:`sparsedd.training.loop.unstable_end`, applied to the index's epoch rows)."""
+    from .training.loop import unstable_kind
+
+    if not len(epochs):
+        return {}
+    rows = epochs.drop_duplicates(["stage_id", "epoch"]).sort_values(["stage_id", "epoch"])  # a stage shared by runs
+    running = rows["train_loss_running"]
+    best = running.where(np.isfinite(running)).groupby(rows["stage_id"]).min()
+    last = rows.groupby("stage_id").tail(1)
+    kinds = {sid: unstable_kind(evaluated, run, best[sid])
+             for sid, evaluated, run in zip(last["stage_id"], last["train_loss"], last["train_loss_running"])}
+    return {sid: kind for sid, kind in kinds.items() if kind}
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import SparseddError
 from ..store import Store
 from . import phases as phases_mod
 from .stats import spearman
@@ -33,17 +34,25 @@ def distance_table(store: Store, run_id: str, distances: dict[tuple[int, int], f
     return pd.DataFrame(out)
 
 
-def phases_table(store: Store, run_id: str, tol: float = 0.01) -> pd.DataFrame:
+UNSTABLE = ("keep", "drop")  # what phases_table does with the levels whose last epoch ended unstable
+
+
+def phases_table(store: Store, run_id: str, tol: float = 0.01, unstable: str = "keep") -> pd.DataFrame:
     """The phases per seed and on the seed mean: one row per (seed, phase) with level, sparsity, accuracy.
     The mean's rows also say in how many seeds the same phase was found within one level of it
-    (``seeds_agree``, of ``seeds``)."""
+    (``seeds_agree``, of ``seeds``). ``unstable="drop"`` leaves out each seed's levels that ended unstable
+    (the ``unstable`` column of :func:`sparsedd.results.load`): the mean at such a level is over the others."""
     from ..results import run_curve
 
-    curve = run_curve(store, run_id)
+    if unstable not in UNSTABLE:
+        raise SparseddError(f"unstable must be one of {', '.join(UNSTABLE)}, got {unstable!r}")
+    curve = run_curve(store, run_id).sort_values(["seed", "level"])
+    if unstable == "drop" and len(curve):
+        curve = curve[curve["unstable"] == ""]
     curves: list[tuple[Any, pd.DataFrame]] = [(int(s), g) for s, g in curve.groupby("seed")]
     curves.append(("mean", curve.groupby("level")[["sparsity", "test_acc", "train_acc_noisy"]].mean().reset_index()))
     found = {seed: phases_mod.detect(g["sparsity"].tolist(), g["test_acc"].tolist(), g["train_acc_noisy"].tolist(),
-                                     tol=tol) for seed, g in curves if len(g) >= 3}
+                                     tol=tol, levels=g["level"].tolist()) for seed, g in curves if len(g) >= 3}
     per_seed = [p for seed, p in found.items() if seed != "mean"]
     rows = []
     for seed, p in found.items():

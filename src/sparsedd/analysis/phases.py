@@ -47,16 +47,19 @@ class Phases:
 
 
 def detect(sparsity: Sequence[float], test_acc: Sequence[float], train_acc: Sequence[float] | None = None, *,
-           tol: float = 0.01, train_full: float = 0.99) -> Phases:
+           tol: float = 0.01, train_full: float = 0.99, levels: Sequence[int] | None = None) -> Phases:
+    """The phases of a curve given in level order; ``levels`` numbers its points (default 0, 1, ...), so that a
+    curve with levels left out (unfinished, or dropped as unstable) reports the levels' own numbers."""
     a = [float(v) for v in test_acc]
     s = [float(v) for v in sparsity]
-    if len(a) != len(s) or len(a) < 3:
-        raise ValueError("a curve needs at least 3 levels with one sparsity per accuracy")
-    pt = lambda i: Point(i, s[i], a[i])  # noqa: E731
+    number = [int(v) for v in levels] if levels is not None else list(range(len(a)))
+    if len(a) != len(s) or len(a) != len(number) or len(a) < 3:
+        raise ValueError("a curve needs at least 3 levels with one sparsity (and level number) per accuracy")
+    pt = lambda i: Point(number[i], s[i], a[i])  # noqa: E731
     leaves = None
     if train_acc is not None:
         below = [i for i, t in enumerate(train_acc) if float(t) < train_full]
-        leaves = Point(below[0], s[below[0]], float(train_acc[below[0]])) if below else None
+        leaves = Point(number[below[0]], s[below[0]], float(train_acc[below[0]])) if below else None
     dips = [c for c in range(1, len(a) - 1) if a[0] - a[c] >= tol]
     if not dips:
         return Phases(False, f"no level falls {tol:g} below the dense accuracy before the last level",

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .plots import _ticks, sparsity_axis, sparsity_label, summarize  # noqa: E402
+from .plots import _ticks, mark_unstable, sparsity_axis, sparsity_label, summarize  # noqa: E402
 
 PHASE_COLORS = {"light": "#dfe9f5", "critical": "#f8dcdc", "sweet": "#dcf2dc", "collapsed": "#eeeeee"}
 
@@ -53,6 +53,7 @@ def fig_curve(levels: pd.DataFrame, phases: dict[str, Any] | None, title: str):
     if "test_acc_at_best_val" in levels and levels["test_acc_at_best_val"].notna().any():
         _band(ax, levels, "test_acc_at_best_val", "at the best validation epoch", "tab:orange", ls=":")
     ax.axhline(100 * summarize(levels, "test_acc")["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+    mark_unstable(ax, levels)
     ax.set_ylabel("test accuracy (%)")
     _band(ax2, levels, "train_acc_noisy", "train, noisy labels", "tab:red")
     _band(ax2, levels, "train_acc_clean", "train, true labels", "tab:green", ls="--")

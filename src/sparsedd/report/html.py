@@ -174,6 +174,19 @@ def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
         w.p("<br>".join(html.escape(t) for t in texts(doc)))
 
 
+def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str) -> None:
+    """Which levels ended unstable (marked x in the curve), and how to find the phases without them."""
+    bad = levels[levels["unstable"] != ""].sort_values(["seed", "level"])
+    if not len(bad):
+        return
+    which = ", ".join(f"seed {int(s)} level {int(lv)} ({html.escape(k)})"
+                      for s, lv, k in zip(bad["seed"], bad["level"], bad["unstable"]))
+    w.p(f"{len(bad)} level(s) ended unstable (marked x): {which}. Their final accuracies are not what their masks "
+        "learn (evaluation: evaluated far worse than trained, e.g. batch norm on population statistics; training: "
+        "the training loss blew up late). The means and phases here include them; "
+        f"<code>sparsedd analyze {html.escape(run_id)} phases --set unstable=drop</code> finds the phases without them.")
+
+
 def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:
     """The report of ``runs`` in ``out``. Everything read from the store is escaped in the page (the
     store may come from elsewhere), and file names are built from run ids checked as hex."""
@@ -213,6 +226,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
         w.figure(F.fig_curve(levels, mean_phases, title), f"{r}-curve",
                  "Test accuracy (left) and train accuracy on the noisy and true labels (right) against sparsity, "
                  "with the phases found on the seed mean shaded (light, critical, sweet, collapsed).")
+        _unstable_paragraph(w, levels, r)
         w.table(levels.drop(columns=["run_id", "layer_sparsity"]).reset_index(drop=True), f"{r}-levels",
                 "Every level and seed", show=False)
         if len(phases):

@@ -47,6 +47,15 @@ def summarize(levels: pd.DataFrame, column: str) -> pd.DataFrame:
                          "lo": g[column].min(), "hi": g[column].max(), "n": g[column].count()}).reset_index()
 
 
+def mark_unstable(ax, levels: pd.DataFrame, column: str = "test_acc") -> None:
+    """An x at each seed's own ``column`` where its level ended unstable (``unstable`` of
+    :func:`sparsedd.results.load`): the means drawn through them include a number its mask did not learn."""
+    bad = levels[levels["unstable"].fillna("") != ""] if "unstable" in levels else levels.iloc[:0]
+    if len(bad):
+        ax.scatter(sparsity_axis(bad["sparsity"].to_numpy()), 100 * bad[column], marker="x", color="black", zorder=5,
+                   label=f"ended unstable ({len(bad)} level(s) of a seed)")
+
+
 def sparsity_label(levels: pd.DataFrame) -> str:
     """The sparsity axis's label, saying what it counts when a run counts every conv and linear weight."""
     counts = set(levels["sparsity_of"].dropna()) if "sparsity_of" in levels else set()
@@ -71,6 +80,7 @@ def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "") -> Path:
             ax.fill_between(x, 100 * s["lo"], 100 * s["hi"], color=color, alpha=0.2, label="min to max over seeds")
         if col == "test_acc":
             ax.axhline(100 * s["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+            mark_unstable(ax, levels)
     for ax, ylabel in ((ax_test, "test accuracy (%)"), (ax_train, "train accuracy (%)")):
         ticks, labels = _ticks(float(sparsity_axis(levels["sparsity"].to_numpy()).max()))
         ax.set_xticks(ticks, labels)

@@ -117,14 +117,25 @@ def unstable_end(history: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     last = history[-1]
     running, evaluated = last.get("train_loss_running", math.nan), last.get("train_loss", math.nan)
-    if _far_above(evaluated, running):
-        return {"kind": "evaluation", "epoch": last["epoch"], "train_loss": evaluated, "train_loss_running": running}
     finite = [(row["train_loss_running"], row["epoch"]) for row in history
               if math.isfinite(row.get("train_loss_running", math.nan))]
     best, best_epoch = min(finite) if finite else (math.nan, None)
-    if _far_above(running, best):
-        return {"kind": "training", "epoch": last["epoch"], "train_loss_running": running,
+    kind = unstable_kind(evaluated, running, best)
+    if kind == "evaluation":
+        return {"kind": kind, "epoch": last["epoch"], "train_loss": evaluated, "train_loss_running": running}
+    if kind == "training":
+        return {"kind": kind, "epoch": last["epoch"], "train_loss_running": running,
                 "best_train_loss_running": best, "best_epoch": best_epoch}
+    return None
+
+
+def unstable_kind(evaluated: float, running: float, best_running: float) -> str | None:
+    """:func:`unstable_end`'s rule on three numbers: the last epoch's evaluated and running training losses
+    and the lowest finite running one of all epochs (``sparsedd.results.load`` applies it to the index)."""
+    if _far_above(evaluated, running):
+        return "evaluation"
+    if _far_above(running, best_running):
+        return "training"
     return None
 
 

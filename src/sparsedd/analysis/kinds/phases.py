@@ -14,10 +14,11 @@ from ..curves import phases_table
 @dataclass(frozen=True)
 class PhasesSettings:
     tol: float = 0.01  # the smallest accuracy change taken as real
+    unstable: str = "keep"  # or drop: leave out the levels whose last epoch ended unstable (`sparsedd show` notes them)
 
 
 def compute(a: Analyzer, s: PhasesSettings) -> pd.DataFrame:
-    return phases_table(a.store, a.run_id, s.tol)
+    return phases_table(a.store, a.run_id, s.tol, s.unstable)
 
 
 ANALYSES.register("phases", Analysis(PhasesSettings, compute, per_level=False,
