@@ -137,6 +137,7 @@ SLOW = (
     "test_together.py::test_a_conv_run_with_batch_on_trains_seeds_side_by_side_with_the_same_results",
     "test_together.py::test_conv_nets_trained_together_end_as_each_trained_alone",
     "test_user_model_data.py::test_a_users_builder_runs_end_to_end_and_its_source_is_in_the_stage_ids",
+    "test_unstable.py::test_results_phases_plots_and_report_know_the_unstable_level",
     "test_vit.py::test_a_tiny_run_keeps_pruned_weights_zero",
 )
 SUBPROCESS = (  # starts other processes (workers, a CLI, torchrun, a lock holder, a browser)
@@ -176,8 +177,8 @@ def pytest_collection_modifyitems(config, items):
         for marker, nodes in TIERS.items():
             if node in nodes:
                 item.add_marker(getattr(pytest.mark, marker))
-    # The files with slow tests first, each file's tests kept together and in order: in two processes
-    # (scripts/test.sh) the long tests then start early and short ones fill in beside them, where the
-    # files' own order left one process running the sweep tests alone at the end.
+    # The files with slow tests first (a stable sort: the files and their tests otherwise in their order):
+    # in two processes (scripts/test.sh) the long tests then start early and short ones fill in beside
+    # them, where the files' own order left one process running the sweep tests alone at the end.
     slow_files = {node.split("::")[0] for node in SLOW}
     items.sort(key=lambda item: item.nodeid.split("::")[0].removeprefix("tests/") not in slow_files)

@@ -141,6 +141,10 @@ def test_results_phases_plots_and_report_know_the_unstable_level(two_seeds, monk
     page = write_report(store.root, [run_id], tmp_path / "report").read_text()
     assert "1 level(s) ended unstable (marked x): seed 0 level 2 (evaluation)." in page
 
+    _end_unstable(store, store.index.run_stages(run_id)[(1, 0)])  # seed 1's dense level too: no baseline left
+    table = phases_table(store, run_id, unstable="drop")
+    assert set(table["seed"]) <= {0, "mean"} and 0 in set(table[table["phase"] == "dense"]["level"])
+
 
 def test_phases_of_a_curve_with_a_level_left_out_name_the_levels_themselves():
     from sparsedd.analysis.phases import detect

@@ -51,8 +51,10 @@ def phases_table(store: Store, run_id: str, tol: float = 0.01, unstable: str = "
         curve = curve[curve["unstable"] == ""]
     curves: list[tuple[Any, pd.DataFrame]] = [(int(s), g) for s, g in curve.groupby("seed")]
     curves.append(("mean", curve.groupby("level")[["sparsity", "test_acc", "train_acc_noisy"]].mean().reset_index()))
+    # a curve without its dense level (dropped as unstable) has no baseline to dip from: no phases
     found = {seed: phases_mod.detect(g["sparsity"].tolist(), g["test_acc"].tolist(), g["train_acc_noisy"].tolist(),
-                                     tol=tol, levels=g["level"].tolist()) for seed, g in curves if len(g) >= 3}
+                                     tol=tol, levels=g["level"].tolist())
+             for seed, g in curves if len(g) >= 3 and g["level"].iloc[0] == 0}
     per_seed = [p for seed, p in found.items() if seed != "mean"]
     rows = []
     for seed, p in found.items():

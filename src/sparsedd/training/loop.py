@@ -90,9 +90,10 @@ def _finish(ex: Execution, cfg: TrainConfig, results: list[TrainResult], stopped
         r.final = final_metrics(r.history, r.history[-1] if r.history else ex.evaluate()[i])
         if diverged(r.history):
             r.final.update(diverged=True, diverged_epoch=r.history[-1]["epoch"])
-        elif converged(r.history, cfg):
+            continue
+        if converged(r.history, cfg):
             r.final.update(converged_epoch=r.history[-1]["epoch"])
-        elif (found := unstable_end(r.history)) is not None:
+        if (found := unstable_end(r.history)) is not None:  # as sparsedd.results.load finds it in the index
             r.final.update(unstable=found)
 
 
