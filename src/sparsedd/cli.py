@@ -149,6 +149,9 @@ def _note_troubles(store, run_id: str, curve) -> None:
         print(note, file=sys.stderr)
     if len(notes) > 5:
         print(f"sparsedd: note: {len(notes) - 5} more levels of run {run_id} ended unstable", file=sys.stderr)
+    if notes:
+        print(f"sparsedd: note: `sparsedd analyze {run_id} phases --set unstable=drop` finds the phases without "
+              f"{'it' if len(notes) == 1 else 'them'}", file=sys.stderr)
 
 
 def _unstable_end_of(store, stage_id: str) -> dict | None:
