@@ -62,7 +62,8 @@ def test_show_says_which_levels_ended_unstable(tmp_path, tiny_sets, capsys):
     write_json(store.stage_dir(sid) / "done.json", done)
     assert main(["show", run_id, "--root", str(root)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[1] == f"sparsedd: note: `sparsedd analyze {run_id} phases --set unstable=drop` finds the phases without it"
+    assert err[1] == (f"sparsedd: note: `sparsedd analyze {run_id} phases --root {root} --set unstable=drop` finds "
+                      "the phases without it")
     assert len(err) == 2 and err[0].startswith("sparsedd: note: seed 0 level 1: it evaluates far worse than it "
                                                "trained in its last epoch (training loss 22.1 evaluated, 1.39 "
                                                "while training;"), err

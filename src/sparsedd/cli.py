@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -150,8 +151,8 @@ def _note_troubles(store, run_id: str, curve) -> None:
     if len(notes) > 5:
         print(f"sparsedd: note: {len(notes) - 5} more levels of run {run_id} ended unstable", file=sys.stderr)
     if notes:
-        print(f"sparsedd: note: `sparsedd analyze {run_id} phases --set unstable=drop` finds the phases without "
-              f"{'it' if len(notes) == 1 else 'them'}", file=sys.stderr)
+        print(f"sparsedd: note: `sparsedd analyze {run_id} phases --root {shlex.quote(str(store.root))} --set "
+              f"unstable=drop` finds the phases without {'it' if len(notes) == 1 else 'them'}", file=sys.stderr)
 
 
 def _unstable_end_of(store, stage_id: str) -> dict | None:

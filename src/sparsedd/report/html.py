@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,7 @@ def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
         w.p("<br>".join(html.escape(t) for t in texts(doc)))
 
 
-def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str) -> None:
+def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str, root: Path) -> None:
     """Which levels ended unstable (marked x in the curve), and how to find the phases without them."""
     bad = levels[levels["unstable"] != ""].sort_values(["seed", "level"])
     if not len(bad):
@@ -184,7 +185,8 @@ def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str) -> None:
     w.p(f"{len(bad)} level(s) ended unstable (marked x): {which}. Their final accuracies are not what their masks "
         "learn (evaluation: evaluated far worse than trained, e.g. batch norm on population statistics; training: "
         "the training loss blew up late). The means and phases here include them; "
-        f"<code>sparsedd analyze {html.escape(run_id)} phases --set unstable=drop</code> finds the phases without them.")
+        f"<code>sparsedd analyze {html.escape(run_id)} phases --root {html.escape(shlex.quote(str(root)))} --set "
+        "unstable=drop</code> finds the phases without them.")
 
 
 def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:
@@ -226,7 +228,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
         w.figure(F.fig_curve(levels, mean_phases, title), f"{r}-curve",
                  "Test accuracy (left) and train accuracy on the noisy and true labels (right) against sparsity, "
                  "with the phases found on the seed mean shaded (light, critical, sweet, collapsed).")
-        _unstable_paragraph(w, levels, r)
+        _unstable_paragraph(w, levels, r, store.root)
         w.table(levels.drop(columns=["run_id", "layer_sparsity"]).reset_index(drop=True), f"{r}-levels",
                 "Every level and seed", show=False)
         if len(phases):
