@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fraction", type=float, default=0.2)
     args = ap.parse_args()
+    if args.repeats < 1 or not 0 < args.fraction < 1:
+        ap.error("--repeats must be at least 1 and --fraction in (0, 1)")  # one line, exit 2
     torch.set_num_threads(1)
     rows = []
     for name, (shape, classes) in MODELS.items():

@@ -21,6 +21,15 @@ def rows(running, evaluated=None):
             for i, (r, e) in enumerate(zip(running, evaluated))]
 
 
+def _end_unstable(store: Store, sid: str, evaluated: float = 22.07, running: float = 1.387) -> None:
+    """The stage's last epoch as mnist-conv-quick's seed 3 level 9 ended: in its history and in the index."""
+    done = store.done_info(sid)
+    last = done["history"][-1]
+    last.update(train_loss=evaluated, train_loss_running=running)
+    write_json(store.stage_dir(sid) / "done.json", done)
+    store.index.record_epochs(sid, [last])
+
+
 def test_ordinary_collapsed_and_diverged_histories_are_not_flagged():
     assert unstable_end(rows([2.3, 1.2, 0.4, 0.05, 0.08])) is None  # noisy near its best, under the floor
     assert unstable_end(rows([2.31, 2.30, 2.30, 2.31])) is None  # a collapsed level: high all along
@@ -56,10 +65,7 @@ def test_show_says_which_levels_ended_unstable(tmp_path, tiny_sets, capsys):
     assert "sparsedd: note" not in capsys.readouterr().err
 
     # level 1 as mnist-conv-quick's seed 3 level 9 was: evaluated far worse than it trained at its end
-    sid = stages[(0, 1)]
-    done = store.done_info(sid)
-    done["history"][-1].update(train_loss=22.07, train_loss_running=1.387)
-    write_json(store.stage_dir(sid) / "done.json", done)
+    _end_unstable(store, stages[(0, 1)])
     assert main(["show", run_id, "--root", str(root)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[1] == (f"sparsedd: note: `sparsedd analyze {run_id} phases --root {root} --set unstable=drop` finds "
@@ -84,19 +90,10 @@ def test_training_records_what_unstable_end_finds(monkeypatch):
     assert seen == [2] and result.final["unstable"] == {"kind": "training", "epoch": 2}
 
 
-def _end_unstable(store: Store, sid: str, evaluated: float = 22.07, running: float = 1.387) -> None:
-    """The stage's last epoch as mnist-conv-quick's seed 3 level 9 ended: in its history and in the index."""
-    done = store.done_info(sid)
-    last = done["history"][-1]
-    last.update(train_loss=evaluated, train_loss_running=running)
-    write_json(store.stage_dir(sid) / "done.json", done)
-    store.index.record_epochs(sid, [{k: v for k, v in last.items()}])
-
-
-@pytest.fixture(scope="module")
-def two_seeds(tmp_path_factory):
+@pytest.fixture
+def two_seeds(tmp_path):
     """A tiny run of two seeds and four levels, seed 0's level 2 made to end unstable."""
-    root = tmp_path_factory.mktemp("unstable") / "root"
+    root = tmp_path / "root"
     sets = [*TINY, "prune.levels=3", "seeds=2"]
     assert main(["run", "--root", str(root), "--no-progress", *[x for s in sets for x in ("--set", s)]]) == 0
     store = Store(root)
@@ -122,7 +119,6 @@ def test_results_phases_plots_and_report_know_the_unstable_level(two_seeds, monk
     monkeypatch.setattr(phases_mod, "detect", lambda s, t, n, **kw: seen.append((s, t)) or real(s, t, n, **kw))
     sparsity_at = dict(zip(levels["level"], levels["sparsity"]))
     for unstable in ("keep", "drop"):
-        seen.clear()
         table = phases_table(store, run_id, unstable=unstable)
         assert all(sparsity_at[lv] == sp for lv, sp in zip(table["level"], table["sparsity"]))  # levels' own numbers
         seen.clear()

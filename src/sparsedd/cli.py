@@ -12,7 +12,6 @@ import errno
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -144,15 +143,18 @@ def _note_troubles(store, run_id: str, curve) -> None:
     row = next((r for r in store.index.run_rows() if r["run_id"] == run_id), None)
     if row is not None and row["status"] == "diverged":
         print(f"sparsedd: note: run {run_id} diverged: {row['error']}", file=sys.stderr)
-    notes = [_unstable_note(level, found) for level in curve.itertuples()
+    from .analysis.curves import phases_without_unstable
+
+    flagged = curve[curve["unstable"] != ""]  # the index says which levels; their histories say how
+    notes = [_unstable_note(level, found) for level in flagged.itertuples()
              if (found := _unstable_end_of(store, level.stage_id))]
     for note in notes[:5]:
         print(note, file=sys.stderr)
     if len(notes) > 5:
         print(f"sparsedd: note: {len(notes) - 5} more levels of run {run_id} ended unstable", file=sys.stderr)
     if notes:
-        print(f"sparsedd: note: `sparsedd analyze {run_id} phases --root {shlex.quote(str(store.root))} --set "
-              f"unstable=drop` finds the phases without {'it' if len(notes) == 1 else 'them'}", file=sys.stderr)
+        print(f"sparsedd: note: `{phases_without_unstable(run_id, store.root)}` finds the phases without "
+              f"{'it' if len(notes) == 1 else 'them'}", file=sys.stderr)
 
 
 def _unstable_end_of(store, stage_id: str) -> dict | None:

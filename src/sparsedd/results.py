@@ -51,7 +51,8 @@ def load(root: str | Path | None = None) -> Results:
                             columns=["run_id", "seed", "level", "analysis_id", "target", "kind", "settings", "result"])
     levels["sparsity_of"] = levels["run_id"].map(_sparsity_of(runs)) if len(levels) else pd.Series(dtype=object)
     unstable = _unstable_stages(epochs)
-    levels["unstable"] = pd.Series([unstable.get(sid, "") for sid in levels["stage_id"]], index=levels.index, dtype=object)
+    levels["unstable"] = pd.Series([unstable.get(sid, "") for sid in levels["stage_id"]], index=levels.index,
+                                   dtype=object)
     return Results(*(_valid_ids(df) for df in (runs, levels, epochs, analyses)))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,6 +37,11 @@ def distance_table(store: Store, run_id: str, distances: dict[tuple[int, int], f
 
 
 UNSTABLE = ("keep", "drop")  # what phases_table does with the levels whose last epoch ended unstable
+
+
+def phases_without_unstable(run_id: str, root: Path) -> str:
+    """The command that finds a run's phases without its levels that ended unstable (``show`` and the report say it)."""
+    return f"sparsedd analyze {run_id} phases --root {shlex.quote(str(root))} --set unstable=drop"
 
 
 def phases_table(store: Store, run_id: str, tol: float = 0.01, unstable: str = "keep") -> pd.DataFrame:

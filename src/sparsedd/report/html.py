@@ -5,14 +5,13 @@ from __future__ import annotations
 import html
 import json
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..analysis.curves import distance_table, phases_table
+from ..analysis.curves import distance_table, phases_table, phases_without_unstable
 from ..errors import SparseddError
 from ..inputs import folder
 from ..results import load, resolve_run, run_config
@@ -185,8 +184,7 @@ def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str, root: Pat
     w.p(f"{len(bad)} level(s) ended unstable (marked x): {which}. Their final accuracies are not what their masks "
         "learn (evaluation: evaluated far worse than trained, e.g. batch norm on population statistics; training: "
         "the training loss blew up late). The means and phases here include them; "
-        f"<code>sparsedd analyze {html.escape(run_id)} phases --root {html.escape(shlex.quote(str(root)))} --set "
-        "unstable=drop</code> finds the phases without them.")
+        f"<code>{html.escape(phases_without_unstable(run_id, root))}</code> finds the phases without them.")
 
 
 def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:

@@ -29,8 +29,8 @@ def direct_step(opt: torch.optim.Optimizer):
     """``opt.step`` as a callable that, for a fused SGD, calls the fused kernel as ``SGD.step`` does, on the
     optimizer's own parameters and momentum buffers, without the wrapper's per-call work (hooks, profiler
     ranges, grouping by device): 19.5 us per call against 67.9 on the build machine, a tenth of a compact
-    step at 98.8% sparsity (issue 23; benchmarks/compact_step_parts.py). The same update bit for bit, and the same state for checkpoints
-    (tests/test_optim.py). Anything else, a step with a missing gradient or momentum buffer (the first,
+    step at 98.8% sparsity (issue 23; benchmarks/compact_step_parts.py). The same update bit for bit, and
+    the same state for checkpoints (tests/test_optim.py). Anything else, a step with a missing gradient or momentum buffer (the first,
     which creates the buffers) and a tensor learning rate go through ``opt.step``."""
     fused = getattr(torch, "_fused_sgd_", None)
     params = [p for g in opt.param_groups for p in g["params"]]
