@@ -4,6 +4,7 @@ checkpoints and is marked partial; both exit with code 143 and one line."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY
 
@@ -87,3 +89,43 @@ def test_sigterm_to_a_run_keeps_its_checkpoint_and_marks_it_partial(tmp_path):
     assert con.execute("SELECT status, error FROM runs").fetchall() == [("partial", "interrupted")]
     con.close()
     assert json.loads((next(root.glob("runs/*/config.json"))).read_text())["config"]["train"]["epochs"] == 500
+
+
+def test_a_sigterm_during_a_torch_save_ends_as_terminated_not_as_a_runtime_error(tmp_path, monkeypatch):
+    """The signal's handler can run inside the file's write, which torch's writer calls from C++ and whose
+    exception it wraps in a RuntimeError ("unexpected pos"): that reached the user as a traceback and exit 1
+    (CI, stop 32). The save ends as Terminated, the file it replaces is intact and no temporary is left."""
+    import sparsedd.store.files as files
+    from sparsedd.cli import Terminated, _sigterm_as_interrupt
+    from sparsedd.store.files import load_tensors, save_tensors
+
+    path = tmp_path / "checkpoint.pt"
+    save_tensors(path, {"w": torch.zeros(3)})
+    real_fdopen = files.os.fdopen
+
+    class SignalledMidWrite(io.RawIOBase):
+        def __init__(self, fd):
+            self.f, self.calls = real_fdopen(fd, "wb", buffering=0), 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.calls += 1
+            if self.calls == 2:  # past the archive's first record
+                os.kill(os.getpid(), signal.SIGTERM)
+            return self.f.write(b)
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: io.BufferedWriter(SignalledMidWrite(fd), 64))
+    with _sigterm_as_interrupt(), pytest.raises(Terminated):
+        save_tensors(path, {"w": torch.ones(4096)})
+    monkeypatch.undo()
+    assert torch.equal(load_tensors(path)["w"], torch.zeros(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]

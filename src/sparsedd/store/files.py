@@ -51,8 +51,13 @@ def _temporary(path: Path, write) -> Path:
             os.fsync(f.fileno())
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # torch's writer wraps what its file's write raised in a RuntimeError: a full disk, and also the
+        # KeyboardInterrupt or Terminated of a Ctrl-C or SIGTERM that arrived during the write
+        interrupt = _cause(e, lambda c: isinstance(c, KeyboardInterrupt))
+        if interrupt is not None and interrupt is not e:
+            raise interrupt from None
         cause = _os_error(e)
-        if cause is not None and cause is not e:  # torch's writer wraps a full disk in a RuntimeError
+        if cause is not None and cause is not e:
             raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     return Path(tmp)
@@ -66,15 +71,21 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _os_error(e: BaseException | None) -> OSError | None:
-    """The OSError behind ``e`` (itself, or what it was raised from or while handling), if any."""
+def _cause(e: BaseException | None, matches) -> BaseException | None:
+    """The first exception in ``e``'s chain (itself, then what it was raised from or while handling) that
+    ``matches``, if any."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, OSError) and e.errno is not None:
+        if matches(e):
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError with an errno behind ``e``, if any."""
+    return _cause(e, lambda c: isinstance(c, OSError) and c.errno is not None)
 
 
 def _atomic_write(path: Path, write) -> None:
