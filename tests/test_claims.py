@@ -4,6 +4,7 @@ curves with known answers, and the command end to end on a tiny preset."""
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -366,6 +367,48 @@ def test_report_show_and_phases_after_claims(claims_root, capsys, tmp_path):
     only_base = [d for d in map(json.loads, map(Path.read_text, (root / "claims").glob("*.json")))
                  if set(d["runs"].values()) == {base}]  # the whole claims need runs not shown; --only 4,5 does not
     assert (tmp_path / "one" / "index.html").read_text().count("Claims (") == len(only_base)
+
+
+def test_claims_list_the_levels_that_ended_unstable_and_drop_them_as_another_result(claims_root, capsys, tmp_path):
+    from test_unstable import _end_unstable
+
+    from sparsedd.store import Store
+
+    root, args = claims_root
+    if not (root / "claims").exists():
+        assert main(args) == 0
+    copy = tmp_path / "copy"  # the module's store stays as the other tests find it
+    shutil.copytree(root, copy)
+    args = [str(copy) if a == str(root) else a for a in args]
+    capsys.readouterr()
+    assert main(args) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["unstable"] == {"levels": "keep", "ended": []}
+    base = kept["runs"]["base"]
+    store = Store(copy)
+    _end_unstable(store, store.index.run_stages(base)[(0, 2)])
+
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["unstable"]["ended"] == [{"run": base, "seed": 0, "level": 2, "kind": "evaluation"}]
+    assert doc["id"] == kept["id"] and doc["claims"] == kept["claims"]  # kept: measured as before
+    assert main([*args, "--unstable", "drop"]) == 0
+    dropped = json.loads(capsys.readouterr().out)
+    assert dropped["id"] != doc["id"] and dropped["unstable"]["levels"] == "drop"
+    assert (copy / "claims" / f"{dropped['id']}.json").exists() and (copy / "claims" / f"{doc['id']}.json").exists()
+    margin = lambda d: next(p for p in d["claims"][0]["parts"] if p["setting"] == "base")["per_seed"]  # noqa: E731
+    assert margin(dropped)[0] is None and margin(dropped)[1] == margin(doc)[1]  # seed 0 keeps 3 levels: no margin
+
+    text = f"1 level(s) ended unstable: run {base} seed 0 level 2 (evaluation). "
+    assert main(["markdown" if a == "json" else a for a in args]) == 0
+    assert text + "Measured as they ended; `--unstable drop` measures without them." in capsys.readouterr().out
+    out = tmp_path / "report"
+    assert main(["report", *dict.fromkeys(doc["runs"].values()), "--root", str(copy), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "2 seeds, unstable levels dropped)" in page and text + "Measured without them (--unstable drop)." in page
+    with pytest.raises(SystemExit) as bad:
+        main([*args, "--unstable", "maybe"])
+    assert bad.value.code == 2 and "argument --unstable: invalid choice: 'maybe'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -2,6 +2,7 @@
 said by `sparsedd run` and `show`: evaluated far worse than it trained (batch-norm statistics, as
 mnist-conv-quick's seed 3 level 9), or a training loss that blew up late."""
 
+import json
 import math
 
 import pytest
@@ -154,3 +155,16 @@ def test_phases_of_a_curve_with_a_level_left_out_name_the_levels_themselves():
     assert (p.sweet.sparsity, p.train_leaves_full.level) == (0.488, 3)
     with pytest.raises(ValueError):
         detect([0.0, 0.2, 0.36], [0.8, 0.7, 0.9], levels=[0, 1])
+
+
+def test_distance_keeps_or_drops_the_unstable_level(two_seeds, capsys):
+    store, run_id = two_seeds
+    for unstable, seed0_levels in (("keep", [0, 1, 2, 3]), ("drop", [0, 1, 3])):
+        capsys.readouterr()
+        assert main(["analyze", run_id, "distance", "--root", str(store.root), "--set", f"unstable={unstable}",
+                     "--format", "json"]) == 0
+        rows = {str(r["seed"]): r for r in json.loads(capsys.readouterr().out)}
+        assert rows["0"]["levels"] == seed0_levels and len(rows["0"]["distances"]) == len(seed0_levels)
+        assert rows["1"]["levels"] == rows["mean"]["levels"] == [0, 1, 2, 3]
+    assert main(["analyze", run_id, "distance", "--root", str(store.root), "--set", "unstable=maybe"]) == 2
+    assert capsys.readouterr().err.strip() == "sparsedd: error: distance: unstable must be one of keep, drop, got 'maybe'"

@@ -98,17 +98,18 @@ def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: di
 
 def claims(preset: str | None = None, *, overrides: dict[str, Any] | None = None, seeds: int | None = None,
            only: list[int] | None = None, root: str | Path | None = None, workers: int | None = 1,
-           **execution: Any) -> pd.DataFrame:
+           unstable: str = "keep", **execution: Any) -> pd.DataFrame:
     """The paper's claims tested over seeds, as ``sparsedd claims``: runs what they need (reused from the
     store), saves the result and returns its rows (claim, setting, measure, value, interval, verdict).
-    ``workers``: runs at once (1 runs them in this process; None: as many as cores)."""
+    ``workers``: runs at once (1 runs them in this process; None: as many as cores); ``unstable="drop"``:
+    measured without the levels that ended unstable."""
     from .claims import run_claims
 
     opts = options(**execution)
     sets = [f"{k}={_set_value(v)}" for k, v in (overrides or {}).items()]
     store = _store(root, writable=True)
     doc, _ = run_claims(preset, sets, seeds, store.root, opts, workers=workers,
-                        executor="inline" if workers == 1 else "local", only=only)
+                        executor="inline" if workers == 1 else "local", only=only, unstable=unstable)
     return pd.DataFrame(_claim_rows(doc))
 
 

@@ -120,14 +120,15 @@ class StoreEvidence:
     """What the claims read (:class:`sparsedd.analysis.claims.Evidence`), from the store; analyses are
     computed on first use and cached as stages, like ``sparsedd analyze``."""
 
-    def __init__(self, store: Store, runs: ClaimRuns, options: ExecOptions):
-        self.store, self.runs, self.options = store, runs, options
+    def __init__(self, store: Store, runs: ClaimRuns, options: ExecOptions, unstable: str = "keep"):
+        self.store, self.runs, self.options, self.unstable = store, runs, options, unstable
         self._analyzers: dict[str, Any] = {}
 
     def curve(self, role: str) -> pd.DataFrame:
+        from .analysis.curves import without_unstable
         from .results import run_curve
 
-        return run_curve(self.store, self.runs.roles[role].run_id)
+        return without_unstable(run_curve(self.store, self.runs.roles[role].run_id), self.unstable)
 
     def label(self, role: str) -> str:
         return self.runs.label(role)
@@ -142,8 +143,25 @@ class StoreEvidence:
         return self._analyzers[run_id].run(kind, parsed, levels)
 
 
-def measure(evidence: Any, runs: ClaimRuns, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every registered claim measured on ``evidence``: the JSON document ``sparsedd claims`` prints."""
+def ended_unstable(store: Store, runs: ClaimRuns) -> list[dict[str, Any]]:
+    """The levels of the claims' runs whose last epoch ended unstable (the ``unstable`` column of
+    :func:`sparsedd.results.load`): run, seed, level and how."""
+    from .results import run_curve
+
+    out = []
+    for run_id in dict.fromkeys(r.run_id for r in runs.roles.values()):
+        curve = run_curve(store, run_id)
+        bad = curve[curve["unstable"] != ""] if len(curve) else curve
+        out += [{"run": run_id, "seed": int(s), "level": int(lv), "kind": k}
+                for s, lv, k in zip(bad["seed"], bad["level"], bad["unstable"])]
+    return out
+
+
+def measure(evidence: Any, runs: ClaimRuns, progress: Callable[[str], None] | None = None,
+            unstable: str = "keep") -> dict[str, Any]:
+    """Every registered claim measured on ``evidence``: the JSON document ``sparsedd claims`` prints.
+    ``unstable``: whether the evidence keeps or drops the levels that ended unstable (a dropped set of levels
+    is another result, under another id)."""
     rows = []
     for name in runs.claims:
         claim = CLAIMS[name]
@@ -154,8 +172,11 @@ def measure(evidence: Any, runs: ClaimRuns, progress: Callable[[str], None] | No
         rows.append({"claim": int(name), "text": claim.text, "measure": row["measure"], "value": row["value"],
                      "ci": row["ci"], "threshold": row["threshold"], "verdict": row["verdict"], "runs": ids,
                      "test": row["test"], "combine": row["combine"], "parts": row["parts"]})
+    key: list[Any] = [runs.sweep.sweep_id, runs.claims]
+    if unstable != "keep":  # (keep: the id a result had before the choice existed)
+        key.append({"unstable": unstable})
     return {"preset": runs.preset, "seeds": runs.seeds, "set": runs.sets,
-            "id": stable_hash([runs.sweep.sweep_id, runs.claims]),
+            "id": stable_hash(key),
             "interval": f"two-sided {100 * CONFIDENCE:g}% Student t interval of the mean over seeds",
             "sweep": runs.sweep.sweep_id,
             "runs": {role: r.run_id for role, r in runs.roles.items()}, "claims": rows}
@@ -163,10 +184,14 @@ def measure(evidence: Any, runs: ClaimRuns, progress: Callable[[str], None] | No
 
 def run_claims(preset: str | None, sets: list[str], seeds: int | None, root: str | Path | None,
                options: ExecOptions, workers: int | None = None, executor: str = "local",
-               progress: Callable[[str], None] | None = None, only: list[int] | None = None
-               ) -> tuple[dict[str, Any], Path]:
+               progress: Callable[[str], None] | None = None, only: list[int] | None = None,
+               unstable: str = "keep") -> tuple[dict[str, Any], Path]:
     """Build and run (or reuse) the claims' runs, measure the claims, save the result; returns it and its file
-    (named by the runs, so a subset of the claims over other runs does not overwrite it)."""
+    (named by the runs, so a subset of the claims over other runs does not overwrite it). ``unstable="drop"``
+    measures without the levels that ended unstable; the result lists those levels either way."""
+    from .analysis.curves import check_unstable
+
+    check_unstable(unstable, "--")  # refused before anything trains
     runs = build(preset, sets, seeds, only)
     result = run_sweep(runs.sweep, root, SweepOptions(executor=executor, workers=workers, report=False,
                                                                 execution=options))
@@ -176,7 +201,8 @@ def run_claims(preset: str | None, sets: list[str], seeds: int | None, root: str
                             f"run the same command again to retry")
     store = Store(root)
     options.apply_threads(runs.sweep.runs[0].config.model.name)
-    doc = measure(StoreEvidence(store, runs, options), runs, progress)
+    doc = measure(StoreEvidence(store, runs, options, unstable), runs, progress, unstable)
+    doc["unstable"] = {"levels": unstable, "ended": ended_unstable(store, runs)}
     path = store.claims_file(doc["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, doc)

@@ -469,7 +469,7 @@ def cmd_claims(args) -> int:
     console = Console(stderr=True)
     doc, path = run_claims(args.preset, args.set, args.seeds, args.root, options, workers=args.workers,
                            executor=args.executor, only=_int_list(args.only, "--only"),
-                           progress=None if args.no_progress else console.log)
+                           progress=None if args.no_progress else console.log, unstable=args.unstable)
     if args.format == "json":
         print(json.dumps(doc, indent=1))
     elif args.format == "markdown":
@@ -646,6 +646,9 @@ def _add_claims(command) -> None:
     cl.add_argument("--executor", choices=("local", "inline"), default="local",
                     help="local: one process per sweep task (default); inline: every task in this process, one "
                          "after the other (no start-up cost; for small configurations)")
+    cl.add_argument("--unstable", choices=("keep", "drop"), default="keep",
+                    help="the levels whose last epoch ended unstable (`sparsedd show` notes them): measured as they "
+                         "are (keep, default) or left out (drop; saved as another result); listed either way")
     _format(cl, "json", "markdown")
     cl.set_defaults(func=cmd_claims)
 

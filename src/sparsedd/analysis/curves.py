@@ -15,28 +15,42 @@ from .stats import spearman
 
 
 def distance_table(store: Store, run_id: str, distances: dict[tuple[int, int], float] | None = None,
-                   reference: str = "init") -> pd.DataFrame:
+                   reference: str = "init", unstable: str = "keep") -> pd.DataFrame:
     """The Spearman correlation of learning distance and test accuracy over levels (per seed and on the mean),
-    with the distances by level. ``distances`` by (seed, level) replace the recorded ones (measured from the
-    dense init under each level's mask) when the reference is another (``reference`` names it)."""
+    with the levels and their distances. ``distances`` by (seed, level) replace the recorded ones (measured from
+    the dense init under each level's mask) when the reference is another (``reference`` names it).
+    ``unstable="drop"`` leaves out each seed's levels that ended unstable (see :func:`without_unstable`)."""
     from ..results import run_curve
 
-    curve = run_curve(store, run_id).sort_values(["seed", "level"])
+    curve = without_unstable(run_curve(store, run_id).sort_values(["seed", "level"]), unstable)
     if distances is not None:
         curve = curve.assign(distance=[distances[(int(s), int(lv))] for s, lv in zip(curve["seed"], curve["level"])])
     out = []
     for seed, g in curve.groupby("seed"):
         out.append({"seed": int(seed), "reference": reference,
                     "spearman": spearman(g["distance"], g["test_acc"]),
-                    "distances": [float(v) for v in g["distance"]]})
+                    "levels": [int(v) for v in g["level"]], "distances": [float(v) for v in g["distance"]]})
     mean = curve.groupby("level")[["distance", "test_acc"]].mean()
     out.append({"seed": "mean", "reference": reference,
                 "spearman": spearman(mean["distance"], mean["test_acc"]),
-                "distances": [float(v) for v in mean["distance"]]})
+                "levels": [int(v) for v in mean.index], "distances": [float(v) for v in mean["distance"]]})
     return pd.DataFrame(out)
 
 
-UNSTABLE = ("keep", "drop")  # what phases_table does with the levels whose last epoch ended unstable
+UNSTABLE = ("keep", "drop")  # what the curve analyses do with the levels whose last epoch ended unstable
+
+
+def check_unstable(unstable: str, what: str = "") -> None:
+    if unstable not in UNSTABLE:
+        raise SparseddError(f"{what}unstable must be one of {', '.join(UNSTABLE)}, got {unstable!r}")
+
+
+def without_unstable(curve: pd.DataFrame, unstable: str) -> pd.DataFrame:
+    """``curve`` as it is (``keep``), or without each seed's levels that ended unstable (``drop``: the
+    ``unstable`` column of :func:`sparsedd.results.load`; a mean over seeds at such a level is then over
+    the others)."""
+    check_unstable(unstable)
+    return curve[curve["unstable"] == ""] if unstable == "drop" and len(curve) else curve
 
 
 def phases_without_unstable(run_id: str, root: Path) -> str:
@@ -48,14 +62,10 @@ def phases_table(store: Store, run_id: str, tol: float = 0.01, unstable: str = "
     """The phases per seed and on the seed mean: one row per (seed, phase) with level, sparsity, accuracy.
     The mean's rows also say in how many seeds the same phase was found within one level of it
     (``seeds_agree``, of ``seeds``). ``unstable="drop"`` leaves out each seed's levels that ended unstable
-    (the ``unstable`` column of :func:`sparsedd.results.load`): the mean at such a level is over the others."""
+    (see :func:`without_unstable`)."""
     from ..results import run_curve
 
-    if unstable not in UNSTABLE:
-        raise SparseddError(f"unstable must be one of {', '.join(UNSTABLE)}, got {unstable!r}")
-    curve = run_curve(store, run_id).sort_values(["seed", "level"])
-    if unstable == "drop" and len(curve):
-        curve = curve[curve["unstable"] == ""]
+    curve = without_unstable(run_curve(store, run_id).sort_values(["seed", "level"]), unstable)
     curves: list[tuple[Any, pd.DataFrame]] = [(int(s), g) for s, g in curve.groupby("seed")]
     curves.append(("mean", curve.groupby("level")[["sparsity", "test_acc", "train_acc_noisy"]].mean().reset_index()))
     # a curve without its dense level (dropped as unstable) has no baseline to dip from: no phases

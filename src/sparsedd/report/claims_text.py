@@ -57,16 +57,34 @@ def texts(doc: dict[str, Any]) -> list[str]:
     return [f"{c['claim']}. {c['text']} (runs {', '.join(c['runs'])})" for c in doc["claims"]]
 
 
+def unstable_note(doc: dict[str, Any]) -> str | None:
+    """What the result did with the levels that ended unstable, where there were any or they were dropped
+    (None for a result saved before it recorded them)."""
+    if "unstable" not in doc:
+        return None
+    ended, dropped = doc["unstable"]["ended"], doc["unstable"]["levels"] == "drop"
+    which = ", ".join(f"run {e['run']} seed {e['seed']} level {e['level']} ({e['kind']})" for e in ended)
+    if not ended:
+        return "Measured without the levels that ended unstable: none did." if dropped else None
+    return (f"{len(ended)} level(s) ended unstable: {which}. " +
+            ("Measured without them (--unstable drop)." if dropped else
+             "Measured as they ended; `--unstable drop` measures without them."))
+
+
 def markdown(doc: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|---:|---|---:|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows_for_text(doc)]
-    return "\n".join(lines + ["", f"{doc['interval']}; {doc['seeds']} seeds; preset {doc['preset']}.", ""] + texts(doc))
+    note = unstable_note(doc)
+    return "\n".join(lines + ["", f"{doc['interval']}; {doc['seeds']} seeds; preset {doc['preset']}.", ""]
+                     + ([note, ""] if note else []) + texts(doc))
 
 
 def table(doc: dict[str, Any]):
     from rich.table import Table
 
-    t = Table(title=f"claims: preset {doc['preset']}, {doc['seeds']} seeds", caption=doc["interval"])
+    note = unstable_note(doc)
+    t = Table(title=f"claims: preset {doc['preset']}, {doc['seeds']} seeds",
+              caption=doc["interval"] + (f"\n{note}" if note else ""))
     for h in HEAD:
         t.add_column(h, justify="right" if h in ("claim", "value") else "left")
     for r in rows_for_text(doc):

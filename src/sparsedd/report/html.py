@@ -161,14 +161,17 @@ def figured_analyses() -> list[tuple[str, Any]]:
 
 def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
     """The claims computed by `sparsedd claims` over runs that are all among those shown."""
-    from .claims_text import HEAD, rows_for_text, stored, texts
+    from .claims_text import HEAD, rows_for_text, stored, texts, unstable_note
 
     for doc in stored(store, run_ids):
-        w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds)")
+        dropped = doc.get("unstable", {}).get("levels") == "drop"
+        w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds{', unstable levels dropped' if dropped else ''})")
         roles = ", ".join(f"{role} <code>{rid}</code>" for role, rid in doc["runs"].items())
         w.p(f"Made by <code>sparsedd claims</code> over the runs {roles}; {html.escape(doc['interval'])}. "
             "A claim holds when its interval lies on the tested side of the threshold, does not hold when it lies "
             "on the other side, and is inconclusive when it contains the threshold (see docs/results/claims.md).")
+        if note := unstable_note(doc):
+            w.p(html.escape(note))
         w.table(pd.DataFrame(rows_for_text(doc), columns=HEAD), f"claims-{doc['id']}", "One row per claim, "
                 "then its parts")
         w.p("<br>".join(html.escape(t) for t in texts(doc)))

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ...errors import SparseddError
 from ..base import ANALYSES, Analysis, Analyzer
-from ..curves import distance_table
+from ..curves import check_unstable, distance_table
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,17 @@ class DistanceSettings:
     fresh init for reinit), which is what the paper's code measures its distance penalty from."""
 
     reference: str = "init"
+    unstable: str = "keep"  # or drop: leave out the levels whose last epoch ended unstable (`sparsedd show` notes them)
 
     def __post_init__(self) -> None:
         if self.reference not in ("init", "start"):
             raise SparseddError(f"distance: reference must be init or start, got {self.reference!r}")
+        check_unstable(self.unstable, "distance: ")
 
 
 def compute(a: Analyzer, s: DistanceSettings) -> pd.DataFrame:
-    return distance_table(a.store, a.run_id, a.start_distances() if s.reference == "start" else None, s.reference)
+    return distance_table(a.store, a.run_id, a.start_distances() if s.reference == "start" else None, s.reference,
+                          s.unstable)
 
 
 ANALYSES.register("distance", Analysis(DistanceSettings, compute, per_level=False,
