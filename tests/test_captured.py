@@ -166,3 +166,33 @@ def test_fp32_rounds_as_a_float32_tensor(value):
     from sparsedd.training.core import fp32
 
     assert fp32(value) == float(torch.tensor(value, dtype=torch.float32))
+
+
+def test_a_ctrl_c_during_a_capture_stops_the_stage_and_is_not_taken_for_a_failed_capture(monkeypatch, capsys):
+    """The step raises KeyboardInterrupt inside the capture, whose end then fails as a RuntimeError raised while
+    handling it (the capture left unfinished): that was caught as a failed capture, and the stage trained on
+    eagerly with Ctrl-C swallowed. The interrupt goes through; nothing is said about capture."""
+    from contextlib import contextmanager
+
+    from sparsedd.training import captured
+
+    @contextmanager
+    def graph(g):
+        try:
+            yield
+        except BaseException:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(captured.torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(captured.torch.cuda, "graph", graph)
+    steps = []
+
+    def step():
+        steps.append(1)
+        raise KeyboardInterrupt
+
+    sg = captured.StepGraph(step, capture=True, before_capture=lambda: None)
+    sg.warm = captured.WARMUP_STEPS
+    with pytest.raises(KeyboardInterrupt):
+        sg()
+    assert steps == [1] and sg.capture and "could not capture" not in capsys.readouterr().err

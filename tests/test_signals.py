@@ -129,3 +129,26 @@ def test_a_sigterm_during_a_torch_save_ends_as_terminated_not_as_a_runtime_error
     monkeypatch.undo()
     assert torch.equal(load_tensors(path)["w"], torch.zeros(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]
+
+
+def test_an_interrupt_while_torch_reads_a_file_is_the_interrupt_not_damage(tmp_path, monkeypatch):
+    """A checkpoint read when Ctrl-C or SIGTERM arrives would fail as a RuntimeError, like the save above: taken
+    as damage, the checkpoint would be set aside and the stage started over. It is the interrupt."""
+    import sparsedd.store.files as files
+    from sparsedd.cli import Terminated
+    from sparsedd.store.files import load_tensors, save_tensors
+
+    path = tmp_path / "checkpoint.pt"
+    save_tensors(path, {"w": torch.ones(3)})
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise Terminated()
+        except Terminated:
+            raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamReader failed reading file")
+
+    monkeypatch.setattr(files.torch, "load", interrupted)
+    with pytest.raises(Terminated):
+        load_tensors(path)
+    monkeypatch.undo()
+    assert torch.equal(load_tensors(path)["w"], torch.ones(3))

@@ -14,3 +14,22 @@ def notice(message: str) -> None:
     import sys
 
     print(f"sparsedd: {message}", file=sys.stderr, flush=True)
+
+
+def cause_in(e: BaseException | None, matches) -> BaseException | None:
+    """The first exception in ``e``'s chain (itself, then what it was raised from or while handling) that
+    ``matches``, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if matches(e):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def interrupt_in(e: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt (Ctrl-C, or the CLI's Terminated for SIGTERM) behind ``e``, if any. PyTorch's C++
+    wraps what the Python code it calls raised (a file's write, a captured step) in a RuntimeError, so a
+    signal's exception can arrive as one: it is the interrupt, not the error."""
+    return cause_in(e, lambda c: isinstance(c, KeyboardInterrupt))

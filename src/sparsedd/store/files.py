@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SparseddError, notice
+from ..errors import SparseddError, cause_in, interrupt_in, notice
 from .paths import CHECKSUM, DAMAGED, STAGE_KEY
 
 _CHUNK = 1 << 20
@@ -53,7 +53,7 @@ def _temporary(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         # torch's writer wraps what its file's write raised in a RuntimeError: a full disk, and also the
         # KeyboardInterrupt or Terminated of a Ctrl-C or SIGTERM that arrived during the write
-        interrupt = _cause(e, lambda c: isinstance(c, KeyboardInterrupt))
+        interrupt = interrupt_in(e)
         if interrupt is not None and interrupt is not e:
             raise interrupt from None
         cause = _os_error(e)
@@ -71,21 +71,9 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _cause(e: BaseException | None, matches) -> BaseException | None:
-    """The first exception in ``e``'s chain (itself, then what it was raised from or while handling) that
-    ``matches``, if any."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if matches(e):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def _os_error(e: BaseException | None) -> OSError | None:
     """The OSError with an errno behind ``e``, if any."""
-    return _cause(e, lambda c: isinstance(c, OSError) and c.errno is not None)
+    return cause_in(e, lambda c: isinstance(c, OSError) and c.errno is not None)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -267,6 +255,8 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> Any:
     except FileNotFoundError:
         raise
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        if (interrupt := interrupt_in(e)) is not None:  # a Ctrl-C or SIGTERM during the read: not damage
+            raise interrupt from None
         # torch reads a zip archive: a cut one fails as a "zip archive" RuntimeError, or an OSError near its end
         why = " ".join(str(e).split())[:200]  # torch's messages span lines
         raise DamagedFile(path, f"not a readable torch file: {why}") from None

@@ -26,7 +26,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.augment import crop_flip_apply, crop_flip_draws
-from ..errors import notice
+from ..errors import interrupt_in, notice
 from ..rng import generator
 from .batched import StackedExecution
 from .core import Accel, Objective, TrainData, fp32
@@ -81,6 +81,8 @@ class StepGraph:
             with torch.cuda.graph(graph):
                 self.static_step()
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if (interrupt := interrupt_in(e)) is not None:  # Ctrl-C during the capture: stop, not train eagerly
+                raise interrupt from None
             self.capture = False
             why = " ".join(str(e).split())[:160]
             notice(f"could not capture the training step as a CUDA graph ({why}); {self.otherwise}")
