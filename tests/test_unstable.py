@@ -168,3 +168,24 @@ def test_distance_keeps_or_drops_the_unstable_level(two_seeds, capsys):
         assert rows["1"]["levels"] == rows["mean"]["levels"] == [0, 1, 2, 3]
     assert main(["analyze", run_id, "distance", "--root", str(store.root), "--set", "unstable=maybe"]) == 2
     assert capsys.readouterr().err.strip() == "sparsedd: error: distance: unstable must be one of keep, drop, got 'maybe'"
+
+
+def test_plot_draws_the_means_with_or_without_the_unstable_level(two_seeds, monkeypatch, tmp_path):
+    from sparsedd.report import plots
+    from sparsedd.results import run_curve
+
+    store, run_id = two_seeds
+    curve = run_curve(store, run_id)
+    acc = {(s, lv): a for s, lv, a in zip(curve["seed"], curve["level"], curve["test_acc"])}
+    figs = []
+    monkeypatch.setattr(plots.plt, "close", figs.append)  # the figures kept to be read
+    for unstable in ("keep", "drop"):
+        out = tmp_path / f"{unstable}.png"
+        assert main(["plot", run_id, "--root", str(store.root), "--out", str(out), "--unstable", unstable]) == 0
+        assert out.stat().st_size > 0
+    for fig, level2 in zip(figs, ((acc[(0, 2)] + acc[(1, 2)]) / 2, acc[(1, 2)])):
+        test_line = fig.axes[0].lines[0]
+        assert test_line.get_ydata()[2] == pytest.approx(100 * level2)
+    labels = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in figs]
+    assert "ended unstable (1 level(s) of a seed)" in labels[0]
+    assert "ended unstable (1 level(s) of a seed), not in the lines" in labels[1]

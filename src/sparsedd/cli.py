@@ -269,7 +269,7 @@ def cmd_plot(args) -> int:
     if args.out is not None:  # before anything is read or written
         output_file(args.out, "--out", IMAGE_TYPES)
     store, run_id, curve = _run_and_curve(args)
-    out = plot_curve(curve, args.out or f"{run_id}.png", run_title(run_config(store, run_id), run_id))
+    out = plot_curve(curve, args.out or f"{run_id}.png", run_title(run_config(store, run_id), run_id), args.unstable)
     print(out)
     return 0
 
@@ -576,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = command("plot", "plot accuracy against sparsity", "root")
     pl.add_argument("run", help="run id (or a unique prefix)")
     pl.add_argument("--out", default=None, help="output PNG (default: RUN.png)")
+    pl.add_argument("--unstable", choices=("keep", "drop"), default="keep",
+                    help="the levels whose last epoch ended unstable, marked x: in the lines (keep, default) or "
+                         "left out of them (drop)")
     pl.set_defaults(func=cmd_plot)
     return p
 

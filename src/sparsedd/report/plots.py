@@ -47,13 +47,14 @@ def summarize(levels: pd.DataFrame, column: str) -> pd.DataFrame:
                          "lo": g[column].min(), "hi": g[column].max(), "n": g[column].count()}).reset_index()
 
 
-def mark_unstable(ax, levels: pd.DataFrame, column: str = "test_acc") -> None:
+def mark_unstable(ax, levels: pd.DataFrame, column: str = "test_acc", dropped: bool = False) -> None:
     """An x at each seed's own ``column`` where its level ended unstable (``unstable`` of
-    :func:`sparsedd.results.load`): the means drawn through them include a number its mask did not learn."""
+    :func:`sparsedd.results.load`): the means drawn through them include a number its mask did not learn,
+    unless they were ``dropped`` from the lines."""
     bad = levels[levels["unstable"].fillna("") != ""] if "unstable" in levels else levels.iloc[:0]
     if len(bad):
         ax.scatter(sparsity_axis(bad["sparsity"].to_numpy()), 100 * bad[column], marker="x", color="black", zorder=5,
-                   label=f"ended unstable ({len(bad)} level(s) of a seed)")
+                   label=f"ended unstable ({len(bad)} level(s) of a seed)" + (", not in the lines" if dropped else ""))
 
 
 def sparsity_label(levels: pd.DataFrame) -> str:
@@ -62,25 +63,30 @@ def sparsity_label(levels: pd.DataFrame) -> str:
     return "sparsity (%, of every conv and linear weight)" if counts == {"all-masked"} else "sparsity (%)"
 
 
-def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "") -> Path:
+def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "", unstable: str = "keep") -> Path:
     """Test accuracy, and train accuracy on the noisy and the true labels, against sparsity.
 
-    With several seeds, lines are means and bands span the seeds' min to max.
+    With several seeds, lines are means and bands span the seeds' min to max. Levels that ended unstable
+    are marked x; ``unstable="drop"`` leaves them out of the lines and bands.
     """
+    from ..analysis.curves import without_unstable
+
+    drawn = without_unstable(levels, unstable)
     fig, (ax_test, ax_train) = plt.subplots(1, 2, figsize=(11, 4))
     series = ((ax_test, "test_acc", "test accuracy", "tab:blue", "-"),
               (ax_train, "train_acc_noisy", "train accuracy, noisy labels", "tab:red", "-"),
               (ax_train, "train_acc_clean", "train accuracy, true labels", "tab:green", "--"))
     for ax, col, label, color, ls in series:
-        s = summarize(levels, col)
+        s = summarize(drawn, col)
         x = sparsity_axis(s["sparsity"].to_numpy())
         nseeds = int(s["n"].max())
         ax.plot(x, 100 * s["mean"], marker="o", ms=3, ls=ls, color=color, label=f"{label} (mean of {nseeds} seed(s))")
         if nseeds > 1:
             ax.fill_between(x, 100 * s["lo"], 100 * s["hi"], color=color, alpha=0.2, label="min to max over seeds")
         if col == "test_acc":
-            ax.axhline(100 * s["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
-            mark_unstable(ax, levels)
+            if len(s) and s["level"].iloc[0] == 0:  # (no dense level left where every seed's was dropped)
+                ax.axhline(100 * s["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+            mark_unstable(ax, levels, dropped=unstable == "drop")
     for ax, ylabel in ((ax_test, "test accuracy (%)"), (ax_train, "train accuracy (%)")):
         ticks, labels = _ticks(float(sparsity_axis(levels["sparsity"].to_numpy()).max()))
         ax.set_xticks(ticks, labels)
