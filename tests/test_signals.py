@@ -152,3 +152,29 @@ def test_an_interrupt_while_torch_reads_a_file_is_the_interrupt_not_damage(tmp_p
         load_tensors(path)
     monkeypatch.undo()
     assert torch.equal(load_tensors(path)["w"], torch.ones(3))
+
+
+def test_sigterm_exits_143_even_where_a_library_re_raised_it_as_a_plain_keyboard_interrupt(monkeypatch, capsys,
+                                                                                             tmp_path):
+    """Ray's wait turns an interrupt raised inside it into a new KeyboardInterrupt, so the sweep driver
+    (executor ray) answered SIGTERM with 130 and "interrupted" (seen under load). The CLI remembers the
+    signal; Ctrl-C alone stays 130."""
+    import sparsedd.cli as cli
+
+    def like_rays_wait(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(300):  # short sleeps: the signal may reach another thread, which does not wake this one
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    for command, code, line in ((like_rays_wait, 143, "terminated (SIGTERM)"), (ctrl_c, 130, "interrupted")):
+        monkeypatch.setattr(cli, "cmd_ls", command)
+        assert cli.main(["ls", "--root", str(tmp_path)]) == code
+        assert capsys.readouterr().err.strip() == f"sparsedd: {line}; run the same command again to resume"
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler is gone after main

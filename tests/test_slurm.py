@@ -206,13 +206,17 @@ def test_stopping_the_sweep_cancels_its_jobs(tmp_path):
     """close() (Ctrl-C or SIGTERM to the driver) cancels the jobs still queued or running: here a local job."""
     import time
 
+    started = str(tmp_path / "started")
     ex = SlurmExecutor(tmp_path, 1, {"cluster": "local", "time": 5})
-    ex.function = lambda spec: time.sleep(120)  # cloudpickled whole: no sparsedd task, just a long job
+    # cloudpickled whole: no sparsedd task, just a long job, which says when it runs
+    ex.function = lambda spec: (open(started, "w").close(), time.sleep(120))
     ex.start(Task("t", "runs", "long", {}))
     (task, job), = ex.running.values()
-    deadline = time.time() + 60
-    while job.state != "RUNNING" and time.time() < deadline:
+    deadline = time.time() + 120
+    # running its function, not only started: submitit's local job is cancelled by SIGINT, which a process
+    # between fork and exec takes and loses (seen under load: the job then ran on)
+    while not Path(started).exists() and time.time() < deadline:
         time.sleep(0.2)
-    assert ex.poll() == [] and ex.running
+    assert job.state == "RUNNING" and ex.poll() == [] and ex.running
     ex.close()
     assert job._process.wait(timeout=60) is not None and not ex.running

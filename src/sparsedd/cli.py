@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Iterator
 
 from . import config as config_mod
 
@@ -29,16 +30,21 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM raises :class:`Terminated` in the block; yields the signals received, so that the exit code is
+    143 even where a library re-raised the interrupt as a plain KeyboardInterrupt (Ray does, from a wait)."""
+    received: list[int] = []
+
     def terminated(signum, frame):
+        received.append(signum)
         raise Terminated()
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
+        yield received
         return
     before = signal.signal(signal.SIGTERM, terminated)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, before)
 
@@ -697,16 +703,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 2
+    received: list[int] = []
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt() as received:
             return args.func(args)
     except SparseddError as e:
         print(f"sparsedd: error: {e}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("sparsedd: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated) or received:
+            print("sparsedd: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+            return 143
         print("sparsedd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
