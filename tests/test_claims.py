@@ -406,6 +406,10 @@ def test_claims_list_the_levels_that_ended_unstable_and_drop_them_as_another_res
     assert main(["report", *dict.fromkeys(doc["runs"].values()), "--root", str(copy), "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
     assert "2 seeds, unstable levels dropped)" in page and text + "Measured without them (--unstable drop)." in page
+    _end_unstable(store, store.index.run_stages(base)[(1, 0)])  # seed 1's dense level: no baseline to measure from
+    capsys.readouterr()
+    assert main([*args, "--unstable", "drop"]) == 0
+    assert len(margin(json.loads(capsys.readouterr().out))) == 1  # seed 0 alone (its value none)
     with pytest.raises(SystemExit) as bad:
         main([*args, "--unstable", "maybe"])
     assert bad.value.code == 2 and "argument --unstable: invalid choice: 'maybe'" in capsys.readouterr().err

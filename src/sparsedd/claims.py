@@ -125,10 +125,14 @@ class StoreEvidence:
         self._analyzers: dict[str, Any] = {}
 
     def curve(self, role: str) -> pd.DataFrame:
+        """The role's curve; with ``unstable="drop"`` without the levels that ended unstable, and without the
+        seeds whose dense level did (the measures take a seed's first level as its dense baseline)."""
         from .analysis.curves import without_unstable
         from .results import run_curve
 
-        return without_unstable(run_curve(self.store, self.runs.roles[role].run_id), self.unstable)
+        curve = without_unstable(run_curve(self.store, self.runs.roles[role].run_id), self.unstable)
+        with_dense = set(curve.loc[curve["level"] == 0, "seed"]) if len(curve) else set()
+        return curve[curve["seed"].isin(with_dense)] if len(curve) else curve
 
     def label(self, role: str) -> str:
         return self.runs.label(role)
