@@ -369,9 +369,29 @@ def test_report_show_and_phases_after_claims(claims_root, capsys, tmp_path):
     assert (tmp_path / "one" / "index.html").read_text().count("Claims (") == len(only_base)
 
 
+def test_the_evidence_without_unstable_levels_leaves_out_their_analyses_and_seeds_without_a_baseline(monkeypatch):
+    from types import SimpleNamespace
+
+    from sparsedd import claims as claims_mod
+    from sparsedd import results
+
+    unstable = ["", "", "evaluation", "evaluation", "", "", "", "training"]  # seed 1: dense; seed 2: its one pruned
+    curve = pd.DataFrame({"seed": [0, 0, 0, 1, 1, 1, 2, 2], "level": [0, 1, 2, 0, 1, 2, 0, 1], "unstable": unstable})
+    monkeypatch.setattr(results, "run_curve", lambda store, run_id: curve)
+    runs = SimpleNamespace(roles={"base": SimpleNamespace(run_id="r")})
+    rows = pd.DataFrame({"seed": [0, 0, 1, 2], "level": [1, 2, 1, 1], "top_eigenvalue": [1.0, 2.0, 3.0, 4.0]})
+    for unstable, pairs, values in (("keep", set(zip(curve["seed"], curve["level"])), [1.0, 2.0, 3.0, 4.0]),
+                                    ("drop", {(0, 0), (0, 1)}, [1.0])):
+        ev = claims_mod.StoreEvidence(None, runs, None, unstable)
+        ev._analyzers["r"] = SimpleNamespace(run=lambda kind, settings, levels: rows)
+        assert set(zip(ev.curve("base")["seed"], ev.curve("base")["level"])) == pairs
+        assert ev.analysis("base", "sharpness", {}, [1, 2])["top_eigenvalue"].tolist() == values
+
+
 def test_claims_list_the_levels_that_ended_unstable_and_drop_them_as_another_result(claims_root, capsys, tmp_path):
     from test_unstable import _end_unstable
 
+    from sparsedd.config import stable_hash
     from sparsedd.store import Store
 
     root, args = claims_root
@@ -384,6 +404,7 @@ def test_claims_list_the_levels_that_ended_unstable_and_drop_them_as_another_res
     assert main(args) == 0
     kept = json.loads(capsys.readouterr().out)
     assert kept["unstable"] == {"levels": "keep", "ended": []}
+    assert kept["id"] == stable_hash([kept["sweep"], [str(c["claim"]) for c in kept["claims"]]])  # as before drop
     base = kept["runs"]["base"]
     store = Store(copy)
     _end_unstable(store, store.index.run_stages(base)[(0, 2)])

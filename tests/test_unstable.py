@@ -170,7 +170,7 @@ def test_distance_keeps_or_drops_the_unstable_level(two_seeds, capsys):
     assert capsys.readouterr().err.strip() == "sparsedd: error: distance: unstable must be one of keep, drop, got 'maybe'"
 
 
-def test_plot_draws_the_means_with_or_without_the_unstable_level(two_seeds, monkeypatch, tmp_path):
+def test_plot_draws_the_means_with_or_without_the_unstable_level(two_seeds, monkeypatch, tmp_path, capsys):
     from sparsedd.report import plots
     from sparsedd.results import run_curve
 
@@ -189,3 +189,10 @@ def test_plot_draws_the_means_with_or_without_the_unstable_level(two_seeds, monk
     labels = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in figs]
     assert "ended unstable (1 level(s) of a seed)" in labels[0]
     assert "ended unstable (1 level(s) of a seed), not in the lines" in labels[1]
+
+    for stage in store.index.run_stages(run_id).values():  # every level: nothing left to draw without them
+        _end_unstable(store, stage)
+    capsys.readouterr()
+    assert main(["plot", run_id, "--root", str(store.root), "--out", str(tmp_path / "none.png"), "--unstable", "drop"]) == 2
+    assert capsys.readouterr().err.strip() == ("sparsedd: error: every level ended unstable: nothing is left to draw "
+                                               "with --unstable drop; plot with --unstable keep")

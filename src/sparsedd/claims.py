@@ -126,13 +126,16 @@ class StoreEvidence:
 
     def curve(self, role: str) -> pd.DataFrame:
         """The role's curve; with ``unstable="drop"`` without the levels that ended unstable, and without the
-        seeds whose dense level did (the measures take a seed's first level as its dense baseline)."""
+        seeds left with no dense level or no pruned one (the measures take a seed's first level as its dense
+        baseline and look for its best pruned level)."""
         from .analysis.curves import without_unstable
         from .results import run_curve
 
         curve = without_unstable(run_curve(self.store, self.runs.roles[role].run_id), self.unstable)
-        with_dense = set(curve.loc[curve["level"] == 0, "seed"]) if len(curve) else set()
-        return curve[curve["seed"].isin(with_dense)] if len(curve) else curve
+        if not len(curve):
+            return curve
+        whole = [seed for seed, g in curve.groupby("seed") if (g["level"] == 0).any() and (g["level"] > 0).any()]
+        return curve[curve["seed"].isin(whole)]
 
     def label(self, role: str) -> str:
         return self.runs.label(role)
@@ -144,7 +147,11 @@ class StoreEvidence:
         if run_id not in self._analyzers:
             self._analyzers[run_id] = Analyzer(self.store, run_id, self.options)
         parsed = parse_settings(kind, [f"{k}={v}" for k, v in settings.items()])
-        return self._analyzers[run_id].run(kind, parsed, levels)
+        rows = self._analyzers[run_id].run(kind, parsed, levels)
+        if self.unstable == "keep":
+            return rows
+        kept = set(zip(*(self.curve(role)[c].astype(int) for c in ("seed", "level"))))  # what the curve kept
+        return rows[[(int(s), int(lv)) in kept for s, lv in zip(rows["seed"], rows["level"])]]
 
 
 def ended_unstable(store: Store, runs: ClaimRuns) -> list[dict[str, Any]]:

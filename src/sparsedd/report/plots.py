@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
+from ..errors import SparseddError  # noqa: E402
+
 IMAGE_TYPES = tuple(FigureCanvasBase.get_supported_filetypes())  # the suffixes savefig can write
 
 
@@ -72,6 +74,9 @@ def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "", unstable:
     from ..analysis.curves import without_unstable
 
     drawn = without_unstable(levels, unstable)
+    if not len(drawn):
+        raise SparseddError("every level ended unstable: nothing is left to draw with --unstable drop; plot with "
+                            "--unstable keep")
     fig, (ax_test, ax_train) = plt.subplots(1, 2, figsize=(11, 4))
     series = ((ax_test, "test_acc", "test accuracy", "tab:blue", "-"),
               (ax_train, "train_acc_noisy", "train accuracy, noisy labels", "tab:red", "-"),
