@@ -132,8 +132,9 @@ def test_a_sigterm_during_a_torch_save_ends_as_terminated_not_as_a_runtime_error
 
 
 def test_an_interrupt_while_torch_reads_a_file_is_the_interrupt_not_damage(tmp_path, monkeypatch):
-    """A checkpoint read when Ctrl-C or SIGTERM arrives would fail as a RuntimeError, like the save above: taken
-    as damage, the checkpoint would be set aside and the stage started over. It is the interrupt."""
+    """A checkpoint read that Ctrl-C or SIGTERM cuts short inside torch's reader can end as a SystemError whose
+    context is the interrupt (the handler usually runs in Python code, and the interrupt comes as it is): taken
+    for damage, the checkpoint would be set aside and the stage started over. It is the interrupt."""
     import sparsedd.store.files as files
     from sparsedd.cli import Terminated
     from sparsedd.store.files import load_tensors, save_tensors
@@ -141,11 +142,11 @@ def test_an_interrupt_while_torch_reads_a_file_is_the_interrupt_not_damage(tmp_p
     path = tmp_path / "checkpoint.pt"
     save_tensors(path, {"w": torch.ones(3)})
 
-    def interrupted(*args, **kwargs):
+    def interrupted(*args, **kwargs):  # as torch 2.13's reader ends when the file's read raised
         try:
             raise Terminated()
         except Terminated:
-            raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamReader failed reading file")
+            raise SystemError("<built-in method read of _io.BufferedReader> returned a result with an exception set")
 
     monkeypatch.setattr(files.torch, "load", interrupted)
     with pytest.raises(Terminated):
@@ -178,3 +179,46 @@ def test_sigterm_exits_143_even_where_a_library_re_raised_it_as_a_plain_keyboard
         assert cli.main(["ls", "--root", str(tmp_path)]) == code
         assert capsys.readouterr().err.strip() == f"sparsedd: {line}; run the same command again to resume"
     assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler is gone after main
+
+
+def test_a_wrapped_interrupt_marks_the_run_partial_and_exits_143(tmp_path, tiny_sets, capsys, monkeypatch):
+    """An interrupt that reaches the run's status as another exception (a library wrapped it) marks the run
+    partial, not failed, and the command ends as terminated."""
+    import sparsedd.store.files as files
+    from sparsedd.cli import Terminated, main
+
+    real = files.checksum_of
+
+    def wrapped_interrupt(path):
+        if Path(path).name.startswith(".final.pt"):  # the first stage's weights, written at its end
+            try:
+                raise Terminated()
+            except Terminated:
+                raise RuntimeError("a library's error raised while the interrupt was handled")
+        return real(path)
+
+    monkeypatch.setattr(files, "checksum_of", wrapped_interrupt)
+    root = tmp_path / "root"
+    assert main(["run", "--root", str(root), "--no-progress", *[a for s in tiny_sets for a in ("--set", s)]]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "sparsedd: terminated (SIGTERM); run the same command again to resume"
+    con = sqlite3.connect(root / "index.sqlite")
+    assert con.execute("SELECT status, error FROM runs").fetchall() == [("partial", "interrupted")]
+    con.close()
+
+
+def test_sweep_tasks_stop_on_a_wrapped_interrupt_instead_of_failing(monkeypatch):
+    from sparsedd.sweep import worker
+    from sparsedd.sweep.executors import InlineExecutor, Task
+
+    def wrapped_interrupt(task):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("a library's error raised while the interrupt was handled")
+
+    monkeypatch.setattr(worker, "run_task", wrapped_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        worker.run_task_or_error({})
+    with pytest.raises(KeyboardInterrupt):
+        InlineExecutor(1).start(Task("t", "runs", "one", {}))

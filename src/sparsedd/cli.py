@@ -24,6 +24,9 @@ from . import config_load
 from .errors import SparseddError
 
 
+TERMINATED = "sparsedd: terminated (SIGTERM); run the same command again to resume"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (sent by `timeout`, SLURM, container runtimes), handled as Ctrl-C is: a run keeps its
     checkpoints and is marked partial, a sweep stops its workers first; exit code 143."""
@@ -707,15 +710,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_as_interrupt() as received:
             return args.func(args)
-    except SparseddError as e:
-        print(f"sparsedd: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as e:
         if isinstance(e, Terminated) or received:
-            print("sparsedd: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+            print(TERMINATED, file=sys.stderr)
             return 143
         print("sparsedd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except SparseddError as e:
+        if received:  # what the interrupted work raised on its way out: the signal is what ended it
+            print(TERMINATED, file=sys.stderr)
+            return 143
+        print(f"sparsedd: error: {e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

@@ -33,3 +33,11 @@ def interrupt_in(e: BaseException | None) -> BaseException | None:
     wraps what the Python code it calls raised (a file's write, a captured step) in a RuntimeError, so a
     signal's exception can arrive as one: it is the interrupt, not the error."""
     return cause_in(e, lambda c: isinstance(c, KeyboardInterrupt))
+
+
+def reraise_interrupt(e: BaseException) -> None:
+    """Raise the interrupt behind ``e`` where there is one (see :func:`interrupt_in`): for the handlers that turn
+    an error into a failed run or task, which must not take Ctrl-C or SIGTERM for one."""
+    interrupt = interrupt_in(e)
+    if interrupt is not None and interrupt is not e:
+        raise interrupt from None

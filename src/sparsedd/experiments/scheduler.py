@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 from ..config import RunConfig
 from ..config_check import check
 from ..data import Dataset, fingerprint, load_dataset
-from ..errors import SparseddError
+from ..errors import SparseddError, interrupt_in, reraise_interrupt
 from ..data import spec_of
 from ..models import check_takes
 from ..options import ExecOptions
@@ -71,6 +71,10 @@ def run_status(store: Store, run_ids: list[str], diverged: Callable[[str], str |
             store.index.set_status(run_id, "partial", "interrupted")
         raise
     except Exception as e:
+        if interrupt_in(e) is not None:  # an interrupt that a library wrapped: partial, as above
+            for run_id in run_ids:
+                store.index.set_status(run_id, "partial", "interrupted")
+            reraise_interrupt(e)
         for run_id in run_ids:
             store.index.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
         raise

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SparseddError, cause_in, interrupt_in, notice
+from ..errors import SparseddError, cause_in, notice, reraise_interrupt
 from .paths import CHECKSUM, DAMAGED, STAGE_KEY
 
 _CHUNK = 1 << 20
@@ -53,9 +53,7 @@ def _temporary(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         # torch's writer wraps what its file's write raised in a RuntimeError: a full disk, and also the
         # KeyboardInterrupt or Terminated of a Ctrl-C or SIGTERM that arrived during the write
-        interrupt = interrupt_in(e)
-        if interrupt is not None and interrupt is not e:
-            raise interrupt from None
+        reraise_interrupt(e)
         cause = _os_error(e)
         if cause is not None and cause is not e:
             raise OSError(cause.errno, cause.strerror, str(path)) from None
@@ -254,9 +252,11 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> Any:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        if (interrupt := interrupt_in(e)) is not None:  # a Ctrl-C or SIGTERM during the read: not damage
-            raise interrupt from None
+    except Exception as e:
+        reraise_interrupt(e)  # a Ctrl-C or SIGTERM during the read (torch may end it as a SystemError): not damage
+        if not isinstance(e, (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError,
+                              zipfile.BadZipFile)):
+            raise
         # torch reads a zip archive: a cut one fails as a "zip archive" RuntimeError, or an OSError near its end
         why = " ".join(str(e).split())[:200]  # torch's messages span lines
         raise DamagedFile(path, f"not a readable torch file: {why}") from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SparseddError
+from ..errors import SparseddError, reraise_interrupt
 
 
 @dataclass
@@ -118,6 +118,7 @@ class InlineExecutor:
         try:
             self.finished.append((task, True, "", run_task(dict(task.spec, threads=self.threads))))
         except Exception as e:  # noqa: BLE001 - reported to the driver, which retries or records it, as for a worker
+            reraise_interrupt(e)  # Ctrl-C or SIGTERM, wrapped by a library: the sweep stops, no task failed
             self.finished.append((task, False, one_line(e), None))
 
     def poll(self) -> list[tuple[Task, bool, str, dict[str, Any] | None]]:

@@ -17,6 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ..errors import reraise_interrupt
+
 
 def task_options(task: dict[str, Any]):
     """The sweep's execution options as the driver sent them, with this task's thread count and no display."""
@@ -62,6 +64,7 @@ def run_task_or_error(task: dict[str, Any]) -> dict[str, Any]:
     try:
         return run_task(task)
     except Exception as e:  # noqa: BLE001 - reported to the driver, which retries or records it
+        reraise_interrupt(e)  # stopped, not failed
         traceback.print_exc()
         return {"error": one_line(e)}
 
@@ -91,6 +94,7 @@ def main(argv: list[str]) -> int:
         print(f"sparsedd: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - reported to the driver, which retries or records it
+        reraise_interrupt(e)  # stopped, not failed
         traceback.print_exc()
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.augment import crop_flip_apply, crop_flip_draws
-from ..errors import interrupt_in, notice
+from ..errors import notice, reraise_interrupt
 from ..rng import generator
 from .batched import StackedExecution
 from .core import Accel, Objective, TrainData, fp32
@@ -81,8 +81,7 @@ class StepGraph:
             with torch.cuda.graph(graph):
                 self.static_step()
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if (interrupt := interrupt_in(e)) is not None:  # Ctrl-C during the capture: stop, not train eagerly
-                raise interrupt from None
+            reraise_interrupt(e)  # Ctrl-C during the capture: stop, not train eagerly
             self.capture = False
             why = " ".join(str(e).split())[:160]
             notice(f"could not capture the training step as a CUDA graph ({why}); {self.otherwise}")
