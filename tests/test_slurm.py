@@ -202,21 +202,35 @@ def test_a_slurm_sweep_on_this_machine_equals_the_same_sweep_inline_and_resumes(
     assert sorted((folder / "slurm").glob("*_log.err")) == logs
 
 
-def test_stopping_the_sweep_cancels_its_jobs(tmp_path):
-    """close() (Ctrl-C or SIGTERM to the driver) cancels the jobs still queued or running: here a local job."""
+@pytest.mark.parametrize("sigint", ["delivered", "lost"])
+def test_stopping_the_sweep_cancels_its_jobs(tmp_path, monkeypatch, sigint):
+    """close() (Ctrl-C or SIGTERM to the driver) cancels the jobs still queued or running: here a local job, whose
+    processes are all gone after it. submitit cancels a local job by one SIGINT, which was seen lost under load
+    (the job ran on to its end): close() then kills the job's processes after STOP_WAIT_S."""
+    import os
     import time
 
-    started = str(tmp_path / "started")
+    from sparsedd.sweep import executors
+
+    monkeypatch.setattr(executors, "STOP_WAIT_S", 3.0)
+    started = tmp_path / "started"
     ex = SlurmExecutor(tmp_path, 1, {"cluster": "local", "time": 5})
-    # cloudpickled whole: no sparsedd task, just a long job, which says when it runs
-    ex.function = lambda spec: (open(started, "w").close(), time.sleep(120))
+    # cloudpickled whole: no sparsedd task, just a long job, which writes its process id when it runs
+    ex.function = lambda spec: (open(str(started), "w").write(str(os.getpid())), time.sleep(120))
     ex.start(Task("t", "runs", "long", {}))
     (task, job), = ex.running.values()
     deadline = time.time() + 120
-    # running its function, not only started: submitit's local job is cancelled by SIGINT, which a process
-    # between fork and exec takes and loses (seen under load: the job then ran on)
-    while not Path(started).exists() and time.time() < deadline:
+    while not (started.exists() and started.read_text()) and time.time() < deadline:
         time.sleep(0.2)
     assert job.state == "RUNNING" and ex.poll() == [] and ex.running
+    if sigint == "lost":
+        monkeypatch.setattr(job, "cancel", lambda check=True: None)
     ex.close()
-    assert job._process.wait(timeout=60) is not None and not ex.running
+    assert job._process.poll() is not None and not ex.running  # close() waits for it
+    pid = int(started.read_text())
+    for _ in range(100):  # the job's own process: stopped by the controller, or killed with it
+        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the job's process {pid} is still running")

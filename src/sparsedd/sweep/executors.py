@@ -266,10 +266,39 @@ class SlurmExecutor:
         return out
 
     def close(self) -> None:
-        """Cancel the jobs still queued or running (scancel); their stages keep their checkpoints."""
-        for task, job in self.running.values():
+        """Cancel the jobs still queued or running (scancel); their stages keep their checkpoints. A job of
+        ``cluster = "local"`` still there after ``STOP_WAIT_S`` is killed with its processes: submitit stops it
+        by one SIGINT, which was seen lost under load (the job then ran to its end)."""
+        jobs = [job for _, job in self.running.values()]
+        for job in jobs:
             try:
                 job.cancel(check=False)
             except Exception:  # noqa: BLE001 - a job that ended meanwhile, or no scancel here: nothing to stop
                 pass
         self.running.clear()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for proc in [p for job in jobs if (p := getattr(job, "_process", None)) is not None]:  # local jobs
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc.pid)
+                proc.wait()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it (Linux: /proc; elsewhere the process alone), the
+    parent first, so that it starts no new one."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except (OSError, ValueError):  # a thread or process that ended meanwhile
+                pass
+    for p in found:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
