@@ -157,15 +157,16 @@ class StoreEvidence:
 def ended_unstable(store: Store, runs: ClaimRuns) -> list[dict[str, Any]]:
     """The levels of the claims' runs whose last epoch ended unstable (the ``unstable`` column of
     :func:`sparsedd.results.load`): run, seed, level and how."""
-    from .results import run_curve
+    from .results import load
 
-    out = []
-    for run_id in dict.fromkeys(r.run_id for r in runs.roles.values()):
-        curve = run_curve(store, run_id)
-        bad = curve[curve["unstable"] != ""] if len(curve) else curve
-        out += [{"run": run_id, "seed": int(s), "level": int(lv), "kind": k}
-                for s, lv, k in zip(bad["seed"], bad["level"], bad["unstable"])]
-    return out
+    levels = load(store.root).levels  # read once for all the runs
+    if not len(levels):
+        return []
+    order = list(dict.fromkeys(r.run_id for r in runs.roles.values()))
+    bad = levels[levels["run_id"].isin(order) & (levels["unstable"] != "")]
+    bad = bad.assign(order=bad["run_id"].map(order.index)).sort_values(["order", "seed", "level"])
+    return [{"run": r, "seed": int(s), "level": int(lv), "kind": k}
+            for r, s, lv, k in zip(bad["run_id"], bad["seed"], bad["level"], bad["unstable"])]
 
 
 def measure(evidence: Any, runs: ClaimRuns, progress: Callable[[str], None] | None = None,

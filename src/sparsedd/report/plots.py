@@ -89,7 +89,7 @@ def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "", unstable:
         if nseeds > 1:
             ax.fill_between(x, 100 * s["lo"], 100 * s["hi"], color=color, alpha=0.2, label="min to max over seeds")
         if col == "test_acc":
-            if len(s) and s["level"].iloc[0] == 0:  # (no dense level left where every seed's was dropped)
+            if s["level"].iloc[0] == 0:  # (no dense level left where every seed's was dropped)
                 ax.axhline(100 * s["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
             mark_unstable(ax, levels, dropped=unstable == "drop")
     for ax, ylabel in ((ax_test, "test accuracy (%)"), (ax_train, "train accuracy (%)")):
