@@ -4,6 +4,7 @@ curves with known answers, and the command end to end on a tiny preset."""
 import itertools
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -448,3 +449,21 @@ def test_claims_bad_input(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "stages").exists()
+
+
+def test_a_damaged_claims_result_stops_the_report_with_one_line_and_writes_nothing(claims_root, capsys, tmp_path):
+    root, args = claims_root
+    if not (root / "claims").exists():
+        assert main(args) == 0
+    capsys.readouterr()
+    copy = tmp_path / "copy"  # the module's store stays as the other tests find it
+    shutil.copytree(root, copy)
+    saved = sorted((copy / "claims").glob("*.json"))[0]
+    runs = list(dict.fromkeys(json.loads(saved.read_text())["runs"].values()))
+    saved.write_text(re.sub(r'"claim": \d', '"claim": 9', saved.read_text(), count=1))  # a changed claim number
+    assert saved.read_text() != (root / "claims" / saved.name).read_text()
+    out = tmp_path / "report"
+    assert main(["report", *runs, "--root", str(copy), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and saved.name in err[0] and "damaged" in err[0] and "sparsedd claims" in err[0]
+    assert not (out / "index.html").exists()

@@ -4,17 +4,22 @@ report reads. Formatting only: measuring the claims is :mod:`sparsedd.claims`.""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..store import Store
+from ..store.files import DamagedFile, read_json
 
 
 def stored(store: Store, run_ids: list[str]) -> list[dict[str, Any]]:
-    """The saved claims results whose runs are all among ``run_ids`` (for the report)."""
+    """The saved claims results whose runs are all among ``run_ids`` (for the report). Each is verified
+    against its checksum: a damaged one is an error, not a table."""
     out = []
     for path in store.claims_files():
-        doc = json.loads(path.read_text())
+        try:
+            doc = read_json(path)
+        except DamagedFile as e:
+            raise DamagedFile(path, e.why, "run the `sparsedd claims` command that made it again (it measures "
+                                           "it anew from the stored runs) or delete it") from None
         if set(doc.get("runs", {}).values()) <= set(run_ids):
             out.append(doc)
     return out
