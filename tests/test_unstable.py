@@ -5,6 +5,7 @@ mnist-conv-quick's seed 3 level 9), or a training loss that blew up late."""
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY
@@ -70,7 +71,7 @@ def test_show_says_which_levels_ended_unstable(tmp_path, tiny_sets, capsys):
     assert main(["show", run_id, "--root", str(root)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[1] == (f"sparsedd: note: `sparsedd analyze {run_id} phases --root {root} --set unstable=drop` finds "
-                      "the phases without it")
+                      "the phases without it; show, plot and claims take --unstable drop")
     assert len(err) == 2 and err[0].startswith("sparsedd: note: seed 0 level 1: it evaluates far worse than it "
                                                "trained in its last epoch (training loss 22.1 evaluated, 1.39 "
                                                "while training;"), err
@@ -139,6 +140,23 @@ def test_results_phases_plots_and_report_know_the_unstable_level(two_seeds, monk
     assert marked.get_offsets().shape == (1, 2)
     page = write_report(store.root, [run_id], tmp_path / "report").read_text()
     assert "1 level(s) ended unstable (marked x): seed 0 level 2 (evaluation)." in page
+    assert "The means, phases and distances here include them" in page
+
+    # --unstable drop: the same levels marked, the lines and the tables without them
+    fig = fig_curve(levels, None, "t", unstable="drop")
+    [marked] = [c for c in fig.axes[0].collections if "ended unstable" in str(c.get_label())]
+    assert marked.get_offsets().shape == (1, 2) and "not in the lines" in marked.get_label()
+    seed1_level2 = float(levels[(levels["seed"] == 1) & (levels["level"] == 2)]["test_acc"].iloc[0])
+    assert fig.axes[0].lines[0].get_ydata()[2] == pytest.approx(100 * seed1_level2)
+    out = tmp_path / "dropped"
+    assert main(["report", run_id, "--root", str(store.root), "--out", str(out), "--unstable", "drop"]) == 0
+    page = (out / "index.html").read_text()
+    assert "The means, phases and distances here leave them out" in page
+    dist = pd.read_csv(out / "tables" / f"{run_id}-distance.csv")
+    assert dist[dist["seed"] == "0"]["levels"].iloc[0] == "[0, 1, 3]"
+    assert len(pd.read_csv(out / "tables" / f"{run_id}-levels.csv")) == 8  # every level, the unstable one too
+    phases = pd.read_csv(out / "tables" / f"{run_id}-phases.csv")
+    assert len(phases) == len(phases_table(store, run_id, unstable="drop"))
 
     _end_unstable(store, store.index.run_stages(run_id)[(1, 0)])  # seed 1's dense level too: no baseline left
     table = phases_table(store, run_id, unstable="drop")
@@ -168,6 +186,43 @@ def test_distance_keeps_or_drops_the_unstable_level(two_seeds, capsys):
         assert rows["1"]["levels"] == rows["mean"]["levels"] == [0, 1, 2, 3]
     assert main(["analyze", run_id, "distance", "--root", str(store.root), "--set", "unstable=maybe"]) == 2
     assert capsys.readouterr().err.strip() == "sparsedd: error: distance: unstable must be one of keep, drop, got 'maybe'"
+
+
+def test_show_means_keep_or_drop_the_unstable_level_and_the_per_seed_rows_name_it(two_seeds, capsys):
+    store, run_id = two_seeds
+    args = ["show", run_id, "--root", str(store.root)]
+    docs = {}
+    for unstable in ("keep", "drop"):
+        capsys.readouterr()
+        assert main(args + ["--format", "json", "--unstable", unstable]) == 0
+        docs[unstable] = json.loads(capsys.readouterr().out)
+    keep, drop = docs["keep"], docs["drop"]
+    assert keep["levels"] == drop["levels"] and len(keep["levels"]) == 8  # every seed's rows, either way
+    assert [(r["seed"], r["level"]) for r in keep["levels"] if r["unstable"]] == [(0, 2)]
+    assert {r["unstable"] for r in keep["levels"] if (r["seed"], r["level"]) != (0, 2)} == {""}
+    acc = {(r["seed"], r["level"]): r["test_acc"] for r in keep["levels"]}
+    assert keep["mean"][2]["seeds"] == 2 and keep["mean"][2]["test_acc"] == pytest.approx((acc[0, 2] + acc[1, 2]) / 2)
+    assert drop["mean"][2]["seeds"] == 1 and drop["mean"][2]["test_acc"] == pytest.approx(acc[1, 2])
+    assert "test_acc_sd" not in drop["mean"][2] and keep["mean"][1] == drop["mean"][1]
+    assert (keep["unstable"], drop["unstable"]) == ("keep", "drop")
+
+    assert main(args + ["--format", "markdown", "--unstable", "drop"]) == 0
+    md = capsys.readouterr().out
+    assert "The means leave out the levels that ended unstable (--unstable drop): seed 0 level 2." in md
+    assert f"| 2 | {100 * keep['mean'][2]['sparsity']:.2f} | {100 * acc[1, 2]:.2f} |" in md
+    assert main(args + ["--format", "markdown"]) == 0
+    assert "leave out" not in capsys.readouterr().out
+    assert main(args + ["--unstable", "drop"]) == 0
+    assert "seed 0 level 2" in capsys.readouterr().out.replace("\n", " ")  # the table's caption
+
+    for stage in store.index.run_stages(run_id).values():
+        _end_unstable(store, stage)
+    assert main(args + ["--unstable", "drop"]) == 2
+    assert capsys.readouterr().err.strip() == ("sparsedd: error: every level ended unstable: no mean is left with "
+                                               "--unstable drop; show with --unstable keep")
+    with pytest.raises(SystemExit) as bad:  # argparse's own refusal
+        main(args + ["--unstable", "maybe"])
+    assert bad.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err
 
 
 def test_plot_draws_the_means_with_or_without_the_unstable_level(two_seeds, monkeypatch, tmp_path, capsys):

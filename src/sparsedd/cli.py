@@ -163,7 +163,7 @@ def _note_troubles(store, run_id: str, curve) -> None:
         print(f"sparsedd: note: {len(notes) - 5} more levels of run {run_id} ended unstable", file=sys.stderr)
     if notes:
         print(f"sparsedd: note: `{phases_without_unstable(run_id, store.root)}` finds the phases without "
-              f"{'it' if len(notes) == 1 else 'them'}", file=sys.stderr)
+              f"{'it' if len(notes) == 1 else 'them'}; show, plot and claims take --unstable drop", file=sys.stderr)
 
 
 def _unstable_end_of(store, stage_id: str) -> dict | None:
@@ -251,22 +251,36 @@ def _run_and_curve(args):
 
 
 def cmd_show(args) -> int:
+    from .analysis.curves import without_unstable
     from .report.tables import curve_markdown, curve_table, json_safe, level_rows, mean_rows
     from .results import run_config
 
     store, run_id, curve = _run_and_curve(args)
-    if args.format == "json":  # levels: per seed (and level); mean: over the seeds, per level
-        doc = {"run": run_id, "config": run_config(store, run_id), "levels": level_rows(curve), "mean": mean_rows(curve)}
+    kept = without_unstable(curve, args.unstable)  # what the means are over
+    if not len(kept):
+        raise SparseddError("every level ended unstable: no mean is left with --unstable drop; show with "
+                            "--unstable keep")
+    if args.format == "json":  # levels: per seed (and level), all of them; mean: over the seeds, per level
+        doc = {"run": run_id, "config": run_config(store, run_id), "levels": level_rows(curve), "mean": mean_rows(kept),
+               "unstable": args.unstable}
         print(json.dumps(json_safe(doc), indent=1, allow_nan=False))
         return 0
     if args.format == "markdown":
-        print(curve_markdown(curve))
+        print(curve_markdown(kept, dropped=_dropped(curve, kept)))
     else:
         from rich.console import Console
 
-        Console().print(curve_table(run_id, curve))
+        Console().print(curve_table(run_id, kept, dropped=_dropped(curve, kept)))
     _note_troubles(store, run_id, curve)
     return 0
+
+
+def _dropped(curve, kept) -> list[tuple[int, int]] | None:
+    """The (seed, level) pairs left out of the means (None where nothing was dropped: ``--unstable keep``)."""
+    if len(kept) == len(curve):
+        return None
+    gone = curve.loc[curve.index.difference(kept.index)]
+    return [(int(r.seed), int(r.level)) for r in gone.itertuples()]
 
 
 def cmd_plot(args) -> int:
@@ -351,7 +365,7 @@ def cmd_analyze(args) -> int:
 def cmd_report(args) -> int:
     from .report.html import write_report
 
-    path = write_report(args.root, args.runs, args.out)
+    path = write_report(args.root, args.runs, args.out, args.unstable)
     print(path)
     return 0
 
@@ -530,6 +544,10 @@ def _format(parser: argparse.ArgumentParser, *choices: str) -> None:
     parser.add_argument("--format", choices=("table", *choices), default="table")
 
 
+def _unstable_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--unstable", choices=("keep", "drop"), default="keep", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparsedd", description="Sparse double descent: iterative pruning under label noise.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -549,10 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     _format(ls, "json")
     ls.set_defaults(func=cmd_ls)
 
-    sh = command("show", "the per-level curve of a run", "root")
-    sh.add_argument("run", help="run id (or a unique prefix)")
-    _format(sh, "json", "markdown")
-    sh.set_defaults(func=cmd_show)
+    _add_views(command)
 
     from .analysis.runner import ANALYSES
 
@@ -566,11 +581,6 @@ def build_parser() -> argparse.ArgumentParser:
     _format(an, "json")
     an.set_defaults(func=cmd_analyze)
 
-    rp = command("report", "an HTML report (figures as PNG and PDF, tables as CSV) of runs", "root")
-    rp.add_argument("runs", nargs="+", help="run ids (or unique prefixes); several are also overlaid")
-    rp.add_argument("--out", required=True, help="output folder; DIR/index.html is the page")
-    rp.set_defaults(func=cmd_report)
-
     _add_bench(command)
     _add_sweep(command)
     _add_claims(command)
@@ -582,14 +592,31 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--repair", action="store_true", help="repair what the check finds")
     dr.set_defaults(func=cmd_doctor)
 
+    return p
+
+
+def _add_views(command) -> None:
+    """`sparsedd show`, `plot` and `report`: what a run's levels look like, as a table, a figure or a page."""
+    sh = command("show", "the per-level curve of a run", "root")
+    sh.add_argument("run", help="run id (or a unique prefix)")
+    _format(sh, "json", "markdown")
+    _unstable_flag(sh, "the means over seeds: with the levels whose last epoch ended unstable (keep, default) or "
+                       "without them (drop); the per-seed rows of --format json list them either way")
+    sh.set_defaults(func=cmd_show)
+
+    rp = command("report", "an HTML report (figures as PNG and PDF, tables as CSV) of runs", "root")
+    rp.add_argument("runs", nargs="+", help="run ids (or unique prefixes); several are also overlaid")
+    rp.add_argument("--out", required=True, help="output folder; DIR/index.html is the page")
+    _unstable_flag(rp, "the levels whose last epoch ended unstable, marked x: in the means, phases and distances "
+                       "(keep, default) or left out of them (drop); the table of every level keeps them")
+    rp.set_defaults(func=cmd_report)
+
     pl = command("plot", "plot accuracy against sparsity", "root")
     pl.add_argument("run", help="run id (or a unique prefix)")
     pl.add_argument("--out", default=None, help="output PNG (default: RUN.png)")
-    pl.add_argument("--unstable", choices=("keep", "drop"), default="keep",
-                    help="the levels whose last epoch ended unstable, marked x: in the lines (keep, default) or "
-                         "left out of them (drop)")
+    _unstable_flag(pl, "the levels whose last epoch ended unstable, marked x: in the lines (keep, default) or "
+                       "left out of them (drop)")
     pl.set_defaults(func=cmd_plot)
-    return p
 
 
 def _add_bench(command) -> None:
@@ -658,9 +685,8 @@ def _add_claims(command) -> None:
     cl.add_argument("--executor", choices=("local", "inline"), default="local",
                     help="local: one process per sweep task (default); inline: every task in this process, one "
                          "after the other (no start-up cost; for small configurations)")
-    cl.add_argument("--unstable", choices=("keep", "drop"), default="keep",
-                    help="the levels whose last epoch ended unstable (`sparsedd show` notes them): measured as they "
-                         "are (keep, default) or left out (drop; saved as another result); listed either way")
+    _unstable_flag(cl, "the levels whose last epoch ended unstable (`sparsedd show` notes them): measured as they "
+                       "are (keep, default) or left out (drop; saved as another result); listed either way")
     _format(cl, "json", "markdown")
     cl.set_defaults(func=cmd_claims)
 

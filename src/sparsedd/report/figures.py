@@ -46,17 +46,24 @@ def shade_phases(ax, phases: dict[str, Any] | None, last_sparsity: float) -> Non
             ax.axvspan(a, b, color=PHASE_COLORS[name], zorder=0, label=f"{name} phase")
 
 
-def fig_curve(levels: pd.DataFrame, phases: dict[str, Any] | None, title: str):
+def fig_curve(levels: pd.DataFrame, phases: dict[str, Any] | None, title: str, unstable: str = "keep"):
+    """Test and train accuracy against sparsity, the ``phases`` shaded; the levels that ended unstable marked x,
+    and left out of the lines and bands with ``unstable="drop"``."""
+    from ..analysis.curves import without_unstable
+
+    drawn = without_unstable(levels, unstable)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     shade_phases(ax, phases, float(levels["sparsity"].max()))
-    _band(ax, levels, "test_acc", "test accuracy", "tab:blue")
-    if "test_acc_at_best_val" in levels and levels["test_acc_at_best_val"].notna().any():
-        _band(ax, levels, "test_acc_at_best_val", "at the best validation epoch", "tab:orange", ls=":")
-    ax.axhline(100 * summarize(levels, "test_acc")["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
-    mark_unstable(ax, levels)
+    _band(ax, drawn, "test_acc", "test accuracy", "tab:blue")
+    if "test_acc_at_best_val" in drawn and drawn["test_acc_at_best_val"].notna().any():
+        _band(ax, drawn, "test_acc_at_best_val", "at the best validation epoch", "tab:orange", ls=":")
+    dense = summarize(drawn, "test_acc")
+    if dense["level"].iloc[0] == 0:  # (none where every seed's dense level was dropped)
+        ax.axhline(100 * dense["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+    mark_unstable(ax, levels, dropped=unstable == "drop")
     ax.set_ylabel("test accuracy (%)")
-    _band(ax2, levels, "train_acc_noisy", "train, noisy labels", "tab:red")
-    _band(ax2, levels, "train_acc_clean", "train, true labels", "tab:green", ls="--")
+    _band(ax2, drawn, "train_acc_noisy", "train, noisy labels", "tab:red")
+    _band(ax2, drawn, "train_acc_clean", "train, true labels", "tab:green", ls="--")
     ax2.set_ylabel("train accuracy (%)")
     for a in (ax, ax2):
         _xaxis(a, levels["sparsity"], sparsity_label(levels))

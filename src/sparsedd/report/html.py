@@ -11,7 +11,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..analysis.curves import distance_table, phases_table, phases_without_unstable
+from ..analysis.curves import (check_unstable, distance_table, phases_table, phases_without_unstable,
+                               without_unstable)
 from ..errors import SparseddError
 from ..inputs import folder
 from ..results import load, resolve_run, run_config
@@ -177,8 +178,8 @@ def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
         w.p("<br>".join(html.escape(t) for t in texts(doc)))
 
 
-def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str, root: Path) -> None:
-    """Which levels ended unstable (marked x in the curve), and how to find the phases without them."""
+def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str, root: Path, unstable: str) -> None:
+    """Which levels ended unstable (marked x in the curve), and whether the means and phases include them."""
     bad = levels[levels["unstable"] != ""].sort_values(["seed", "level"])
     if not len(bad):
         return
@@ -186,13 +187,20 @@ def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str, root: Pat
                       for s, lv, k in zip(bad["seed"], bad["level"], bad["unstable"]))
     w.p(f"{len(bad)} level(s) ended unstable (marked x): {which}. Their final accuracies are not what their masks "
         "learn (evaluation: evaluated far worse than trained, e.g. batch norm on population statistics; training: "
-        "the training loss blew up late). The means and phases here include them; "
-        f"<code>{html.escape(phases_without_unstable(run_id, root))}</code> finds the phases without them.")
+        "the training loss blew up late). " +
+        ("The means, phases and distances here leave them out (<code>--unstable drop</code>); the table of every "
+         "level keeps them." if unstable == "drop" else
+         "The means, phases and distances here include them; <code>sparsedd report ... --unstable drop</code> "
+         f"leaves them out, and <code>{html.escape(phases_without_unstable(run_id, root))}</code> finds the phases "
+         "without them."))
 
 
-def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> Path:
+def write_report(root: str | Path | None, runs: list[str], out: str | Path, unstable: str = "keep") -> Path:
     """The report of ``runs`` in ``out``. Everything read from the store is escaped in the page (the
-    store may come from elsewhere), and file names are built from run ids checked as hex."""
+    store may come from elsewhere), and file names are built from run ids checked as hex. ``unstable="drop"``
+    leaves each seed's levels that ended unstable out of the means, phases and distances (they stay marked x
+    and in the table of every level)."""
+    check_unstable(unstable, "--")
     out = folder(out, "--out", writable=True)  # before anything is read or written
     store = Store(root)
     run_ids = [resolve_run(store, r) for r in runs]
@@ -202,49 +210,59 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path) -> P
     w.p("Made by <code>sparsedd report</code>. Accuracies are fractions of the test set (clean labels) and of the "
         f"training set (noisy or true labels); sparsity counts the {sparsity_words(res.levels[res.levels['run_id'].isin(run_ids)])} "
         "removed. Bands span the seeds' "
-        "minimum to maximum.")
+        "minimum to maximum." + (" Levels that ended unstable are left out of the means (--unstable drop)."
+                                 if unstable == "drop" else ""))
     _claims_section(w, store, run_ids)
     if len(run_ids) > 1:
         labels = _differences(configs)
         w.h("Runs overlaid")
         w.p("<br>".join(f"<code>{html.escape(r)}</code>: {html.escape(labels[r])}" for r in run_ids))
-        curves = [(plain(labels[r]), res.levels[res.levels["run_id"] == r]) for r in run_ids]
+        curves = [(plain(labels[r]), without_unstable(res.levels[res.levels["run_id"] == r], unstable))
+                  for r in run_ids]
         w.figure(F.fig_overlay([c for c in curves if len(c[1])], "test accuracy against sparsity"), "overlay",
                  "Test accuracy of every run (mean over seeds), labelled by the settings in which they differ.")
     for r in run_ids:
-        cfg = configs[r]
-        levels = res.levels[res.levels["run_id"] == r]
-        w.h(run_title(cfg, r))
-        title = plain(run_title(cfg, r))  # for the figures
-        if not len(levels):
-            w.p("No finished level yet.")
-            continue
-        phases = phases_table(store, r) if levels["level"].nunique() >= 3 else pd.DataFrame()
-        mean_phases = None
-        if len(phases):
-            m = phases[phases["seed"] == "mean"]
-            if len(m) and bool(m["found"].iloc[0]):
-                mean_phases = {"found": True, **{row["phase"]: {"level": row["level"], "sparsity": row["sparsity"]}
-                                                 for _, row in m.iterrows()}}
-        w.figure(F.fig_curve(levels, mean_phases, title), f"{r}-curve",
-                 "Test accuracy (left) and train accuracy on the noisy and true labels (right) against sparsity, "
-                 "with the phases found on the seed mean shaded (light, critical, sweet, collapsed).")
-        _unstable_paragraph(w, levels, r, store.root)
-        w.table(levels.drop(columns=["run_id", "layer_sparsity"]).reset_index(drop=True), f"{r}-levels",
-                "Every level and seed", show=False)
-        if len(phases):
-            w.table(phases, f"{r}-phases", "Phases (rule: see sparsedd.analysis.phases)")
-        dist = distance_table(store, r)
-        rho = dist[dist["seed"] == "mean"]["spearman"].iloc[0]
-        w.figure(F.fig_distance(levels, None if pd.isna(rho) else float(rho), title), f"{r}-distance",
-                 "Learning distance ||w - w_init||_2 over the weights each level has (from the dense initialization under "
-                 "its mask) beside test accuracy.")
-        w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
-        _analysis_sections(w, res, r, title)
-        _selection_section(w, levels, cfg, r)
+        _run_section(w, store, res, r, configs[r], unstable)
     from .tensorboard import available, write_tensorboard
 
     if available():
         write_tensorboard(store.root, run_ids, w.out / "tensorboard")
         w.p(f"TensorBoard event files: <code>tensorboard --logdir {html.escape(str(w.out / 'tensorboard'))}</code>")
     return w.write("sparsedd report: " + ", ".join(run_ids))
+
+
+def _mean_phases(phases: pd.DataFrame) -> dict[str, Any] | None:
+    """The phases found on the seed mean, as the curve figure shades them (None where none were found)."""
+    m = phases[phases["seed"] == "mean"] if len(phases) else phases
+    if not len(m) or not bool(m["found"].iloc[0]):
+        return None
+    return {"found": True, **{row["phase"]: {"level": row["level"], "sparsity": row["sparsity"]} for _, row in m.iterrows()}}
+
+
+def _run_section(w: _Writer, store: Store, res, r: str, cfg: dict[str, Any], unstable: str) -> None:
+    """One run's part of the page: its curve and phases, its levels, learning distance and analyses."""
+    levels = res.levels[res.levels["run_id"] == r]
+    w.h(run_title(cfg, r))
+    title = plain(run_title(cfg, r))  # for the figures
+    kept = without_unstable(levels, unstable)
+    if not len(kept):
+        w.p("No finished level yet." if not len(levels) else
+            "Every level ended unstable: nothing is left with --unstable drop.")
+        return
+    phases = phases_table(store, r, unstable=unstable) if kept["level"].nunique() >= 3 else pd.DataFrame()
+    w.figure(F.fig_curve(levels, _mean_phases(phases), title, unstable), f"{r}-curve",
+             "Test accuracy (left) and train accuracy on the noisy and true labels (right) against sparsity, "
+             "with the phases found on the seed mean shaded (light, critical, sweet, collapsed).")
+    _unstable_paragraph(w, levels, r, store.root, unstable)
+    w.table(levels.drop(columns=["run_id", "layer_sparsity"]).reset_index(drop=True), f"{r}-levels",
+            "Every level and seed", show=False)
+    if len(phases):
+        w.table(phases, f"{r}-phases", "Phases (rule: see sparsedd.analysis.phases)")
+    dist = distance_table(store, r, unstable=unstable)
+    rho = dist[dist["seed"] == "mean"]["spearman"].iloc[0]
+    w.figure(F.fig_distance(kept, None if pd.isna(rho) else float(rho), title), f"{r}-distance",
+             "Learning distance ||w - w_init||_2 over the weights each level has (from the dense initialization under "
+             "its mask) beside test accuracy.")
+    w.table(dist, f"{r}-distance", "Spearman correlation of learning distance and test accuracy over levels")
+    _analysis_sections(w, res, r, title)
+    _selection_section(w, levels, cfg, r)

@@ -57,6 +57,8 @@ def level_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
         if multi:
             row["seed"] = int(r["seed"])
         row.update({k: json_value(r[k]) for k in LEVEL_FIELDS if k != "level"})
+        if "unstable" in r:  # how its last epoch ended unstable ("evaluation", "training"), "" where it did not
+            row["unstable"] = r["unstable"]
         if "sparsity_of" in r:
             row["sparsity_of"] = r["sparsity_of"]
         rows.append(row)
@@ -91,8 +93,18 @@ def sparsity_words(curve: pd.DataFrame) -> str:
     return "prunable weights" if counts == {"prunable"} else "weights (prunable or every weight, by run)"
 
 
-def curve_table(run_id: str, curve: pd.DataFrame):
-    """The curve as a rich table (mean over seeds)."""
+def dropped_words(dropped: list[tuple[int, int]] | None) -> str:
+    """What the means leave out (``show --unstable drop``), in words; "" where nothing was left out."""
+    if not dropped:
+        return ""
+    which = ", ".join(f"seed {s} level {lv}" for s, lv in dropped[:5]) + (f" and {len(dropped) - 5} more"
+                                                                          if len(dropped) > 5 else "")
+    return f"the means leave out the levels that ended unstable (--unstable drop): {which}"
+
+
+def curve_table(run_id: str, curve: pd.DataFrame, dropped: list[tuple[int, int]] | None = None):
+    """The curve as a rich table (mean over seeds, without the ``dropped`` (seed, level) pairs' rows, which
+    ``curve`` no longer has)."""
     from rich.table import Table
 
     seeds = curve["seed"].nunique()
@@ -100,7 +112,8 @@ def curve_table(run_id: str, curve: pd.DataFrame):
                   caption=f"% of: sparsity: {sparsity_words(curve)} removed; test, best: final and best test accuracy; "
                           "train, clean: train accuracy on the noisy and the true labels; "
                           "memo: corrupted examples fitted; dist: ||w - w_init|| over the weights the level has; "
-                          "-: none (memo without label noise) or not finite (a diverged run)")
+                          "-: none (memo without label noise) or not finite (a diverged run)"
+                          + (f"; {dropped_words(dropped)}" if dropped else ""))
     for col in ("level", "sparsity", "test", "best", "train", "clean", "memo", "dist"):
         table.add_column(col, justify="right")
     cols = {c: summarize(curve, c) for c in LEVEL_FIELDS[2:]}
@@ -110,17 +123,17 @@ def curve_table(run_id: str, curve: pd.DataFrame):
     return table
 
 
-def curve_markdown(curve: pd.DataFrame) -> str:
-    """The curve as a Markdown table (mean over seeds; min-max when there are several)."""
+def curve_markdown(curve: pd.DataFrame, dropped: list[tuple[int, int]] | None = None) -> str:
+    """The curve as a Markdown table (mean over seeds; min-max where a level has several), with a line after it
+    naming the ``dropped`` (seed, level) pairs where there are any."""
     cols = {c: summarize(curve, c) for c in LEVEL_FIELDS[2:]}
-    multi = curve["seed"].nunique() > 1
     head = ["level", "sparsity %", "test acc %", "best test acc %", "train acc noisy %", "train acc clean %",
             "memorized %", "distance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
 
     def pct(c, i):
         m = _cell(cols[c]['mean'][i], 100)
-        if not multi or m == "-":
+        if cols[c]['n'][i] < 2 or m == "-":  # one seed there: no range (also where the others were dropped)
             return m
         return m + f" ({100 * cols[c]['lo'][i]:.1f}-{100 * cols[c]['hi'][i]:.1f})"
 
@@ -128,4 +141,4 @@ def curve_markdown(curve: pd.DataFrame) -> str:
         row = [str(int(level)), _cell(cols['test_acc']['sparsity'][i], 100),
                *(pct(c, i) for c in PERCENT), _cell(cols['distance']['mean'][i])]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([f"\n{dropped_words(dropped).capitalize()}."] if dropped else []))
