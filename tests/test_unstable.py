@@ -188,7 +188,7 @@ def test_distance_keeps_or_drops_the_unstable_level(two_seeds, capsys):
     assert capsys.readouterr().err.strip() == "sparsedd: error: distance: unstable must be one of keep, drop, got 'maybe'"
 
 
-def test_show_means_keep_or_drop_the_unstable_level_and_the_per_seed_rows_name_it(two_seeds, capsys):
+def test_show_means_keep_or_drop_the_unstable_level_and_the_per_seed_rows_name_it(two_seeds, capsys, tmp_path):
     store, run_id = two_seeds
     args = ["show", run_id, "--root", str(store.root)]
     docs = {}
@@ -220,6 +220,8 @@ def test_show_means_keep_or_drop_the_unstable_level_and_the_per_seed_rows_name_i
     assert main(args + ["--unstable", "drop"]) == 2
     assert capsys.readouterr().err.strip() == ("sparsedd: error: every level ended unstable: no mean is left with "
                                                "--unstable drop; show with --unstable keep")
+    assert main(["report", run_id, "--root", str(store.root), "--out", str(tmp_path / "r"), "--unstable", "drop"]) == 0
+    assert "Every level ended unstable: nothing is left with --unstable drop" in (tmp_path / "r" / "index.html").read_text()
     with pytest.raises(SystemExit) as bad:  # argparse's own refusal
         main(args + ["--unstable", "maybe"])
     assert bad.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err

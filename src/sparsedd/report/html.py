@@ -247,7 +247,7 @@ def _run_section(w: _Writer, store: Store, res, r: str, cfg: dict[str, Any], uns
     kept = without_unstable(levels, unstable)
     if not len(kept):
         w.p("No finished level yet." if not len(levels) else
-            "Every level ended unstable: nothing is left with --unstable drop.")
+            "Every level ended unstable: nothing is left with --unstable drop; report with --unstable keep.")
         return
     phases = phases_table(store, r, unstable=unstable) if kept["level"].nunique() >= 3 else pd.DataFrame()
     w.figure(F.fig_curve(levels, _mean_phases(phases), title, unstable), f"{r}-curve",
