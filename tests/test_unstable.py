@@ -71,7 +71,7 @@ def test_show_says_which_levels_ended_unstable(tmp_path, tiny_sets, capsys):
     assert main(["show", run_id, "--root", str(root)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[1] == (f"sparsedd: note: `sparsedd analyze {run_id} phases --root {root} --set unstable=drop` finds "
-                      "the phases without it; show, plot and claims take --unstable drop")
+                      "the phases without it; show, plot, report and claims take --unstable drop")
     assert len(err) == 2 and err[0].startswith("sparsedd: note: seed 0 level 1: it evaluates far worse than it "
                                                "trained in its last epoch (training loss 22.1 evaluated, 1.39 "
                                                "while training;"), err

@@ -163,7 +163,7 @@ def _note_troubles(store, run_id: str, curve) -> None:
         print(f"sparsedd: note: {len(notes) - 5} more levels of run {run_id} ended unstable", file=sys.stderr)
     if notes:
         print(f"sparsedd: note: `{phases_without_unstable(run_id, store.root)}` finds the phases without "
-              f"{'it' if len(notes) == 1 else 'them'}; show, plot and claims take --unstable drop", file=sys.stderr)
+              f"{'it' if len(notes) == 1 else 'them'}; show, plot, report and claims take --unstable drop", file=sys.stderr)
 
 
 def _unstable_end_of(store, stage_id: str) -> dict | None:
