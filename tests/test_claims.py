@@ -451,19 +451,30 @@ def test_claims_bad_input(tmp_path, capsys, extra, words):
     assert not (tmp_path / "stages").exists()
 
 
-def test_a_damaged_claims_result_stops_the_report_with_one_line_and_writes_nothing(claims_root, capsys, tmp_path):
+def test_a_damaged_claims_result_is_named_in_the_report_not_shown_and_doctor_sets_it_aside(claims_root, capsys,
+                                                                                            tmp_path):
     root, args = claims_root
     if not (root / "claims").exists():
         assert main(args) == 0
     capsys.readouterr()
     copy = tmp_path / "copy"  # the module's store stays as the other tests find it
     shutil.copytree(root, copy)
-    saved = sorted((copy / "claims").glob("*.json"))[0]
+    saved = max((copy / "claims").glob("*.json"), key=lambda p: len(json.loads(p.read_text())["claims"]))
     runs = list(dict.fromkeys(json.loads(saved.read_text())["runs"].values()))
     saved.write_text(re.sub(r'"claim": \d', '"claim": 9', saved.read_text(), count=1))  # a changed claim number
     assert saved.read_text() != (root / "claims" / saved.name).read_text()
-    out = tmp_path / "report"
-    assert main(["report", *runs, "--root", str(copy), "--out", str(out)]) == 2
+    report = ["report", *runs, "--root", str(copy)]
+    assert main([*report, "--out", str(tmp_path / "report")]) == 0  # the rest of the report stands
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and saved.name in err[0] and "damaged" in err[0] and "sparsedd claims" in err[0]
-    assert not (out / "index.html").exists()
+    assert len(err) == 1 and err[0].startswith("sparsedd: note: ") and saved.name in err[0] and "damaged" in err[0]
+    assert "sparsedd doctor --repair" in err[0]
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert saved.name in page and "damaged" in page and page.count("Claims (preset") == 1  # --only 4,5, intact
+    assert not (tmp_path / "report" / "tables" / f"claims-{saved.stem}.csv").exists()
+
+    assert main(["doctor", "--root", str(copy)]) == 1
+    assert f"claims result {saved} is damaged" in capsys.readouterr().out
+    assert main(["doctor", "--root", str(copy), "--repair"]) == 0
+    assert not saved.exists() and saved.with_name(saved.name + ".damaged").exists()
+    capsys.readouterr()
+    assert main([*report, "--out", str(tmp_path / "again")]) == 0 and "damaged" not in capsys.readouterr().err

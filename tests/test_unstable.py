@@ -71,7 +71,7 @@ def test_show_says_which_levels_ended_unstable(tmp_path, tiny_sets, capsys):
     assert main(["show", run_id, "--root", str(root)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[1] == (f"sparsedd: note: `sparsedd analyze {run_id} phases --root {root} --set unstable=drop` finds "
-                      "the phases without it; show, plot, report and claims take --unstable drop")
+                      "the phases without it; show, plot and report take --unstable drop")
     assert len(err) == 2 and err[0].startswith("sparsedd: note: seed 0 level 1: it evaluates far worse than it "
                                                "trained in its last epoch (training loss 22.1 evaluated, 1.39 "
                                                "while training;"), err
@@ -140,7 +140,7 @@ def test_results_phases_plots_and_report_know_the_unstable_level(two_seeds, monk
     assert marked.get_offsets().shape == (1, 2)
     page = write_report(store.root, [run_id], tmp_path / "report").read_text()
     assert "1 level(s) ended unstable (marked x): seed 0 level 2 (evaluation)." in page
-    assert "The means, phases and distances here include them" in page
+    assert "The curves' means, the phases and the learning distances here include them" in page
 
     # --unstable drop: the same levels marked, the lines and the tables without them
     fig = fig_curve(levels, None, "t", unstable="drop")
@@ -151,12 +151,15 @@ def test_results_phases_plots_and_report_know_the_unstable_level(two_seeds, monk
     out = tmp_path / "dropped"
     assert main(["report", run_id, "--root", str(store.root), "--out", str(out), "--unstable", "drop"]) == 0
     page = (out / "index.html").read_text()
-    assert "The means, phases and distances here leave them out" in page
+    assert "The curves' means, the phases and the learning distances here leave them out" in page
     dist = pd.read_csv(out / "tables" / f"{run_id}-distance.csv")
     assert dist[dist["seed"] == "0"]["levels"].iloc[0] == "[0, 1, 3]"
     assert len(pd.read_csv(out / "tables" / f"{run_id}-levels.csv")) == 8  # every level, the unstable one too
     phases = pd.read_csv(out / "tables" / f"{run_id}-phases.csv")
-    assert len(phases) == len(phases_table(store, run_id, unstable="drop"))
+    expected = phases_table(store, run_id, unstable="drop")
+    assert phases["level"].tolist() == expected["level"].tolist() and phases["phase"].tolist() == expected["phase"].tolist()
+    assert expected["level"].tolist() != phases_table(store, run_id)["level"].tolist() or \
+        expected["seed"].tolist() != phases_table(store, run_id)["seed"].tolist()  # drop changes them here
 
     _end_unstable(store, store.index.run_stages(run_id)[(1, 0)])  # seed 1's dense level too: no baseline left
     table = phases_table(store, run_id, unstable="drop")
@@ -204,7 +207,11 @@ def test_show_means_keep_or_drop_the_unstable_level_and_the_per_seed_rows_name_i
     assert keep["mean"][2]["seeds"] == 2 and keep["mean"][2]["test_acc"] == pytest.approx((acc[0, 2] + acc[1, 2]) / 2)
     assert drop["mean"][2]["seeds"] == 1 and drop["mean"][2]["test_acc"] == pytest.approx(acc[1, 2])
     assert "test_acc_sd" not in drop["mean"][2] and keep["mean"][1] == drop["mean"][1]
-    assert (keep["unstable"], drop["unstable"]) == ("keep", "drop")
+    assert (keep["unstable_levels"], drop["unstable_levels"]) == ("keep", "drop")
+    assert main(args) == 0
+    assert "take --unstable drop" in capsys.readouterr().err  # the hint, not where the means already leave them out
+    assert main(args + ["--unstable", "drop"]) == 0
+    assert "take --unstable drop" not in capsys.readouterr().err
 
     assert main(args + ["--format", "markdown", "--unstable", "drop"]) == 0
     md = capsys.readouterr().out
@@ -219,9 +226,21 @@ def test_show_means_keep_or_drop_the_unstable_level_and_the_per_seed_rows_name_i
         _end_unstable(store, stage)
     assert main(args + ["--unstable", "drop"]) == 2
     assert capsys.readouterr().err.strip() == ("sparsedd: error: every level ended unstable: no mean is left with "
-                                               "--unstable drop; show with --unstable keep")
+                                               "--unstable drop; show with --unstable keep (or --format json for the "
+                                               "per-seed rows)")
+    assert main(args + ["--unstable", "drop", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["mean"] == [] and len(doc["levels"]) == 8 and all(r["unstable"] for r in doc["levels"])
     assert main(["report", run_id, "--root", str(store.root), "--out", str(tmp_path / "r"), "--unstable", "drop"]) == 0
     assert "Every level ended unstable: nothing is left with --unstable drop" in (tmp_path / "r" / "index.html").read_text()
+    other = [*TINY, "prune.levels=1", "data.noise=0.4"]  # a second run, every level unstable too: nothing to overlay
+    assert main(["run", "--root", str(store.root), "--no-progress", *[x for s in other for x in ("--set", s)]]) == 0
+    [second] = [r for r in store.index.run_ids() if r != run_id]
+    for stage in store.index.run_stages(second).values():
+        _end_unstable(store, stage)
+    assert main(["report", run_id, second, "--root", str(store.root), "--out", str(tmp_path / "two"),
+                 "--unstable", "drop"]) == 0
+    assert "No run has a level to overlay left with --unstable drop." in (tmp_path / "two" / "index.html").read_text()
     with pytest.raises(SystemExit) as bad:  # argparse's own refusal
         main(args + ["--unstable", "maybe"])
     assert bad.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err

@@ -145,7 +145,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _note_troubles(store, run_id: str, curve) -> None:
+def _note_troubles(store, run_id: str, curve, hint: bool = True) -> None:
     """One line on stderr where the run diverged (its status says so too; the exit code stays 0: a
     diverged run is a result, e.g. of a learning rate too high), and one per level whose training blew
     up or evaluated far worse than it trained at its end (:func:`sparsedd.training.loop.unstable_end`), up to a few."""
@@ -161,9 +161,9 @@ def _note_troubles(store, run_id: str, curve) -> None:
         print(note, file=sys.stderr)
     if len(notes) > 5:
         print(f"sparsedd: note: {len(notes) - 5} more levels of run {run_id} ended unstable", file=sys.stderr)
-    if notes:
+    if notes and hint:  # (not where the means already leave them out)
         print(f"sparsedd: note: `{phases_without_unstable(run_id, store.root)}` finds the phases without "
-              f"{'it' if len(notes) == 1 else 'them'}; show, plot, report and claims take --unstable drop", file=sys.stderr)
+              f"{'it' if len(notes) == 1 else 'them'}; show, plot and report take --unstable drop", file=sys.stderr)
 
 
 def _unstable_end_of(store, stage_id: str) -> dict | None:
@@ -257,21 +257,21 @@ def cmd_show(args) -> int:
 
     store, run_id, curve = _run_and_curve(args)
     kept = without_unstable(curve, args.unstable)  # what the means are over
-    if not len(kept):
-        raise SparseddError("every level ended unstable: no mean is left with --unstable drop; show with "
-                            "--unstable keep")
     if args.format == "json":  # levels: per seed (and level), all of them; mean: over the seeds, per level
         doc = {"run": run_id, "config": run_config(store, run_id), "levels": level_rows(curve), "mean": mean_rows(kept),
-               "unstable": args.unstable}
+               "unstable_levels": args.unstable}
         print(json.dumps(json_safe(doc), indent=1, allow_nan=False))
         return 0
+    if not len(kept):
+        raise SparseddError("every level ended unstable: no mean is left with --unstable drop; show with "
+                            "--unstable keep (or --format json for the per-seed rows)")
     if args.format == "markdown":
         print(curve_markdown(kept, dropped=_dropped(curve, kept)))
     else:
         from rich.console import Console
 
         Console().print(curve_table(run_id, kept, dropped=_dropped(curve, kept)))
-    _note_troubles(store, run_id, curve)
+    _note_troubles(store, run_id, curve, hint=args.unstable == "keep")
     return 0
 
 

@@ -28,7 +28,7 @@ from . import config_load
 from .errors import SparseddError
 from .experiments.imp import divergence_note
 from .experiments.stages import stage_chain
-from .store import DamagedFile, Store, read_data_record, write_json
+from .store import DamagedFile, Store, read_data_record, read_json, write_json
 from .store.index import Index
 from .store.paths import BATCH_RESULT, CHECKPOINT, INDEX, RUN_CONFIG, RUNS, STAGES
 
@@ -57,13 +57,15 @@ class Examination:
     index_differs: list[str] = field(default_factory=list)  # rows that say otherwise than the stage folders
     index_compared: bool = False  # whether its rows were compared (not while a stage is being computed)
     bad_data: dict[str, str] = field(default_factory=dict)  # data record -> why it is not one
+    bad_claims: dict[str, str] = field(default_factory=dict)  # a `sparsedd claims` result -> how it is damaged
 
     def count(self, state: str) -> int:
         return sum(f.state == state for f in self.findings)
 
     @property
     def healthy(self) -> bool:
-        return (not self.count(DAMAGED) and not self.bad_runs and not self.bad_data and self.index_problem is None
+        return (not self.count(DAMAGED) and not self.bad_runs and not self.bad_data and not self.bad_claims
+                and self.index_problem is None
                 and not any(self.index_lacks.values()) and not self.index_differs)
 
 
@@ -92,6 +94,7 @@ def examine(store: Store) -> Examination:
         _, why = read_data_record(path)
         if why is not None:
             ex.bad_data[str(path)] = why
+    ex.bad_claims = _damaged_claims(store)
     ex.index_problem = store.index.problem()
     if ex.index_problem is None:
         have, want = store.index.contents(), _folder_contents(store, ex.chains)
@@ -275,6 +278,17 @@ def _folder_contents(store: Store, chains: dict[str, dict[tuple[int, int], str]]
 
 
 # --- the report
+def _damaged_claims(store: Store) -> dict[str, str]:
+    """The saved `sparsedd claims` results whose bytes are not those written, with how."""
+    bad = {}
+    for path in store.claims_files():
+        try:
+            read_json(path)
+        except DamagedFile as e:
+            bad[str(path)] = e.why
+    return bad
+
+
 def describe(store: Store, ex: Examination) -> list[str]:
     counts = [f"{ex.complete} complete"] + [f"{ex.count(s)} {s}" for s in (PARTIAL, DAMAGED, BUSY) if ex.count(s)]
     unused = f"; {ex.count(ORPHANED)} of the complete ones used by no run" if ex.count(ORPHANED) else ""
@@ -284,6 +298,7 @@ def describe(store: Store, ex: Examination) -> list[str]:
     lines += [f"  {f.state:<9} {f.stage}  {f.what:<18} {f.detail}" for f in ex.findings]
     lines += [f"  run {run_id}: its {RUN_CONFIG} cannot be read ({why})" for run_id, why in ex.bad_runs.items()]
     lines += [f"  data record {path} is damaged ({why})" for path, why in ex.bad_data.items()]
+    lines += [f"  claims result {path} is damaged ({why})" for path, why in ex.bad_claims.items()]
     if ex.index_problem is not None:
         lines.append(f"index: {ex.index_problem}")
     elif any(ex.index_lacks.values()) or ex.index_differs:
@@ -323,6 +338,10 @@ def repair(store: Store, ex: Examination) -> list[str]:
     lines += [f"data record {path}: left as it is (what data the results were made with is known from it "
               "alone); delete it if the data a run loads now are those, and the next run records them"
               for path in ex.bad_data]
+    for path in map(Path, ex.bad_claims):  # measured again from the stored runs by the command that made it
+        path.rename(path.with_name(path.name + ".damaged"))
+        lines.append(f"claims result {path}: set aside as {path.name}.damaged; the `sparsedd claims` command that "
+                     "made it writes it anew")
     old = old_runs(store)
     lines += _restore_configs(store, ex, old)
     counts = rebuild_index(store, old)

@@ -10,19 +10,24 @@ from ..store import Store
 from ..store.files import DamagedFile, read_json
 
 
-def stored(store: Store, run_ids: list[str]) -> list[dict[str, Any]]:
-    """The saved claims results whose runs are all among ``run_ids`` (for the report). Each is verified
-    against its checksum: a damaged one is an error, not a table."""
-    out = []
+def stored(store: Store, run_ids: list[str]) -> tuple[list[dict[str, Any]], list[DamagedFile]]:
+    """The saved claims results whose runs are all among ``run_ids`` (for the report), each verified against
+    its checksum; and the saved results that are damaged (which runs they were over cannot be known, so the
+    report names them rather than show them or stop)."""
+    out, damaged = [], []
     for path in store.claims_files():
         try:
             doc = read_json(path)
         except DamagedFile as e:
-            raise DamagedFile(path, e.why, "run the `sparsedd claims` command that made it again (it measures "
-                                           "it anew from the stored runs) or delete it") from None
+            damaged.append(DamagedFile(path, e.why, DAMAGED_CLAIMS_ADVICE))
+            continue
         if set(doc.get("runs", {}).values()) <= set(run_ids):
             out.append(doc)
-    return out
+    return out, damaged
+
+
+DAMAGED_CLAIMS_ADVICE = ("not shown; run the `sparsedd claims` command that made it again (it measures it anew from "
+                         "the stored runs), or `sparsedd doctor --repair` to set it aside")
 
 
 def _fmt(v: float | None) -> str:

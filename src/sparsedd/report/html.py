@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,11 @@ def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
     """The claims computed by `sparsedd claims` over runs that are all among those shown."""
     from .claims_text import HEAD, rows_for_text, stored, texts, unstable_note
 
-    for doc in stored(store, run_ids):
+    docs, damaged = stored(store, run_ids)
+    for bad in damaged:  # a damaged result is named, never shown; the rest of the report stands
+        print(f"sparsedd: note: {bad}", file=sys.stderr)
+        w.p(f"<strong>{html.escape(str(bad))}.</strong>")
+    for doc in docs:
         dropped = doc.get("unstable", {}).get("levels") == "drop"
         w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds{', unstable levels dropped' if dropped else ''})")
         roles = ", ".join(f"{role} <code>{rid}</code>" for role, rid in doc["runs"].items())
@@ -188,9 +193,11 @@ def _unstable_paragraph(w: _Writer, levels: pd.DataFrame, run_id: str, root: Pat
     w.p(f"{len(bad)} level(s) ended unstable (marked x): {which}. Their final accuracies are not what their masks "
         "learn (evaluation: evaluated far worse than trained, e.g. batch norm on population statistics; training: "
         "the training loss blew up late). " +
-        ("The means, phases and distances here leave them out (<code>--unstable drop</code>); the table of every "
-         "level keeps them." if unstable == "drop" else
-         "The means, phases and distances here include them; <code>sparsedd report ... --unstable drop</code> "
+        ("The curves' means, the phases and the learning distances here leave them out "
+         "(<code>--unstable drop</code>); the tables of every level, of the analyses and of the selection rules "
+         "keep them." if unstable == "drop" else
+         "The curves' means, the phases and the learning distances here include them; "
+         "<code>sparsedd report ... --unstable drop</code> "
          f"leaves them out, and <code>{html.escape(phases_without_unstable(run_id, root))}</code> finds the phases "
          "without them."))
 
@@ -219,8 +226,12 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path, unst
         w.p("<br>".join(f"<code>{html.escape(r)}</code>: {html.escape(labels[r])}" for r in run_ids))
         curves = [(plain(labels[r]), without_unstable(res.levels[res.levels["run_id"] == r], unstable))
                   for r in run_ids]
-        w.figure(F.fig_overlay([c for c in curves if len(c[1])], "test accuracy against sparsity"), "overlay",
-                 "Test accuracy of every run (mean over seeds), labelled by the settings in which they differ.")
+        curves = [c for c in curves if len(c[1])]
+        if curves:
+            w.figure(F.fig_overlay(curves, "test accuracy against sparsity"), "overlay",
+                     "Test accuracy of every run (mean over seeds), labelled by the settings in which they differ.")
+        else:
+            w.p("No run has a level to overlay" + (" left with --unstable drop." if unstable == "drop" else " yet."))
     for r in run_ids:
         _run_section(w, store, res, r, configs[r], unstable)
     from .tensorboard import available, write_tensorboard

@@ -108,7 +108,8 @@ def curve_table(run_id: str, curve: pd.DataFrame, dropped: list[tuple[int, int]]
     from rich.table import Table
 
     seeds = curve["seed"].nunique()
-    table = Table(title=f"run {run_id}" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+    table = Table(title=f"run {run_id}" + (f" (mean of {seeds} seeds" + ("; fewer where levels were left out)"
+                                                                        if dropped else ")") if seeds > 1 else ""),
                   caption=f"% of: sparsity: {sparsity_words(curve)} removed; test, best: final and best test accuracy; "
                           "train, clean: train accuracy on the noisy and the true labels; "
                           "memo: corrupted examples fitted; dist: ||w - w_init|| over the weights the level has; "
