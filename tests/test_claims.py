@@ -384,7 +384,7 @@ def test_the_evidence_without_unstable_levels_leaves_out_their_analyses_and_seed
     for unstable, pairs, values in (("keep", set(zip(curve["seed"], curve["level"])), [1.0, 2.0, 3.0, 4.0]),
                                     ("drop", {(0, 0), (0, 1)}, [1.0])):
         ev = claims_mod.StoreEvidence(None, runs, None, unstable)
-        ev._analyzers["r"] = SimpleNamespace(run=lambda kind, settings, levels: rows)
+        ev._analyzers["r"] = SimpleNamespace(run=lambda kind, settings, levels, progress=None: rows)
         assert set(zip(ev.curve("base")["seed"], ev.curve("base")["level"])) == pairs
         assert ev.analysis("base", "sharpness", {}, [1, 2])["top_eigenvalue"].tolist() == values
 
@@ -478,3 +478,17 @@ def test_a_damaged_claims_result_is_named_in_the_report_not_shown_and_doctor_set
     assert not saved.exists() and saved.with_name(saved.name + ".damaged").exists()
     capsys.readouterr()
     assert main([*report, "--out", str(tmp_path / "again")]) == 0 and "damaged" not in capsys.readouterr().err
+
+
+def test_claims_say_each_level_their_analyses_compute(claims_root):
+    from sparsedd.claims import run_claims
+    from sparsedd.options import ExecOptions
+
+    root, args = claims_root
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    said = []
+    run_claims(None, sets, 2, root, ExecOptions(progress=False, batch="off", sparse="off"), executor="inline",
+               progress=said.append, only=[4, 5])
+    assert said[0] == "claim 4" and "claim 5" in said
+    assert any(line.startswith("redense: seed") for line in said)  # hours on the paper's settings: not silent
+    assert any(line.startswith("sharpness: seed 1 level") for line in said)

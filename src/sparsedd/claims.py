@@ -120,8 +120,10 @@ class StoreEvidence:
     """What the claims read (:class:`sparsedd.analysis.claims.Evidence`), from the store; analyses are
     computed on first use and cached as stages, like ``sparsedd analyze``."""
 
-    def __init__(self, store: Store, runs: ClaimRuns, options: ExecOptions, unstable: str = "keep"):
+    def __init__(self, store: Store, runs: ClaimRuns, options: ExecOptions, unstable: str = "keep",
+                 progress: Callable[[str], None] | None = None):
         self.store, self.runs, self.options, self.unstable = store, runs, options, unstable
+        self.progress = progress  # a line per level an analysis computes or reads (they can take hours)
         self._analyzers: dict[str, Any] = {}
 
     def curve(self, role: str) -> pd.DataFrame:
@@ -147,7 +149,7 @@ class StoreEvidence:
         if run_id not in self._analyzers:
             self._analyzers[run_id] = Analyzer(self.store, run_id, self.options)
         parsed = parse_settings(kind, [f"{k}={v}" for k, v in settings.items()])
-        rows = self._analyzers[run_id].run(kind, parsed, levels)
+        rows = self._analyzers[run_id].run(kind, parsed, levels, progress=self.progress)
         if self.unstable == "keep":
             return rows
         kept = set(zip(*(self.curve(role)[c].astype(int) for c in ("seed", "level"))))  # what the curve kept
@@ -213,7 +215,7 @@ def run_claims(preset: str | None, sets: list[str], seeds: int | None, root: str
                             f"run the same command again to retry")
     store = Store(root)
     options.apply_threads(runs.sweep.runs[0].config.model.name)
-    doc = measure(StoreEvidence(store, runs, options, unstable), runs, progress, unstable)
+    doc = measure(StoreEvidence(store, runs, options, unstable, progress), runs, progress, unstable)
     doc["unstable"] = {"levels": unstable, "ended": ended_unstable(store, runs)}
     path = store.claims_file(doc["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
