@@ -348,7 +348,7 @@ def cmd_analyze(args) -> int:
     options = _options(args, progress=False)  # the device checked before the store is touched
     store = _store(args)
     run_id = resolve_run(store, args.run)
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)  # (the caller's file:line is no news to a user)
     analyzer = Analyzer(store, run_id, options)
     options.apply_threads(analyzer.cfg.model.name)  # the default depends on the run's model
     levels, seeds = _int_list(args.levels, "--levels"), _int_list(args.seeds, "--seeds")
@@ -489,7 +489,7 @@ def cmd_claims(args) -> int:
     from .claims import markdown, run_claims, table
 
     options = _options(args)
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)
     doc, path = run_claims(args.preset, args.set, args.seeds, args.root, options, workers=args.workers,
                            executor=args.executor, only=_int_list(args.only, "--only"),
                            progress=None if args.no_progress else console.log, unstable=args.unstable)
