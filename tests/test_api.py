@@ -30,6 +30,13 @@ def test_run_equals_the_cli_and_returns_its_results(tmp_path, capsys):
     assert set(table["seed"].astype(str)) >= {"0", "1", "mean"}
     dist = sparsedd.analyze(res.run_id, "distance", root=tmp_path / "api")
     assert dist["seed"].tolist() == [0, 1, "mean"]
+    capsys.readouterr()
+    settings = {"subsample": 32, "iters": 3}
+    quiet = sparsedd.analyze(res.run_id, "sharpness", root=tmp_path / "api", settings=settings, levels=[1])
+    assert capsys.readouterr().err == ""  # no progress unless asked
+    said = sparsedd.analyze(res.run_id, "sharpness", root=tmp_path / "api", settings=settings, levels=[1], progress=True)
+    assert capsys.readouterr().err.splitlines() == ["sparsedd: sharpness: seed 0 level 1", "sparsedd: sharpness: seed 1 level 1"]
+    assert said.equals(quiet)  # the second call read what the first computed
 
 
 @pytest.mark.parametrize("call, message", [

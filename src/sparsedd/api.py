@@ -11,6 +11,7 @@ Bad input raises :class:`sparsedd.errors.SparseddError` with the CLI's one-line 
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ def options(**values: Any):
         return ExecOptions(**values)
     except TypeError as e:  # an unknown keyword
         raise SparseddError(f"{e}; execution options are {', '.join(ExecOptions.__dataclass_fields__)}") from None
+
+
+def _said(opts) -> Any:
+    """With ``progress=True``: a line on stderr per level an analysis computes or reads (as the CLI logs them)."""
+    return (lambda line: print(f"sparsedd: {line}", file=sys.stderr, flush=True)) if opts.progress else None
 
 
 def run(preset: str | None = None, *, config: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -83,7 +89,8 @@ def load(root: str | Path | None = None) -> Results:
 def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: dict[str, Any] | None = None,
             levels: list[int] | None = None, seeds: list[int] | None = None, **execution: Any) -> pd.DataFrame:
     """One analysis of a run (an id or a unique prefix), as ``sparsedd analyze RUN KIND``: a table with a
-    row per seed and level, or the run-level table of ``distance`` and ``phases``; cached in the store."""
+    row per seed and level, or the run-level table of ``distance`` and ``phases``; cached in the store.
+    ``progress=True``: a line on stderr per level it computes or reads."""
     from .analysis.runner import Analyzer, parse_settings
     from .results import resolve_run
 
@@ -93,7 +100,7 @@ def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: di
     run_id = resolve_run(store, run)
     analyzer = Analyzer(store, run_id, opts)
     opts.apply_threads(analyzer.cfg.model.name)
-    return analyzer.run(kind, parsed, levels, seeds)
+    return analyzer.run(kind, parsed, levels, seeds, progress=_said(opts))
 
 
 def claims(preset: str | None = None, *, overrides: dict[str, Any] | None = None, seeds: int | None = None,
@@ -102,14 +109,16 @@ def claims(preset: str | None = None, *, overrides: dict[str, Any] | None = None
     """The paper's claims tested over seeds, as ``sparsedd claims``: runs what they need (reused from the
     store), saves the result and returns its rows (claim, setting, measure, value, interval, verdict).
     ``workers``: runs at once (1 runs them in this process; None: as many as cores); ``unstable="drop"``:
-    measured without the levels that ended unstable."""
+    measured without the levels that ended unstable; ``progress=True``: a line on stderr per claim and per
+    level its analyses compute or read (hours on the paper's settings)."""
     from .claims import run_claims
 
     opts = options(**execution)
     sets = [f"{k}={_set_value(v)}" for k, v in (overrides or {}).items()]
     store = _store(root, writable=True)
     doc, _ = run_claims(preset, sets, seeds, store.root, opts, workers=workers,
-                        executor="inline" if workers == 1 else "local", only=only, unstable=unstable)
+                        executor="inline" if workers == 1 else "local", only=only, unstable=unstable,
+                        progress=_said(opts))
     return pd.DataFrame(_claim_rows(doc))
 
 

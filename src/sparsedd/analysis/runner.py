@@ -145,8 +145,8 @@ class Analyzer:
                 progress(f"{kind}: seed {seed} level {level}")
             result = analysis.compute(self, seed, level, sid, settings)
             metrics = self.store.done_info(sid)["metrics"]
-            rows.append({"seed": seed, "level": level, "sparsity": metrics["sparsity"],
-                         "level_test_acc": metrics["test_acc"], **result})
+            rows.append({"seed": seed, "level": level, "sparsity": metrics["sparsity"],  # its fields sorted: the
+                         "level_test_acc": metrics["test_acc"], **dict(sorted(result.items()))})  # same, cached or not
         return pd.DataFrame(rows)
 
     # --- the seeds of one level trained stacked (as `sparsedd run` trains a level's seeds)
