@@ -262,3 +262,30 @@ def test_collapse_starts_where_the_sweet_plateau_ends():
     acc = [0.41, 0.40, 0.38, 0.37, 0.45, 0.50, 0.495, 0.492, 0.48, 0.44, 0.39, 0.35]
     p = phases.detect(*curve(acc))
     assert p.sweet.level == 5 and p.collapse.level == 8  # 0.495 and 0.492 are within tol of the top
+
+
+def test_an_analysis_says_each_level_once_as_it_trains_it_stacked_or_one_by_one(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import sparsedd.experiments.batching as batching
+    from conftest import TINY
+    from sparsedd.analysis.runner import Analyzer, parse_settings
+    from sparsedd.options import ExecOptions
+    from sparsedd.store import Store
+
+    assert main(["run", "--root", str(tmp_path / "a"), "--no-progress", "--seeds", "2",
+                 *[a for s in TINY for a in ("--set", s)]]) == 0
+    run_id = next((tmp_path / "a" / "runs").iterdir()).name
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    settings = parse_settings("redense", ["epochs=1"])
+
+    def said(root):
+        lines = []
+        Analyzer(Store(root), run_id, ExecOptions(progress=False, batch="on")).run("redense", settings, [1],
+                                                                                   progress=lines.append)
+        return lines
+
+    assert said(tmp_path / "a") == ["redense: seeds 0, 1 level 1, 2 networks stacked"]
+    assert said(tmp_path / "a") == ["redense: seed 0 level 1", "redense: seed 1 level 1"]  # read back
+    monkeypatch.setattr(batching, "stacked_size", lambda *a, **kw: 1)  # where stacking does not pay
+    assert said(tmp_path / "b") == ["redense: seed 0 level 1", "redense: seed 1 level 1"]  # as each trains

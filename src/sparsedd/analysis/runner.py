@@ -139,6 +139,7 @@ class Analyzer:
         targets = [t for t in self.targets(levels, seeds) if not (analysis.pruned_only and t[1] == 0)]
         if analysis.trainings is not None and self._writable() and self._may_stack(targets):
             self._compute_levels_stacked(kind, settings, targets, progress)
+            progress = None  # each target was said as it was computed; what follows reads them back
         rows = []
         for seed, level, sid in targets:
             if progress:
@@ -159,8 +160,10 @@ class Analyzer:
             here = [t for t in targets if t[1] == level]
             todo = [x for seed, lv, sid in here for x in analysis.trainings(self, seed, lv, sid, settings)]
             said = f"{kind}: seeds {', '.join(str(t[0]) for t in here)} level {level}, {len(todo)} networks stacked"
-            self._train_stacked(todo, lambda: progress(said) if progress else None)
+            stacked = self._train_stacked(todo, lambda: progress(said) if progress else None)
             for seed, lv, sid in here:
+                if progress and not stacked:  # trained here one by one (or read back): said one by one
+                    progress(f"{kind}: seed {seed} level {lv}")
                 analysis.compute(self, seed, lv, sid, settings)
 
     def _may_stack(self, targets: list[tuple[int, int, str]]) -> bool:
@@ -170,14 +173,15 @@ class Analyzer:
 
         return bool(targets) and stacking_allowed(self.replicate(targets[0][0]).new_model(0), self.options)
 
-    def _train_stacked(self, todo: list[Training], starting: Callable[[], None]) -> None:
+    def _train_stacked(self, todo: list[Training], starting: Callable[[], None]) -> bool:
         """Train ``todo`` as one stacked computation where they can be (same architecture, schedule, data and
-        masked layers; fresh optimizers) and that pays; their outcomes wait in ``_trained`` for :meth:`_fit`."""
+        masked layers; fresh optimizers) and that pays; their outcomes wait in ``_trained`` for :meth:`_fit`.
+        Whether they were stacked."""
         from ..experiments.batching import stackable_training, stacked_size
         from ..training.planner import train_batched
 
         if len(todo) < 2:
-            return
+            return False
         first = todo[0]
         same = all(t.cfg == first.cfg and sorted(t.mask) == sorted(first.mask) and t.optimizer_state is None
                    and (t.data.x is first.data.x or torch.equal(t.data.x, first.data.x))
@@ -187,7 +191,7 @@ class Analyzer:
         k = (stacked_size(first.model, len(todo), first.cfg.batch_size, self.options)
              if same and stackable_training(first.data, first.cfg) else 1)
         if k < 2:
-            return
+            return False
         starting()
         for i in range(0, len(todo), k):
             group = todo[i:i + k]
@@ -196,6 +200,7 @@ class Analyzer:
                                             order_keys=[t.order_key for t in group], device=self.options.device,
                                             accel=self.options.accel)
             self._trained.update({t.key: (f, r) for t, f, r in zip(group, finals, results)})
+        return True
 
     def fit(self, t: Training) -> TrainResult:
         """Train ``t.model``, or take its outcome from the stacked computation that trained it."""
