@@ -264,28 +264,41 @@ def test_collapse_starts_where_the_sweet_plateau_ends():
     assert p.sweet.level == 5 and p.collapse.level == 8  # 0.495 and 0.492 are within tol of the top
 
 
-def test_an_analysis_says_each_level_once_as_it_trains_it_stacked_or_one_by_one(tmp_path, capsys, monkeypatch):
+def test_an_analysis_says_each_level_once_before_it_trains_it_stacked_or_one_by_one(tmp_path, monkeypatch):
     import shutil
 
+    import sparsedd.analysis.runner as runner
     import sparsedd.experiments.batching as batching
+    import sparsedd.training.planner as planner
     from conftest import TINY
     from sparsedd.analysis.runner import Analyzer, parse_settings
     from sparsedd.options import ExecOptions
     from sparsedd.store import Store
 
-    assert main(["run", "--root", str(tmp_path / "a"), "--no-progress", "--seeds", "2",
+    assert main(["run", "--root", str(tmp_path / "a"), "--no-progress", "--seeds", "3",
                  *[a for s in TINY for a in ("--set", s)]]) == 0
     run_id = next((tmp_path / "a" / "runs").iterdir()).name
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for copy in "bc":
+        shutil.copytree(tmp_path / "a", tmp_path / copy)
     settings = parse_settings("redense", ["epochs=1"])
+    lines: list = []  # what is said and what trains, in order
+    real_train, real_batched = runner.train, planner.train_batched
+    monkeypatch.setattr(runner, "train", lambda *a, **kw: lines.append("TRAIN") or real_train(*a, **kw))
+    monkeypatch.setattr(planner, "train_batched",
+                        lambda states, *a, **kw: lines.append(f"STACKED {len(states)}") or real_batched(states, *a, **kw))
 
-    def said(root):
-        lines = []
-        Analyzer(Store(root), run_id, ExecOptions(progress=False, batch="on")).run("redense", settings, [1],
+    def said(root, seeds=None):
+        lines.clear()
+        Analyzer(Store(root), run_id, ExecOptions(progress=False, batch="on")).run("redense", settings, [1], seeds,
                                                                                    progress=lines.append)
-        return lines
+        return list(lines)
 
-    assert said(tmp_path / "a") == ["redense: seeds 0, 1 level 1, 2 networks stacked"]
-    assert said(tmp_path / "a") == ["redense: seed 0 level 1", "redense: seed 1 level 1"]  # read back
+    monkeypatch.setattr(batching, "stacked_size", lambda model, n, *a: min(n, 2))  # groups of two at most
+    assert said(tmp_path / "a") == ["redense: seeds 0, 1 level 1, 2 networks stacked", "STACKED 2",
+                                    "redense: seed 2 level 1, 1 network", "STACKED 1"]
+    assert said(tmp_path / "a") == ["redense: seed 0 level 1", "redense: seed 1 level 1", "redense: seed 2 level 1"]
+    assert said(tmp_path / "b", [0]) == ["redense: seed 0 level 1", "TRAIN"]  # one network: alone
+    assert said(tmp_path / "b") == ["redense: seeds 1, 2 level 1, 2 networks stacked", "STACKED 2"]  # not seed 0's
     monkeypatch.setattr(batching, "stacked_size", lambda *a, **kw: 1)  # where stacking does not pay
-    assert said(tmp_path / "b") == ["redense: seed 0 level 1", "redense: seed 1 level 1"]  # as each trains
+    assert said(tmp_path / "c") == ["redense: seed 0 level 1", "TRAIN", "redense: seed 1 level 1", "TRAIN",
+                                    "redense: seed 2 level 1", "TRAIN"]  # each said before it trains

@@ -34,7 +34,10 @@ def test_run_equals_the_cli_and_returns_its_results(tmp_path, capsys):
     settings = {"subsample": 32, "iters": 3}
     quiet = sparsedd.analyze(res.run_id, "sharpness", root=tmp_path / "api", settings=settings, levels=[1])
     assert capsys.readouterr().err == ""  # no progress unless asked
+    recorded = lambda: [list(r) for r in sparsedd.load(tmp_path / "api").analyses["result"]]  # noqa: E731
+    computed = recorded()  # as the report reads them: in the index
     said = sparsedd.analyze(res.run_id, "sharpness", root=tmp_path / "api", settings=settings, levels=[1], progress=True)
+    assert recorded() == computed  # the same fields in the same order, computed or read back
     assert capsys.readouterr().err.splitlines() == ["sparsedd: sharpness: seed 0 level 1", "sparsedd: sharpness: seed 1 level 1"]
     assert said.equals(quiet)  # the second call read what the first computed
 

@@ -90,7 +90,8 @@ def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: di
             levels: list[int] | None = None, seeds: list[int] | None = None, **execution: Any) -> pd.DataFrame:
     """One analysis of a run (an id or a unique prefix), as ``sparsedd analyze RUN KIND``: a table with a
     row per seed and level, or the run-level table of ``distance`` and ``phases``; cached in the store.
-    ``progress=True``: a line on stderr per level it computes or reads."""
+    ``progress=True``: a line on stderr per level a per-level analysis computes or reads (the run-level ones,
+    ``distance``, ``phases``, ``memorization`` and ``select``, say nothing)."""
     from .analysis.runner import Analyzer, parse_settings
     from .results import resolve_run
 

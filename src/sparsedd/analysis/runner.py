@@ -11,6 +11,7 @@ that :data:`ANALYSES` holds them all; :data:`ANALYSES` and :func:`parse_settings
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable
 
@@ -33,6 +34,12 @@ from . import kinds  # noqa: F401  (the catalog: every analysis registers itself
 from .base import ANALYSES, Training, parse_settings
 
 __all__ = ["ANALYSES", "Analyzer", "parse_settings"]
+
+
+def as_stored(result: dict[str, Any]) -> dict[str, Any]:
+    """A result as the store gives it back (its keys sorted, at every depth, as its JSON is written): the same
+    columns and fields in the same order whether an analysis was just computed or read from the store."""
+    return json.loads(json.dumps(result, sort_keys=True))
 
 
 class Analyzer:
@@ -93,7 +100,7 @@ class Analyzer:
                 self.data()  # (a damaged stage reaches here without the check above)
                 self.store.begin_stage(sid, key)
                 try:
-                    result = compute()
+                    result = as_stored(compute())
                 except BaseException:
                     self.store.drop_unstarted(sid)  # (e.g. a level merged without its weights): no empty folder left
                     raise
@@ -146,8 +153,8 @@ class Analyzer:
                 progress(f"{kind}: seed {seed} level {level}")
             result = analysis.compute(self, seed, level, sid, settings)
             metrics = self.store.done_info(sid)["metrics"]
-            rows.append({"seed": seed, "level": level, "sparsity": metrics["sparsity"],  # its fields sorted: the
-                         "level_test_acc": metrics["test_acc"], **dict(sorted(result.items()))})  # same, cached or not
+            rows.append({"seed": seed, "level": level, "sparsity": metrics["sparsity"],
+                         "level_test_acc": metrics["test_acc"], **result})
         return pd.DataFrame(rows)
 
     # --- the seeds of one level trained stacked (as `sparsedd run` trains a level's seeds)
@@ -158,9 +165,15 @@ class Analyzer:
         analysis = ANALYSES[kind]
         for level in sorted({t[1] for t in targets}):
             here = [t for t in targets if t[1] == level]
-            todo = [x for seed, lv, sid in here for x in analysis.trainings(self, seed, lv, sid, settings)]
-            said = f"{kind}: seeds {', '.join(str(t[0]) for t in here)} level {level}, {len(todo)} networks stacked"
-            stacked = self._train_stacked(todo, lambda: progress(said) if progress else None)
+            todo = {seed: analysis.trainings(self, seed, lv, sid, settings) for seed, lv, sid in here}
+
+            def say(group: list[Training], level: int = level, todo: dict = todo) -> None:  # a line per stacked group
+                if progress:
+                    ids = {id(t) for t in group}  # (by identity: a Training holds tensors)
+                    seeds = [seed for seed, ts in todo.items() if any(id(t) in ids for t in ts)]  # not those read back
+                    progress(f"{kind}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} level "
+                             f"{level}, " + (f"{len(group)} networks stacked" if len(group) > 1 else "1 network"))
+            stacked = self._train_stacked([t for ts in todo.values() for t in ts], say)
             for seed, lv, sid in here:
                 if progress and not stacked:  # trained here one by one (or read back): said one by one
                     progress(f"{kind}: seed {seed} level {lv}")
@@ -173,7 +186,7 @@ class Analyzer:
 
         return bool(targets) and stacking_allowed(self.replicate(targets[0][0]).new_model(0), self.options)
 
-    def _train_stacked(self, todo: list[Training], starting: Callable[[], None]) -> bool:
+    def _train_stacked(self, todo: list[Training], starting: Callable[[list[Training]], None]) -> bool:
         """Train ``todo`` as one stacked computation where they can be (same architecture, schedule, data and
         masked layers; fresh optimizers) and that pays; their outcomes wait in ``_trained`` for :meth:`_fit`.
         Whether they were stacked."""
@@ -192,9 +205,9 @@ class Analyzer:
              if same and stackable_training(first.data, first.cfg) else 1)
         if k < 2:
             return False
-        starting()
         for i in range(0, len(todo), k):
             group = todo[i:i + k]
+            starting(group)
             finals, results = train_batched([t.model.state_dict() for t in group], [t.data for t in group],
                                             first.cfg, [t.mask for t in group],
                                             order_keys=[t.order_key for t in group], device=self.options.device,
