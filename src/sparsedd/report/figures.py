@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .plots import _ticks, mark_unstable, sparsity_axis, sparsity_label, summarize  # noqa: E402
+from .plots import _ticks, dense_line, mark_unstable, sparsity_axis, sparsity_label, summarize  # noqa: E402
 
 PHASE_COLORS = {"light": "#dfe9f5", "critical": "#f8dcdc", "sweet": "#dcf2dc", "collapsed": "#eeeeee"}
 
@@ -57,9 +57,7 @@ def fig_curve(levels: pd.DataFrame, phases: dict[str, Any] | None, title: str, u
     _band(ax, drawn, "test_acc", "test accuracy", "tab:blue")
     if "test_acc_at_best_val" in drawn and drawn["test_acc_at_best_val"].notna().any():
         _band(ax, drawn, "test_acc_at_best_val", "at the best validation epoch", "tab:orange", ls=":")
-    dense = summarize(drawn, "test_acc")
-    if dense["level"].iloc[0] == 0:  # (none where every seed's dense level was dropped)
-        ax.axhline(100 * dense["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+    dense_line(ax, summarize(drawn, "test_acc"))
     mark_unstable(ax, levels, dropped=unstable == "drop")
     ax.set_ylabel("test accuracy (%)")
     _band(ax2, drawn, "train_acc_noisy", "train, noisy labels", "tab:red")

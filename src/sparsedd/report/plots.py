@@ -49,6 +49,13 @@ def summarize(levels: pd.DataFrame, column: str) -> pd.DataFrame:
                          "lo": g[column].min(), "hi": g[column].max(), "n": g[column].count()}).reset_index()
 
 
+def dense_line(ax, test: pd.DataFrame) -> None:
+    """The dense network's mean test accuracy as a dashed line, from ``test`` (:func:`summarize` of
+    ``test_acc``); none where its first level is not level 0 (every seed's dense level dropped as unstable)."""
+    if test["level"].iloc[0] == 0:
+        ax.axhline(100 * test["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+
+
 def mark_unstable(ax, levels: pd.DataFrame, column: str = "test_acc", dropped: bool = False) -> None:
     """An x at each seed's own ``column`` where its level ended unstable (``unstable`` of
     :func:`sparsedd.results.load`): the means drawn through them include a number its mask did not learn,
@@ -89,8 +96,7 @@ def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "", unstable:
         if nseeds > 1:
             ax.fill_between(x, 100 * s["lo"], 100 * s["hi"], color=color, alpha=0.2, label="min to max over seeds")
         if col == "test_acc":
-            if s["level"].iloc[0] == 0:  # (no dense level left where every seed's was dropped)
-                ax.axhline(100 * s["mean"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+            dense_line(ax, s)
             mark_unstable(ax, levels, dropped=unstable == "drop")
     for ax, ylabel in ((ax_test, "test accuracy (%)"), (ax_train, "train accuracy (%)")):
         ticks, labels = _ticks(float(sparsity_axis(levels["sparsity"].to_numpy()).max()))
