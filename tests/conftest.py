@@ -95,6 +95,9 @@ SLOW = (
     "test_cifarn.py::test_a_tiny_run_with_cifar10n_worst",
     "test_claims.py::test_claims_command_end_to_end",
     "test_claims.py::test_report_show_and_phases_after_claims",
+    "test_claims.py::test_claims_list_the_levels_that_ended_unstable_and_drop_them_as_another_result",
+    "test_claims.py::test_a_damaged_claims_result_is_named_in_the_report_not_shown_and_doctor_sets_it_aside",
+    "test_claims.py::test_claims_say_each_level_their_analyses_compute",  # (the claims' runs, where it runs first)
     "test_dense_control_select.py::test_dense_control_trains_the_dense_recipe_at_matched_width_seeded_per_level",
     "test_dense_control_select.py::test_dense_control_trains_a_levels_seeds_stacked_as_it_would_one_by_one",
     "test_dense_control_select.py::test_select_on_a_run_with_a_validation_split_and_the_one_line_refusal_without",
