@@ -149,12 +149,15 @@ def test_distance_from_the_start_weights_against_from_the_init(tmp_path, tiny_se
     sets = [*tiny_sets, "retrain.mode=reinit", "train.lr=1e-12"]
     assert main(["run", "--root", str(root), "--no-progress", *[a for s in sets for a in ("--set", s)]]) == 0
     run_id = Store(root).index.run_ids()[0]
-    tables = {}
+    tables, said = {}, {}
     for reference in ("init", "start"):
         capsys.readouterr()
         assert main(["analyze", run_id, "distance", "--set", f"reference={reference}", "--root", str(root),
                      "--format", "json"]) == 0
-        tables[reference] = json.loads(capsys.readouterr().out)
+        out = capsys.readouterr()
+        tables[reference], said[reference] = json.loads(out.out), out.err
+    assert said["init"] == ""  # the recorded distances: nothing loaded, nothing to say
+    assert [f"distance: seed 0 level {lv}" in said["start"] for lv in range(3)] == [True] * 3  # each level loaded
     by_init, by_start = tables["init"][0]["distances"], tables["start"][0]["distances"]
     assert len(by_init) == len(by_start) == 3
     assert by_init[0] < 1e-6 and all(d > 1.0 for d in by_init[1:])

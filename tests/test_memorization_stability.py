@@ -106,17 +106,22 @@ def test_memorization_matches_the_stored_weights_and_labels(tiny, capsys):
     assert -1 <= table[2]["seed_agreement"] <= 1
 
 
-def test_memorization_is_cached_and_reached_from_the_api(tiny, monkeypatch):
+def test_memorization_is_cached_and_reached_from_the_api(tmp_path, monkeypatch, capsys):
     import sparsedd
     import sparsedd.analysis.kinds.memorization as mem
+    from conftest import TINY
 
-    root, run_id = tiny
-    first = sparsedd.analyze(run_id, "memorization", root=root)
+    run_id = make_run(tmp_path, TINY + ["data.noise=0.4"])  # its own store: nothing computed before
+    capsys.readouterr()
+    first = sparsedd.analyze(run_id, "memorization", root=tmp_path, progress=True)
+    said = capsys.readouterr().err.splitlines()
+    assert said == [f"sparsedd: memorization: seed {s} level {lv}" for s in (0, 1) for lv in range(3)]
     calls = []
     monkeypatch.setattr(mem, "predict", lambda *a, **kw: calls.append(1))
-    again = sparsedd.analyze(run_id, "memorization", root=root)
+    again = sparsedd.analyze(run_id, "memorization", root=tmp_path, progress=True)
     assert not calls  # every level read back from the store
     pd.testing.assert_frame_equal(again, first)
+    assert capsys.readouterr().err == ""  # levels read back are quick, and not said
 
 
 def test_stability_trains_two_copies_from_the_start_weights_on_other_orders(tiny, capsys, monkeypatch):

@@ -90,8 +90,9 @@ def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: di
             levels: list[int] | None = None, seeds: list[int] | None = None, **execution: Any) -> pd.DataFrame:
     """One analysis of a run (an id or a unique prefix), as ``sparsedd analyze RUN KIND``: a table with a
     row per seed and level, or the run-level table of ``distance`` and ``phases``; cached in the store.
-    ``progress=True``: a line on stderr per level a per-level analysis computes or reads (the run-level ones,
-    ``distance``, ``phases``, ``memorization`` and ``select``, say nothing)."""
+    ``progress=True``: a line on stderr per level a per-level analysis computes or reads; of the run-level
+    ones, ``memorization`` says each level it computes and ``distance`` with ``reference=start`` each level it
+    loads; ``phases``, ``select`` and ``distance`` from the init read the recorded curve and say nothing."""
     from .analysis.runner import Analyzer, parse_settings
     from .results import resolve_run
 

@@ -42,6 +42,10 @@ def as_stored(result: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(result, sort_keys=True))
 
 
+def _silent(line: str) -> None:
+    """No progress lines (the API's default, and between analyses)."""
+
+
 class Analyzer:
     """Loads a run's config, data and stages, and runs analyses on its levels."""
 
@@ -57,6 +61,7 @@ class Analyzer:
         self._data = None
         self._reps: dict[int, Replicate] = {}
         self._trained: dict[tuple, tuple[dict[str, torch.Tensor], TrainResult]] = {}  # stacked, not yet recorded
+        self.say: Callable[[str], None] = _silent  # a run-level analysis's line per level, while run() computes it
 
     def data(self) -> Dataset:
         """The run's data, loaded once and checked to be the data the store's results were made with."""
@@ -142,7 +147,11 @@ class Analyzer:
         """Rows of (seed, level, sparsity, result fields) for a per-level analysis, or a run-level table."""
         analysis = ANALYSES[kind]
         if not analysis.per_level:
-            return analysis.compute(self, settings)
+            self.say = progress or _silent
+            try:
+                return analysis.compute(self, settings)
+            finally:
+                self.say = _silent
         targets = [t for t in self.targets(levels, seeds) if not (analysis.pruned_only and t[1] == 0)]
         if analysis.trainings is not None and self._writable() and self._may_stack(targets):
             self._compute_levels_stacked(kind, settings, targets, progress)
@@ -229,6 +238,7 @@ class Analyzer:
         retraining mode picks them, under its mask), by (seed, level); level 0 from its init."""
         out = {}
         for seed, level, sid in self.targets(None, None):
+            self.say(f"distance: seed {seed} level {level}")
             final = self.store.final(sid)
             start = self.store.init(self.links[(seed, 0)]) if level == 0 else self.start_weights(seed, level, sid)
             out[(seed, level)] = learning_distance(final["model"], start, final.get("mask"))

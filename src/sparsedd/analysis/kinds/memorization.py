@@ -46,6 +46,7 @@ def level_result(a: Analyzer, seed: int, level: int, s: MemorizationSettings) ->
 
     def measure() -> dict:
         _check_labels(a, seed)
+        a.say(f"memorization: seed {seed} level {level}")  # (levels read back are quick, and not said)
         previous = (level_result(a, seed, level - 1, s)["fitted_examples"]
                     if level > 0 and (seed, level - 1) in a.links and a.store.is_done(a.links[(seed, level - 1)])
                     else None)
