@@ -378,7 +378,8 @@ def test_the_evidence_without_unstable_levels_leaves_out_their_analyses_and_seed
 
     unstable = ["", "", "evaluation", "evaluation", "", "", "", "training"]  # seed 1: dense; seed 2: its one pruned
     curve = pd.DataFrame({"seed": [0, 0, 0, 1, 1, 1, 2, 2], "level": [0, 1, 2, 0, 1, 2, 0, 1], "unstable": unstable})
-    monkeypatch.setattr(results, "run_curve", lambda store, run_id: curve)
+    reads = []
+    monkeypatch.setattr(results, "run_curve", lambda store, run_id: reads.append(run_id) or curve)
     runs = SimpleNamespace(roles={"base": SimpleNamespace(run_id="r")})
     rows = pd.DataFrame({"seed": [0, 0, 1, 2], "level": [1, 2, 1, 1], "top_eigenvalue": [1.0, 2.0, 3.0, 4.0]})
     for unstable, pairs, values in (("keep", set(zip(curve["seed"], curve["level"])), [1.0, 2.0, 3.0, 4.0]),
@@ -387,6 +388,7 @@ def test_the_evidence_without_unstable_levels_leaves_out_their_analyses_and_seed
         ev._analyzers["r"] = SimpleNamespace(run=lambda kind, settings, levels, progress=None: rows)
         assert set(zip(ev.curve("base")["seed"], ev.curve("base")["level"])) == pairs
         assert ev.analysis("base", "sharpness", {}, [1, 2])["top_eigenvalue"].tolist() == values
+    assert reads == ["r", "r"]  # the store read once per evidence, however often the claims ask
 
 
 def test_claims_list_the_levels_that_ended_unstable_and_drop_them_as_another_result(claims_root, capsys, tmp_path):

@@ -125,6 +125,7 @@ class StoreEvidence:
         self.store, self.runs, self.options, self.unstable = store, runs, options, unstable
         self.progress = progress  # a line per level an analysis computes or reads (they can take hours)
         self._analyzers: dict[str, Any] = {}
+        self._curves: dict[str, pd.DataFrame] = {}  # each role's curve read once (the claims ask for it many times)
 
     def curve(self, role: str) -> pd.DataFrame:
         """The role's curve; with ``unstable="drop"`` without the levels that ended unstable, and without the
@@ -133,11 +134,14 @@ class StoreEvidence:
         from .analysis.curves import without_unstable
         from .results import run_curve
 
-        curve = without_unstable(run_curve(self.store, self.runs.roles[role].run_id), self.unstable)
-        if not len(curve):
-            return curve
-        whole = [seed for seed, g in curve.groupby("seed") if (g["level"] == 0).any() and (g["level"] > 0).any()]
-        return curve[curve["seed"].isin(whole)]
+        if role not in self._curves:
+            curve = without_unstable(run_curve(self.store, self.runs.roles[role].run_id), self.unstable)
+            if len(curve):
+                whole = [seed for seed, g in curve.groupby("seed")
+                         if (g["level"] == 0).any() and (g["level"] > 0).any()]
+                curve = curve[curve["seed"].isin(whole)]
+            self._curves[role] = curve
+        return self._curves[role].copy()  # (a caller may change its copy)
 
     def label(self, role: str) -> str:
         return self.runs.label(role)
