@@ -191,6 +191,9 @@ def test_a_damaged_file_of_a_finished_stage_makes_it_computed_again(tmp_path, re
     assert_same_weights(finals(store, config()), finals(reference, config()))
     got, want = store.done_info(sid)["metrics"], reference.done_info(sid)["metrics"]
     assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+    assert not store.stage_problems(sid)  # every file of the stage written anew: the next run computes nothing
+    run(config(levels=2), store, options=OPTIONS)
+    assert capsys.readouterr().err == ""
 
 
 def test_reading_a_damaged_stage_is_one_line_naming_the_file_and_the_repair(tmp_path, reference, capsys):

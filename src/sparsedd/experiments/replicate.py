@@ -104,6 +104,7 @@ class Replicate:
         model = self.new_model(derive_seed(self.cfg.seed, "init"))
         if not self.store.has_init(sid):
             self.store.save_init(sid, model.state_dict())
+        if not self.store.has_labels(sid):  # (on its own: a kill between the two, or labels set aside as damaged)
             self.store.save_labels(sid, self.noise.labels, self.noise.chosen, self.noise.corrupted,
                                    self.noise.effective_rate)
         mask = self.full_mask(model)

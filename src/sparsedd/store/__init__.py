@@ -353,6 +353,9 @@ class Store:
         self._save(stage_id, LABELS, {"labels": labels, "chosen": chosen, "corrupted": corrupted,
                                       "effective_rate": torch.tensor(effective_rate)})
 
+    def has_labels(self, stage_id: str) -> bool:
+        return (self.stage_dir(stage_id) / LABELS).exists()
+
     def labels(self, stage_id: str) -> dict[str, torch.Tensor]:
         return self._load(stage_id, LABELS)
 
