@@ -217,6 +217,26 @@ def test_a_model_that_cannot_take_the_data_is_refused_before_the_run_is_register
     fails_in_one_line(["sweep", str(sweep), "--root", str(root)], capsys, root, words)
 
 
+@pytest.mark.parametrize("items, words", [  # (found by review: each ended in a traceback or a misleading error
+    # after the run was registered)
+    (["data.val_split=0.5", "retrain.mode=weight-rewind", "retrain.rewind_iteration=20"],  # 4 steps of 32 in 120
+     "retrain.rewind_iteration 20 is past the end of dense training (12 iterations)"),  # (x 3 epochs; 24 on 240)
+    (["data.val_split=0.001"], "data.val_split = 0.001 holds out 0 of the 240 training examples"),
+    (["data.val_split=0.999"], "holds out 240 of the 240 training examples; choose a fraction that holds out"),
+    (["data.noise_type=asymmetric"], "asymmetric label noise is defined for cifar10, cifar100, mnist only"),
+])
+def test_counts_and_noise_the_data_cannot_give_are_refused_before_the_run_is_registered(finished, never_runs, tmp_path,
+                                                                                        capsys, items, words):
+    from conftest import TINY
+
+    root, _ = finished
+    fails_in_one_line(["run", "--no-progress", *sets(TINY + items), "--root", str(root)], capsys, root, words)
+    sweep = tmp_path / "s.toml"
+    lines = "\n".join(f'"{k}" = {v if v[0] in "[0123456789" else repr(v)}' for k, v in (i.split("=") for i in TINY + items))
+    sweep.write_text(f'preset = "mnist1d-quick"\n[base]\n{lines}\n[grid]\n"data.noise_seed" = [1, 2]\n')
+    fails_in_one_line(["sweep", str(sweep), "--root", str(root)], capsys, root, words)
+
+
 # --- property-style: many random malformed files
 
 BAD_VALUES = {  # TOML literals that no field of this type accepts (-1 is out of every numeric field's range)

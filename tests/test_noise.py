@@ -260,8 +260,8 @@ def test_noise_draw_and_map_enter_ids_only_where_they_change_labels():
         return config_load.load("mnist1d-quick", sets=list(sets)).run_id
 
     assert run_id("data.noise_draw=per-example", "data.asymmetric_map=paper") == run_id()  # random noise
-    asym = "data.noise_type=asymmetric"
-    assert run_id(asym, "data.asymmetric_map=paper") != run_id(asym)
-    assert run_id(asym, "data.noise_draw=per-example") != run_id(asym)
+    asym = ("data.name=mnist", "data.noise_type=asymmetric")  # (a data set asymmetric noise is defined for)
+    assert run_id(*asym, "data.asymmetric_map=paper") != run_id(*asym)
+    assert run_id(*asym, "data.noise_draw=per-example") != run_id(*asym)
     assert run_id("data.noise_type=symmetric", "data.asymmetric_map=paper") == run_id("data.noise_type=symmetric")
     assert config_load.load("paper-mnist-lenet").data.noise_draw == "per-example"  # the paper presets name both

@@ -179,13 +179,33 @@ def test_inline_sweep_equals_one_by_one_and_fails_one_run_only(tmp_path, monkeyp
     assert len(res.failed) == 2 and all("RuntimeError: boom" in e for e in res.failed.values())
 
 
+FAILS_WHEN_TRAINED = """
+import torch.nn as nn
+
+
+class Fails(nn.Linear):
+    def forward(self, x):
+        if not x.is_meta:  # (the model check runs on the meta device: it passes)
+            raise ValueError("this model fails when trained")
+        return super().forward(x)
+
+
+def build(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), Fails(40, num_classes))
+"""
+
+
 def test_failed_run_is_reported_retried_and_does_not_stop_the_others(tmp_path, monkeypatch):
+    (tmp_path / "fails_when_trained.py").write_text(FAILS_WHEN_TRAINED)  # a run that fails in its worker
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
     f = tmp_path / "s.toml"
-    f.write_text(SMALL.format(epochs=2).replace('"retrain.mode" = ["finetune", "weight-rewind"]',
-                                                '"retrain.mode" = ["weight-rewind"]\n"retrain.rewind_iteration" = [0, 10000]'))
+    f.write_text(SMALL.format(epochs=2).replace('"model.hidden" = [32, 32]\n', "").replace(
+        '"retrain.mode" = ["finetune", "weight-rewind"]',
+        '[zip]\n"model.name" = ["mlp", "fails_when_trained:build"]\n"model.hidden" = [[32, 32], []]'))
     res = run_sweep(str(f), tmp_path / "root", SweepOptions(workers=2, retries=1, report=False, execution=ExecOptions(progress=False)))
     assert len(res.complete) == 2 and len(res.failed) == 2
-    assert all("rewind_iteration" in e for e in res.failed.values())
+    assert all("this model fails when trained" in e for e in res.failed.values())
     rows = sorted(Store(tmp_path / "root").index.run_rows(), key=lambda r: r["status"])
     assert [r["status"] for r in rows] == ["complete", "complete", "failed", "failed"]
     assert len(list((res.folder / "logs").glob("runs-*.1.log"))) >= 1  # failing tasks were tried twice

@@ -28,7 +28,7 @@ def check(cfg: RunConfig) -> RunConfig:
 def check_data(data: DataConfig) -> None:
     from .data import DATASETS, spec_of
     from .data.files import is_data_path
-    from .data.noise import NOISE_TYPES
+    from .data.noise import NOISE_TYPES, asymmetric_known
 
     if data.name not in DATASETS and is_data_path(data.name):
         spec = spec_of(data.name)  # the file or folder exists and holds a data set; its sizes are known
@@ -39,6 +39,8 @@ def check_data(data: DataConfig) -> None:
     else:
         choice("data", "name", data.name, DATASETS.names())
     choice("data", "noise_type", data.noise_type, NOISE_TYPES.names())
+    if data.noise_type == "asymmetric" and data.noise > 0:
+        asymmetric_known(data.name)
     check_human_noise(data)
 
 

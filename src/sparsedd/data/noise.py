@@ -198,10 +198,20 @@ def _paper_targets(dataset: str | None, num_classes: int, y: torch.Tensor,
     return _asymmetric_targets(dataset, num_classes, y, coarse)
 
 
+def asymmetric_known(dataset: str | None) -> None:
+    """Asymmetric noise is defined for ``dataset`` (checked with the configuration, before anything is
+    written), or a one-line error that says which are."""
+    if dataset not in (*ASYMMETRIC, *PAPER_ASYMMETRIC, "cifar100"):
+        raise SparseddError(
+            f"asymmetric label noise is defined for {', '.join(sorted([*ASYMMETRIC, 'cifar100']))} only, not "
+            f"{dataset!r}; use data.noise_type = symmetric or pairflip"
+        )
+
+
 def _asymmetric_targets(dataset: str | None, num_classes: int, y: torch.Tensor,
                         coarse: torch.Tensor | None) -> dict[int, int]:
     """Source class -> target class of the asymmetric noise on ``dataset``."""
-    known = sorted([*ASYMMETRIC, "cifar100"])
+    asymmetric_known(dataset)
     if dataset in ASYMMETRIC:
         table = ASYMMETRIC[dataset]
         if max(max(table), max(table.values())) >= num_classes:
@@ -210,11 +220,6 @@ def _asymmetric_targets(dataset: str | None, num_classes: int, y: torch.Tensor,
                 f"pass the data set the labels come from"
             )
         return dict(table)
-    if dataset != "cifar100":
-        raise SparseddError(
-            f"asymmetric label noise is defined for {', '.join(known)} only, not {dataset!r}; "
-            f"use data.noise_type = symmetric or pairflip"
-        )
     if coarse is None:
         raise SparseddError("asymmetric noise on cifar100 needs the superclass of each training example (coarse)")
     coarse = coarse.detach().to("cpu", torch.int64)

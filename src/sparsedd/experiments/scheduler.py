@@ -11,6 +11,7 @@ from ..config_check import check
 from ..data import Dataset, fingerprint, load_dataset
 from ..errors import SparseddError, interrupt_in, reraise_interrupt
 from ..data import spec_of
+from ..data.split import held_out
 from ..models import check_takes
 from ..options import ExecOptions
 from ..store import Store
@@ -44,19 +45,38 @@ def check_declared_fit(cfg: RunConfig) -> None:
     check(cfg)
     spec = spec_of(cfg.data.name)
     check_takes(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes, cfg.prune.layers)
+    check_counts(cfg, cfg.data.num_train or spec.num_train)
 
 
 def check_fits(cfg: RunConfig, data: Dataset) -> None:
     """Checks that need the data: the model takes its inputs (and has the weights prune.layers names), and
-    the rewind point lies within dense training. Made before the run is registered."""
+    the counts of :func:`check_counts` hold on the examples loaded. Made before the run is registered."""
     check_takes(cfg.model, tuple(data.x_train.shape[1:]), data.num_classes, cfg.prune.layers)
+    check_counts(cfg, data.x_train.shape[0])
+
+
+def check_counts(cfg: RunConfig, n: int) -> None:
+    """With ``n`` training examples: the validation split holds out some and leaves some, and the rewind point
+    lies within dense training on what it leaves."""
+    trained = trained_count(cfg, n)
     if RETRAIN_MODES[cfg.retrain.mode].start == "rewind":
-        total = cfg.train.epochs * iters_per_epoch(data.x_train.shape[0], cfg.train.batch_size)
+        total = cfg.train.epochs * iters_per_epoch(trained, cfg.train.batch_size)
         rest = cfg.retrain.rewind_schedule == "rest"  # then a level trains from k on: k must leave a step
         if cfg.retrain.rewind_iteration > total or (rest and cfg.retrain.rewind_iteration == total):
             where = "at or past" if rest else "past"  # (with rest, rewinding to the last step leaves none to train)
             raise SparseddError(f"retrain.rewind_iteration {cfg.retrain.rewind_iteration} is {where} the end of dense "
                                 f"training ({total} iterations); choose a smaller value")
+
+
+def trained_count(cfg: RunConfig, n: int) -> int:
+    """How many of the ``n`` training examples a network trains on: those ``data.val_split`` leaves, which must
+    be some, as must the examples it holds out."""
+    held = held_out(n, cfg.data.val_split)
+    if cfg.data.val_split and not 0 < held < n:
+        raise SparseddError(f"data.val_split = {cfg.data.val_split} holds out {held} of the {n} training examples; "
+                            f"choose a fraction that holds out at least one and trains on at least one "
+                            f"(from {1 / n:.3g} to {1 - 1 / n:.6g} holds out 1 to {n - 1})")
+    return n - held
 
 
 @contextlib.contextmanager

@@ -110,13 +110,11 @@ def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
 
 
 def _check_model(cfg: RunConfig) -> None:
-    """The run's model takes its data set's inputs (known without loading the data), so a sweep stops
-    before anything runs rather than failing that run in a worker."""
-    from ..data import spec_of
-    from ..models import check_takes
+    """What a run checks before it loads its data (the model takes the data set's inputs, the counts hold on
+    its declared size), so a sweep stops before anything runs rather than failing that run in a worker."""
+    from ..experiments.scheduler import check_declared_fit
 
-    spec = spec_of(cfg.data.name)
-    check_takes(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes, cfg.prune.layers)
+    check_declared_fit(cfg)
 
 
 def load_sweep(source: str) -> Sweep:
