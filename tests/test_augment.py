@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from sparsedd.data.augment import AUGMENTATIONS, augment_batch, crop_flip
 from sparsedd.errors import SparseddError
+from sparsedd.rng import generator
 
 
 def coordinate_images(b: int = 64, c: int = 3, h: int = 8, w: int = 10) -> torch.Tensor:
@@ -115,3 +116,22 @@ def test_same_result_on_cuda():
     cpu = crop_flip(x, torch.Generator().manual_seed(9))
     gpu = crop_flip(x.cuda(), torch.Generator().manual_seed(9))
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+
+def test_data_parallel_parts_get_the_draws_their_images_have_in_the_whole_batch():
+    """Each process augments its part of a global batch as one process augments the whole batch (found by
+    review: every process drew the same crops and flips for its own first images)."""
+    from sparsedd.distributed import Dist
+
+    x = torch.randn(11, 3, 8, 8)
+    whole = augment_batch("crop-flip", x, generator("aug-test"))
+    for world in (2, 3, 4):
+        parts = []
+        for rank in range(world):
+            d = Dist(rank, world)
+            start, stop = d.local_span(x.shape[0])
+            assert torch.equal(d.local_slice(torch.arange(11)), torch.tensor_split(torch.arange(11), world)[rank])
+            parts.append(augment_batch("crop-flip", x[start:stop], generator("aug-test"), (start, stop, 11)))
+        assert torch.equal(torch.cat(parts), whole)
+        start, stop = Dist(1, world).local_span(11)  # not the draws of a batch of its part alone (as before)
+        assert not torch.equal(parts[1], augment_batch("crop-flip", x[start:stop], generator("aug-test")))

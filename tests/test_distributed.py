@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import TINY
@@ -18,9 +19,17 @@ def finals(root: Path) -> dict[str, dict]:
     return {p.parent.name: torch.load(p, weights_only=True) for p in (root / "stages").glob("*/final.pt")}
 
 
-def test_two_processes_match_one(tmp_path):
+# MNIST images cropped and flipped: each process augments its part of a global batch as one process augments
+# the whole batch (before, every process drew the crops of its own first images, and the runs differed)
+AUGMENTED = ["data.name=mnist", "data.augment=crop-flip", "data.num_test=120"]
+
+
+@pytest.mark.parametrize("extra", [[], AUGMENTED], ids=["mnist1d", "augmented-mnist"])
+def test_two_processes_match_one(tmp_path, request, extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = [a for s in SETS for a in ("--set", s)] + ["--no-progress", "--device", "cpu"]
+    args = [a for s in SETS + extra for a in ("--set", s)] + ["--no-progress", "--device", "cpu"]
+    if extra:
+        args += ["--data-dir", str(request.getfixturevalue("shared_mnist"))]
     single = subprocess.run([sys.executable, "-m", "sparsedd.cli", "run", "--root", str(tmp_path / "one"), *args],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr

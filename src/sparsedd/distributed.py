@@ -41,8 +41,18 @@ class Dist:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def local_span(self, n: int) -> tuple[int, int]:
+        """This process's part [start, stop) of a global batch of ``n`` (``torch.tensor_split``'s parts: the
+        first ``n % world`` one longer)."""
+        if not self.active:
+            return 0, n
+        size, extra = divmod(n, self.world)
+        start = self.rank * size + min(self.rank, extra)
+        return start, start + size + (self.rank < extra)
+
     def local_slice(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.tensor_split(idx, self.world)[self.rank] if self.active else idx
+        start, stop = self.local_span(idx.shape[0])
+        return idx[start:stop]
 
 
 SINGLE = Dist()

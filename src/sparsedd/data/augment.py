@@ -58,10 +58,16 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> 
     return crop_flip_apply(x, crop_flip_draws(x.shape[0], generator, padding), padding)
 
 
-def augment_batch(kind: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``x`` augmented by ``kind`` (``none``: ``x`` itself, no random draw)."""
+def augment_batch(kind: str, x: torch.Tensor, generator: torch.Generator,
+                  span: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """``x`` augmented by ``kind`` (``none``: ``x`` itself, no random draw). ``span = (start, stop, n)``: ``x``
+    is images start to stop of a batch of n (a data-parallel process's part), and each image gets the draws
+    it has in the whole batch: the processes' draws differ, and together are those of one process."""
     if kind == "none":
         return x
     if kind == "crop-flip":
-        return crop_flip(x, generator)
+        if span is None:
+            return crop_flip(x, generator)
+        start, stop, n = span
+        return crop_flip_apply(x, crop_flip_draws(n, generator)[:, start:stop])
     raise SparseddError(f"unknown augmentation {kind!r}: choose one of {', '.join(AUGMENTATIONS)}")

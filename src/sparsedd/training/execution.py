@@ -84,8 +84,9 @@ class SingleExecution:
         if self.inputs is not None:
             return self.train_on(self.inputs.index_select(0, idx), yb, idx, global_n, selected=True)
         xb = self.data.x.index_select(0, idx)
-        if self.data.augment != "none":
-            xb = augment_batch(self.data.augment, xb, generator(*self.order_key, "augment", epoch, step))
+        if self.data.augment != "none":  # (the whole batch's draws: each process augments its part as one would)
+            span = (*self.dist.local_span(global_n), global_n) if self.dist.active else None
+            xb = augment_batch(self.data.augment, xb, generator(*self.order_key, "augment", epoch, step), span)
         return self.train_on(xb, yb, idx, global_n)
 
     def train_on(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor,
