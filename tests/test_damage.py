@@ -314,6 +314,8 @@ def test_a_store_refuses_data_that_changed_under_the_same_configuration(tmp_path
         f"theirs" in capsys.readouterr().err
     assert main([*args, "--root", str(root)]) == 0
     assert "recorded its data" not in capsys.readouterr().err  # said once
+    assert main([*args, "--set", "data.num_train=200", "--root", str(root)]) == 0  # other data: recorded, not said
+    assert "recorded its data" not in capsys.readouterr().err and len(list((root / "data").glob("*.json"))) == 2
     assert read_json(record)["sha256"] == read_json(next((tmp_path / "other" / "data").glob("*.json")))["sha256"]
 
 

@@ -250,11 +250,14 @@ class Store:
         missing = {key: value for key, value in fingerprints.items() if self._recorded_data(key, *value) is None}
         if self.readonly or not missing:
             return
+        # a store from before these records has stages and no record at all (a new data key of a store that
+        # records its data is simply recorded)
+        old = not any((self.root / DATA).glob("*.json")) and bool(self.stage_ids())
         for key, (name, fingerprint) in missing.items():
             with self.lock(f"data-{key}"):  # two processes with other data: the second one finds the first's record
                 if self._recorded_data(key, name, fingerprint) is None:
                     write_json(self.root / DATA / f"{key}.json", {"data": name, "sha256": fingerprint})
-                    if self.stage_ids():
+                    if old:
                         notice(f"{self.root} holds results from before it recorded its data; the {name} data "
                                f"loaded now are taken as theirs (sha256 {fingerprint[:12]}), from now on checked")
 
