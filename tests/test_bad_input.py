@@ -4,6 +4,7 @@ many random malformed configuration and sweep files."""
 
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,34 @@ def test_analysis_settings_are_finite(finished, capsys):
                       "landscape: points must be in [3, 100001]")
     with pytest.raises(SparseddError, match="radius must be a finite number"):
         sparsedd.analyze(run_id, "landscape", root=root, settings={"radius": float("inf")})
+
+
+@pytest.mark.parametrize("args, words", [  # (found by audit: each printed a table of something else, exit 0)
+    (["phases", "--levels", "1"], "phases measures the whole run, every level and seed; drop --levels and --seeds"),
+    (["distance", "--seeds", "0"], "distance measures the whole run"),
+    (["reinit", "--levels", "0"], "reinit measures pruned levels, and run"),  # (an empty table before)
+    (["reinit", "--levels", "1,7"], "has no finished level 7 (its finished levels: 0, 1, 2)"),
+    (["redense", "--seeds", "5"], "has no finished seed 5 (its finished seeds: 0)"),  # ("no finished level" before)
+    (["sharpness", "--levels", "1,,2"], "--levels takes a comma-separated list of integers or 'all', got '1,,2'"),
+])
+def test_levels_and_seeds_an_analysis_cannot_take_are_refused(finished, capsys, args, words):
+    root, run_id = finished
+    fails_in_one_line(["analyze", run_id, *args, "--root", str(root)], capsys, root, words)
+    if "," not in args[-1]:
+        levels = [int(args[-1])] if args[1] == "--levels" else None
+        seeds = [int(args[-1])] if args[1] == "--seeds" else None
+        with pytest.raises(SparseddError, match=re.escape(words)):  # the API checks them too
+            sparsedd.analyze(run_id, args[0], root=root, levels=levels, seeds=seeds)
+
+
+def test_a_run_level_analysis_with_nothing_to_measure_says_so(tmp_path, capsys):
+    from conftest import TINY
+
+    root = tmp_path / "runs"
+    assert main(["run", "--root", str(root), "--no-progress", *sets([*TINY, "prune.levels=0"])]) == 0
+    [run_id] = Store(root).index.run_ids()
+    fails_in_one_line(["analyze", run_id, "phases", "--root", str(root)], capsys, root,
+                      "phases found nothing to measure in run")  # (an "Empty DataFrame" repr before)
 
 
 def test_a_missing_run_config_is_read_from_the_index(finished, tmp_path, capsys):

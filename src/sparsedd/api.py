@@ -102,6 +102,7 @@ def analyze(run: str, kind: str, *, root: str | Path | None = None, settings: di
     run_id = resolve_run(store, run)
     analyzer = Analyzer(store, run_id, opts)
     opts.apply_threads(analyzer.cfg.model.name)
+    analyzer.check_asked(kind, levels, seeds)
     return analyzer.run(kind, parsed, levels, seeds, progress=_said(opts))
 
 

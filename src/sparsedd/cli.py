@@ -332,7 +332,7 @@ def _int_list(text: str | None, option: str, all_ok: bool = True) -> list[int] |
     if text is None or (all_ok and text == "all"):
         return None
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        return [int(t) for t in text.split(",")]  # (an empty item is a typo: refused, not skipped)
     except ValueError:
         either = " or 'all'" if all_ok else ""
         raise SparseddError(f"{option} takes a comma-separated list of integers{either}, got {text!r}") from None
@@ -352,6 +352,7 @@ def cmd_analyze(args) -> int:
     analyzer = Analyzer(store, run_id, options)
     options.apply_threads(analyzer.cfg.model.name)  # the default depends on the run's model
     levels, seeds = _int_list(args.levels, "--levels"), _int_list(args.seeds, "--seeds")
+    analyzer.check_asked(args.kind, levels, seeds)
     table = analyzer.run(args.kind, settings, levels, seeds,
                          progress=None if args.no_progress else console.log)
     if args.format == "json":

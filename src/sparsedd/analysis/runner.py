@@ -84,6 +84,21 @@ class Analyzer:
             raise SparseddError(f"run {self.run_id} has no finished level among those asked; see `sparsedd show {self.run_id}`")
         return out
 
+    def check_asked(self, kind: str, levels: list[int] | None, seeds: list[int] | None) -> None:
+        """The levels and seeds a user asked (``--levels``, ``--seeds``) are the run's, and asked of an analysis
+        that takes them (a run-level one reads every level and seed): else a one-line error, not a table that
+        silently measured something else."""
+        if not ANALYSES[kind].per_level and (levels is not None or seeds is not None):
+            raise SparseddError(f"{kind} measures the whole run, every level and seed; drop --levels and --seeds")
+        done = [k for k, v in self.links.items() if self.store.is_done(v)]
+        for asked, position, what in ((seeds, 0, "seed"), (levels, 1, "level")):
+            have = sorted({k[position] for k in done})
+            missing = [v for v in dict.fromkeys(asked or []) if v not in have]
+            if missing:
+                raise SparseddError(f"run {self.run_id} has no finished {what} {', '.join(map(str, missing))} (its "
+                                    f"finished {what}s: {', '.join(map(str, have)) or 'none'}); see `sparsedd show "
+                                    f"{self.run_id}`")
+
     def model_at(self, seed: int, stage_id: str):
         rep = self.replicate(seed)
         final = self.store.final(stage_id)
@@ -149,10 +164,17 @@ class Analyzer:
         if not analysis.per_level:
             self.say = progress or _silent
             try:
-                return analysis.compute(self, settings)
+                table = analysis.compute(self, settings)
             finally:
                 self.say = _silent
+            if not len(table):  # (e.g. a run with its dense level alone)
+                raise SparseddError(f"{kind} found nothing to measure in run {self.run_id}: it has too few finished "
+                                    f"levels; see `sparsedd show {self.run_id}`")
+            return table
         targets = [t for t in self.targets(levels, seeds) if not (analysis.pruned_only and t[1] == 0)]
+        if not targets:
+            raise SparseddError(f"{kind} measures pruned levels, and run {self.run_id} has none finished among those "
+                                f"asked (level 0 is the dense network); see `sparsedd show {self.run_id}`")
         if analysis.trainings is not None and self._writable() and self._may_stack(targets):
             self._compute_levels_stacked(kind, settings, targets, progress)
             progress = None  # each target was said as it was computed; what follows reads them back
