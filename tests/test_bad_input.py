@@ -193,12 +193,14 @@ def test_analysis_settings_are_finite(finished, capsys):
     (["reinit", "--levels", "0"], "reinit measures pruned levels, and run"),  # (an empty table before)
     (["reinit", "--levels", "1,7"], "has no finished level 7 (its finished levels: 0, 1, 2)"),
     (["redense", "--seeds", "5"], "has no finished seed 5 (its finished seeds: 0)"),  # ("no finished level" before)
+    (["phases", "--set", "tol=-1"], "phases: tol must be in (0, 1), a fraction of accuracy"),  # (a traceback)
+    (["phases", "--set", "tol=5"], "phases: tol must be in (0, 1)"),
     (["sharpness", "--levels", "1,,2"], "--levels takes a comma-separated list of integers or 'all', got '1,,2'"),
 ])
 def test_levels_and_seeds_an_analysis_cannot_take_are_refused(finished, capsys, args, words):
     root, run_id = finished
     fails_in_one_line(["analyze", run_id, *args, "--root", str(root)], capsys, root, words)
-    if "," not in args[-1]:
+    if args[1] in ("--levels", "--seeds") and "," not in args[-1]:
         levels = [int(args[-1])] if args[1] == "--levels" else None
         seeds = [int(args[-1])] if args[1] == "--seeds" else None
         with pytest.raises(SparseddError, match=re.escape(words)):  # the API checks them too

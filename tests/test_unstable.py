@@ -133,7 +133,7 @@ def test_results_phases_plots_and_report_know_the_unstable_level(two_seeds, monk
         assert mean_acc[2] == pytest.approx(expected)
     capsys.readouterr()
     assert main(["analyze", run_id, "phases", "--root", str(store.root), "--set", "unstable=maybe"]) == 2
-    assert capsys.readouterr().err.strip() == "sparsedd: error: unstable must be one of keep, drop, got 'maybe'"
+    assert capsys.readouterr().err.strip() == "sparsedd: error: phases: unstable must be one of keep, drop, got 'maybe'"
 
     fig = fig_curve(levels, None, "t")
     [marked] = [c for c in fig.axes[0].collections if "ended unstable" in str(c.get_label())]
