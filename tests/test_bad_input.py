@@ -97,6 +97,19 @@ def test_root_naming_a_file(finished, never_runs, tmp_path, capsys):
     assert afile.read_text() == "x"
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_where_nothing_can_be_made_is_refused_first(finished, never_runs, capsys):
+    """/proc admits every permission to root and no new file to anyone: the folder is tried, not its bits
+    (found by audit: exit 1 with "what was finished is kept", for bench --out after the whole benchmark)."""
+    root, run_id = finished
+    where = "cannot be written (/proc"  # (": No such file" as root, " is not writable" otherwise)
+    for args in (["run", *sets(["train.epochs=1"]), "--root", "/proc/x"], ["claims", "--seeds", "3", "--root", "/proc/x"],
+                 ["sweep", "paper-mnist-noise", "--root", "/proc/x"], ["merge", str(root), "--root", "/proc/x"],
+                 ["plot", run_id, "--root", str(root), "--out", "/proc/x.png"], ["bench", "--quick", "--out", "/proc/b.json"],
+                 ["report", run_id, "--root", str(root), "--out", "/proc/rep"]):
+        fails_in_one_line(args, capsys, root, where)
+
+
 @pytest.mark.parametrize("device, words", [
     ("bogus", "--device 'bogus' is not a device"),
     ("meta", "sparsedd runs on cpu, cuda or mps, not meta"),

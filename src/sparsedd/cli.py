@@ -490,6 +490,7 @@ def cmd_claims(args) -> int:
     from .claims import markdown, run_claims, table
 
     options = _options(args)
+    _store(args, writable=True)  # --root checked before the claims' sweep writes there
     console = Console(stderr=True, log_path=False)
     doc, path = run_claims(args.preset, args.set, args.seeds, args.root, options, workers=args.workers,
                            executor=args.executor, only=_int_list(args.only, "--only"),

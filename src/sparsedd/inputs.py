@@ -6,6 +6,7 @@ where ``[bold]`` in a path would vanish)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import SparseddError
@@ -31,7 +32,21 @@ def folder(path: str | os.PathLike, what: str, *, writable: bool) -> Path:
         raise SparseddError(f"{what} {p} {where}, not a folder; give a folder")
     if writable and not os.access(existing, os.W_OK | os.X_OK):
         raise SparseddError(f"{what} {p} cannot be written ({existing} is not writable); give a writable folder")
+    if writable:
+        _probe(p, existing, what)
     return p
+
+
+def _probe(p: Path, existing: Path, what: str) -> None:
+    """A file made and removed in ``existing``: what the permission bits do not tell (a read-only or virtual
+    file system such as /proc, or root, whom every permission admits)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".sparsedd-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise SparseddError(f"{what} {p} cannot be written ({existing}: {e.strerror or e}); give a writable "
+                            f"folder") from None
 
 
 def output_file(path: str | os.PathLike, what: str, suffixes: tuple[str, ...]) -> Path:
