@@ -46,6 +46,16 @@ def test_ls_json(finished, capsys):
     assert r["run"] in capsys.readouterr().out
 
 
+def test_tables_to_a_pipe_are_whole(finished, capsys, monkeypatch):
+    """Without a terminal (here: pytest's capture), a table is as wide as it needs: rich's 80 columns cut the
+    preset and summary with an ellipsis (found by audit, in logs and | grep)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setenv("SPARSEDD_ROOT", str(finished))
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "mnist1d-quick" in out and max(map(len, out.splitlines())) > 80
+
+
 def test_show_json_shape(finished, capsys):
     main(["ls", "--root", str(finished), "--format", "json"])
     run_id = json.loads(capsys.readouterr().out)[0]["run"]

@@ -115,7 +115,7 @@ def _options(args, cfg=None, here: bool = True, **changes):
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
+    from . import terminal
 
     from .distributed import from_env
     from .experiments import run
@@ -132,7 +132,7 @@ def cmd_run(args) -> int:
     options = options.replace(dist=dist, device=device, progress=options.progress and dist.main)
     store = Store(root, readonly=not dist.main)
     check_declared_fit(cfg)
-    console = Console(stderr=False, quiet=not dist.main)
+    console = terminal.console(quiet=not dist.main)
     line = f"run {cfg.run_id} ({preset or args.config}) -> {store.root}"
     line += f" on {dist.world} processes" if dist.active else ""
     console.print(line, markup=False, highlight=False, soft_wrap=True)  # paths as given: no markup, no wrapping
@@ -208,7 +208,7 @@ def cmd_ls(args) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=1, allow_nan=False))
         return 0
-    from rich.console import Console
+    from . import terminal
     from rich.table import Table
     from rich.text import Text
 
@@ -224,7 +224,7 @@ def cmd_ls(args) -> int:
     for r in rows:  # cells from the store are Text: no rich markup in them is interpreted
         table.add_row(r["run"], *(Text(str(r[k] or "")) for k in ("preset", "summary", "status")),
                       f"{r['levels_done']}/{r['levels']}", str(r["seeds"]))
-    Console().print(table)
+    terminal.console().print(table)
     return 0
 
 
@@ -268,9 +268,9 @@ def cmd_show(args) -> int:
     if args.format == "markdown":
         print(curve_markdown(kept, dropped=_dropped(curve, kept)))
     else:
-        from rich.console import Console
+        from . import terminal
 
-        Console().print(curve_table(run_id, kept, dropped=_dropped(curve, kept)))
+        terminal.console().print(curve_table(run_id, kept, dropped=_dropped(curve, kept)))
     _note_troubles(store, run_id, curve, hint=args.unstable == "keep")
     return 0
 
@@ -339,7 +339,7 @@ def _int_list(text: str | None, option: str, all_ok: bool = True) -> list[int] |
 
 
 def cmd_analyze(args) -> int:
-    from rich.console import Console
+    from . import terminal
 
     from .analysis.runner import Analyzer, parse_settings
     from .results import resolve_run
@@ -348,7 +348,7 @@ def cmd_analyze(args) -> int:
     options = _options(args, progress=False)  # the device checked before the store is touched
     store = _store(args)
     run_id = resolve_run(store, args.run)
-    console = Console(stderr=True, log_path=False)  # (the caller's file:line is no news to a user)
+    console = terminal.console(stderr=True, log_path=False)  # (the caller's file:line is no news to a user)
     analyzer = Analyzer(store, run_id, options)
     options.apply_threads(analyzer.cfg.model.name)  # the default depends on the run's model
     levels, seeds = _int_list(args.levels, "--levels"), _int_list(args.seeds, "--seeds")
@@ -485,13 +485,13 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_claims(args) -> int:
-    from rich.console import Console
+    from . import terminal
 
     from .claims import markdown, run_claims, table
 
     options = _options(args)
     _store(args, writable=True)  # --root checked before the claims' sweep writes there
-    console = Console(stderr=True, log_path=False)
+    console = terminal.console(stderr=True, log_path=False)
     doc, path = run_claims(args.preset, args.set, args.seeds, args.root, options, workers=args.workers,
                            executor=args.executor, only=_int_list(args.only, "--only"),
                            progress=None if args.no_progress else console.log, unstable=args.unstable)
@@ -500,7 +500,7 @@ def cmd_claims(args) -> int:
     elif args.format == "markdown":
         print(markdown(doc))
     else:
-        Console().print(table(doc))
+        terminal.console().print(table(doc))
         print(f"saved: {path}\nreport: sparsedd report {' '.join(dict.fromkeys(doc['runs'].values()))} "
               f"--root {path.parent.parent} --out DIR")
     return 0

@@ -184,9 +184,9 @@ def merge_runs(src: Store, dst: Store, result: Merged) -> set[str]:
 @contextlib.contextmanager
 def _bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
     """A progress bar over the stages on a terminal, when there are many; else nothing."""
-    from rich.console import Console
+    from . import terminal
 
-    console = Console(stderr=True)
+    console = terminal.console(stderr=True)
     if not (enabled and total >= MANY and console.is_terminal):
         yield lambda: None
         return

@@ -118,12 +118,13 @@ class _Display:
     counts and an ETA for the current phase, plus a line for each finished, retried or failed task."""
 
     def __init__(self, enabled: bool, total: int, name: str):
-        from rich.console import Console
+        from .. import terminal
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.console = Console(stderr=True)
+        self.console = terminal.console(stderr=True)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.fields[info]}"), console=self.console, disable=not enabled)
+                            TextColumn("{task.fields[info]}"), console=self.console,
+                            disable=not (enabled and self.console.is_terminal))  # (a log has the event lines)
         self.task = self.bar.add_task(f"sweep {escape(name)}", total=total, info="")  # a file name is no markup
         self.offset = 0  # runs and dense stages finished in earlier phases
         self.phase_start = time.time()
