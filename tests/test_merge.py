@@ -177,12 +177,14 @@ def test_bad_input_is_one_line_and_leaves_the_destination_untouched(stores, tmp_
     assert cli(capsys, "merge", stores["a"], "--root", dst)[0] == 0
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "project" / "runs" / "notes").mkdir(parents=True)  # a project folder: its runs/ holds no run
     old = tmp_path / "old"
     shutil.copytree(stores["b"], old)
     write_json(old / "migrations.json", {"applied": []})  # written by an earlier version, not corrected yet
     before, a = snapshot(dst), stores["a"]
     for argv, says in [([tmp_path / "nowhere"], "does not exist"), ([a, tmp_path / "file"], "is a file, not a store"),
                        ([tmp_path / "empty"], "is not a sparsedd store"), ([a, dst], "is the --root store itself"),
+                       ([tmp_path / "project"], "is not a sparsedd store"),  # (merged as an empty store before)
                        ([old], "was written by an earlier version and is not up to date yet")]:
         code, out, err = cli(capsys, "merge", *argv, "--root", dst)
         assert code == 2 and err.count("\n") == 1 and says in err and not out, (argv, err)

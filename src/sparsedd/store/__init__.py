@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import stable_hash
+from ..config import is_id, stable_hash
 from ..errors import SparseddError, notice
 from . import waiting
 from .files import (DamagedFile, FileCheckpointer, copy_checked, load_tensors, read_json, readable_structure,
@@ -510,8 +510,12 @@ class Store:
 
     # --- another store's stages, runs and data records brought in (`sparsedd merge`: sparsedd.merge)
     def is_store(self) -> bool:
-        """Whether the root holds a store: its stage or run folders, or its index."""
-        return any((self.root / name).exists() for name in (STAGES, RUNS, INDEX))
+        """Whether the root holds a store: its stage folder, its index, or a run folder named by a run id (a
+        bare ``runs/`` is also the default store's own name: the folder above a store is not one)."""
+        if (self.root / STAGES).is_dir() or (self.root / INDEX).exists():
+            return True
+        runs = self.root / RUNS
+        return runs.is_dir() and any(is_id(p.name) and p.is_dir() for p in runs.iterdir())
 
     def pending_migrations(self) -> list[str]:
         """The corrections of :mod:`.migrations` this store's stages have not had yet (read, nothing applied)."""
