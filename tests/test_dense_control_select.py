@@ -144,6 +144,13 @@ def test_select_on_a_run_with_a_validation_split_and_the_one_line_refusal_withou
     assert rows["validation"]["regret"] >= 0 and rows["dense"]["picked"] == "0 0"
     best = _analyze(capsys, tmp_path / "v", run_id, "select", "--set", "stop=best-val")
     assert {r["stop"] for r in best} == {"best-val"}
+    capsys.readouterr()
+    assert main(["show", run_id, "--root", str(tmp_path / "v"), "--format", "json"]) == 0  # (found by audit: missing)
+    doc = json.loads(capsys.readouterr().out)
+    shown = {(r["seed"], r["level"]): (r["val_acc"], r["test_acc_at_best_val"]) for r in doc["levels"]}
+    assert shown == {(int(s), int(lv)): (v, t) for s, lv, v, t in
+                     zip(curve["seed"], curve["level"], curve["val_acc"], curve["test_acc_at_best_val"])}
+    assert doc["mean"][0]["val_acc"] == pytest.approx(curve[curve["level"] == 0]["val_acc"].mean())
     plain = _run(tmp_path / "p")
     capsys.readouterr()  # what the run said
     assert main(["analyze", plain, "select", "--root", str(tmp_path / "p"), "--no-progress"]) == 2

@@ -14,6 +14,12 @@ from .plots import summarize
 LEVEL_FIELDS = ("level", "sparsity", "test_acc", "test_acc_best", "train_acc_noisy", "train_acc_clean",
                 "memorized", "distance")
 PERCENT = LEVEL_FIELDS[2:7]  # the fields shown as percentages
+VAL_FIELDS = ("val_acc", "val_acc_best", "test_acc_at_best_val")  # a run with data.val_split records these too
+
+
+def _fields(curve: pd.DataFrame) -> tuple[str, ...]:
+    """The level fields of ``curve`` (without ``level``): the validation ones where a level has them."""
+    return LEVEL_FIELDS[1:] + tuple(k for k in VAL_FIELDS if k in curve and curve[k].notna().any())
 
 
 def run_title(cfg: dict[str, Any], run_id: str) -> str:
@@ -50,13 +56,13 @@ def json_safe(obj: Any) -> Any:
 
 def level_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
     """One JSON row per level (and seed, when there are several); NULL and non-finite values as null."""
-    multi = curve["seed"].nunique() > 1
+    multi, fields = curve["seed"].nunique() > 1, _fields(curve)
     rows = []
     for _, r in curve.iterrows():
         row = {"level": int(r["level"])}
         if multi:
             row["seed"] = int(r["seed"])
-        row.update({k: json_value(r[k]) for k in LEVEL_FIELDS if k != "level"})
+        row.update({k: json_value(r[k]) for k in fields})
         if "unstable" in r:  # how its last epoch ended unstable ("evaluation", "training"), "" where it did not
             row["unstable"] = r["unstable"]
         if "sparsity_of" in r:
@@ -68,10 +74,10 @@ def level_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
 def mean_rows(curve: pd.DataFrame) -> list[dict[str, Any]]:
     """One JSON row per level: the mean over seeds of every level field, with ``seeds`` (how many) and,
     with several seeds, the standard deviation of each as ``<field>_sd``; NaN as null."""
-    rows = []
+    rows, fields = [], _fields(curve)
     for level, g in curve.groupby("level"):
         row: dict[str, Any] = {"level": int(level), "seeds": int(g["seed"].nunique())}
-        for k in LEVEL_FIELDS[1:]:
+        for k in fields:
             row[k] = json_value(g[k].mean())
             if len(g) > 1:
                 row[f"{k}_sd"] = json_value(g[k].std(ddof=1))
