@@ -363,11 +363,13 @@ def test_report_show_and_phases_after_claims(claims_root, capsys, tmp_path):
     out = tmp_path / "report"
     assert main(["report", *dict.fromkeys(doc["runs"].values()), "--root", str(root), "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
-    assert "Claims (preset mnist1d-quick, 2 seeds)" in page and (out / "tables" / f"claims-{doc['id']}.csv").exists()
+    assert "Claims 1, 2, 3, 4, 5, 6 (preset mnist1d-quick, 2 seeds)" in page  # which claims: --only differ here
+    assert (out / "tables" / f"claims-{doc['id']}.csv").exists() and f"(result <code>{doc['id']}</code>)" in page
+    assert "<code>--set data.num_train=240 --set data.num_test=120" in page  # and --set here
     assert main(["report", base, "--root", str(root), "--out", str(tmp_path / "one")]) == 0
     only_base = [d for d in map(json.loads, map(Path.read_text, (root / "claims").glob("*.json")))
                  if set(d["runs"].values()) == {base}]  # the whole claims need runs not shown; --only 4,5 does not
-    assert (tmp_path / "one" / "index.html").read_text().count("Claims (") == len(only_base)
+    assert (tmp_path / "one" / "index.html").read_text().count("<h2>Claim") == len(only_base)
 
 
 def test_the_evidence_without_unstable_levels_leaves_out_their_analyses_and_seeds_without_a_baseline(monkeypatch):
@@ -473,7 +475,7 @@ def test_a_damaged_claims_result_is_named_in_the_report_not_shown_and_doctor_set
     assert len(err) == 1 and err[0].startswith("sparsedd: note: ") and saved.name in err[0] and "damaged" in err[0]
     assert "sparsedd doctor --repair" in err[0]
     page = (tmp_path / "report" / "index.html").read_text()
-    assert saved.name in page and "damaged" in page and page.count("Claims (preset") == len(intact)
+    assert saved.name in page and "damaged" in page and page.count("<h2>Claim") == len(intact)
     assert not (tmp_path / "report" / "tables" / f"claims-{saved.stem}.csv").exists()
 
     assert main(["doctor", "--root", str(copy)]) == 1

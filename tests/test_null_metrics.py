@@ -3,6 +3,7 @@ are valid values everywhere; a diverged run stops early, is marked diverged and 
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -86,11 +87,18 @@ def test_results_load_gives_float_metrics_with_nan(store):
 
 def test_report_and_tensorboard_skip_null_points(store, tmp_path, capsys):
     clean_root, clean, root, diverged, _ = store
-    assert main(["report", diverged, "--root", str(root), "--out", str(tmp_path / "diverged")]) == 0
-    assert f"figures/{diverged}-curve.png" in (tmp_path / "diverged" / "index.html").read_text()
+    assert main(["report", diverged, diverged[:6], "--root", str(root), "--out", str(tmp_path / "diverged")]) == 0
+    page = (tmp_path / "diverged" / "index.html").read_text()
+    assert f"figures/{diverged}-curve.png" in page
+    # (found by audit) the run's status is on the page; one run named twice is shown once, and not overlaid
+    assert "<strong>This run is diverged: training loss not finite" in page
+    assert page.count(f"figures/{diverged}-curve.png") == 1 and "Runs overlaid" not in page
     out = tmp_path / "report"
     assert main(["report", clean, "--root", str(clean_root), "--out", str(out)]) == 0
-    assert f"figures/{clean}-curve.png" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert f"figures/{clean}-curve.png" in page and "This run is" not in page  # (complete)
+    cells = re.findall(r"<td>([^<]*)</td>", page)
+    assert "-" in cells and not {"None", "nan", "[nan]", "NaN"} & set(cells)  # a missing value as the CLI shows it
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -20,7 +20,7 @@ from ..results import load, resolve_run, run_config
 from ..store import Store
 from . import figures as F
 from .plots import plain
-from .tables import run_title, sparsity_words
+from .tables import json_value, run_title, sparsity_words
 
 # Runs in the browser: records script errors and broken images, so a headless test can read the DOM.
 CHECK_JS = """
@@ -98,7 +98,7 @@ class _Writer:
         df.to_csv(self.out / "tables" / f"{name}.csv", index=False)
         if show:
             self.parts.append(f"<p>{html.escape(caption)} (<a href=\"tables/{name}.csv\">CSV</a>)</p>" +
-                              df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0))
+                              _shown(df).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", border=0))
         else:
             self.parts.append(f'<p>{html.escape(caption)}: <a href="tables/{name}.csv">CSV</a></p>')
 
@@ -115,6 +115,18 @@ class _Writer:
         path = self.out / "index.html"
         path.write_text(page)
         return path
+
+
+def _shown(df: pd.DataFrame) -> pd.DataFrame:
+    """A table as the page shows it: its scalar columns (the lists stay in its CSV), with a missing or
+    non-finite value as '-', as the command line shows them (a None or NaN in a column of mixed values read
+    "None" or "nan")."""
+    scalar = [c for c in df.columns if not df[c].map(lambda v: isinstance(v, (list, dict))).any()]
+    out = df[scalar].copy()
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = out[c].map(lambda v: "-" if json_value(v) is None else v)
+    return out
 
 
 def _analysis_rows(res, run_id: str, kind: str) -> pd.DataFrame:
@@ -138,8 +150,7 @@ def _analysis_sections(w: _Writer, res, run_id: str, title: str) -> None:
         if not len(rows):
             continue
         w.figure(analysis.figure(rows, title), f"{run_id}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
-        scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
-        w.table(rows[scalar], f"{run_id}-{kind}", f"{kind} results")
+        w.table(_shown(rows), f"{run_id}-{kind}", f"{kind} results")
 
 
 def _selection_section(w: _Writer, levels: pd.DataFrame, cfg: dict[str, Any], run_id: str) -> None:
@@ -171,9 +182,13 @@ def _claims_section(w: _Writer, store: Store, run_ids: list[str]) -> None:
         w.p(f"<strong>{html.escape(str(bad))}.</strong>")
     for doc in docs:
         dropped = doc.get("unstable", {}).get("levels") == "drop"
-        w.h(f"Claims (preset {doc['preset']}, {doc['seeds']} seeds{', unstable levels dropped' if dropped else ''})")
+        numbers = ", ".join(str(c["claim"]) for c in doc["claims"])  # (results of another --only differ here)
+        w.h(f"Claim{'s' if len(doc['claims']) > 1 else ''} {numbers} (preset {doc['preset']}, {doc['seeds']} seeds"
+            f"{', unstable levels dropped' if dropped else ''})")
         roles = ", ".join(f"{role} <code>{rid}</code>" for role, rid in doc["runs"].items())
-        w.p(f"Made by <code>sparsedd claims</code> over the runs {roles}; {html.escape(doc['interval'])}. "
+        sets = " ".join(f"--set {s}" for s in doc.get("set") or [])  # (and of another --set, here)
+        w.p(f"Made by <code>sparsedd claims</code>{f' <code>{html.escape(sets)}</code>' if sets else ''} (result "
+            f"<code>{html.escape(str(doc['id']))}</code>) over the runs {roles}; {html.escape(doc['interval'])}. "
             "A claim holds when its interval lies on the tested side of the threshold, does not hold when it lies "
             "on the other side, and is inconclusive when it contains the threshold (see docs/results/claims.md).")
         if note := unstable_note(doc):
@@ -210,7 +225,7 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path, unst
     check_unstable(unstable, "--")
     out = folder(out, "--out", writable=True)  # before anything is read or written
     store = Store(root)
-    run_ids = [resolve_run(store, r) for r in runs]
+    run_ids = list(dict.fromkeys(resolve_run(store, r) for r in runs))  # a run named twice (id and prefix) is one
     res = load(store.root)
     configs = {r: run_config(store, r) for r in run_ids}
     w = _Writer(out)
@@ -232,8 +247,9 @@ def write_report(root: str | Path | None, runs: list[str], out: str | Path, unst
                      "Test accuracy of every run (mean over seeds), labelled by the settings in which they differ.")
         else:
             w.p("No run has a level to overlay" + (" left with --unstable drop." if unstable == "drop" else " yet."))
+    status = dict(zip(res.runs["run_id"], zip(res.runs["status"], res.runs["error"])))
     for r in run_ids:
-        _run_section(w, store, res, r, configs[r], unstable)
+        _run_section(w, store, res, r, configs[r], unstable, status.get(r, ("", None)))
     from .tensorboard import available, write_tensorboard
 
     if available():
@@ -250,10 +266,15 @@ def _mean_phases(phases: pd.DataFrame) -> dict[str, Any] | None:
     return {"found": True, **{row["phase"]: {"level": row["level"], "sparsity": row["sparsity"]} for _, row in m.iterrows()}}
 
 
-def _run_section(w: _Writer, store: Store, res, r: str, cfg: dict[str, Any], unstable: str) -> None:
-    """One run's part of the page: its curve and phases, its levels, learning distance and analyses."""
+def _run_section(w: _Writer, store: Store, res, r: str, cfg: dict[str, Any], unstable: str,
+                 status: tuple[str, str | None]) -> None:
+    """One run's part of the page: its status where it did not complete, its curve and phases, its levels,
+    learning distance and analyses."""
     levels = res.levels[res.levels["run_id"] == r]
     w.h(run_title(cfg, r))
+    if status[0] != "complete":  # (diverged, failed, partial, running: what `sparsedd ls` says, and why)
+        why = f": {status[1]}" if status[1] else ""
+        w.p(f"<strong>This run is {html.escape(status[0] or 'not recorded')}{html.escape(why)}.</strong>")
     title = plain(run_title(cfg, r))  # for the figures
     kept = without_unstable(levels, unstable)
     if not len(kept):
