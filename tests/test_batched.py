@@ -1,5 +1,7 @@
 """K networks trained at once equal the same networks trained one by one."""
 
+import json
+
 import pytest
 import torch
 
@@ -156,6 +158,12 @@ def test_batching_decision_is_measured_cached_and_capped(tmp_path, tiny_sets, mo
     cache = tmp_path / "batching.json"
     first = batching_pays(model, 32, 3, str(cache))
     assert cache.exists() and batching_pays(model, 32, 3, str(cache)) == first
+    # a cache damaged into other JSON is measured again and written anew (found by review: a TypeError traceback)
+    for damaged in ("[]", '{"x": 1}', json.dumps({k: {"pays": "yes"} for k in json.loads(cache.read_text())})):
+        cache.write_text(damaged)
+        assert batching_pays(model, 32, 3, str(cache)) in (True, False)
+        table = json.loads(cache.read_text())  # (other keys are left as they are)
+        assert any(isinstance(v, dict) and isinstance(v.get("pays"), bool) for v in table.values())
     assert max_models(model, 32, "cpu") > 1000 and max_models(model, 32, "cpu", share=1e-9) == 1
 
     # a level's jobs are trained in groups no larger than what fits

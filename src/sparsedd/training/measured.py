@@ -58,15 +58,21 @@ def cpu_name() -> str:
 
 
 def cached(name: str, key: str, measure: Callable[[], dict[str, Any]], cache_dir: str | None = None,
-           remeasure: bool = False) -> dict[str, Any]:
+           remeasure: bool = False, fields: dict[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """``measure()``'s result for ``key``, measured once per machine and kept in the cache file ``name``. An
+    entry is used only where it has ``fields`` (name -> type): a cache file damaged into other JSON, or edited,
+    is measured again and written anew, never a traceback or a wrong choice."""
     path = cache_path(name, cache_dir)
-    table: dict[str, Any] = {}
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
-    if key in table and not remeasure:
-        return table[key]
+    if not isinstance(table, dict):
+        table = {}
+    entry = table.get(key)
+    whole = isinstance(entry, dict) and all(isinstance(entry.get(f), t) for f, t in (fields or {}).items())
+    if whole and not remeasure:
+        return entry
     found = measure()
     table[key] = found
     try:

@@ -195,7 +195,8 @@ def batching_pays(model: MLP, batch_size: int, k: int, cache_dir: str | None = N
     device = next(model.parameters()).device
     widths = model.widths
     key = machine_key(device, "v2", "-".join(map(str, widths)), f"b{batch_size}", f"k{k}")  # v2: interleaved rounds
-    return bool(cached("batching", key, lambda: measure_batching(widths, batch_size, k, device), cache_dir)["pays"])
+    return bool(cached("batching", key, lambda: measure_batching(widths, batch_size, k, device), cache_dir,
+                       fields={"pays": bool})["pays"])
 
 
 # --- K networks side by side ---------------------------------------------------------------------------
@@ -271,4 +272,4 @@ def together_pays(make_model: Callable[[], nn.Module], data: TrainData, cfg: Tra
             torch.cuda.empty_cache()
             return {"pays": False, "out_of_memory": True}
 
-    return bool(cached("together", key, measure, cache_dir)["pays"])
+    return bool(cached("together", key, measure, cache_dir, fields={"pays": bool})["pays"])

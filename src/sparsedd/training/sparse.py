@@ -520,7 +520,8 @@ def crossover_for(widths: tuple[int, ...], batch_size: int, device: torch.device
                   remeasure: bool = False) -> dict[str, float]:
     """The measured crossovers of this architecture, batch size, device and thread count (cached)."""
     key = machine_key(device, f"v{IMPLEMENTATION}", "-".join(map(str, widths)), f"b{batch_size}")
-    return cached("crossover", key, lambda: measure_crossover(widths, batch_size, device), cache_dir, remeasure)
+    return cached("crossover", key, lambda: measure_crossover(widths, batch_size, device), cache_dir, remeasure,
+                  {"crossover": (int, float), "kernel_below": (int, float)})
 
 
 DENSITIES = tuple(0.8 ** k for k in range(0, 25, 2))
