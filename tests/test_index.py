@@ -480,3 +480,14 @@ def test_errors_name_sparsedd_root_when_the_store_came_from_it(tmp_path, capsys,
     assert code == 2 and f"SPARSEDD_ROOT {not_a_folder} is a file, not a folder" in err and "--root" not in err
     code, _, err = cli(capsys, "ls", "--root", str(not_a_folder))
     assert code == 2 and f"--root {not_a_folder} is a file" in err
+
+
+def test_a_stage_recorded_again_keeps_only_its_new_history(tmp_path):
+    """A stage computed again (after damage) may stop at other epochs (a GPU's rounding, stop_loss): its rows
+    replace the old ones rather than leaving epochs the new history does not have (found by review)."""
+    index = Store(tmp_path).index
+    index.record_epochs("a" * 16, [{"epoch": e, "test_acc": 0.5} for e in (1, 2, 3)])
+    index.record_epochs("b" * 16, [{"epoch": 1, "test_acc": 0.4}])
+    index.record_epochs("a" * 16, [{"epoch": e, "test_acc": 0.6} for e in (1, 2)])
+    rows = index._query("SELECT stage_id, epoch, test_acc FROM epochs ORDER BY stage_id, epoch")
+    assert [tuple(r.values()) for r in rows] == [("a" * 16, 1, 0.6), ("a" * 16, 2, 0.6), ("b" * 16, 1, 0.4)]

@@ -164,14 +164,17 @@ class Index:
             return SparseddError(f"cannot {'write' if write else 'read'} the index {self.path} ({what})")
         return e
 
-    def _write(self, sql: str, rows: list[tuple]) -> None:
-        """One transaction; many processes may write at once (WAL; a busy one waits)."""
+    def _write(self, sql: str, rows: list[tuple], first: tuple[str, tuple] | None = None) -> None:
+        """One transaction (``first``, a statement and its values, then ``sql`` on each row); many processes may
+        write at once (WAL; a busy one waits)."""
         if self.readonly:
             return
 
         def transaction(con: sqlite3.Connection) -> None:
             with con:
                 con.execute("BEGIN IMMEDIATE")
+                if first is not None:
+                    con.execute(*first)
                 con.executemany(sql, rows)
 
         self._run(transaction, write=True)
@@ -195,7 +198,9 @@ class Index:
         cols = ", ".join(EPOCH_COLUMNS)
         marks = ", ".join("?" for _ in EPOCH_COLUMNS)
         rows = [(stage_id, h["epoch"], *(h.get(c) for c in EPOCH_COLUMNS)) for h in history]
-        self._write(f"INSERT OR REPLACE INTO epochs (stage_id, epoch, {cols}) VALUES (?, ?, {marks})", rows)
+        # the stage's whole history replaces the one recorded (a stage computed again may have fewer epochs)
+        self._write(f"INSERT OR REPLACE INTO epochs (stage_id, epoch, {cols}) VALUES (?, ?, {marks})", rows,
+                    first=("DELETE FROM epochs WHERE stage_id = ?", (stage_id,)))
 
     def record_level(self, stage_id: str, level: int, metrics: dict[str, Any]) -> None:
         cols = ", ".join(LEVEL_COLUMNS)
