@@ -81,3 +81,10 @@ def test_stages_taken_from_a_finished_batch_count_as_done_for_the_eta():
     progress = Progress(False, total_epochs=21, mode="off")
     train_level([(rep, j) for j in jobs], store, types.SimpleNamespace(batch="off"), progress)
     assert recorded == ["a", "b"] and progress.skipped_epochs == 14 and progress.done_epochs == 0
+
+
+def test_the_bar_shows_test_accuracy_as_the_lines_do():
+    p = Progress(True, total_epochs=2, mode="bar")
+    p.start_stage("seed 0 dense", 2)
+    p.epoch({"test_acc": 0.14})
+    assert p.bar.tasks[1].fields["info"] == "test 14.00%"  # (found by audit: "test 0.140" here, 14.00% in the log)

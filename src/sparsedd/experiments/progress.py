@@ -53,7 +53,7 @@ class Progress:
     def epoch(self, metrics: dict[str, Any], advance_total: int = 1) -> None:
         self.done_epochs += advance_total
         if self.bar is not None:
-            info = f"test {metrics['test_acc']:.3f}" if "test_acc" in metrics else ""
+            info = f"test {metrics['test_acc']:.2%}" if "test_acc" in metrics else ""  # (as the log lines)
             self.bar.update(self.stage, advance=1, info=info)
             self.bar.update(self.total, advance=advance_total)
 
