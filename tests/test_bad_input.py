@@ -281,6 +281,20 @@ def test_counts_and_noise_the_data_cannot_give_are_refused_before_the_run_is_reg
     fails_in_one_line(["sweep", str(sweep), "--root", str(root)], capsys, root, words)
 
 
+def test_data_that_cannot_be_had_is_refused_before_the_run_is_announced(finished, tmp_path, capsys, shared_mnist):
+    """(found by audit) "run ID -> ROOT" came before these refusals, and a missing --data-dir was created to
+    download into."""
+    from conftest import TINY
+
+    root, _ = finished
+    fails_in_one_line(["run", "--no-progress", *sets(TINY), "--data-dir", str(tmp_path / "nowhere"), "--root", str(root)],
+                      capsys, root, f"--data-dir {tmp_path / 'nowhere'} is not a folder; give the folder that holds mnist/")
+    assert not (tmp_path / "nowhere").exists()
+    fails_in_one_line(["run", "--no-progress", *sets(TINY + ["data.name=mnist", "data.num_train=100000"]),
+                       "--data-dir", str(shared_mnist), "--root", str(root)], capsys, root,
+                      "data.num_train = 100000 but mnist has only 60000")
+
+
 # --- property-style: many random malformed files
 
 BAD_VALUES = {  # TOML literals that no field of this type accepts (-1 is out of every numeric field's range)

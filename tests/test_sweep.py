@@ -411,6 +411,7 @@ def test_every_execution_option_reaches_the_sweep_tasks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    (tmp_path / "data").mkdir()  # (a --data-dir of this machine must exist)
     flags = ["--device", "cuda:1", "--data-dir", str(tmp_path / "data"), "--threads", "3", "--batch", "off",
              "--sparse", "on", "--channels-last", "--compile", "--capture", "on", "--checkpoint-every", "7", "--checkpoint-epoch", "0",
              "--no-progress"]

@@ -105,6 +105,9 @@ def _options(args, cfg=None, here: bool = True, **changes):
     flags = {"data_dir": "data_dir", "threads": "threads", "sparse": "sparse", "channels_last": "channels_last",
              "compile": "compile", "capture": "capture", "checkpoint_every_s": "checkpoint_every", "checkpoint_epoch_s": "checkpoint_epoch"}
     values = {field: getattr(args, flag) for field, flag in flags.items() if hasattr(args, flag)}
+    if here and values.get("data_dir") is not None and not Path(values["data_dir"]).expanduser().is_dir():
+        raise SparseddError(f"--data-dir {values['data_dir']} is not a folder; give the folder that holds mnist/ (or "
+                            "leave --data-dir out: data sets are then downloaded into the cache)")
     values["device"] = resolve_device(getattr(args, "device", "auto"), here=here)
     values["progress"] = not getattr(args, "no_progress", False)
     if hasattr(args, "batch"):
@@ -135,8 +138,8 @@ def cmd_run(args) -> int:
     console = terminal.console(quiet=not dist.main)
     line = f"run {cfg.run_id} ({preset or args.config}) -> {store.root}"
     line += f" on {dist.world} processes" if dist.active else ""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)  # paths as given: no markup, no wrapping
-    run_id = run(cfg, store, preset=preset, options=options)
+    run_id = run(cfg, store, preset=preset, options=options,  # paths as given: no markup, no wrapping
+                 started=lambda: console.print(line, markup=False, highlight=False, soft_wrap=True))
     if dist.main:
         curve = run_curve(store, run_id)
         console.print(curve_table(run_id, curve))
@@ -332,7 +335,7 @@ def _int_list(text: str | None, option: str, all_ok: bool = True) -> list[int] |
     if text is None or (all_ok and text == "all"):
         return None
     try:
-        return [int(t) for t in text.split(",")]  # (an empty item is a typo: refused, not skipped)
+        return [int(t) for t in text.split(",")] if text.strip() else []  # (an empty item is a typo: refused)
     except ValueError:
         either = " or 'all'" if all_ok else ""
         raise SparseddError(f"{option} takes a comma-separated list of integers{either}, got {text!r}") from None

@@ -90,7 +90,8 @@ def download(urls: list[str], dest: Path, md5_uncompressed: str, *, raw: bool = 
         )
     raise SparseddError(
         f"could not download {dest.name} from any mirror ({'; '.join(failures)}); "
-        f"put the file in {dest.parent} by hand (or point SPARSEDD_DATA at a folder holding it) and run again"
+        f"if you have the data, give --data-dir (or SPARSEDD_DATA) the folder holding {dest.parent.name}/; else put "
+        f"the file in {dest.parent} by hand and run again"
     )
 
 

@@ -11,6 +11,8 @@ stages are skipped, interrupted ones resume from their checkpoints.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..config import RunConfig, canonical_dict
 from ..options import ExecOptions
 from ..store import Store
@@ -27,17 +29,18 @@ __all__ = ["run", "run_many", "run_level", "learning_distance", "Replicate", "Jo
 
 
 def run(cfg: RunConfig, store: Store, *, preset: str | None = None, options: ExecOptions | None = None,
-        dense_only: bool = False) -> str:
+        dense_only: bool = False, started: Callable[[], None] | None = None) -> str:
     """Run (or resume) every seed of ``cfg``; returns the run id.
 
     ``dense_only``: compute the dense stages only, with no run recorded (a sweep computes the dense
-    networks its runs share first, in parallel).
+    networks its runs share first, in parallel). ``started``: called once the data are loaded and checked
+    and the run is recorded (the command line's "run ID -> ROOT", never before a refusal).
     """
-    return run_many([(cfg, preset)], store, options=options, dense_only=dense_only)[0]
+    return run_many([(cfg, preset)], store, options=options, dense_only=dense_only, started=started)[0]
 
 
 def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, options: ExecOptions | None = None,
-             dense_only: bool = False) -> list[str]:
+             dense_only: bool = False, started: Callable[[], None] | None = None) -> list[str]:
     """Run several runs level by level together, so that their stages can train batched (a sweep's
     runs of one architecture and schedule, e.g. several noise rates); returns their run ids."""
     opts = options or ExecOptions()
@@ -45,6 +48,8 @@ def run_many(items: list[tuple[RunConfig, str | None]], store: Store, *, options
     if not dense_only:
         for cfg, preset in items:
             store.register_run(cfg.run_id, canonical_dict(cfg, full=True), preset, cfg.seeds, cfg.prune.levels)
+    if started is not None:
+        started()
     progress = Progress(opts.progress, _total_epochs(items, dense_only))
     run_id = (lambda cfg: None) if dense_only else (lambda cfg: cfg.run_id)
     reps = [Replicate(cfg.with_seed(seed), run_id(cfg), datasets[data_key(cfg)], store, opts, progress)
