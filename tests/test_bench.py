@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from sparsedd.cli import main
 
 
@@ -64,7 +66,12 @@ def test_bench_side_by_side_columns_and_the_capture_option(capsys):
 def test_bench_bad_input(capsys):
     assert main(["bench", "--preset", "nope"]) == 2
     assert "unknown preset" in capsys.readouterr().err
-    assert main(["bench", "--preset", "mnist1d-quick", "--batches", "0"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--preset", "mnist1d-quick", "--batches", "0"])
+    assert e.value.code == 2
+    capsys.readouterr()
+    assert main(["bench", "--preset", "mnist1d-quick", "--quick"]) == 2  # (found by audit: ignored)
+    assert "--rounds, --steps and --quick apply to the reference benchmark" in capsys.readouterr().err
     assert main(["bench", "--preset", "mnist1d-quick", "--ks", "0"]) == 2
     capsys.readouterr()
     assert main(["bench", "--preset", "mnist1d-quick", "--ks", "all"]) == 2  # not a list of counts
@@ -72,4 +79,4 @@ def test_bench_bad_input(capsys):
     assert main(["bench", "--preset", "mnist1d-quick", "--capture", "on", "--warmup", "2"]) == 2
     assert "--capture on needs --warmup 4 or more" in capsys.readouterr().err
     assert main(["bench", "--ks", "2"]) == 2  # the reference benchmark has no side-by-side column
-    assert "--ks apply to `bench --preset NAME` only" in capsys.readouterr().err
+    assert "--ks, --batches and --warmup apply to `bench --preset NAME` only" in capsys.readouterr().err

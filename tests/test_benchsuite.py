@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from sparsedd.cli import main
 
 
@@ -29,8 +31,11 @@ def test_bench_suite_table_and_bad_input(capsys):
     text = capsys.readouterr().out
     assert "(a) reference" in text and "targets:" in text and "(e) LeNet curve" in text
     assert "captured as CUDA graphs" not in text  # no GPU: no captured columns unless asked for
-    assert main(["bench", "--quick", "--steps", "1"]) == 2
-    assert "--steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # (argparse's: one line, exit 2, as every bounded flag)
+        main(["bench", "--quick", "--steps", "1"])
+    assert e.value.code == 2 and "argument --steps: expected an integer in [2, 100000]" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--warmup", "1"]) == 2  # (found by audit: accepted, and meant nothing)
+    assert "--batches and --warmup apply to `bench --preset NAME` only" in capsys.readouterr().err
     assert main(["bench", "--set", "train.lr=1"]) == 2
 
 

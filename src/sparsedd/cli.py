@@ -411,10 +411,13 @@ def cmd_bench(args) -> int:
     from .bench.preset import bench_preset
     from .bench.suite import busy_cores
 
+    if args.rounds is not None or args.steps is not None or args.quick:
+        raise SparseddError("--rounds, --steps and --quick apply to the reference benchmark (bench without --preset)")
     ks = _int_list(args.ks, "--ks", all_ok=False) or []
+    batches, warmup = 10 if args.batches is None else args.batches, 2 if args.warmup is None else args.warmup
     with busy_cores(args.busy):
-        row = bench_preset(args.preset, sets=args.set, device=options.device, batches=args.batches,
-                           warmup=args.warmup, data_dir=options.data_dir, accel=options.accel, ks=ks)
+        row = bench_preset(args.preset, sets=args.set, device=options.device, batches=batches,
+                           warmup=warmup, data_dir=options.data_dir, accel=options.accel, ks=ks)
     if args.format == "json":
         print(json.dumps(row, indent=1))
         return 0
@@ -426,12 +429,9 @@ def cmd_bench(args) -> int:
 def _bench_suite(args, options) -> int:
     from .bench.suite import format_table, run_suite
 
-    if args.set or args.channels_last or args.compile or args.ks:
-        raise SparseddError("--set, --channels-last, --compile and --ks apply to `bench --preset NAME` only")
-    rounds_ok = args.rounds is None or 1 <= args.rounds <= 1000
-    steps_ok = args.steps is None or 2 <= args.steps <= 100_000
-    if not (rounds_ok and steps_ok):
-        raise SparseddError("--rounds must be in [1, 1000] and --steps in [2, 100000]")
+    if args.set or args.channels_last or args.compile or args.ks or args.batches is not None or args.warmup is not None:
+        raise SparseddError("--set, --channels-last, --compile, --ks, --batches and --warmup apply to `bench --preset "
+                            "NAME` only")
     result = run_suite(quick=args.quick, device=options.device, data_dir=options.data_dir, rounds=args.rounds,
                        steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                        capture=args.capture, threads=options.threads, busy=args.busy)
@@ -630,14 +630,17 @@ def _add_bench(command) -> None:
                           "with --preset: seconds per epoch of a preset's model and data", "data", "threads", "set")
     bn.add_argument("--preset", default=None, help=f"one of: {', '.join(config_load.presets())}")
     bn.add_argument("--quick", action="store_true", help="tiny sizes (checks that it runs; the times mean nothing)")
-    bn.add_argument("--rounds", type=int, default=None, help="measurements of each figure, median taken (default 3)")
-    bn.add_argument("--steps", type=int, default=None, help="training steps timed per measurement (default 60)")
+    bn.add_argument("--rounds", type=_integer(1, 1000), default=None,
+                    help="without --preset: measurements of each figure, median taken (default 3)")
+    bn.add_argument("--steps", type=_integer(2, 100_000), default=None,
+                    help="without --preset: training steps timed per measurement (default 60)")
     bn.add_argument("--out", default=None, help="also write the JSON result to this file")
     bn.add_argument("--busy", type=_integer(0, 64), default=0, metavar="N",
                     help="keep N other processes busy (one core each) while measuring: the times under load")
-    bn.add_argument("--batches", type=int, default=10,
+    bn.add_argument("--batches", type=_integer(1, 100_000), default=None,
                     help="with --preset: training steps and evaluation batches timed (default 10)")
-    bn.add_argument("--warmup", type=int, default=2, help="steps run before timing (default 2)")
+    bn.add_argument("--warmup", type=_integer(0, 100_000), default=None,
+                    help="with --preset: steps run before timing (default 2)")
     bn.add_argument("--channels-last", action="store_true")
     bn.add_argument("--compile", action="store_true")
     bn.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
