@@ -93,6 +93,7 @@ SLOW = (
     "test_benchsuite.py::test_bench_suite_quick_json_shape",
     "test_benchsuite.py::test_bench_suite_table_and_bad_input",
     "test_cifarn.py::test_a_tiny_run_with_cifar10n_worst",
+    "test_api.py::test_a_run_and_its_analyses_leave_the_callers_global_rng_alone",
     "test_claims.py::test_claims_command_end_to_end",
     "test_claims.py::test_report_show_and_phases_after_claims",
     "test_claims.py::test_claims_list_the_levels_that_ended_unstable_and_drop_them_as_another_result",

@@ -60,3 +60,16 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, call, messag
 def test_unknown_analysis_is_rejected_before_the_run_is_looked_up(tmp_path):
     with pytest.raises(SparseddError, match="unknown analysis 'nope'"):
         sparsedd.analyze("abc", "nope", root=tmp_path)
+
+
+def test_a_run_and_its_analyses_leave_the_callers_global_rng_alone(tmp_path, monkeypatch):
+    """Every draw of sparsedd is from a keyed generator of its own; torch's layers draw their default init from the
+    global one, which is the caller's program's (found by review: building a model advanced it)."""
+    import torch
+
+    monkeypatch.setenv("SPARSEDD_CACHE", str(tmp_path / "cache"))  # the execution choices measured here too
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state().clone()
+    res = sparsedd.run("mnist1d-quick", overrides=OVERRIDES, seeds=2, root=tmp_path, device="cpu")
+    sparsedd.analyze(res.run_id, "reinit", root=tmp_path, levels=[1])
+    assert torch.equal(torch.random.get_rng_state(), before)

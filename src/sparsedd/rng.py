@@ -15,3 +15,9 @@ def derive_seed(*key: object) -> int:
 
 def generator(*key: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*key))
+
+
+def global_rng_kept():
+    """A block after which torch's global CPU generator is as it was: torch's layers draw their default init
+    from it (ours then overwrites it from a keyed generator), and it belongs to the user's program."""
+    return torch.random.fork_rng(devices=[])

@@ -39,6 +39,7 @@ from ..config import DataConfig, TrainConfig
 from ..data import load_dataset
 from ..errors import SparseddError
 from ..models.mlp import MLP
+from ..rng import global_rng_kept
 from ..pruning import density, full_mask, magnitude
 from ..training import TrainData, train
 from ..training.captured import WARMUP_STEPS
@@ -157,8 +158,9 @@ def _magnitude_masks(model: MLP, data: TrainData, densities: list[float], warm_s
 
 
 def _model(widths: tuple[int, ...], seed: int, device: torch.device) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(widths[0], widths[1:-1], widths[-1]).to(device)
+    with global_rng_kept():  # (the common loop's init: PyTorch's default, seeded; the caller's RNG left alone)
+        torch.manual_seed(seed)
+        return MLP(widths[0], widths[1:-1], widths[-1]).to(device)
 
 
 def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, widths: tuple[int, ...], *, steps: int, warmup: int,

@@ -15,7 +15,7 @@ from ..config import ModelConfig
 from ..errors import SparseddError
 from ..pruning import layer_names
 from ..registry import Registry
-from ..rng import generator
+from ..rng import generator, global_rng_kept
 from .imported import imported_builder, is_import_path
 from .mlp import MLP
 from .resnet import resnet18, resnet101
@@ -46,9 +46,11 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return builder_of(cfg.name)(cfg, tuple(input_shape), num_classes)
-    model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
+    with global_rng_kept():
+        model = MODELS[cfg.name](cfg, tuple(input_shape), num_classes)
     reset_parameters(model, seed, bias_init=cfg.bias_init, bn_init=cfg.bn_init)
     return model
+
 
 
 @functools.lru_cache(maxsize=64)

@@ -27,6 +27,7 @@ from ..config import TrainConfig
 from ..distributed import SINGLE, Dist
 from ..errors import notice
 from ..models.mlp import MLP
+from ..rng import global_rng_kept
 from .batched import StackedExecution
 from .captured import CapturedExecution, CapturedStackedExecution, capture_choice
 from .core import Accel, Checkpointer, Objective, TrainData, TrainResult, iters_per_epoch
@@ -166,7 +167,8 @@ def measure_batching(widths: tuple[int, ...], batch_size: int, k: int, device: t
     y = torch.randint(0, widths[-1], (n,), generator=g).to(device)
     data = TrainData.clean(x, y, batch_size)
     cfg = TrainConfig(lr=0.01, batch_size=batch_size, epochs=1, eval_every=10 ** 6)
-    models = [MLP(widths[0], widths[1:-1], widths[-1]).to(device) for _ in range(k)]
+    with global_rng_kept():
+        models = [MLP(widths[0], widths[1:-1], widths[-1]).to(device) for _ in range(k)]
     masks = [full_mask(m, m.prunable_names("default")) for m in models]
 
     def timed(fn) -> float:

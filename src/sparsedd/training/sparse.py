@@ -40,6 +40,7 @@ from torch import nn
 
 from ..errors import SparseddError
 from ..models.mlp import MLP
+from ..rng import global_rng_kept
 from ..pruning.mask import density
 from .measured import cached, interleaved_medians, machine_key, sync, threads
 from .optim import direct_step
@@ -579,7 +580,8 @@ def measure_crossover(widths: tuple[int, ...], batch_size: int, device: torch.de
 
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
-    model = MLP(widths[0], tuple(widths[1:-1]), widths[-1]).to(device)
+    with global_rng_kept():
+        model = MLP(widths[0], tuple(widths[1:-1]), widths[-1]).to(device)
     x = torch.randn(batch_size, widths[0], generator=g).to(device)
     y = torch.randint(0, widths[-1], (batch_size,), generator=g).to(device)
     names = model.prunable_names("default")
