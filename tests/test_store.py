@@ -109,3 +109,29 @@ def test_stage_files_follow_the_umask(tmp_path):
     assert {"a.json", "b.pt", "b.pt.sha256"} <= set(written)  # the checksums beside them too
     for name in written:
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+def test_an_output_for_people_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A report's page, table or figure and bench --out (found by review: written in place, so a kill mid-write
+    left a truncated file)."""
+    from sparsedd.store.files import save_figure, write_output
+
+    page = tmp_path / "index.html"
+    write_output(page, "<p>before</p>")
+
+    class Failing:  # a figure whose drawing fails half way
+        def savefig(self, buffer, **options):
+            buffer.write(b"\x89PNG partial")
+            raise RuntimeError("drawing failed")
+
+    with pytest.raises(RuntimeError):
+        save_figure(Failing(), tmp_path / "curve.png", dpi=110)
+    import sparsedd.store.files as files
+
+    def disk_full(fd):  # the new bytes are written, then the disk fills before they are safe
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_output(page, "<p>after</p>" * 1000)
+    assert page.read_text() == "<p>before</p>" and sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]

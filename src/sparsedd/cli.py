@@ -436,8 +436,9 @@ def _bench_suite(args, options) -> int:
                        steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                        capture=args.capture, threads=options.threads, busy=args.busy)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        from .store.files import write_output
+
+        write_output(Path(args.out), json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1) if args.format == "json" else format_table(result))
     return 0
 

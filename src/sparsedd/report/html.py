@@ -18,6 +18,7 @@ from ..errors import SparseddError
 from ..inputs import folder
 from ..results import load, resolve_run, run_config
 from ..store import Store
+from ..store.files import save_figure, write_output
 from . import figures as F
 from .plots import plain
 from .tables import json_value, run_title, sparsity_words
@@ -88,14 +89,14 @@ class _Writer:
     def figure(self, fig, name: str, caption: str) -> None:
         name = _file_name(name)
         for ext in ("png", "pdf"):
-            fig.savefig(self.out / "figures" / f"{name}.{ext}", dpi=110)
+            save_figure(fig, self.out / "figures" / f"{name}.{ext}", dpi=110)
         plt.close(fig)
         self.parts.append(f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}">'
                           f'<figcaption>{html.escape(caption)} (<a href="figures/{name}.pdf">PDF</a>)</figcaption></figure>')
 
     def table(self, df: pd.DataFrame, name: str, caption: str, show: bool = True) -> None:
         name = _file_name(name)
-        df.to_csv(self.out / "tables" / f"{name}.csv", index=False)
+        write_output(self.out / "tables" / f"{name}.csv", df.to_csv(index=False))
         if show:
             self.parts.append(f"<p>{html.escape(caption)} (<a href=\"tables/{name}.csv\">CSV</a>)</p>" +
                               _shown(df).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", border=0))
@@ -113,7 +114,7 @@ class _Writer:
                 f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body><h1>{html.escape(title)}</h1>"
                 + "\n".join(self.parts) + "</body></html>")
         path = self.out / "index.html"
-        path.write_text(page)
+        write_output(path, page)
         return path
 
 

@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
 from ..errors import SparseddError  # noqa: E402
+from ..store.files import save_figure  # noqa: E402
 
 IMAGE_TYPES = tuple(FigureCanvasBase.get_supported_filetypes())  # the suffixes savefig can write
 
@@ -109,7 +110,6 @@ def plot_curve(levels: pd.DataFrame, out: str | Path, title: str = "", unstable:
         fig.suptitle(plain(title), fontsize=10)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)  # (its folder made too)
     plt.close(fig)
     return out

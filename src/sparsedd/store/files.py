@@ -13,6 +13,7 @@ was written with one) it is damaged: its bytes cannot be trusted, so the stage i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -81,6 +82,20 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_output(path: Path, data: bytes | str) -> None:
+    """An output for people (a report's page, table or figure, a benchmark's JSON), written whole or not at
+    all (a kill mid-write leaves the previous file, never a truncated one); no checksum: it is not read back."""
+    raw = data.encode() if isinstance(data, str) else data
+    _atomic_write(Path(path), lambda f: f.write(raw))
+
+
+def save_figure(fig: Any, path: Path, **options: Any) -> None:
+    """``fig.savefig(path, **options)``, written as :func:`write_output` writes (the format from the suffix)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower(), **options)
+    write_output(path, buffer.getvalue())
 
 
 # --- checksums
