@@ -225,12 +225,20 @@ def test_every_analysis_runs_from_the_cli(tiny_run, capsys):
 
     kinds = set(load(root).analyses["kind"])
     assert {"interpolate", "landscape", "sharpness", "reinit"} <= kinds
+    # the re-dense end with the settings asked (found by review: always redense's defaults, so never the paper's
+    # CIFAR re-dense at lr 0.001 with momentum carried)
+    line = analyze(capsys, root, run_id, "interpolate", "--levels", "2", "--set", "step=0.5", "--set", "redense_lr=0.05",
+                   "--set", "redense_carry_optimizer=true")
+    redensed = load(root).analyses.query("kind == 'redense' and level == 2")
+    asked = redensed[[s == {"carry_optimizer": True, "lr": 0.05} for s in redensed["settings"]]]
+    assert len(asked) == 1 and line[0]["test_acc_other"] == pytest.approx(asked["result"].iloc[0]["test_acc"])
 
 
 @pytest.mark.parametrize("args, words", [
     (["bogus"], "unknown analysis"),
     (["redense", "--set", "epochz=1"], "unknown setting 'epochz'"),
-    (["interpolate", "--set", "target=init"], "target must be"),
+    (["interpolate", "--set", "target=init"], "target must be redense or dense, got 'init'"),
+    (["interpolate", "--set", "redense_lr=-1"], "redense: epochs and lr must be >= 0"),
     (["landscape", "--levels", "x"], "comma-separated"),
     (["sharpness", "--levels", "99"], "no finished level"),
 ])

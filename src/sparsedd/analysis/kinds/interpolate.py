@@ -17,18 +17,28 @@ from .redense import RedenseSettings
 class InterpolateSettings:
     step: float = 0.01  # alpha step (paper: 0.01)
     target: str = "redense"  # the other end: the level's re-dense solution, or the dense network (level 0)
+    # the re-dense solution's settings (`redense`'s lr and carry_optimizer; 0 and false: its defaults)
+    redense_lr: float = 0.0
+    redense_carry_optimizer: bool = False
 
     def __post_init__(self) -> None:
-        if self.target not in ("redense", "dense") or not 0 < self.step <= 0.5:
-            raise SparseddError("interpolate: target must be redense or dense and step in (0, 0.5]")
+        if self.target not in ("redense", "dense"):
+            raise SparseddError(f"interpolate: target must be redense or dense, got {self.target!r}")
+        if not 0 < self.step <= 0.5:
+            raise SparseddError(f"interpolate: step must be in (0, 0.5], got {self.step:g}")
+        self.redense()  # (its own checks)
+
+    def redense(self) -> RedenseSettings:
+        """The settings of the re-dense solution at the line's other end."""
+        return RedenseSettings(lr=self.redense_lr, carry_optimizer=self.redense_carry_optimizer)
 
 
 def compute(a: Analyzer, seed: int, level: int, sid: str, s: InterpolateSettings) -> dict:
     def measure() -> dict:
         rep, model, mask, final = a.model_at(seed, sid)
         if s.target == "redense":
-            redense.compute(a, seed, level, sid, RedenseSettings())
-            other = a.store.final(a.result_id("redense", sid, RedenseSettings()))["model"]
+            redense.compute(a, seed, level, sid, s.redense())
+            other = a.store.final(a.result_id("redense", sid, s.redense()))["model"]
         else:
             other = a.store.final(a.links[(seed, 0)])["model"]
         pts = interpolate(model, final["model"], other, alpha_grid(s.step), rep.train_data)

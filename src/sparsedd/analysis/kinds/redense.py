@@ -15,12 +15,15 @@ from ..base import ANALYSES, Analysis, Analyzer, Training, figure, pending
 @dataclass(frozen=True)
 class RedenseSettings:
     epochs: int = 0  # 0: the run's train.epochs (paper: MNIST 200, CIFAR 160)
-    lr: float = 0.0  # 0: the run's train.lr (paper: MNIST 0.1, CIFAR 0.001); constant
+    # 0: the run's train.lr; constant. The paper's code goes on at the lr its schedule reached, with the momentum
+    # it had: the same on MNIST (0.1, no momentum); on CIFAR --set lr=0.001 --set carry_optimizer=true
+    lr: float = 0.0
     carry_optimizer: bool = False  # start from the level's final optimizer state instead of a fresh one
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr < 0:
-            raise SparseddError("redense: epochs and lr must be >= 0 (0: the run's value)")
+            raise SparseddError(f"redense: epochs and lr must be >= 0 (0: the run's value), got epochs {self.epochs} "
+                                f"and lr {self.lr:g}")
         if self.epochs > config_mod.MAX_EPOCHS:
             raise SparseddError(f"redense: epochs must be at most {config_mod.MAX_EPOCHS}")
 
