@@ -107,6 +107,23 @@ def test_two_stores_merged_into_a_third_show_the_same_curves_and_merging_again_c
     assert {name: snapshot(stores[name]) for name in ("a", "b")} == sources  # the sources are only read
 
 
+def test_a_stage_already_there_with_other_weights_is_counted_and_ours_kept(stores, tmp_path, capsys):
+    """One stage id computed two ways (found by audit: local and SLURM sweeps chose other --batch/--sparse paths,
+    and past float rounding over the epochs their weights differed; merge said nothing)."""
+    dst, other = tmp_path / "dst", tmp_path / "other"
+    shutil.copytree(stores["a"], dst)
+    shutil.copytree(stores["a"], other)
+    sid = stage_chain(CFG_SHORT)[(0, 1)]
+    final = Store(other).final(sid)
+    Store(other).save_final(sid, {k: v + 1e-6 if v.is_floating_point() else v for k, v in final["model"].items()},
+                            final["mask"])  # other weights, as checked and recorded as any
+    before = snapshot(dst)
+    code, out, _ = cli(capsys, "merge", other, "--root", dst)
+    assert code == 0 and "0 stages copied, 3 already there" in out
+    assert "; 1 of the stages already there had other weights in a source (computed another way" in out, out
+    assert snapshot(dst) == before  # ours kept
+
+
 def test_a_damaged_file_in_a_source_is_reported_and_its_stage_skipped(stores, tmp_path, capsys):
     src, other = tmp_path / "b", tmp_path / "a"
     shutil.copytree(stores["b"], src)

@@ -49,6 +49,7 @@ class Merged:
     sources: int = 0
     copied: int = 0
     there: int = 0
+    other_weights: int = 0  # of those already there, how many the source had with other weights
     completed: int = 0  # results-only stages given their weights
     unfinished: int = 0
     weights: int = 0  # stages of weights only, left with results_only
@@ -63,6 +64,8 @@ class Merged:
                 f"{self.copied} stages copied, {self.there} already there, {self.damaged_stages} skipped as "
                 f"damaged; {self.runs_added} runs added")
         line += f", {self.damaged_runs} skipped as damaged" if self.damaged_runs else ""
+        line += (f"; {self.other_weights} of the stages already there had other weights in a source (computed "
+                 "another way, e.g. another --batch or --sparse choice: this store's kept)" if self.other_weights else "")
         line += f"; {self.completed} results-only stages given their weights" if self.completed else ""
         line += f"; {self.unfinished} unfinished stages left (computed by the run that needs them)" \
             if self.unfinished else ""
@@ -154,6 +157,7 @@ def merge_stages(src: Store, dst: Store, results_only: bool, result: Merged, adv
             result.skipped.append(f"skipped stage {sid} of {src.root}: {detail}")
         elif outcome in ("copied", "there", "completed", "weights"):
             setattr(result, outcome, getattr(result, outcome) + 1)
+            result.other_weights += detail == "other weights"
             if outcome != "weights":
                 done.add(sid)
         elif outcome == "unfinished" and src.stage_kind(sid) != "batch":  # (a batch's folder: a shortcut only)

@@ -568,8 +568,8 @@ class Store:
         under this store's lock of the stage."""
         if not src.is_done(stage_id):
             return "unfinished", ""
-        if self.is_done(stage_id) and not self.results_only(stage_id):
-            return "there", ""  # (without its lock, and without reading src's: a stage that is there is not touched)
+        if self.is_done(stage_id) and not self.results_only(stage_id):  # not touched (nor locked), only compared:
+            return "there", "" if self._same_weights(src, stage_id) else "other weights"
         try:
             plan = src._merge_plan(stage_id, results_only)
         except DamagedFile as e:
@@ -589,6 +589,13 @@ class Store:
             if self._completed_by(src, stage_id, names):
                 return self._copy_stage(src, stage_id, [n for n in names if n in WEIGHTS], None, "completed")
             return "there", ""
+
+    def _same_weights(self, src: "Store", stage_id: str) -> bool:
+        """Whether ``src``'s final weights of a stage done in both are this store's, by their recorded checksums
+        (a stage computed another way, e.g. under another --batch or --sparse choice, has the same id and, past
+        float rounding grown over the epochs, other weights; where either has no record, taken as the same)."""
+        mine, theirs = (recorded_checksum(store.stage_dir(stage_id) / FINAL) for store in (self, src))
+        return mine is None or theirs is None or mine.get("sha256") == theirs.get("sha256")
 
     def _merge_plan(self, stage_id: str, results_only: bool) -> tuple[list[str], dict[str, Any] | None] | None:
         """The files of this done stage to copy into another store, ``done.json`` last, and the results-only
