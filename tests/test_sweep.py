@@ -131,6 +131,12 @@ def test_dry_run_lists_runs(tmp_path, capsys):
     assert main(["sweep", str(small(tmp_path)), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 runs" in out and "data.noise=0.4 retrain.mode=weight-rewind" in out
+    # (found by audit) --format json is honoured, and flags the real sweep refuses are refused here too
+    assert main(["sweep", str(small(tmp_path)), "--dry-run", "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert len(plan["runs"]) == 4 and plan["runs"][3]["axes"] == {"data.noise": 0.4, "retrain.mode": "weight-rewind"}
+    assert main(["sweep", str(small(tmp_path)), "--dry-run", "--address", "1.2.3.4"]) == 2
+    assert "--address and --gpus-per-task apply to --executor ray" in capsys.readouterr().err
 
 
 # --- executors -------------------------------------------------------------------------------

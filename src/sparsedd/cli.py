@@ -453,16 +453,16 @@ def _slurm_flags(args, sweep) -> dict:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SweepOptions, as_json, describe, load_sweep, run_sweep
+    from .sweep import SweepOptions, as_json, describe, load_sweep, plan_json, run_sweep
     from .sweep.slurm import merged
 
     sweep = load_sweep(args.file)  # every run checked before anything runs
-    if args.dry_run:
-        print(describe(sweep))
-        return 0
     if args.executor != "ray" and (args.address or args.gpus_per_task):
         raise SparseddError("--address and --gpus-per-task apply to --executor ray")
     slurm = _slurm_flags(args, sweep)
+    if args.dry_run:  # (after the flags' checks: a dry run tells whether the real one would start)
+        print(plan_json(sweep) if args.format == "json" else describe(sweep))
+        return 0
     if args.gpus_per_task or (args.executor == "slurm" and merged(sweep.slurm, slurm).get("gpus_per_node")):
         device = "cuda"
     elif args.executor == "local" or args.device != "auto":

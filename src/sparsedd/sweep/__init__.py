@@ -307,6 +307,13 @@ def describe(sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
+def plan_json(sweep: Sweep) -> str:
+    """``sweep --dry-run --format json``: the runs the sweep would run, as :func:`describe` lists them."""
+    return json.dumps({"sweep_id": sweep.sweep_id, "name": sweep.name, "preset": sweep.preset, "seeds": sweep.seeds,
+                       "retries": sweep.retries, "runs": [{"run": r.run_id, "label": r.label, "axes": r.axes}
+                                                          for r in sweep.runs]}, indent=1, default=str)
+
+
 def as_json(result: SweepResult) -> str:
     return json.dumps({"sweep_id": result.sweep_id, "complete": result.complete, "failed": result.failed,
                        "skipped": result.skipped, "folder": str(result.folder),
