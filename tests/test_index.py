@@ -491,3 +491,15 @@ def test_a_stage_recorded_again_keeps_only_its_new_history(tmp_path):
     index.record_epochs("a" * 16, [{"epoch": e, "test_acc": 0.6} for e in (1, 2)])
     rows = index._query("SELECT stage_id, epoch, test_acc FROM epochs ORDER BY stage_id, epoch")
     assert [tuple(r.values()) for r in rows] == [("a" * 16, 1, 0.6), ("a" * 16, 2, 0.6), ("b" * 16, 1, 0.4)]
+
+
+def test_doctor_counts_the_records_of_stacked_training_apart_from_the_stages(tmp_path, capsys):
+    """A sound store of stacked seeds is all complete (found by audit: '44 stages (36 complete)' read as if eight
+    were unfinished; they were the records of the levels' stacked trainings)."""
+    root = tmp_path / "runs"
+    args = ["run", "--root", str(root), "--no-progress", "--seeds", "2", "--batch", "on", "--sparse", "off"]
+    assert main(args + [a for s in TINY for a in ("--set", s)]) == 0
+    capsys.readouterr()
+    assert main(["doctor", "--root", str(root)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"store {root}: 9 stages (6 complete, 3 records of stages trained stacked), 1 runs", first

@@ -49,6 +49,7 @@ class Finding:
 class Examination:
     stages: int = 0
     complete: int = 0
+    batch_records: int = 0  # sound results of stages trained stacked (each stage also has its own folder)
     findings: list[Finding] = field(default_factory=list)
     chains: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict)  # run -> (seed, level) -> stage
     bad_runs: dict[str, str] = field(default_factory=dict)  # run -> why its config cannot be read
@@ -88,6 +89,7 @@ def examine(store: Store) -> Examination:
             # whatever one stage's folder holds, the others are still examined and reported
             finding = Finding(DAMAGED, sid, "?", f"cannot be examined ({type(e).__name__}: {e})")
         ex.complete += store.is_done(sid) and (finding is None or finding.state in (ORPHANED, RESULTS_ONLY))
+        ex.batch_records += finding is None and store.stage_kind(sid) == "batch"
         if finding is not None:
             ex.findings.append(finding)
     for path in store.data_records():
@@ -291,6 +293,7 @@ def _damaged_claims(store: Store) -> dict[str, str]:
 
 def describe(store: Store, ex: Examination) -> list[str]:
     counts = [f"{ex.complete} complete"] + [f"{ex.count(s)} {s}" for s in (PARTIAL, DAMAGED, BUSY) if ex.count(s)]
+    counts += [f"{ex.batch_records} records of stages trained stacked"] if ex.batch_records else []
     unused = f"; {ex.count(ORPHANED)} of the complete ones used by no run" if ex.count(ORPHANED) else ""
     unused += f"; {ex.count(RESULTS_ONLY)} of them results only" if ex.count(RESULTS_ONLY) else ""
     lines = [f"store {store.root}: {ex.stages} stages ({', '.join(counts)}{unused}), "
