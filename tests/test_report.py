@@ -91,3 +91,13 @@ def test_tensorboard_event_files(report):
     assert "levels/test_acc" in tags and "level_00/test_acc" in tags
     assert [e.step for e in acc.Scalars("levels/sparsity")] == [0, 1, 2, 3]
     assert [e.step for e in acc.Scalars("level_01/train_loss_running")] == [1, 2, 3]
+
+
+def test_a_shallow_curve_gets_sparsity_ticks_too():
+    """(found by audit) a sweep pruned to 44% showed one tick, '0', on its sparsity axis."""
+    import math
+
+    from sparsedd.report.plots import _ticks
+
+    assert _ticks(-math.log(1 - 0.44))[1] == ["0", "10", "20", "30", "40"]
+    assert _ticks(-math.log(1 - 0.995))[1] == ["0", "50", "80", "90", "95", "98", "99", "99.5"]  # deep: as before

@@ -30,7 +30,10 @@ def sparsity_axis(sparsity: np.ndarray) -> np.ndarray:
 
 
 def _ticks(max_x: float) -> tuple[list[float], list[str]]:
-    candidates = [0, 50, 80, 90, 95, 98, 99, 99.5, 99.8, 99.9, 99.95, 99.98, 99.99]
+    """Sparsity ticks (in %) for an axis up to ``max_x``: steps of 10 for a shallow curve (below 63%, where the
+    deep curve's 0, 50, 80, ... left one label), the deep ones' otherwise."""
+    deep = [0, 50, 80, 90, 95, 98, 99, 99.5, 99.8, 99.9, 99.95, 99.98, 99.99]
+    candidates = list(range(0, 70, 10)) if max_x < 1.0 else deep
     ticks: list[float] = []
     for s in candidates:  # keep neighbouring labels apart in proportion to their length
         x = -math.log(1 - s / 100)
