@@ -170,8 +170,11 @@ def seeds_of(curve):
 
 
 class Fake:
-    def __init__(self, curves, analyses=None):
-        self.curves, self.analyses = curves, analyses or {}
+    def __init__(self, curves, analyses=None, train=None):
+        self.curves, self.analyses, self.train, self.asked = curves, analyses or {}, train, []
+
+    def train_config(self, role):
+        return self.train
 
     def curve(self, role):
         return self.curves[role]
@@ -180,6 +183,7 @@ class Fake:
         return role
 
     def analysis(self, role, kind, settings, levels):
+        self.asked.append((kind, settings))
         df = self.analyses[(role, kind)]
         return df[df["level"].isin(levels)].reset_index(drop=True)
 
@@ -269,6 +273,24 @@ def test_each_claim_on_synthetic_curves(number):
     assert noisy["verdict"] == "inconclusive", noisy
     assert holds["ci"][0] <= holds["value"] <= holds["ci"][1]
     assert all(len(p["per_seed"]) == SEEDS for p in holds["parts"])
+
+
+@pytest.mark.parametrize("preset, settings", [
+    ("paper-mnist-lenet", {}),  # a constant 0.1 without momentum: the analysis's defaults are the code's
+    ("mnist1d-quick", {}),
+    ("mnist-conv-quick", {}),  # a cosine schedule, which the paper's code has not: the defaults
+    ("paper-cifar10-resnet18", {"lr": 0.001, "carry_optimizer": True}),  # on at 0.001, momentum carried
+    ("paper-tinyimagenet-resnet101", {"lr": 0.002, "carry_optimizer": True}),
+])
+def test_claim4_re_denses_as_the_paper_code_after_the_runs_schedule(preset, settings):
+    """(found by review: claim 4 always re-densed at the run's starting rate, 0.1 on CIFAR, where the code goes on
+    at the 0.001 its schedule reached)"""
+    from sparsedd import config_load
+
+    fake = claim4(True)
+    fake.train = config_load.load(preset).train
+    C.CLAIMS["4"].measure(fake)
+    assert fake.asked == [("redense", settings)]
 
 
 def test_claim1_holds_on_the_papers_own_figure_and_not_on_a_rising_curve():

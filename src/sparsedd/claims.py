@@ -146,6 +146,9 @@ class StoreEvidence:
     def label(self, role: str) -> str:
         return self.runs.label(role)
 
+    def train_config(self, role: str) -> Any:
+        return self.runs.roles[role].config.train
+
     def analysis(self, role: str, kind: str, settings: dict[str, Any], levels: list[int]) -> pd.DataFrame:
         from .analysis.runner import Analyzer, parse_settings
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from ... import config as config_mod
 from ...errors import SparseddError
+from ...config import TrainConfig
 from ...experiments.distance import learning_distance
+from ...training.schedule import lr_at
 from ..base import ANALYSES, Analysis, Analyzer, Training, figure, pending
 
 
@@ -26,6 +29,17 @@ class RedenseSettings:
                                 f"and lr {self.lr:g}")
         if self.epochs > config_mod.MAX_EPOCHS:
             raise SparseddError(f"redense: epochs must be at most {config_mod.MAX_EPOCHS}")
+
+
+def code_settings(train: TrainConfig | None) -> dict[str, Any]:
+    """The paper code's re-dense for a run trained as ``train``, as settings of this analysis: training goes on
+    at the rate its step schedule ended at, with the momentum it had (e.g. 0.001 and momentum 0.9 on CIFAR).
+    Empty (this analysis's defaults, the same) for a constant rate without momentum, as on MNIST, and for the
+    schedules the code does not have (a cosine's end is about 0)."""
+    if train is None or train.schedule != "multistep":
+        return {}
+    end = float(f"{lr_at(train, train.epochs - 1, 1):.12g}")  # the last epoch's (0.1 x 0.1^2 read as 0.001)
+    return {**({"lr": end} if end != train.lr else {}), **({"carry_optimizer": True} if train.momentum else {})}
 
 
 def trainings(a: Analyzer, seed: int, level: int, sid: str, s: RedenseSettings) -> list[Training]:
