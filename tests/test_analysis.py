@@ -238,7 +238,7 @@ def test_every_analysis_runs_from_the_cli(tiny_run, capsys):
     (["bogus"], "unknown analysis"),
     (["redense", "--set", "epochz=1"], "unknown setting 'epochz'"),
     (["interpolate", "--set", "target=init"], "target must be redense or dense, got 'init'"),
-    (["interpolate", "--set", "redense_lr=-1"], "redense: epochs and lr must be >= 0"),
+    (["interpolate", "--set", "redense_lr=-1"], "interpolate: redense_lr must be >= 0 (0: the run's), got -1"),
     (["landscape", "--levels", "x"], "comma-separated"),
     (["sharpness", "--levels", "99"], "no finished level"),
 ])

@@ -201,13 +201,13 @@ def test_analysis_settings_are_finite(finished, capsys):
 
 
 @pytest.mark.parametrize("args, words", [  # (found by audit: each printed a table of something else, exit 0)
-    (["phases", "--levels", "1"], "phases measures the whole run, every level and seed; drop --levels and --seeds"),
+    (["phases", "--levels", "1"], "phases measures the whole run, every level and seed; ask for no levels or seeds"),
     (["distance", "--seeds", "0"], "distance measures the whole run"),
     (["reinit", "--levels", "0"], "reinit measures pruned levels, and run"),  # (an empty table before)
     (["reinit", "--levels", "1,7"], "has no finished level 7 (its finished levels: 0, 1, 2)"),
     (["redense", "--seeds", "5"], "has no finished seed 5 (its finished seeds: 0)"),  # ("no finished level" before)
-    (["phases", "--set", "tol=-1"], "phases: tol must be in (0, 1), a fraction of accuracy"),  # (a traceback)
-    (["phases", "--set", "tol=5"], "phases: tol must be in (0, 1)"),
+    (["phases", "--set", "tol=-1"], "phases: tol must be in [0, 1), a fraction of accuracy"),  # (a traceback)
+    (["phases", "--set", "tol=5"], "phases: tol must be in [0, 1)"),
     (["sharpness", "--levels", "1,,2"], "--levels takes a comma-separated list of integers or 'all', got '1,,2'"),
 ])
 def test_levels_and_seeds_an_analysis_cannot_take_are_refused(finished, capsys, args, words):
@@ -218,6 +218,8 @@ def test_levels_and_seeds_an_analysis_cannot_take_are_refused(finished, capsys, 
         seeds = [int(args[-1])] if args[1] == "--seeds" else None
         with pytest.raises(SparseddError, match=re.escape(words)):  # the API checks them too
             sparsedd.analyze(run_id, args[0], root=root, levels=levels, seeds=seeds)
+    if args[0] == "distance":  # empty lists ask for nothing in particular: the whole run, as before
+        assert len(sparsedd.analyze(run_id, "distance", root=root, levels=[], seeds=[])) == 2
 
 
 def test_a_run_level_analysis_with_nothing_to_measure_says_so(tmp_path, capsys):
@@ -281,15 +283,21 @@ def test_counts_and_noise_the_data_cannot_give_are_refused_before_the_run_is_reg
     fails_in_one_line(["sweep", str(sweep), "--root", str(root)], capsys, root, words)
 
 
-def test_data_that_cannot_be_had_is_refused_before_the_run_is_announced(finished, tmp_path, capsys, shared_mnist):
-    """(found by audit) "run ID -> ROOT" came before these refusals, and a missing --data-dir was created to
-    download into."""
+def test_a_data_dir_that_cannot_be_one_is_refused_and_a_new_one_is_made(finished, tmp_path, capsys):
     from conftest import TINY
 
     root, _ = finished
-    fails_in_one_line(["run", "--no-progress", *sets(TINY), "--data-dir", str(tmp_path / "nowhere"), "--root", str(root)],
-                      capsys, root, f"--data-dir {tmp_path / 'nowhere'} is not a folder; give the folder that holds mnist/")
-    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "afile").write_text("x")
+    fails_in_one_line(["run", "--no-progress", *sets(TINY), "--data-dir", str(tmp_path / "afile" / "data"),
+                       "--root", str(root)], capsys, root, f"is inside {tmp_path / 'afile'}, which is a file")
+    assert main(["run", "--no-progress", *sets(TINY), "--data-dir", str(tmp_path / "new"), "--root", str(root)]) == 0
+
+
+def test_data_that_cannot_be_had_is_refused_before_the_run_is_announced(finished, tmp_path, capsys, shared_mnist):
+    """(found by audit) "run ID -> ROOT" came before this refusal."""
+    from conftest import TINY
+
+    root, _ = finished
     fails_in_one_line(["run", "--no-progress", *sets(TINY + ["data.name=mnist", "data.num_train=100000"]),
                        "--data-dir", str(shared_mnist), "--root", str(root)], capsys, root,
                       "data.num_train = 100000 but mnist has only 60000")

@@ -50,6 +50,7 @@ def test_tables_to_a_pipe_are_whole(finished, capsys, monkeypatch):
     """Without a terminal (here: pytest's capture), a table is as wide as it needs: rich's 80 columns cut the
     preset and summary with an ellipsis (found by audit, in logs and | grep)."""
     monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # (colours forced, as some CI does: rich then takes a pipe for a terminal)
     monkeypatch.setenv("SPARSEDD_ROOT", str(finished))
     assert main(["ls"]) == 0
     out = capsys.readouterr().out

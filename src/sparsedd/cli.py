@@ -105,9 +105,10 @@ def _options(args, cfg=None, here: bool = True, **changes):
     flags = {"data_dir": "data_dir", "threads": "threads", "sparse": "sparse", "channels_last": "channels_last",
              "compile": "compile", "capture": "capture", "checkpoint_every_s": "checkpoint_every", "checkpoint_epoch_s": "checkpoint_epoch"}
     values = {field: getattr(args, flag) for field, flag in flags.items() if hasattr(args, flag)}
-    if here and values.get("data_dir") is not None and not Path(values["data_dir"]).expanduser().is_dir():
-        raise SparseddError(f"--data-dir {values['data_dir']} is not a folder; give the folder that holds mnist/ (or "
-                            "leave --data-dir out: data sets are then downloaded into the cache)")
+    if here and values.get("data_dir") is not None:  # a folder, or one that can be made (downloads go there)
+        from .inputs import folder
+
+        folder(values["data_dir"], "--data-dir", writable=not Path(values["data_dir"]).expanduser().is_dir())
     values["device"] = resolve_device(getattr(args, "device", "auto"), here=here)
     values["progress"] = not getattr(args, "no_progress", False)
     if hasattr(args, "batch"):
@@ -342,7 +343,7 @@ def _int_list(text: str | None, option: str, all_ok: bool = True) -> list[int] |
 
 
 def cmd_analyze(args) -> int:
-    from . import terminal
+    from rich.console import Console  # (its log lines are padded to its width: rich's own, not 240)
 
     from .analysis.runner import Analyzer, parse_settings
     from .results import resolve_run
@@ -351,7 +352,7 @@ def cmd_analyze(args) -> int:
     options = _options(args, progress=False)  # the device checked before the store is touched
     store = _store(args)
     run_id = resolve_run(store, args.run)
-    console = terminal.console(stderr=True, log_path=False)  # (the caller's file:line is no news to a user)
+    console = Console(stderr=True, log_path=False)  # (the caller's file:line is no news to a user)
     analyzer = Analyzer(store, run_id, options)
     options.apply_threads(analyzer.cfg.model.name)  # the default depends on the run's model
     levels, seeds = _int_list(args.levels, "--levels"), _int_list(args.seeds, "--seeds")
@@ -489,13 +490,15 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_claims(args) -> int:
+    from rich.console import Console
+
     from . import terminal
 
     from .claims import markdown, run_claims, table
 
     options = _options(args)
     _store(args, writable=True)  # --root checked before the claims' sweep writes there
-    console = terminal.console(stderr=True, log_path=False)
+    console = Console(stderr=True, log_path=False)
     doc, path = run_claims(args.preset, args.set, args.seeds, args.root, options, workers=args.workers,
                            executor=args.executor, only=_int_list(args.only, "--only"),
                            progress=None if args.no_progress else console.log, unstable=args.unstable)

@@ -67,7 +67,8 @@ class Analyzer:
         """The run's data, loaded once and checked to be the data the store's results were made with."""
         if self._data is None:
             data = load_dataset(self.cfg.data, data_dir=self.options.data_dir)  # hashed on the CPU, then moved
-            self.store.check_data({data_key(self.cfg): (self.cfg.data.name, fingerprint(data))})
+            key = data_key(self.cfg)
+            self.store.check_data({key: (self.cfg.data.name, fingerprint(data))}, {key})  # (the run's results)
             self._data = data.to(self.options.device)
         return self._data
 
@@ -88,8 +89,9 @@ class Analyzer:
         """The levels and seeds a user asked (``--levels``, ``--seeds``) are the run's, and asked of an analysis
         that takes them (a run-level one reads every level and seed): else a one-line error, not a table that
         silently measured something else."""
-        if not ANALYSES[kind].per_level and (levels is not None or seeds is not None):
-            raise SparseddError(f"{kind} measures the whole run, every level and seed; drop --levels and --seeds")
+        if not ANALYSES[kind].per_level and (levels or seeds):
+            raise SparseddError(f"{kind} measures the whole run, every level and seed; ask for no levels or seeds "
+                                "(--levels, --seeds)")
         done = [k for k, v in self.links.items() if self.store.is_done(v)]
         for asked, position, what in ((seeds, 0, "seed"), (levels, 1, "level")):
             have = sorted({k[position] for k in done})

@@ -18,7 +18,7 @@ from ..store import Store
 from ..training.core import iters_per_epoch
 from .replicate import Replicate
 from .retrain import RETRAIN_MODES
-from .stages import Job, data_key, parent_stage
+from .stages import Job, data_key, dense_key, parent_stage
 
 
 def load_data(configs: list[RunConfig], options: ExecOptions, store: Store) -> dict[str, Dataset]:
@@ -35,7 +35,9 @@ def load_data(configs: list[RunConfig], options: ExecOptions, store: Store) -> d
             fingerprints[key] = (cfg.data.name, fingerprint(data))
             datasets[key] = data.to(options.device)
         check_fits(cfg, datasets[key])
-    store.check_data(fingerprints)  # after every other check: a refused run writes nothing
+    made_with = {data_key(cfg) for cfg in configs  # the keys this store already has results of
+                 if any(store.is_done(store.stage_id(dense_key(cfg.with_seed(s)))) for s in cfg.seed_list())}
+    store.check_data(fingerprints, made_with)  # after every other check: a refused run writes nothing
     return datasets
 
 
@@ -45,7 +47,8 @@ def check_declared_fit(cfg: RunConfig) -> None:
     check(cfg)
     spec = spec_of(cfg.data.name)
     check_takes(cfg.model, spec.input_shape(cfg.data.image_size), spec.classes, cfg.prune.layers)
-    check_counts(cfg, cfg.data.num_train or spec.num_train)
+    if cfg.data.num_train:  # (asked for: the loaded set has no more; a declared full size may be a user's guess)
+        check_counts(cfg, cfg.data.num_train)
 
 
 def check_fits(cfg: RunConfig, data: Dataset) -> None:
@@ -73,9 +76,10 @@ def trained_count(cfg: RunConfig, n: int) -> int:
     be some, as must the examples it holds out."""
     held = held_out(n, cfg.data.val_split)
     if cfg.data.val_split and not 0 < held < n:
+        fit = (f"from {1 / n:.3g} to {1 - 1 / n:.6g} holds out 1 to {n - 1}" if n >= 2 else
+               "a split needs at least 2 training examples")
         raise SparseddError(f"data.val_split = {cfg.data.val_split} holds out {held} of the {n} training examples; "
-                            f"choose a fraction that holds out at least one and trains on at least one "
-                            f"(from {1 / n:.3g} to {1 - 1 / n:.6g} holds out 1 to {n - 1})")
+                            f"choose a fraction that holds out at least one and trains on at least one ({fit})")
     return n - held
 
 

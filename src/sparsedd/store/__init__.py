@@ -241,23 +241,21 @@ class Store:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # --- the data the results were made with
-    def check_data(self, fingerprints: dict[str, tuple[str, str]]) -> None:
+    def check_data(self, fingerprints: dict[str, tuple[str, str]], made_with: set[str] = frozenset()) -> None:
         """Refuse data whose content differs from the data this store's results under the same data key were
         made with: stage ids hash the data's configuration, not its content, so a stage computed on other
         data would otherwise be reused as if it were the same. ``fingerprints``: data key -> (data set name,
-        SHA-256). Every key is compared before any record is written; a key's first check records it (a
-        store from before these records takes these data as its own, and says so)."""
+        SHA-256). Every key is compared before any record is written; a key's first check records it, and where
+        the store already holds results of it (``made_with``: a store from before these records, or one whose
+        record was deleted) it says that they are taken as these data's."""
         missing = {key: value for key, value in fingerprints.items() if self._recorded_data(key, *value) is None}
         if self.readonly or not missing:
             return
-        # a store from before these records has stages and no record at all (a new data key of a store that
-        # records its data is simply recorded)
-        old = not any((self.root / DATA).glob("*.json")) and bool(self.stage_ids())
         for key, (name, fingerprint) in missing.items():
             with self.lock(f"data-{key}"):  # two processes with other data: the second one finds the first's record
                 if self._recorded_data(key, name, fingerprint) is None:
                     write_json(self.root / DATA / f"{key}.json", {"data": name, "sha256": fingerprint})
-                    if old:
+                    if key in made_with:  # (a new key of new results is simply recorded)
                         notice(f"{self.root} holds results from before it recorded its data; the {name} data "
                                f"loaded now are taken as theirs (sha256 {fingerprint[:12]}), from now on checked")
 

@@ -26,7 +26,8 @@ class InterpolateSettings:
             raise SparseddError(f"interpolate: target must be redense or dense, got {self.target!r}")
         if not 0 < self.step <= 0.5:
             raise SparseddError(f"interpolate: step must be in (0, 0.5], got {self.step:g}")
-        self.redense()  # (its own checks)
+        if self.redense_lr < 0:
+            raise SparseddError(f"interpolate: redense_lr must be >= 0 (0: the run's), got {self.redense_lr:g}")
 
     def redense(self) -> RedenseSettings:
         """The settings of the re-dense solution at the line's other end."""

@@ -18,8 +18,8 @@ class PhasesSettings:
     unstable: str = "keep"  # or drop: leave out the levels whose last epoch ended unstable (`sparsedd show` notes them)
 
     def __post_init__(self) -> None:
-        if not 0 < self.tol < 1:  # accuracies are fractions here (a negative tol found no collapse: a traceback)
-            raise SparseddError(f"phases: tol must be in (0, 1), a fraction of accuracy (0.01 is one point), got "
+        if not 0 <= self.tol < 1:  # accuracies are fractions here (a negative tol found no collapse: a traceback)
+            raise SparseddError(f"phases: tol must be in [0, 1), a fraction of accuracy (0.01 is one point), got "
                                 f"{self.tol:g}")
         check_unstable(self.unstable, "phases: ")
 
