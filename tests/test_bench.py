@@ -47,10 +47,11 @@ def test_the_ceiling_trains_the_bare_step():
         assert torch.allclose(p, dict(ref.named_parameters())[n], atol=1e-6) and not torch.equal(p, before[n])
 
 
-def test_bench_real_data_when_present(capsys):
+def test_bench_real_data_when_present(capsys, tmp_path):
     row = bench(capsys, "--preset", "mnist1d-quick", "--set", "data.num_train=600", "--set", "data.num_test=100",
-                "--set", "train.precision=bf16")
+                "--set", "train.precision=bf16", "--out", str(tmp_path / "row.json"))
     assert not row["synthetic_data"] and row["steps_per_epoch"] == 5 and row["precision"] == "bf16"
+    assert json.loads((tmp_path / "row.json").read_text()) == row  # (found by review: --out was ignored here)
 
 
 def test_bench_side_by_side_columns_and_the_capture_option(capsys):

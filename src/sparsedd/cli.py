@@ -419,6 +419,10 @@ def cmd_bench(args) -> int:
     with busy_cores(args.busy):
         row = bench_preset(args.preset, sets=args.set, device=options.device, batches=batches,
                            warmup=warmup, data_dir=options.data_dir, accel=options.accel, ks=ks)
+    if args.out:  # (it was checked first, and ignored here)
+        from .store.files import write_output
+
+        write_output(Path(args.out), json.dumps(row, indent=1) + "\n")
     if args.format == "json":
         print(json.dumps(row, indent=1))
         return 0

@@ -151,7 +151,8 @@ def _analysis_sections(w: _Writer, res, run_id: str, title: str) -> None:
         if not len(rows):
             continue
         w.figure(analysis.figure(rows, title), f"{run_id}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
-        w.table(_shown(rows), f"{run_id}-{kind}", f"{kind} results")
+        scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
+        w.table(rows[scalar], f"{run_id}-{kind}", f"{kind} results")  # (the page shows it through _shown)
 
 
 def _selection_section(w: _Writer, levels: pd.DataFrame, cfg: dict[str, Any], run_id: str) -> None:
