@@ -42,7 +42,8 @@ def finished(tmp_path_factory):
 def never_runs(monkeypatch):
     """Bad input must stop before a run or sweep starts: reaching one fails the test at once (rather
     than after a full default run)."""
-    import sparsedd.experiments
+    import sparsedd.claims  # noqa: F401 (imported first: it binds run_sweep by name, and must keep the real one
+    import sparsedd.experiments  # for the tests after this one in the process)
     import sparsedd.sweep
 
     def reached(*args, **kwargs):
