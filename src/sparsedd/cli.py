@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from . import config as config_mod
 
@@ -346,6 +346,7 @@ def cmd_analyze(args) -> int:
     from rich.console import Console  # (its log lines are padded to its width: rich's own, not 240)
 
     from .analysis.runner import Analyzer, parse_settings
+    from .report.tables import scalar_columns
     from .results import resolve_run
 
     settings = parse_settings(args.kind, args.set)
@@ -362,8 +363,7 @@ def cmd_analyze(args) -> int:
     if args.format == "json":
         print(table.to_json(orient="records", indent=1))
         return 0
-    scalar = [c for c in table.columns if not table[c].map(lambda v: isinstance(v, (list, dict))).any()]
-    print(table[scalar].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(scalar_columns(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 
@@ -419,16 +419,21 @@ def cmd_bench(args) -> int:
     with busy_cores(args.busy):
         row = bench_preset(args.preset, sets=args.set, device=options.device, batches=batches,
                            warmup=warmup, data_dir=options.data_dir, accel=options.accel, ks=ks)
-    if args.out:  # (it was checked first, and ignored here)
-        from .store.files import write_output
-
-        write_output(Path(args.out), json.dumps(row, indent=1) + "\n")
+    _write_out(args.out, row)  # (it was checked first, and ignored here)
     if args.format == "json":
         print(json.dumps(row, indent=1))
         return 0
     for k, v in row.items():
         print(f"{k:>18}: {v:.4g}" if isinstance(v, float) else f"{k:>18}: {v}")
     return 0
+
+
+def _write_out(out: str | None, doc: Any) -> None:
+    """``bench --out``: the JSON result, written whole or not at all."""
+    if out:
+        from .store.files import write_output
+
+        write_output(Path(out), json.dumps(doc, indent=1) + "\n")
 
 
 def _bench_suite(args, options) -> int:
@@ -440,10 +445,7 @@ def _bench_suite(args, options) -> int:
     result = run_suite(quick=args.quick, device=options.device, data_dir=options.data_dir, rounds=args.rounds,
                        steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                        capture=args.capture, threads=options.threads, busy=args.busy)
-    if args.out:
-        from .store.files import write_output
-
-        write_output(Path(args.out), json.dumps(result, indent=1) + "\n")
+    _write_out(args.out, result)
     print(json.dumps(result, indent=1) if args.format == "json" else format_table(result))
     return 0
 

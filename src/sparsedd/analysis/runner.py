@@ -78,12 +78,15 @@ class Analyzer:
         return self._reps[seed]
 
     def targets(self, levels: list[int] | None, seeds: list[int] | None) -> list[tuple[int, int, str]]:
-        done = {k: v for k, v in self.links.items() if self.store.is_done(v)}
-        out = [(s, l, sid) for (s, l), sid in sorted(done.items())
+        out = [(s, l, sid) for (s, l), sid in sorted(self._finished().items())
                if (levels is None or l in levels) and (seeds is None or s in seeds)]
         if not out:
             raise SparseddError(f"run {self.run_id} has no finished level among those asked; see `sparsedd show {self.run_id}`")
         return out
+
+    def _finished(self) -> dict[tuple[int, int], str]:
+        """The run's finished stages by (seed, level)."""
+        return {k: v for k, v in self.links.items() if self.store.is_done(v)}
 
     def check_asked(self, kind: str, levels: list[int] | None, seeds: list[int] | None) -> None:
         """The levels and seeds a user asked (``--levels``, ``--seeds``) are the run's, and asked of an analysis
@@ -92,7 +95,7 @@ class Analyzer:
         if not ANALYSES[kind].per_level and (levels or seeds):
             raise SparseddError(f"{kind} measures the whole run, every level and seed; ask for no levels or seeds "
                                 "(--levels, --seeds)")
-        done = [k for k, v in self.links.items() if self.store.is_done(v)]
+        done = self._finished()
         for asked, position, what in ((seeds, 0, "seed"), (levels, 1, "level")):
             have = sorted({k[position] for k in done})
             missing = [v for v in dict.fromkeys(asked or []) if v not in have]

@@ -21,7 +21,7 @@ from ..store import Store
 from ..store.files import save_figure, write_output
 from . import figures as F
 from .plots import plain
-from .tables import json_value, run_title, sparsity_words
+from .tables import json_value, run_title, scalar_columns, sparsity_words
 
 # Runs in the browser: records script errors and broken images, so a headless test can read the DOM.
 CHECK_JS = """
@@ -122,8 +122,7 @@ def _shown(df: pd.DataFrame) -> pd.DataFrame:
     """A table as the page shows it: its scalar columns (the lists stay in its CSV), with a missing or
     non-finite value as '-', as the command line shows them (a None or NaN in a column of mixed values read
     "None" or "nan")."""
-    scalar = [c for c in df.columns if not df[c].map(lambda v: isinstance(v, (list, dict))).any()]
-    out = df[scalar].copy()
+    out = scalar_columns(df).copy()
     for c in out.columns:
         if out[c].dtype == object:
             out[c] = out[c].map(lambda v: "-" if json_value(v) is None else v)
@@ -151,8 +150,7 @@ def _analysis_sections(w: _Writer, res, run_id: str, title: str) -> None:
         if not len(rows):
             continue
         w.figure(analysis.figure(rows, title), f"{run_id}-{kind}", f"{kind} (settings {rows['settings'].iloc[0]})")
-        scalar = [c for c in rows.columns if not rows[c].map(lambda v: isinstance(v, (list, dict))).any()]
-        w.table(rows[scalar], f"{run_id}-{kind}", f"{kind} results")  # (the page shows it through _shown)
+        w.table(scalar_columns(rows), f"{run_id}-{kind}", f"{kind} results")  # (the page shows it through _shown)
 
 
 def _selection_section(w: _Writer, levels: pd.DataFrame, cfg: dict[str, Any], run_id: str) -> None:

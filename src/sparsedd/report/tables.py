@@ -45,6 +45,11 @@ def json_value(v: Any) -> Any:
     return v
 
 
+def scalar_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without its columns of lists or dicts (a table shows them; JSON and the store keep them)."""
+    return df[[c for c in df.columns if not df[c].map(lambda v: isinstance(v, (list, dict))).any()]]
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every value made strict JSON (:func:`json_value`), through dicts and lists."""
     if isinstance(obj, dict):
